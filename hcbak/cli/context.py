@@ -1,0 +1,15 @@
+"""Global options shared by every command (set by the root callback)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class GlobalOptions:
+    config_path: Path | None = None
+    debug: bool = False
+
+
+OPTIONS = GlobalOptions()

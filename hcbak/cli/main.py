@@ -1,0 +1,125 @@
+"""Root Typer app and the single exception -> exit code edge."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from hcbak import __version__
+from hcbak.cli import cluster, demo, job, notify, points, repo, restore, sim
+from hcbak.cli.context import OPTIONS
+from hcbak.errors import ExitCode, HcbakError
+
+EXIT_CODES_EPILOG = (
+    "Exit codes: 0 ok, 1 warnings, 2 usage/config error, 3 partial (some VMs failed), "
+    "4 failed, 5 busy/locked, 6 integrity error, 130 interrupted. See docs/exit-codes.md."
+)
+
+app = typer.Typer(
+    name="hcbak",
+    help="Back up and restore Scale Computing SC//HyperCore VMs into open, deduplicated, "
+    "optionally encrypted repositories.",
+    epilog=EXIT_CODES_EPILOG,
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def root(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="Config file (default: $HCBAK_CONFIG, /etc/hcbak/config.yaml for root, "
+            "else ~/.config/hcbak/config.yaml).",
+            show_default=False,
+        ),
+    ] = None,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks and debug logs on stderr.")
+    ] = False,
+) -> None:
+    OPTIONS.config_path = config
+    OPTIONS.debug = debug
+    if debug:
+        logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(name)s %(message)s")
+
+
+@app.command()
+def version(
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Print the hcbak version."""
+    from hcbak.cli.output import emit_json
+
+    if json_out:
+        emit_json({"version": __version__, "python": sys.version.split()[0]})
+    else:
+        typer.echo(f"hcbak {__version__}")
+
+
+app.add_typer(cluster.app, name="cluster")
+app.add_typer(repo.app, name="repo")
+app.add_typer(job.app, name="job")
+app.add_typer(points.app, name="points")
+app.add_typer(restore.app, name="restore")
+app.add_typer(notify.app, name="notify")
+app.add_typer(sim.app, name="sim")
+demo.register(app)
+
+
+def _debug_requested(argv: list[str]) -> bool:
+    return "--debug" in argv or os.environ.get("HCBAK_DEBUG") == "1"
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI and return the exit code (tests call this in-process)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=args, prog_name="hcbak", standalone_mode=False)
+    except HcbakError as exc:
+        if _debug_requested(args):
+            traceback.print_exc()
+        sys.stderr.write(f"error: {exc.one_line()}\n")
+        return int(exc.exit_code)
+    except typer.Exit as exc:
+        return int(exc.exit_code)
+    except typer.Abort:
+        sys.stderr.write("interrupted\n")
+        return int(ExitCode.INTERRUPTED)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return int(ExitCode.INTERRUPTED)
+    except typer.TyperException as exc:  # click-style usage errors (vendored click)
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+        else:
+            sys.stderr.write(f"error: {exc.format_message()}\n")
+        code = int(getattr(exc, "exit_code", ExitCode.USAGE))
+        return code if code != 1 else int(ExitCode.USAGE)
+    except BrokenPipeError:
+        return int(ExitCode.OK)
+    except Exception as exc:  # a bug: keep it one line unless --debug
+        if _debug_requested(args):
+            traceback.print_exc()
+        name = type(exc).__name__
+        sys.stderr.write(f"error: internal error ({name}); rerun with --debug for details\n")
+        return int(ExitCode.FAILED)
+    return int(result) if isinstance(result, int) else int(ExitCode.OK)
+
+
+def main() -> None:
+    sys.exit(run())

@@ -1,0 +1,1 @@
+"""hypercore package."""

@@ -1,0 +1,109 @@
+"""Secrets and references to them.
+
+A `Secret` never shows its value in repr/str (tracebacks, logs, --debug); code that
+needs the value calls `reveal()` at the last moment. Config files hold `SecretRef`s:
+an environment variable, a file, or a command whose stdout is the secret.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hcbak.errors import SecretError
+
+
+class Secret:
+    """A string that redacts itself everywhere except `reveal()`."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(("Secret", self._value))
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """Where a secret comes from. Exactly one source should be set."""
+
+    env: str | None = None
+    file: str | None = None
+    command: str | None = None
+    value: Secret | None = field(default=None, repr=False)
+
+    def describe(self) -> str:
+        if self.env:
+            return f"environment variable {self.env}"
+        if self.file:
+            return f"file {self.file}"
+        if self.command:
+            return "command (password_command)"
+        if self.value is not None:
+            return "inline value"
+        return "nothing"
+
+    def is_inline(self) -> bool:
+        return self.value is not None
+
+    def resolve(self) -> Secret:
+        if self.value is not None:
+            return self.value
+        if self.env:
+            val = os.environ.get(self.env)
+            if not val:
+                raise SecretError(f"environment variable {self.env} is not set or empty")
+            return Secret(val)
+        if self.file:
+            return Secret(_read_secret_file(Path(self.file).expanduser()))
+        if self.command:
+            return Secret(_run_secret_command(self.command))
+        raise SecretError("no secret source configured")
+
+
+def _read_secret_file(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SecretError(f"secret file {path} does not exist")
+    except PermissionError:
+        raise SecretError(f"secret file {path} is not readable (permission denied)")
+    except OSError as exc:
+        raise SecretError(f"secret file {path} could not be read: {exc.strerror}")
+    value = text.rstrip("\r\n")
+    if not value:
+        raise SecretError(f"secret file {path} is empty")
+    return value
+
+
+def _run_secret_command(command: str) -> str:
+    try:
+        proc = subprocess.run(
+            command, shell=True, capture_output=True, text=True, timeout=60, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise SecretError("secret command did not finish within 60 s")
+    if proc.returncode != 0:
+        raise SecretError(f"secret command exited with status {proc.returncode}")
+    value = proc.stdout.rstrip("\r\n")
+    if not value:
+        raise SecretError("secret command printed nothing")
+    return value

@@ -1,0 +1,68 @@
+"""Fixtures shared by every test package.
+
+Tests run the real `hcbak` program: `run_hcbak` starts it as a subprocess with an
+isolated config and state directory, so nothing touches the developer's own files.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+HCBAK = [sys.executable, "-m", "hcbak"]
+
+
+@pytest.fixture
+def hcbak_env(tmp_path: Path) -> dict[str, str]:
+    """Environment for a subprocess: its own config path and state dir under tmp_path."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HCBAK_")}
+    env["HCBAK_CONFIG"] = str(tmp_path / "config.yaml")
+    env["HCBAK_STATE_DIR"] = str(tmp_path / "state")
+    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("COLUMNS", "200")
+    return env
+
+
+RunHcbak = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def run_hcbak(hcbak_env: dict[str, str]) -> RunHcbak:
+    """Run `hcbak ARGS...` as a real subprocess; returns the CompletedProcess (text)."""
+
+    def run(
+        *args: str,
+        input: str | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float = 120,
+        check: bool = False,
+    ) -> subprocess.CompletedProcess[str]:
+        merged = dict(hcbak_env)
+        if env:
+            merged.update(env)
+        proc = subprocess.run(
+            [*HCBAK, *args],
+            input=input,
+            env=merged,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"hcbak {' '.join(args)} exited {proc.returncode}\n"
+                f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+            )
+        return proc
+
+    return run
+
+
+def assert_no_traceback(proc: subprocess.CompletedProcess[str]) -> None:
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stdout, proc.stdout
