@@ -4,4 +4,8 @@ from __future__ import annotations
 
 import typer
 
-app = typer.Typer(help="job commands.", no_args_is_help=True)
+from hcbak.cli import job_run
+
+app = typer.Typer(help="Manage and run backup jobs.", no_args_is_help=True)
+
+job_run.register(app)
