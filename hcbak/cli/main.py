@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from hcbak import __version__
-from hcbak.cli import cluster, demo, job, notify, points, repo, restore, sim
+from hcbak.cli import cluster, config_cmd, demo, job, notify, points, repo, restore, sim
 from hcbak.cli.context import OPTIONS
 from hcbak.errors import ExitCode, HcbakError
 
@@ -72,6 +72,7 @@ def version(
 app.add_typer(cluster.app, name="cluster")
 app.add_typer(repo.app, name="repo")
 app.add_typer(job.app, name="job")
+app.add_typer(config_cmd.app, name="config")
 app.add_typer(points.app, name="points")
 app.add_typer(restore.app, name="restore")
 app.add_typer(notify.app, name="notify")
