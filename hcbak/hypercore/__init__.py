@@ -1,1 +1,42 @@
-"""hypercore package."""
+"""HyperCore REST client: the only code in hcbak that speaks to a cluster's API.
+
+Nouns used throughout:
+- *node*: one HyperCore node address (`host` or `host:port`, https implied). There is
+  no cluster VIP, so the client rotates over all nodes and fails over between them.
+- *session*: a `sessionID` cookie from `POST /login`, valid on every node.
+- *task*: the `taskTag` a mutation returns; `HyperCoreClient.wait_task` waits for it.
+- *records* (records.py): typed dataclasses built from API dicts in one place; nothing
+  outside this package sees a raw API dict except through `VM.raw`.
+- *pin*: a node's certificate SHA-256 fingerprint that the config trusts (tls.py).
+
+See docs/hypercore.md for failover, retry, timeout and TLS behaviour.
+"""
+
+from hcbak.hypercore.client import HyperCoreClient, hypercore_session
+from hcbak.hypercore.records import (
+    VM,
+    ClusterInfo,
+    DeviceSnapshot,
+    Disk,
+    NetDev,
+    Node,
+    Snapshot,
+    Task,
+    UpdateStatus,
+    VirtualDisk,
+)
+
+__all__ = [
+    "VM",
+    "ClusterInfo",
+    "DeviceSnapshot",
+    "Disk",
+    "HyperCoreClient",
+    "NetDev",
+    "Node",
+    "Snapshot",
+    "Task",
+    "UpdateStatus",
+    "VirtualDisk",
+    "hypercore_session",
+]

@@ -1,0 +1,161 @@
+"""How hcbak trusts a HyperCore node's certificate.
+
+Clusters ship a self-signed certificate per node, so there are three explicit choices
+(per node, from `TLSConfig`):
+- *pin*: the SHA-256 of the node certificate's DER bytes. urllib3 checks it on the
+  connection itself (`assert_fingerprint`), after the handshake and before any request
+  byte is sent, so a mismatch never leaks the session cookie or password.
+- *ca*: a CA bundle file (which may simply be the node's own PEM).
+- *insecure*: no verification; callers warn about it on every run.
+Without any of these, the system CA store is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import socket
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+from requests.adapters import HTTPAdapter
+
+from hcbak.errors import ClusterUnreachableError, TLSError, UsageError
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_GOT = re.compile(r'got "?([0-9a-fA-F:]{40,})"?')
+
+
+def normalize_fingerprint(text: str) -> str:
+    """Lowercase hex without colons or spaces; raises UsageError when not a SHA-256."""
+    fp = text.strip().lower().replace(":", "").replace(" ", "")
+    if fp.startswith("sha256"):
+        fp = fp.removeprefix("sha256").lstrip("/=")
+    if not _HEX64.match(fp):
+        raise UsageError(f"not a SHA-256 fingerprint: {text!r}", hint="64 hex digits")
+    return fp
+
+
+def split_address(address: str, default_port: int = 443) -> tuple[str, int]:
+    """`host`, `host:port` or `[v6]:port` -> (host, port)."""
+    if address.startswith("["):
+        host, _, rest = address[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") else default_port
+    if address.count(":") == 1:
+        host, port = address.split(":")
+        return host, int(port)
+    return address, default_port
+
+
+def base_url(address: str) -> str:
+    """`https://host:port` for a node address (https implied)."""
+    host, port = split_address(address)
+    shown = f"[{host}]" if ":" in host else host
+    return f"https://{shown}:{port}"
+
+
+def fetch_fingerprint(address: str, timeout: float = 5.0) -> str:
+    """SHA-256 of the certificate a node presents, for trust-on-first-use.
+
+    The handshake is deliberately unverified: the point is to show the user what the
+    node presents so they can compare and trust it.
+    """
+    host, port = split_address(address)
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        with (
+            socket.create_connection((host, port), timeout=timeout) as raw,
+            ctx.wrap_socket(raw, server_hostname=host) as tls,
+        ):
+            der = tls.getpeercert(binary_form=True)
+    except ssl.SSLError as exc:
+        raise TLSError(f"TLS handshake with {address} failed: {exc.reason or exc}")
+    except TimeoutError:
+        raise ClusterUnreachableError(f"{address} did not answer within {timeout:g} s")
+    except OSError as exc:
+        raise ClusterUnreachableError(f"{address} is unreachable: {exc.strerror or exc}")
+    if not der:
+        raise TLSError(f"{address} presented no certificate")
+    return hashlib.sha256(der).hexdigest()
+
+
+@dataclass(frozen=True)
+class NodeTrust:
+    """The trust decision for one node: mode is "pin", "ca", "insecure" or "system"."""
+
+    mode: str
+    fingerprint: str | None = None
+    ca_file: str | None = None
+
+    @property
+    def verify(self) -> bool | str:
+        """The `verify=` argument requests needs for this node."""
+        if self.mode == "ca" and self.ca_file:
+            return self.ca_file
+        # pin: urllib3 checks the fingerprint itself; CA validation must be off because
+        # the certificate is self-signed. insecure: nothing is checked.
+        return self.mode == "system"
+
+    def describe(self) -> str:
+        if self.mode == "pin":
+            return f"pinned sha256 {self.fingerprint}"
+        if self.mode == "ca":
+            return f"verified with CA file {self.ca_file}"
+        if self.mode == "insecure":
+            return "NOT verified (insecure)"
+        return "verified with system CAs"
+
+
+def trust_for(address: str, tls: Any) -> NodeTrust:
+    """Resolve the trust of one node address from a `TLSConfig`.
+
+    Fingerprints are looked up by the exact configured address, then by host alone
+    (so `10.0.0.1` pins `10.0.0.1:443` too).
+    """
+    pins = {k: v for k, v in (getattr(tls, "fingerprints", None) or {}).items()}
+    host, _ = split_address(address)
+    pin = pins.get(address) or pins.get(host)
+    if pin:
+        return NodeTrust("pin", fingerprint=normalize_fingerprint(pin))
+    if getattr(tls, "ca_file", None):
+        return NodeTrust("ca", ca_file=str(tls.ca_file))
+    if getattr(tls, "insecure", False):
+        return NodeTrust("insecure")
+    return NodeTrust("system")
+
+
+class PinnedAdapter(HTTPAdapter):
+    """An HTTPAdapter whose connections must present exactly one certificate."""
+
+    def __init__(self, fingerprint: str) -> None:
+        self.fingerprint = fingerprint
+        super().__init__(max_retries=0)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["assert_fingerprint"] = self.fingerprint
+        super().init_poolmanager(*args, **kwargs)
+
+
+def mismatch_error(address: str, expected: str, exc: BaseException, timeout: float) -> TLSError:
+    """A TLSError naming the node and both fingerprints (the pinned and the presented)."""
+    match = _GOT.search(str(exc))
+    if match:
+        got = match.group(1).lower().replace(":", "")
+    else:
+        try:
+            got = fetch_fingerprint(address, timeout)
+        except (TLSError, ClusterUnreachableError):
+            got = "unknown"
+    return TLSError(
+        f"certificate of node {address} does not match the pinned fingerprint: "
+        f"expected {expected}, node presented {got}",
+        hint="if the node certificate was replaced on purpose, update the fingerprint with "
+        "`hcbak cluster add ... --fingerprint` or --trust-on-first-use",
+    )
+
+
+def is_fingerprint_mismatch(exc: BaseException) -> bool:
+    return "Fingerprints did not match" in str(exc)
