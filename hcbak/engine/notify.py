@@ -1,0 +1,124 @@
+"""Email reports of a job run, through the configured SMTP server (smtplib).
+
+Rendering is pure (subject and plain-text body from a JobReport) so it is tested
+without a server; sending supports STARTTLS, implicit TLS (SMTPS) and plain SMTP. A
+failed send is reported to the caller, which logs it: the run's exit code does not
+change because the mail server was down.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import ssl
+from collections.abc import Sequence
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+from typing import Any
+
+from hcbak.engine.report import VM_OK, JobReport, job_to_dict, status_word
+from hcbak.errors import HcbakError
+
+SEND_TIMEOUT = 30.0
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def event_for(job: JobReport) -> str:
+    """Which `on:` event a job outcome is: success, warning or failure."""
+    word = status_word(job.exit_code())
+    return {"success": "success", "warning": "warning"}.get(word, "failure")
+
+
+def should_notify(job: JobReport, on: Sequence[str]) -> bool:
+    return event_for(job) in {o.lower() for o in on}
+
+
+def render_subject(job: JobReport) -> str:
+    totals = job.totals()
+    n = len(job.vms)
+    word = status_word(job.exit_code()).upper()
+    return (
+        f"[hcbak] {job.job}: {word} - {totals['vms_ok']}/{n} VMs backed up, "
+        f"{human_bytes(totals['bytes_stored'])} stored"
+    )
+
+
+def render_body(job: JobReport) -> str:
+    d = job_to_dict(job)
+    t = d["totals"]
+    lines = [
+        f"Job:      {job.job}",
+        f"Status:   {d['status']} (exit code {d['exit_code']})",
+        f"Cluster:  {job.cluster}",
+        f"Repo:     {job.repo}",
+        f"Started:  {d['started']}",
+        f"Duration: {d['duration']:.1f} s",
+        f"VMs:      {t['vms_ok']} ok, {t['vms_failed']} failed, {t['vms_skipped']} skipped",
+        f"Read:     {human_bytes(t['bytes_read'])}, changed {human_bytes(t['bytes_changed'])}, "
+        f"new {human_bytes(t['bytes_new'])}, stored {human_bytes(t['bytes_stored'])}",
+    ]
+    if job.reason:
+        lines.append(f"Reason:   {job.reason}")
+    lines += [
+        "",
+        f"{'VM':<24} {'STATUS':<8} {'CBT':<5} {'READ':>11} {'STORED':>11}  POINT / REASON",
+    ]
+    for vm in job.vms:
+        vt = vm.totals()
+        cbt = "yes" if vm.disks and all(x.cbt_used for x in vm.disks) else "no"
+        tail = vm.point_id if vm.status == VM_OK else vm.reason
+        lines.append(
+            f"{vm.name[:24]:<24} {vm.status:<8} {cbt:<5} {human_bytes(vt['bytes_read']):>11} "
+            f"{human_bytes(vt['bytes_stored']):>11}  {tail or ''}"
+        )
+    warnings = list(job.warnings) + [f"{vm.name}: {w}" for vm in job.vms for w in vm.warnings]
+    if warnings:
+        lines += ["", "Warnings:"] + [f"  - {w}" for w in warnings]
+    lines += ["", "-- hcbak"]
+    return "\n".join(lines) + "\n"
+
+
+def build_message(sender: str, to: Sequence[str], subject: str, body: str) -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = ", ".join(to)
+    msg["Subject"] = subject
+    msg["Date"] = formatdate(localtime=True)
+    msg["Message-ID"] = make_msgid(domain="hcbak")
+    msg.set_content(body)
+    return msg
+
+
+def send_email(smtp: Any, to: Sequence[str], subject: str, body: str) -> None:
+    """Send through `smtp` (config SMTPConfig); HcbakError with a one-line reason."""
+    msg = build_message(smtp.sender, to, subject, body)
+    security = (smtp.security or "starttls").lower()
+    context = ssl.create_default_context()
+    if getattr(smtp, "insecure", False):
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    try:
+        client: smtplib.SMTP
+        if security == "ssl":
+            client = smtplib.SMTP_SSL(smtp.host, smtp.port, timeout=SEND_TIMEOUT, context=context)
+        else:
+            client = smtplib.SMTP(smtp.host, smtp.port, timeout=SEND_TIMEOUT)
+        with client:
+            if security == "starttls":
+                client.starttls(context=context)
+            if smtp.username:
+                password = smtp.password.resolve().reveal() if smtp.password else ""
+                client.login(smtp.username, password)
+            client.send_message(msg)
+    except (smtplib.SMTPException, OSError) as exc:  # includes ssl errors and timeouts
+        # The exception text of smtplib never contains the password; keep it short.
+        raise HcbakError(
+            f"email to {', '.join(to)} via {smtp.host}:{smtp.port} failed: "
+            f"{type(exc).__name__}: {str(exc)[:200]}"
+        )

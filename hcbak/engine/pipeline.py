@@ -1,0 +1,219 @@
+"""The per-disk data pipeline: read -> zero check -> hash -> dedup -> store.
+
+A few threads pull block numbers from one shared iterator and each carries its block
+through every stage. Memory in flight is therefore bounded by `threads x block_size`
+whatever the disk size (no queues that can grow), and the stages that matter release
+the GIL: os.pread, xxh3 hashing and lz4/zstd/AES inside Repository.put_block. Blocks
+that lie entirely in a hole of the device (SEEK_DATA/SEEK_HOLE) are never read.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from hcbak.engine.cbt import ReadPlan, merge_ranges
+from hcbak.engine.report import DiskReport, Timings
+from hcbak.errors import Interrupted
+from hcbak.transport.reader import DiskReader, blocks_with_data
+
+ProgressFn = Callable[[int], None]  # bytes of the disk processed since the last call
+
+DEFAULT_THREADS = 3
+_PROGRESS_EVERY = 8  # blocks between progress callbacks per thread
+
+
+@dataclass
+class DiskResult:
+    block_map: Any  # hcbak.repo BlockMap
+    report: DiskReport
+    timings: Timings = field(default_factory=Timings)
+
+
+def back_up_disk(
+    reader: DiskReader,
+    repo: Any,
+    plan: ReadPlan,
+    previous_map: Any | None,
+    report: DiskReport,
+    *,
+    block_size: int,
+    threads: int = DEFAULT_THREADS,
+    progress: ProgressFn | None = None,
+    cancel: threading.Event | None = None,
+) -> DiskResult:
+    """Read the blocks the plan names and return the new block map of the disk.
+
+    The new map starts as the previous point's map (unchanged blocks keep their ids:
+    every point is a synthetic full) or all-zero for a full read.
+    """
+    from hcbak.repo import ZERO_BLOCK, BlockMap
+
+    n = plan.n_blocks
+    if previous_map is not None and len(previous_map) == n and plan.incremental:
+        new_map = previous_map.copy()
+    else:
+        new_map = BlockMap(n)
+    data_blocks, hole_blocks = _split_by_holes(reader, plan, block_size)
+    for i in hole_blocks:  # changed (or never written) and a hole now: all zeros
+        new_map.set(i, ZERO_BLOCK)
+    state = _State(
+        repo=repo,
+        reader=reader,
+        block_size=block_size,
+        new_map=new_map,
+        previous_map=previous_map if previous_map is not None and len(previous_map) == n else None,
+        blocks=iter(data_blocks),
+        progress=progress,
+        cancel=cancel or threading.Event(),
+        zero_block=ZERO_BLOCK,
+    )
+    state.count_holes(hole_blocks)
+    if progress and hole_blocks:
+        progress(len(hole_blocks) * block_size)
+    workers = [
+        threading.Thread(target=state.work, name=f"hcbak-read-{k}", daemon=True)
+        for k in range(max(1, min(threads, len(data_blocks))))
+    ]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    if state.error is not None:
+        raise state.error
+    if state.cancel.is_set():
+        raise Interrupted("backup cancelled")
+    state.fill(report, plan)
+    return DiskResult(new_map, report, state.timings)
+
+
+def _split_by_holes(
+    reader: DiskReader, plan: ReadPlan, block_size: int
+) -> tuple[list[int], list[int]]:
+    """Blocks to read, and blocks of the plan lying wholly in holes (not read)."""
+    ranges = reader.data_ranges()
+    planned = list(plan.iter_blocks())
+    if ranges is None:
+        return planned, []
+    data = merge_ranges(blocks_with_data(ranges, block_size))
+    to_read: list[int] = []
+    holes: list[int] = []
+    k = 0
+    for i in planned:  # both sorted: one merge walk
+        while k < len(data) and data[k][1] <= i:
+            k += 1
+        if k < len(data) and data[k][0] <= i < data[k][1]:
+            to_read.append(i)
+        else:
+            holes.append(i)
+    return to_read, holes
+
+
+class _State:
+    """Shared between the worker threads of one disk; counters under one lock."""
+
+    def __init__(
+        self,
+        *,
+        repo: Any,
+        reader: DiskReader,
+        block_size: int,
+        new_map: Any,
+        previous_map: Any | None,
+        blocks: Iterator[int],
+        progress: ProgressFn | None,
+        cancel: threading.Event,
+        zero_block: bytes,
+    ) -> None:
+        self.repo = repo
+        self.reader = reader
+        self.block_size = block_size
+        self.new_map = new_map
+        self.previous_map = previous_map
+        self.blocks = blocks
+        self.progress = progress
+        self.cancel = cancel
+        self.zero_block = zero_block
+        self.zero_data = bytes(block_size)
+        self.lock = threading.Lock()
+        self.error: BaseException | None = None
+        self.timings = Timings()
+        self.read = self.zero = self.changed = self.new = 0
+        self.bytes_stored = 0
+
+    def count_holes(self, holes: list[int]) -> None:
+        self.zero += len(holes)
+        if self.previous_map is not None:
+            self.changed += sum(self.previous_map.get(i) != self.zero_block for i in holes)
+
+    def _next(self) -> int | None:
+        with self.lock:
+            if self.cancel.is_set() or self.error is not None:
+                return None
+            return next(self.blocks, None)
+
+    def work(self) -> None:
+        t = Timings()
+        read = zero = changed = new = stored = pending = 0
+        bs = self.block_size
+        try:
+            while (i := self._next()) is not None:
+                t0 = time.perf_counter()
+                data = self.reader.pread(i * bs, bs)
+                t1 = time.perf_counter()
+                read += 1
+                if data == self.zero_data:
+                    bid = self.zero_block
+                    zero += 1
+                    t2 = t1
+                else:
+                    bid = self.repo.block_id(data)
+                    t2 = time.perf_counter()
+                    if not self.repo.has_block(bid):
+                        added = self.repo.put_block(bid, data)
+                        if added:
+                            new += 1
+                            stored += added
+                t3 = time.perf_counter()
+                t.source_read += t1 - t0
+                t.hashing += t2 - t1
+                t.store += t3 - t2
+                if self.previous_map is None or self.previous_map.get(i) != bid:
+                    changed += 1
+                self.new_map.set(i, bid)
+                pending += 1
+                if self.progress and pending >= _PROGRESS_EVERY:
+                    self.progress(pending * bs)
+                    pending = 0
+        except BaseException as exc:
+            with self.lock:
+                if self.error is None:
+                    self.error = exc
+            self.cancel.set()
+        finally:
+            if self.progress and pending:
+                self.progress(pending * bs)
+            with self.lock:
+                self.timings.add(t)
+                self.read += read
+                self.zero += zero
+                self.changed += changed
+                self.new += new
+                self.bytes_stored += stored
+
+    def fill(self, report: DiskReport, plan: ReadPlan) -> None:
+        bs = self.block_size
+        report.blocks_total = plan.n_blocks
+        report.blocks_read = self.read
+        report.blocks_zero = self.zero
+        report.blocks_changed = self.changed
+        report.blocks_new = self.new
+        report.bytes_read = self.read * bs
+        report.bytes_changed = self.changed * bs
+        report.bytes_new = self.new * bs
+        report.bytes_stored = self.bytes_stored
+        report.cbt_used = plan.incremental
+        report.cbt_reason = plan.reason

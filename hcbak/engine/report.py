@@ -1,0 +1,272 @@
+"""The run report: what a backup run did, per job, VM and disk.
+
+One model feeds every output: the live view and plain log lines (via progress events),
+`--json` (docs/run-report.md is the schema; keys are a contract for scripts), the
+email body, and the exit code (design.md: 0 ok, 1 warnings, 3 some VMs failed,
+4 nothing backed up, 5 job already running).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from hcbak.errors import ExitCode
+
+SCHEMA_VERSION = 1
+
+VM_OK = "ok"
+VM_FAILED = "failed"
+VM_SKIPPED = "skipped"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(dt: datetime | None) -> str | None:
+    return dt.astimezone(UTC).isoformat().replace("+00:00", "Z") if dt else None
+
+
+@dataclass
+class DiskReport:
+    uuid: str
+    slot: int
+    type: str
+    capacity: int
+    status: str = VM_OK  # ok | skipped | failed
+    reason: str = ""  # why skipped/failed
+    cbt_used: bool = False
+    cbt_reason: str = ""  # "snapDiff" or the fallback reason
+    blocks_total: int = 0
+    blocks_read: int = 0  # blocks whose bytes were read from the device
+    blocks_zero: int = 0  # all-zero blocks (holes or zero data), never stored
+    blocks_changed: int = 0  # blocks whose id differs from the previous point
+    blocks_new: int = 0  # blocks the repository did not have (stored)
+    bytes_read: int = 0
+    bytes_changed: int = 0
+    bytes_new: int = 0  # plaintext bytes of newly stored blocks
+    bytes_stored: int = 0  # bytes added to the repository (compressed, encrypted)
+    duration: float = 0.0
+
+
+@dataclass
+class Timings:
+    """Seconds spent per pipeline stage, summed over worker threads."""
+
+    source_read: float = 0.0
+    hashing: float = 0.0
+    store: float = 0.0  # compression + encryption + pack write (Repository.put_block)
+
+    def add(self, other: Timings) -> None:
+        self.source_read += other.source_read
+        self.hashing += other.hashing
+        self.store += other.store
+
+    def bottleneck(self) -> str:
+        """The stage that took the most thread-seconds.
+
+        Repository.put_block compresses, encrypts and appends to a pack in one call, so
+        from outside it is one stage: "compression+repository write".
+        """
+        stages = {
+            "source read": self.source_read,
+            "hashing": self.hashing,
+            "compression+repository write": self.store,
+        }
+        if not any(stages.values()):
+            return "none"
+        return max(stages, key=lambda k: stages[k])
+
+
+@dataclass
+class VmReport:
+    name: str
+    uuid: str | None
+    status: str = VM_OK
+    reason: str = ""
+    point_id: str | None = None
+    snapshot_uuid: str | None = None
+    source: str = "snapshot"  # snapshot | replica snapshot
+    attempts: int = 0
+    started: datetime | None = None
+    duration: float = 0.0
+    disks: list[DiskReport] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    timings: Timings = field(default_factory=Timings)
+
+    def totals(self) -> dict[str, int]:
+        return _sum_disks(self.disks)
+
+
+@dataclass
+class JobReport:
+    job: str
+    cluster: str
+    repo: str
+    started: datetime = field(default_factory=utcnow)
+    finished: datetime | None = None
+    dry_run: bool = False
+    full: bool = False
+    status: str = "success"
+    reason: str = ""
+    vms: list[VmReport] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    forgotten: list[str] = field(default_factory=list)
+    pruned: bool = False
+    log_file: str | None = None
+
+    def exit_code(self) -> ExitCode:
+        return job_exit_code(self)
+
+    def totals(self) -> dict[str, int]:
+        disks = [d for vm in self.vms for d in vm.disks]
+        out = _sum_disks(disks)
+        out["vms_ok"] = sum(vm.status == VM_OK for vm in self.vms)
+        out["vms_failed"] = sum(vm.status == VM_FAILED for vm in self.vms)
+        out["vms_skipped"] = sum(vm.status == VM_SKIPPED for vm in self.vms)
+        return out
+
+    def timings(self) -> Timings:
+        total = Timings()
+        for vm in self.vms:
+            total.add(vm.timings)
+        return total
+
+
+def _sum_disks(disks: list[DiskReport]) -> dict[str, int]:
+    keys = (
+        "blocks_total",
+        "blocks_read",
+        "blocks_zero",
+        "blocks_changed",
+        "blocks_new",
+        "bytes_read",
+        "bytes_changed",
+        "bytes_new",
+        "bytes_stored",
+    )
+    return {k: sum(getattr(d, k) for d in disks) for k in keys}
+
+
+def job_exit_code(job: JobReport) -> ExitCode:
+    """Map one job's outcome to the exit-code contract."""
+    if job.status == "locked":
+        return ExitCode.BUSY
+    if job.status == "failed":
+        return ExitCode.FAILED
+    ok = sum(vm.status == VM_OK for vm in job.vms)
+    failed = sum(vm.status == VM_FAILED for vm in job.vms)
+    if failed and not ok:
+        return ExitCode.FAILED
+    if failed:
+        return ExitCode.PARTIAL
+    if (
+        job.warnings
+        or any(vm.warnings for vm in job.vms)
+        or any(vm.status == VM_SKIPPED for vm in job.vms)
+    ):
+        return ExitCode.WARNINGS
+    return ExitCode.OK
+
+
+def status_word(code: ExitCode) -> str:
+    return {
+        ExitCode.OK: "success",
+        ExitCode.WARNINGS: "warning",
+        ExitCode.PARTIAL: "partial",
+        ExitCode.FAILED: "failed",
+        ExitCode.BUSY: "locked",
+    }.get(code, "failed")
+
+
+def combine_exit_codes(codes: list[ExitCode]) -> ExitCode:
+    """Several jobs in one invocation: a mix of success and failure is partial (3)."""
+    if not codes:
+        return ExitCode.OK
+    if len(set(codes)) == 1:
+        return codes[0]
+    good = {ExitCode.OK, ExitCode.WARNINGS}
+    if any(c in good for c in codes) and any(c not in good for c in codes):
+        return ExitCode.PARTIAL
+    if ExitCode.PARTIAL in codes:
+        return ExitCode.PARTIAL
+    return max(codes)
+
+
+@dataclass
+class RunReport:
+    """Everything one `hcbak job run` invocation did (one or more jobs)."""
+
+    jobs: list[JobReport] = field(default_factory=list)
+    started: datetime = field(default_factory=utcnow)
+    finished: datetime | None = None
+
+    def exit_code(self) -> ExitCode:
+        return combine_exit_codes([j.exit_code() for j in self.jobs])
+
+    def to_dict(self) -> dict[str, Any]:
+        code = self.exit_code()
+        return {
+            "schema": SCHEMA_VERSION,
+            "started": iso(self.started),
+            "finished": iso(self.finished),
+            "exit_code": int(code),
+            "status": status_word(code),
+            "jobs": [job_to_dict(j) for j in self.jobs],
+        }
+
+
+def job_to_dict(job: JobReport) -> dict[str, Any]:
+    code = job.exit_code()
+    timings = job.timings()
+    duration = (job.finished - job.started).total_seconds() if job.finished else 0.0
+    return {
+        "job": job.job,
+        "cluster": job.cluster,
+        "repo": job.repo,
+        "started": iso(job.started),
+        "finished": iso(job.finished),
+        "duration": round(duration, 3),
+        "dry_run": job.dry_run,
+        "full": job.full,
+        "status": status_word(code),
+        "exit_code": int(code),
+        "reason": job.reason,
+        "warnings": list(job.warnings),
+        "totals": job.totals(),
+        "bottleneck": {
+            "stage": timings.bottleneck(),
+            "source_read_seconds": round(timings.source_read, 3),
+            "hashing_seconds": round(timings.hashing, 3),
+            "store_seconds": round(timings.store, 3),
+        },
+        "retention": {"forgotten": list(job.forgotten), "pruned": job.pruned},
+        "log_file": job.log_file,
+        "vms": [vm_to_dict(vm) for vm in job.vms],
+    }
+
+
+def vm_to_dict(vm: VmReport) -> dict[str, Any]:
+    return {
+        "name": vm.name,
+        "uuid": vm.uuid,
+        "status": vm.status,
+        "reason": vm.reason,
+        "point_id": vm.point_id,
+        "snapshot_uuid": vm.snapshot_uuid,
+        "source": vm.source,
+        "attempts": vm.attempts,
+        "started": iso(vm.started),
+        "duration": round(vm.duration, 3),
+        "warnings": list(vm.warnings),
+        "totals": vm.totals(),
+        "disks": [_disk_dict(d) for d in vm.disks],
+    }
+
+
+def _disk_dict(disk: DiskReport) -> dict[str, Any]:
+    out = asdict(disk)
+    out["duration"] = round(disk.duration, 3)
+    return out

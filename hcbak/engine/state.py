@@ -1,0 +1,223 @@
+"""Small files hcbak keeps in its state dir between runs.
+
+- `locks/job-<name>.lock`: the job lock (one run of a job at a time; exit 5 otherwise).
+- `jobs/<name>.json`: last run / last success per job, for `--due` and the RPO watch.
+- `clones/<clone uuid>.json`: a journal of the worker clones hcbak created, so a run
+  after a crash removes exactly those and never a disk someone else attached.
+- `logs/run-<time>-<pid>.log`: the per-run log file.
+
+The state dir is local to the worker, so the job lock is a plain O_EXCL file: the
+holder's pid is checked for liveness (a lock left by kill -9 is taken over).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from hcbak.errors import LockedError, UsageError
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+# --- job lock ---------------------------------------------------------------------------
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class JobLock:
+    """`with JobLock(state_dir, job):` — LockedError (exit 5) naming the holder."""
+
+    def __init__(self, state_dir: Path, job: str) -> None:
+        self.path = Path(state_dir) / "locks" / f"job-{job}.lock"
+        self.job = job
+        self._held = False
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        me = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": datetime.now(UTC).isoformat(),
+            "job": self.job,
+        }
+        for _ in range(3):
+            if self._try_create(me):
+                self._held = True
+                return
+            holder = _read_json(self.path)
+            if holder is None or self._stale(holder):
+                self._break_stale()
+                continue
+            raise LockedError(
+                f"job {self.job} is already running (pid {holder.get('pid')} on "
+                f"{holder.get('host')}, since {holder.get('started')})",
+                hint=f"lock file {self.path}",
+            )
+        raise LockedError(f"could not take the lock of job {self.job}", hint=str(self.path))
+
+    def _try_create(self, me: dict[str, Any]) -> bool:
+        # Write the holder to a private file, then link it into place: the link fails
+        # if the lock exists, and readers never see a half-written lock file.
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(me), encoding="utf-8")
+        try:
+            os.link(tmp, self.path)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _stale(self, holder: dict[str, Any]) -> bool:
+        if holder.get("host") != socket.gethostname():
+            return False  # cannot check another host's pid: trust the lock
+        pid = holder.get("pid")
+        return not isinstance(pid, int) or not pid_alive(pid)
+
+    def _break_stale(self) -> None:
+        grave = self.path.with_name(f".{self.path.name}.stale.{os.getpid()}")
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(self.path, grave)
+            grave.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        if self._held:
+            self.path.unlink(missing_ok=True)
+            self._held = False
+
+    def __enter__(self) -> JobLock:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+
+# --- last runs (for --due and alert_after) --------------------------------------------
+@dataclass
+class JobHistory:
+    last_run: datetime | None = None
+    last_success: datetime | None = None
+    last_status: str | None = None
+    last_alert: datetime | None = None
+
+
+def _parse_dt(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def load_history(state_dir: Path, job: str) -> JobHistory:
+    data = _read_json(Path(state_dir) / "jobs" / f"{job}.json") or {}
+    return JobHistory(
+        last_run=_parse_dt(data.get("last_run")),
+        last_success=_parse_dt(data.get("last_success")),
+        last_status=data.get("last_status"),
+        last_alert=_parse_dt(data.get("last_alert")),
+    )
+
+
+def save_history(state_dir: Path, job: str, history: JobHistory) -> None:
+    def fmt(dt: datetime | None) -> str | None:
+        return dt.isoformat() if dt else None
+
+    _write_json_atomic(
+        Path(state_dir) / "jobs" / f"{job}.json",
+        {
+            "last_run": fmt(history.last_run),
+            "last_success": fmt(history.last_success),
+            "last_status": history.last_status,
+            "last_alert": fmt(history.last_alert),
+        },
+    )
+
+
+def parse_duration(text: str) -> timedelta:
+    """The config's duration syntax ('36h', '7d'); UsageError when malformed."""
+    from hcbak.schedule import parse_duration as _parse
+
+    try:
+        return _parse(text)
+    except ValueError as exc:
+        raise UsageError(str(exc))
+
+
+def rpo_overdue(history: JobHistory, alert_after: str, now: datetime) -> bool:
+    """True when the job has had no successful point for longer than alert_after."""
+    limit = parse_duration(alert_after)
+    reference = history.last_success or history.last_run
+    if reference is None:
+        return False  # never ran: nothing to measure yet (the job's first run will say)
+    return now - reference > limit
+
+
+# --- clone journal ----------------------------------------------------------------------
+def clone_journal_dir(state_dir: Path) -> Path:
+    return Path(state_dir) / "clones"
+
+
+def journal_clone(state_dir: Path, clone_uuid: str, info: dict[str, Any]) -> None:
+    entry = dict(info, clone_uuid=clone_uuid, created=time.time(), pid=os.getpid())
+    _write_json_atomic(clone_journal_dir(state_dir) / f"{clone_uuid}.json", entry)
+
+
+def forget_clone(state_dir: Path, clone_uuid: str) -> None:
+    (clone_journal_dir(state_dir) / f"{clone_uuid}.json").unlink(missing_ok=True)
+
+
+def journaled_clones(state_dir: Path, cluster: str) -> list[dict[str, Any]]:
+    """Clones hcbak created on this cluster by processes that are no longer running."""
+    out: list[dict[str, Any]] = []
+    folder = clone_journal_dir(state_dir)
+    if not folder.is_dir():
+        return out
+    for path in sorted(folder.glob("*.json")):
+        entry = _read_json(path)
+        if not entry or entry.get("cluster") != cluster:
+            continue
+        pid = entry.get("pid")
+        if isinstance(pid, int) and pid != os.getpid() and pid_alive(pid):
+            continue  # another live run (other job) owns it
+        out.append(entry)
+    return out

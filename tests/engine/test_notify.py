@@ -1,0 +1,80 @@
+"""Email reports: rendering, and delivery to a real aiosmtpd server."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+
+import pytest
+
+from hcbak.config import SMTPConfig
+from hcbak.engine.notify import render_body, render_subject, send_email, should_notify
+from hcbak.engine.report import DiskReport, JobReport, VmReport
+from hcbak.errors import HcbakError
+from hcbak.secrets import Secret, SecretRef
+
+from .smtp_server import smtp_server
+
+
+def _report() -> JobReport:
+    job = JobReport("nightly", "prod", "main", started=datetime(2026, 1, 1, tzinfo=UTC))
+    job.finished = datetime(2026, 1, 1, 0, 1, tzinfo=UTC)
+    ok = VmReport("web01", "u1", point_id="p-123")
+    ok.disks.append(
+        DiskReport(
+            "d", 0, "VIRTIO_DISK", 1 << 30, bytes_read=5 << 20, bytes_stored=3 << 20, cbt_used=True
+        )
+    )
+    job.vms = [ok, VmReport("db01", "u2", status="failed", reason="snapshot task ERROR")]
+    return job
+
+
+def test_subject_and_body_name_job_status_counts_and_each_vm() -> None:
+    job = _report()
+    assert render_subject(job) == "[hcbak] nightly: PARTIAL - 1/2 VMs backed up, 3.0 MiB stored"
+    body = render_body(job)
+    assert "p-123" in body and "snapshot task ERROR" in body and "exit code 3" in body
+    assert should_notify(job, ["failure"]) and not should_notify(job, ["success"])
+
+
+def test_email_arrives_with_the_report_subject_and_login() -> None:
+    os.environ["HCBAK_TEST_SMTP_PW"] = "s3cret-smtp"
+    with smtp_server(password="s3cret-smtp") as inbox:
+        cfg = SMTPConfig(
+            host=inbox.host,
+            port=inbox.port,
+            security="none",
+            sender="hcbak@example.com",
+            username="mailer",
+            password=SecretRef(env="HCBAK_TEST_SMTP_PW"),
+        )
+        job = _report()
+        send_email(cfg, ["ops@example.com"], render_subject(job), render_body(job))
+    (msg,) = inbox.messages
+    assert msg["Subject"] == render_subject(job)
+    assert msg["To"] == "ops@example.com"
+    assert inbox.logins == ["mailer"]
+
+
+def test_refused_login_is_an_error_that_does_not_contain_the_password() -> None:
+    with smtp_server(password="right") as inbox:
+        cfg = SMTPConfig(
+            host=inbox.host,
+            port=inbox.port,
+            security="none",
+            sender="a@b.c",
+            username="u",
+            password=SecretRef(value=Secret("wrong-canary")),
+        )
+        with pytest.raises(HcbakError) as info:
+            send_email(cfg, ["ops@example.com"], "s", "b")
+    assert "wrong-canary" not in str(info.value)
+    assert inbox.messages == []
+
+
+def test_unreachable_server_is_a_one_line_error() -> None:
+    with smtp_server() as inbox:
+        port = inbox.port
+    cfg = SMTPConfig(host="127.0.0.1", port=port, security="starttls", sender="a@b.c")
+    with pytest.raises(HcbakError, match="failed"):
+        send_email(cfg, ["ops@example.com"], "s", "b")
