@@ -1,0 +1,97 @@
+"""Compression codecs for blobs and metadata, and the envelope that seals them.
+
+Blobs are compressed in the caller's thread: lz4 and zstd release the GIL, so several
+backup threads compress in parallel. When compression does not shrink a block
+(already compressed or encrypted guest data) the block is stored raw.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+
+import lz4.frame
+import zstandard
+
+from hcbak.errors import IntegrityError, RepoError
+from hcbak.repo.crypto import Sealer
+
+CODEC_NONE = 0
+CODEC_LZ4 = 1
+CODEC_ZSTD = 2
+CODECS = {"none": CODEC_NONE, "lz4": CODEC_LZ4, "zstd": CODEC_ZSTD}
+FLAG_ENCRYPTED = 0x01
+ZSTD_LEVEL = 3
+
+
+def codec_id(name: str) -> int:
+    try:
+        return CODECS[name]
+    except KeyError:
+        raise RepoError(f"unknown compression {name!r} (choose lz4, zstd or none)")
+
+
+def compress(data: bytes, codec: int) -> tuple[int, bytes]:
+    """Compress with `codec`; fall back to raw when it does not help."""
+    if codec == CODEC_LZ4:
+        out = lz4.frame.compress(data, store_size=False)
+    elif codec == CODEC_ZSTD:
+        # A compressor object per call: ZstdCompressor is not thread safe.
+        out = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(data)
+    else:
+        return CODEC_NONE, data
+    if len(out) >= len(data):
+        return CODEC_NONE, data
+    return codec, out
+
+
+def decompress(data: bytes, codec: int, plain_len: int, what: str) -> bytes:
+    try:
+        if codec == CODEC_NONE:
+            out = data
+        elif codec == CODEC_LZ4:
+            out = lz4.frame.decompress(data)
+        elif codec == CODEC_ZSTD:
+            out = zstandard.ZstdDecompressor().decompress(data, max_output_size=plain_len)
+        else:
+            raise IntegrityError(f"{what} uses unknown codec {codec}")
+    except (RuntimeError, zstandard.ZstdError) as exc:
+        raise IntegrityError(f"{what} does not decompress: {exc}")
+    if len(out) != plain_len:
+        raise IntegrityError(f"{what} decompresses to {len(out)} bytes, expected {plain_len}")
+    return out
+
+
+# Envelope: flags u8 | codec u8 | reserved u16 | crc32 u32 | plain_len u64 | stored_len u64
+ENVELOPE = struct.Struct("<BBHIQQ")
+
+
+@dataclass
+class Envelope:
+    """Seals metadata (index segments, manifest sections) for storage."""
+
+    sealer: Sealer
+
+    def seal(self, plain: bytes, ad: bytes, codec: int = CODEC_ZSTD) -> bytes:
+        used, comp = compress(plain, codec)
+        stored = self.sealer.seal(comp, ad)
+        flags = FLAG_ENCRYPTED if self.sealer.encrypted else 0
+        head = ENVELOPE.pack(flags, used, 0, zlib.crc32(stored), len(plain), len(stored))
+        return head + stored
+
+    def open(self, data: bytes, offset: int, ad: bytes, what: str) -> tuple[bytes, int]:
+        """Open the envelope at `offset`; returns (plaintext, offset after it)."""
+        end_head = offset + ENVELOPE.size
+        if len(data) < end_head:
+            raise IntegrityError(f"{what} is truncated")
+        flags, codec, _, crc, plain_len, stored_len = ENVELOPE.unpack_from(data, offset)
+        stored = data[end_head : end_head + stored_len]
+        if len(stored) != stored_len:
+            raise IntegrityError(f"{what} is truncated")
+        if zlib.crc32(stored) != crc:
+            raise IntegrityError(f"{what} has a bad checksum")
+        if bool(flags & FLAG_ENCRYPTED) != self.sealer.encrypted:
+            raise IntegrityError(f"{what} encryption flag does not match the repository")
+        comp = self.sealer.open(stored, ad, what)
+        return decompress(comp, codec, plain_len, what), end_head + stored_len

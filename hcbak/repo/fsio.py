@@ -1,0 +1,139 @@
+"""File-system primitives every repository file goes through.
+
+One atomic-write helper (restic's local backend pattern): temp name in the same folder,
+write, check the length, fsync, `os.replace`, fsync the folder. Content-addressed files
+are write-once: we never rename over an existing one (SMB/NFS refuse or misbehave,
+borg #5253). fsync of a directory and chmod fail with EPERM/ENOTSUP/EINVAL/ENOSYS on
+some network filesystems (restic #1756, #5342); those errnos, and only those, are
+tolerated. ENOSPC/EDQUOT become `NoSpaceError` with the temp file removed.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from hcbak.errors import NoSpaceError, RepoError
+
+# errnos that network filesystems return for fsync(dir)/chmod although the data is safe.
+TOLERATED_ERRNOS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS})
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+TMP_PREFIX = ".tmp-"
+
+# Indirection points so tests can make them raise (see tests/repo/test_fsio.py).
+_fsync = os.fsync
+_chmod = os.chmod
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename/create in `path` durable; tolerate filesystems that cannot."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError as exc:
+        if exc.errno in TOLERATED_ERRNOS:
+            return
+        raise
+    try:
+        _fsync(fd)
+    except OSError as exc:
+        if exc.errno not in TOLERATED_ERRNOS:
+            raise
+    finally:
+        os.close(fd)
+
+
+def chmod_tolerant(path: Path, mode: int) -> None:
+    """chmod that ignores the errnos of filesystems without POSIX modes (CIFS, some NFS)."""
+    try:
+        _chmod(path, mode)
+    except OSError as exc:
+        if exc.errno not in TOLERATED_ERRNOS:
+            raise
+
+
+def tmp_path_for(final: Path) -> Path:
+    return final.parent / f"{TMP_PREFIX}{final.name[:24]}-{secrets.token_hex(6)}"
+
+
+def raise_os_error(exc: OSError, what: str) -> None:
+    """Turn an OSError into the typed repository error (ENOSPC -> NoSpaceError)."""
+    if exc.errno in NO_SPACE_ERRNOS:
+        raise NoSpaceError(
+            f"no space left while writing {what}",
+            hint="free space on the repository filesystem; the repository is unchanged "
+            "except for unreferenced data that `hcbak repo prune` removes",
+        ) from exc
+    raise RepoError(f"could not write {what}: {exc.strerror or exc}") from exc
+
+
+def atomic_write(final: Path, data: bytes, *, write_once: bool = False) -> bool:
+    """Write `data` to `final` atomically and durably.
+
+    With `write_once` (content-addressed names) an existing file is left alone and
+    False is returned: equal names mean equal content. Returns True when written.
+    """
+    if write_once and final.exists():
+        return False
+    tmp = tmp_path_for(final)
+    try:
+        with open(tmp, "xb") as fh:
+            fh.write(data)
+            fh.flush()
+            if fh.tell() != len(data) or os.fstat(fh.fileno()).st_size != len(data):
+                raise RepoError(f"short write to {tmp}")
+            _fsync(fh.fileno())
+        commit_tmp(tmp, final, write_once=write_once)
+    except OSError as exc:
+        remove_quietly(tmp)
+        raise_os_error(exc, str(final))
+    except BaseException:
+        remove_quietly(tmp)
+        raise
+    return True
+
+
+def commit_tmp(tmp: Path, final: Path, *, write_once: bool) -> bool:
+    """Rename a fully written, fsynced temp file into place and fsync the folder."""
+    if write_once and final.exists():
+        remove_quietly(tmp)
+        return False
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+    return True
+
+
+def remove_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def remove_durably(path: Path) -> None:
+    """Delete a file and make the deletion durable (used by prune, in protocol order)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return
+    fsync_dir(path.parent)
+
+
+@contextmanager
+def translate_os_errors(what: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        raise_os_error(exc, what)
+
+
+def read_file(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise RepoError(f"could not read {what} {path}: {exc.strerror or exc}") from exc

@@ -1,0 +1,212 @@
+"""Repository locks as leases: O_EXCL lock files under locks/, refreshed from a thread.
+
+No flock/fcntl: they are unreliable on NFS. Each holder creates its own file
+`locks/<random>` with O_EXCL (atomic on NFSv3+), then looks at the other lock files:
+- a shared lock (backup, restore, verify) conflicts with live exclusive locks;
+- an exclusive lock (prune) conflicts with every other live lock.
+On conflict it deletes its own file and retries until `wait` runs out (two takers that
+see each other both back off, so at most one exclusive holder ever proceeds).
+A daemon thread rewrites the file every REFRESH_INTERVAL; it only touches its own
+small file, so it never waits behind data I/O. A lock is stale only when its refresh is
+older than STALE_AFTER and, if it was taken on this host, its pid is dead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hcbak.errors import LockedError, RepoError
+from hcbak.repo import fsio
+
+SHARED = "shared"
+EXCLUSIVE = "exclusive"
+REFRESH_INTERVAL = 60.0  # seconds between refreshes of a held lock
+STALE_AFTER = 30 * 60.0  # a lock not refreshed for this long may be stale
+RETRY_INTERVAL = 0.5
+
+
+@dataclass(frozen=True)
+class LockInfo:
+    name: str
+    host: str
+    pid: int
+    kind: str
+    start: float
+    refreshed: float
+    command: str
+
+    def age(self, now: float | None = None) -> float:
+        return (now if now is not None else time.time()) - self.refreshed
+
+    def is_stale(self, now: float | None = None, stale_after: float = STALE_AFTER) -> bool:
+        if self.age(now) <= stale_after:
+            return False
+        if self.host != socket.gethostname():
+            return True
+        return not pid_alive(self.pid)
+
+    def describe(self) -> str:
+        return (
+            f"{self.kind} lock held by {self.command or 'hcbak'} on host {self.host}, "
+            f"pid {self.pid}, refreshed {self.age():.0f} s ago"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "host": self.host,
+            "pid": self.pid,
+            "kind": self.kind,
+            "start": self.start,
+            "refreshed": self.refreshed,
+            "command": self.command,
+            "age": round(self.age(), 1),
+            "stale": self.is_stale(),
+        }
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_locks(root: Path) -> list[LockInfo]:
+    out = []
+    lock_dir = root / "locks"
+    for path in sorted(lock_dir.iterdir()):
+        if path.name.startswith(fsio.TMP_PREFIX):
+            continue
+        try:
+            raw = path.read_bytes()
+            mtime = path.stat().st_mtime
+        except FileNotFoundError:
+            continue
+        try:
+            d = json.loads(raw)
+            out.append(
+                LockInfo(
+                    path.name,
+                    str(d["host"]),
+                    int(d["pid"]),
+                    str(d["kind"]),
+                    float(d["start"]),
+                    float(d["refreshed"]),
+                    str(d.get("command", "")),
+                )
+            )
+        except (ValueError, KeyError, TypeError):
+            # Created but not yet written (or damaged): treat as a fresh exclusive
+            # lock of unknown origin until its mtime makes it stale.
+            out.append(LockInfo(path.name, "?", 0, EXCLUSIVE, mtime, mtime, "unknown"))
+    return out
+
+
+class RepoLock:
+    """A held lease; use `acquire()` then `release()` (or the repository context)."""
+
+    def __init__(
+        self,
+        root: Path,
+        kind: str,
+        *,
+        command: str | None = None,
+        refresh_interval: float = REFRESH_INTERVAL,
+        stale_after: float = STALE_AFTER,
+    ) -> None:
+        if kind not in (SHARED, EXCLUSIVE):
+            raise ValueError(kind)
+        self.root = root
+        self.kind = kind
+        self.name = secrets.token_hex(16)
+        self.path = root / "locks" / self.name
+        self.command = command or " ".join(os.path.basename(a) for a in sys.argv[:3])
+        self.refresh_interval = refresh_interval
+        self.stale_after = stale_after
+        self.start = time.time()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _content(self) -> bytes:
+        return json.dumps(
+            {
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "kind": self.kind,
+                "start": self.start,
+                "refreshed": time.time(),
+                "command": self.command,
+            }
+        ).encode()
+
+    def _create(self) -> None:
+        with fsio.translate_os_errors(f"lock file {self.path}"):
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                os.write(fd, self._content())
+                fsio._fsync(fd)
+            finally:
+                os.close(fd)
+
+    def _conflicts(self) -> list[LockInfo]:
+        conflicts = []
+        for info in read_locks(self.root):
+            if info.name == self.name or info.is_stale(stale_after=self.stale_after):
+                continue
+            if self.kind == EXCLUSIVE or info.kind == EXCLUSIVE:
+                conflicts.append(info)
+        return conflicts
+
+    def acquire(self, wait: float = 0.0) -> None:
+        deadline = time.monotonic() + wait
+        while True:
+            self._create()
+            conflicts = self._conflicts()
+            if not conflicts:
+                break
+            fsio.remove_quietly(self.path)
+            if time.monotonic() >= deadline:
+                raise LockedError(
+                    f"repository {self.root} is locked: {conflicts[0].describe()}",
+                    hint="wait for it to finish; if that process is gone, run "
+                    "`hcbak repo unlock NAME` (stale locks) or `--force`",
+                )
+            time.sleep(RETRY_INTERVAL + secrets.randbelow(250) / 1000)
+        self._thread = threading.Thread(target=self._refresh_loop, name="hcbak-lock", daemon=True)
+        self._thread.start()
+
+    def _refresh_loop(self) -> None:
+        while not self._stop.wait(self.refresh_interval):
+            try:
+                fsio.atomic_write(self.path, self._content())
+            except (OSError, RepoError):
+                pass  # retried at the next interval; the lease has a wide margin
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        fsio.remove_quietly(self.path)
+
+
+def unlock(root: Path, *, force: bool = False) -> list[LockInfo]:
+    """Remove stale locks (all locks with `force`); returns the removed ones."""
+    removed = []
+    for info in read_locks(root):
+        if force or info.is_stale():
+            fsio.remove_quietly(root / "locks" / info.name)
+            removed.append(info)
+    return removed

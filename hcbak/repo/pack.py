@@ -1,0 +1,166 @@
+"""Pack files: write-once containers of framed blobs with a truncation-proof trailer.
+
+A pack is written under a temp name in packs/, fsynced, then renamed to
+packs/<2 hex>/<sha256 of the file>. Its name is its checksum, so `verify --read-data`
+detects any flipped bit, and the trailer (blob table + fixed footer with the pack
+length and a magic) makes a truncated pack obvious without reading it (restic #1727).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from hcbak.errors import IntegrityError
+from hcbak.repo import fsio
+
+PACK_MAGIC = b"HCBKPACK"
+PACK_END_MAGIC = b"HCBKPEND"
+PACK_VERSION = 1
+PACK_HEADER = struct.Struct("<8sII")  # magic, version, reserved
+# Blob frame header: id | flags | codec | reserved | plain_len | stored_len | crc32
+BLOB_HEADER = struct.Struct("<16sBBHIII")
+# Blob table entry: id | frame offset | frame length | plain length | reserved
+TABLE_ENTRY = struct.Struct("<16sQIII")
+# Footer: table offset | blob count | table crc32 | pack length | magic
+FOOTER = struct.Struct("<QIIQ8s")
+
+
+@dataclass(frozen=True)
+class BlobFrame:
+    id: bytes
+    flags: int
+    codec: int
+    plain_len: int
+    payload: bytes
+
+
+def frame_blob(block_id: bytes, flags: int, codec: int, plain_len: int, payload: bytes) -> bytes:
+    """The bytes of one blob: header (with crc32 over header fields + payload) + payload."""
+    pre = BLOB_HEADER.pack(block_id, flags, codec, 0, plain_len, len(payload), 0)[:-4]
+    crc = zlib.crc32(payload, zlib.crc32(pre))
+    return pre + struct.pack("<I", crc) + payload
+
+
+def parse_blob(frame: bytes, what: str) -> BlobFrame:
+    if len(frame) < BLOB_HEADER.size:
+        raise IntegrityError(f"{what} is truncated")
+    block_id, flags, codec, _, plain_len, stored_len, crc = BLOB_HEADER.unpack_from(frame)
+    payload = frame[BLOB_HEADER.size : BLOB_HEADER.size + stored_len]
+    if len(payload) != stored_len:
+        raise IntegrityError(f"{what} is truncated")
+    if zlib.crc32(payload, zlib.crc32(frame[: BLOB_HEADER.size - 4])) != crc:
+        raise IntegrityError(f"{what} has a bad checksum")
+    return BlobFrame(block_id, flags, codec, plain_len, payload)
+
+
+def pack_path(root: Path, pack_id: str) -> Path:
+    return root / "packs" / pack_id[:2] / pack_id
+
+
+class PackWriter:
+    """Appends blob frames to a temp file; `finish` seals and renames it (not thread safe:
+    the repository serialises appends under its lock)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tmp = fsio.tmp_path_for(root / "packs" / "pack")
+        self._fh: BinaryIO = open(self.tmp, "xb")  # noqa: SIM115 - closed in finish/abort
+        self._hash = hashlib.sha256()
+        self.entries: list[tuple[bytes, int, int, int]] = []  # id, offset, length, plain
+        self.size = 0
+        self._write(PACK_HEADER.pack(PACK_MAGIC, PACK_VERSION, 0))
+
+    def _write(self, data: bytes) -> None:
+        self._fh.write(data)
+        self._hash.update(data)
+        self.size += len(data)
+
+    def append(self, block_id: bytes, frame: bytes, plain_len: int) -> tuple[int, int]:
+        offset = self.size
+        self._write(frame)
+        self.entries.append((block_id, offset, len(frame), plain_len))
+        return offset, len(frame)
+
+    def read_frame(self, offset: int, length: int) -> bytes:
+        """Read back a blob of this still-open pack (a get_block before flush)."""
+        self._fh.flush()
+        with open(self.tmp, "rb") as fh:
+            fh.seek(offset)
+            return fh.read(length)
+
+    def finish(self) -> str:
+        """Write the trailer, fsync, rename to the content-addressed name; returns the id."""
+        table = b"".join(TABLE_ENTRY.pack(i, o, n, p, 0) for i, o, n, p in self.entries)
+        table_offset = self.size
+        self._write(table)
+        total = self.size + FOOTER.size
+        self._write(
+            FOOTER.pack(table_offset, len(self.entries), zlib.crc32(table), total, PACK_END_MAGIC)
+        )
+        self._fh.flush()
+        fsio._fsync(self._fh.fileno())
+        self._fh.close()
+        pack_id = self._hash.hexdigest()
+        final = pack_path(self.root, pack_id)
+        final.parent.mkdir(exist_ok=True)
+        fsio.commit_tmp(self.tmp, final, write_once=True)
+        return pack_id
+
+    def abort(self) -> None:
+        try:
+            self._fh.close()
+        except OSError:
+            pass
+        fsio.remove_quietly(self.tmp)
+
+
+def read_trailer(path: Path) -> list[tuple[bytes, int, int, int]]:
+    """Check a pack's footer and blob table; returns (id, offset, length, plain_len)."""
+    what = f"pack {path.name}"
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size < PACK_HEADER.size + FOOTER.size:
+            raise IntegrityError(f"{what} is truncated ({size} bytes)")
+        fh.seek(size - FOOTER.size)
+        table_offset, count, crc, total, magic = FOOTER.unpack(fh.read(FOOTER.size))
+        if magic != PACK_END_MAGIC or total != size:
+            raise IntegrityError(f"{what} is truncated or damaged (no valid trailer)")
+        fh.seek(table_offset)
+        table = fh.read(count * TABLE_ENTRY.size)
+    if len(table) != count * TABLE_ENTRY.size or zlib.crc32(table) != crc:
+        raise IntegrityError(f"{what} has a damaged blob table")
+    return [(i, o, n, p) for i, o, n, p, _ in TABLE_ENTRY.iter_unpack(table)]
+
+
+def iter_pack_frames(path: Path, chunk: int = 1 << 20) -> Iterator[tuple[int, bytes]]:
+    """Stream (offset, frame bytes) of every blob in file order, in bounded memory.
+
+    Also checks that the file's sha256 equals its name (any flipped bit is caught).
+    """
+    entries = sorted(read_trailer(path), key=lambda e: e[1])
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        pos = 0
+        for _, offset, length, _ in entries:
+            if offset > pos:
+                gap = fh.read(offset - pos)
+                digest.update(gap)
+                pos += len(gap)
+            frame = fh.read(length)
+            digest.update(frame)
+            pos += len(frame)
+            yield offset, frame
+        while True:
+            rest = fh.read(chunk)
+            if not rest:
+                break
+            digest.update(rest)
+    if digest.hexdigest() != path.name:
+        raise IntegrityError(f"pack {path.name} content does not match its name (corrupt)")

@@ -1,0 +1,200 @@
+"""Restore points: the records and their manifest files.
+
+A manifest is `points/<point id>`: magic, then a sealed JSON header (everything but the
+block maps, so listing points is cheap), then a sealed section with the block maps of
+all disks concatenated in the order of the header's `disks`. Sealing binds the point id
+(associated data), so a manifest cannot be renamed to pose as another point.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from hcbak.errors import IntegrityError
+from hcbak.repo.blockmap import BlockMap
+from hcbak.repo.codec import Envelope
+
+POINT_MAGIC = b"HCBKPNT1"
+MANIFEST_VERSION = 1
+
+
+@dataclass
+class DiskImage:
+    uuid: str
+    slot: int
+    type: str
+    capacity: int
+    block_size: int
+    block_map: BlockMap
+    serial: int | None = None
+    incremental: bool = False
+    cbt_reason: str = ""
+
+
+@dataclass
+class Point:
+    id: str
+    job: str
+    cluster: str
+    vm_uuid: str
+    vm_name: str
+    created: datetime
+    vm: dict[str, Any] = field(default_factory=dict)
+    snapshot_uuid: str | None = None
+    snapshot_label: str | None = None
+    disks: list[DiskImage] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+    hcbak_version: str = ""
+
+
+@dataclass(frozen=True)
+class PointSummary:
+    id: str
+    job: str
+    cluster: str
+    vm_uuid: str
+    vm_name: str
+    created: datetime
+    snapshot_uuid: str | None
+    n_disks: int
+    capacity: int
+    stats: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "job": self.job,
+            "cluster": self.cluster,
+            "vm_uuid": self.vm_uuid,
+            "vm_name": self.vm_name,
+            "created": self.created.isoformat(),
+            "snapshot_uuid": self.snapshot_uuid,
+            "disks": self.n_disks,
+            "capacity": self.capacity,
+            "stats": self.stats,
+        }
+
+
+def new_point_id() -> str:
+    """128 random bits as 32 hex digits; short unique prefixes resolve too."""
+    return secrets.token_hex(16)
+
+
+def _header(point: Point) -> dict[str, Any]:
+    created = point.created
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=UTC)
+    return {
+        "version": MANIFEST_VERSION,
+        "id": point.id,
+        "job": point.job,
+        "cluster": point.cluster,
+        "vm_uuid": point.vm_uuid,
+        "vm_name": point.vm_name,
+        "created": created.astimezone(UTC).isoformat(),
+        "vm": point.vm,
+        "snapshot_uuid": point.snapshot_uuid,
+        "snapshot_label": point.snapshot_label,
+        "stats": point.stats,
+        "hcbak_version": point.hcbak_version,
+        "disks": [
+            {
+                "uuid": d.uuid,
+                "slot": d.slot,
+                "type": d.type,
+                "capacity": d.capacity,
+                "block_size": d.block_size,
+                "n_blocks": len(d.block_map),
+                "serial": d.serial,
+                "incremental": d.incremental,
+                "cbt_reason": d.cbt_reason,
+            }
+            for d in point.disks
+        ],
+    }
+
+
+def _ad(point_id: str, section: bytes) -> bytes:
+    return b"hcbak-point-v1:" + point_id.encode() + b":" + section
+
+
+def encode_manifest(point: Point, envelope: Envelope) -> bytes:
+    header = json.dumps(_header(point), sort_keys=True, separators=(",", ":")).encode()
+    maps = b"".join(d.block_map.to_bytes() for d in point.disks)
+    return (
+        POINT_MAGIC
+        + envelope.seal(header, _ad(point.id, b"header"))
+        + envelope.seal(maps, _ad(point.id, b"maps"))
+    )
+
+
+def decode_header(data: bytes, point_id: str, envelope: Envelope) -> tuple[dict[str, Any], int]:
+    what = f"point {point_id}"
+    if data[:8] != POINT_MAGIC:
+        raise IntegrityError(f"{what} manifest has a bad magic")
+    plain, end = envelope.open(data, 8, _ad(point_id, b"header"), what)
+    try:
+        header = json.loads(plain)
+    except ValueError:
+        raise IntegrityError(f"{what} manifest header is not JSON")
+    if header.get("id") != point_id:
+        raise IntegrityError(f"{what} manifest names another point")
+    return header, end
+
+
+def summary_from_header(h: dict[str, Any]) -> PointSummary:
+    return PointSummary(
+        id=h["id"],
+        job=h.get("job", ""),
+        cluster=h.get("cluster", ""),
+        vm_uuid=h.get("vm_uuid", ""),
+        vm_name=h.get("vm_name", ""),
+        created=datetime.fromisoformat(h["created"]),
+        snapshot_uuid=h.get("snapshot_uuid"),
+        n_disks=len(h.get("disks", [])),
+        capacity=sum(int(d["capacity"]) for d in h.get("disks", [])),
+        stats=h.get("stats", {}),
+    )
+
+
+def decode_manifest(data: bytes, point_id: str, envelope: Envelope) -> Point:
+    h, pos = decode_header(data, point_id, envelope)
+    maps, _end = envelope.open(data, pos, _ad(point_id, b"maps"), f"point {point_id}")
+    disks: list[DiskImage] = []
+    at = 0
+    for d in h["disks"]:
+        size = int(d["n_blocks"]) * 16
+        if at + size > len(maps):
+            raise IntegrityError(f"point {point_id} block maps are short")
+        disks.append(
+            DiskImage(
+                uuid=d["uuid"],
+                slot=int(d["slot"]),
+                type=d["type"],
+                capacity=int(d["capacity"]),
+                block_size=int(d["block_size"]),
+                block_map=BlockMap.from_bytes(maps[at : at + size]),
+                serial=d.get("serial"),
+                incremental=bool(d.get("incremental", False)),
+                cbt_reason=d.get("cbt_reason", ""),
+            )
+        )
+        at += size
+    return Point(
+        id=h["id"],
+        job=h.get("job", ""),
+        cluster=h.get("cluster", ""),
+        vm_uuid=h.get("vm_uuid", ""),
+        vm_name=h.get("vm_name", ""),
+        created=datetime.fromisoformat(h["created"]),
+        vm=h.get("vm", {}),
+        snapshot_uuid=h.get("snapshot_uuid"),
+        snapshot_label=h.get("snapshot_label"),
+        disks=disks,
+        stats=h.get("stats", {}),
+        hcbak_version=h.get("hcbak_version", ""),
+    )

@@ -1,0 +1,450 @@
+"""The Repository: put/get blocks, flush, save/list/load/resolve/forget points.
+
+Thread model (an engine calls `put_block` from many threads): hashing, compression and
+encryption run in the caller's thread (xxhash, lz4, zstd and AES-GCM release the GIL);
+only the append to the open pack and the bookkeeping run under one lock. An in-memory
+set of ids being written prevents two threads from storing the same block twice.
+
+Commit order (docs/format.md, "Crash safety"): packs -> index segments -> manifest.
+A crash at any moment leaves at worst packs or index entries no point references,
+which `prune` removes; a point is visible only once all its data is durable.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import xxhash
+
+from hcbak.errors import IntegrityError, NotFoundError, RepoError, UsageError
+from hcbak.repo import fsio
+from hcbak.repo.blockmap import ZERO_BLOCK
+from hcbak.repo.codec import ENVELOPE, FLAG_ENCRYPTED, Envelope, codec_id, compress, decompress
+from hcbak.repo.crypto import SCRYPT_N, KeyMaterial, Sealer, new_kdf_params
+from hcbak.repo.index import CompactIndex, Location, SegmentEntry, list_segments, read_segment
+from hcbak.repo.index import write_segment as _write_segment
+from hcbak.repo.locks import RepoLock
+from hcbak.repo.pack import PackWriter, frame_blob, pack_path, parse_blob
+from hcbak.repo.points import (
+    POINT_MAGIC,
+    Point,
+    PointSummary,
+    decode_header,
+    decode_manifest,
+    encode_manifest,
+    new_point_id,
+    summary_from_header,
+)
+from hcbak.repo.settings import (
+    FORMAT_VERSION,
+    RepoSettings,
+    encode_config,
+    load_settings,
+    validate_block_size,
+    write_config,
+)
+from hcbak.secrets import Secret
+
+PACK_TARGET = 64 * 1024 * 1024
+# Index segments are written at every flush and after this many packs, so a long
+# backup does not leave gigabytes of data unindexed (nor creates one file per pack).
+INDEX_EVERY_PACKS = 16
+SUBDIRS = ("packs", "index", "points", "locks")
+
+
+def is_repo(path: Path) -> bool:
+    return (Path(path) / "config").is_file()
+
+
+def init_repo(
+    path: Path | str,
+    *,
+    compression: str = "lz4",
+    block_size: int = 1024 * 1024,
+    passphrase: Secret | None = None,
+    kdf_n: int = SCRYPT_N,
+) -> RepoSettings:
+    """Create a repository in an empty (or missing) folder; `config` is written last."""
+    root = Path(path)
+    codec_id(compression)
+    validate_block_size(block_size)
+    if root.exists():
+        if not root.is_dir():
+            raise RepoError(f"{root} exists and is not a folder")
+        if is_repo(root):
+            raise RepoError(f"{root} is already an hcbak repository")
+        leftovers = [p for p in root.iterdir() if not (p.name in SUBDIRS and p.is_dir())]
+        if leftovers or any(any(p.iterdir()) for p in root.iterdir()):
+            raise RepoError(
+                f"{root} is not empty and is not an hcbak repository",
+                hint="choose an empty or new folder",
+            )
+    settings = RepoSettings(
+        repo_id=secrets.token_hex(16),
+        block_size=block_size,
+        compression=compression,
+        encrypted=passphrase is not None,
+        version=FORMAT_VERSION,
+        created=datetime.now(UTC).isoformat(),
+    )
+    material = KeyMaterial.generate()
+    kdf = new_kdf_params(kdf_n) if passphrase is not None else None
+    with fsio.translate_os_errors(f"repository {root}"):
+        root.mkdir(parents=True, exist_ok=True)
+        for sub in SUBDIRS:
+            (root / sub).mkdir(exist_ok=True)
+        fsio.fsync_dir(root)
+        write_config(root, encode_config(settings, material, passphrase, kdf))
+    return settings
+
+
+@contextmanager
+def open_repo(
+    path: Path | str,
+    *,
+    passphrase: Secret | None = None,
+    lock: str | None = "shared",
+    lock_wait: float = 0.0,
+    pack_target: int = PACK_TARGET,
+    command: str | None = None,
+) -> Iterator[Repository]:
+    """Open a repository, holding a shared/exclusive lease (or none) while in use."""
+    root = Path(path)
+    settings, material, seed = load_settings(root, passphrase)
+    held: RepoLock | None = None
+    if lock is not None:
+        held = RepoLock(root, lock, command=command)
+        held.acquire(wait=lock_wait)
+    try:
+        repo = Repository(root, settings, material, seed, pack_target=pack_target)
+        repo.lock = held
+        try:
+            yield repo
+            repo.flush()
+        finally:
+            repo.close()
+    finally:
+        if held is not None:
+            held.release()
+
+
+class Repository:
+    """An open repository. Use through `open_repo`; methods are thread safe."""
+
+    def __init__(
+        self,
+        root: Path,
+        settings: RepoSettings,
+        material: KeyMaterial | None,
+        id_seed: int,
+        *,
+        pack_target: int = PACK_TARGET,
+    ) -> None:
+        self.root = root
+        self.config = settings
+        self.lock: RepoLock | None = None
+        self._seed = id_seed
+        self.sealer = Sealer(material.master_key if material else None)
+        self.envelope = Envelope(self.sealer)
+        self._codec = codec_id(settings.compression)
+        self._pack_target = pack_target
+        self._cv = threading.Condition()
+        self._inflight: set[bytes] = set()
+        self._writer: PackWriter | None = None
+        self._open: dict[bytes, tuple[PackWriter, int, int]] = {}
+        self._new: dict[bytes, Location] = {}
+        self._unindexed: list[SegmentEntry] = []
+        self._unindexed_packs = 0
+        self._finishing = 0
+        self._failed: BaseException | None = None
+        self.index = CompactIndex()
+        for seg in list_segments(root):
+            self.index.add(read_segment(root, seg, self.envelope))
+
+    # --- blocks ---------------------------------------------------------------------
+    def block_id(self, data: bytes) -> bytes:
+        """The 16-byte id of a block: xxh3-128 of its plaintext, seeded per repository."""
+        return xxhash.xxh3_128_digest(data, seed=self._seed)
+
+    def has_block(self, block_id: bytes) -> bool:
+        if block_id == ZERO_BLOCK:
+            return True
+        with self._cv:
+            return self._known(block_id)
+
+    def _known(self, block_id: bytes) -> bool:
+        return block_id in self._open or block_id in self._new or self.index.contains(block_id)
+
+    def put_block(self, block_id: bytes, data: bytes) -> int:
+        """Store a block unless present; returns bytes added (0 when deduplicated)."""
+        if block_id == ZERO_BLOCK:
+            return 0
+        with self._cv:
+            self._check_failed()
+            if block_id in self._inflight or self._known(block_id):
+                return 0
+            self._inflight.add(block_id)
+        try:
+            codec, comp = compress(data, self._codec)
+            payload = self.sealer.seal(comp, block_id)
+            flags = FLAG_ENCRYPTED if self.sealer.encrypted else 0
+            frame = frame_blob(block_id, flags, codec, len(data), payload)
+            full = self._append(block_id, frame, len(data))
+            if full is not None:
+                self._finish(full)
+            return len(frame)
+        finally:
+            with self._cv:
+                self._inflight.discard(block_id)
+                self._cv.notify_all()
+
+    def _append(self, block_id: bytes, frame: bytes, plain_len: int) -> PackWriter | None:
+        """Append under the lock; returns the writer to finish when it reached target."""
+        with self._cv:
+            self._check_failed()
+            writer = self._writer
+            try:
+                if writer is None:
+                    writer = self._writer = PackWriter(self.root)
+                offset, length = writer.append(block_id, frame, plain_len)
+            except OSError as exc:
+                self._fail_writer(writer, exc)
+                fsio.raise_os_error(exc, "a pack file")
+                raise  # unreachable; raise_os_error always raises
+            self._open[block_id] = (writer, offset, length)
+            if writer.size < self._pack_target:
+                return None
+            self._writer = None
+            self._finishing += 1
+            return writer
+
+    def _fail_writer(self, writer: PackWriter | None, exc: BaseException) -> None:
+        """A pack could not be written: drop its blocks and refuse further commits."""
+        self._failed = exc
+        if writer is not None:
+            writer.abort()
+            for entry in writer.entries:
+                self._open.pop(entry[0], None)
+            if self._writer is writer:
+                self._writer = None
+
+    def _check_failed(self) -> None:
+        if self._failed is not None:
+            if isinstance(self._failed, RepoError):
+                raise self._failed
+            raise RepoError("an earlier write to the repository failed; nothing more is committed")
+
+    def _finish(self, writer: PackWriter) -> None:
+        try:
+            pack_id = writer.finish()
+        except BaseException as exc:
+            with self._cv:
+                self._fail_writer(writer, exc)
+                self._finishing -= 1
+                self._cv.notify_all()
+            if isinstance(exc, OSError):
+                fsio.raise_os_error(exc, "a pack file")
+            raise
+        with self._cv:
+            for block_id, offset, length, plain in writer.entries:
+                self._open.pop(block_id, None)
+                self._new[block_id] = Location(pack_id, offset, length)
+                self._unindexed.append(SegmentEntry(block_id, pack_id, offset, length, plain))
+            self._unindexed_packs += 1
+            self._finishing -= 1
+            self._cv.notify_all()
+            due = self._unindexed_packs >= INDEX_EVERY_PACKS
+        if due:
+            self._write_index()
+
+    def _write_index(self) -> None:
+        with self._cv:
+            if not self._unindexed:
+                return
+            entries, self._unindexed = self._unindexed, []
+            self._unindexed_packs = 0
+            try:
+                _write_segment(self.root, entries, self.envelope)
+            except BaseException as exc:
+                self._failed = exc
+                raise
+            self.index.add(entries)
+            for entry in entries:
+                self._new.pop(entry.id, None)
+
+    def flush(self) -> None:
+        """Make every block put so far durable: finish the open pack, write the index."""
+        with self._cv:
+            self._cv.wait_for(lambda: not self._inflight and self._finishing == 0)
+            self._check_failed()
+            writer, self._writer = self._writer, None
+            if writer is not None:
+                self._finishing += 1
+        if writer is not None:
+            self._finish(writer)
+        self._write_index()
+
+    def locate(self, block_id: bytes) -> Location | None:
+        with self._cv:
+            loc = self._new.get(block_id)
+            return loc if loc is not None else self.index.lookup(block_id)
+
+    def get_block(self, block_id: bytes) -> bytes:
+        """Read, authenticate, decompress and re-hash one block."""
+        if block_id == ZERO_BLOCK:
+            return bytes(self.config.block_size)
+        with self._cv:
+            pending = self._open.get(block_id)
+            frame = pending[0].read_frame(pending[1], pending[2]) if pending else None
+        if frame is None:
+            loc = self.locate(block_id)
+            if loc is None:
+                raise IntegrityError(f"block {block_id.hex()} is not in the repository index")
+            frame = self._read_frame(loc)
+        return self.decode_frame(block_id, frame)
+
+    def _read_frame(self, loc: Location) -> bytes:
+        path = pack_path(self.root, loc.pack)
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(loc.offset)
+                frame = fh.read(loc.length)
+        except FileNotFoundError:
+            raise IntegrityError(f"pack {loc.pack} is missing")
+        except OSError as exc:
+            raise RepoError(f"could not read pack {loc.pack}: {exc.strerror or exc}")
+        if len(frame) != loc.length:
+            raise IntegrityError(f"pack {loc.pack} is truncated")
+        return frame
+
+    def decode_frame(self, block_id: bytes, frame: bytes) -> bytes:
+        what = f"block {block_id.hex()}"
+        blob = parse_blob(frame, what)
+        if blob.id != block_id:
+            raise IntegrityError(f"{what}: the index points at another blob")
+        comp = self.sealer.open(blob.payload, block_id, what)
+        data = decompress(comp, blob.codec, blob.plain_len, what)
+        if self.block_id(data) != block_id:
+            raise IntegrityError(f"{what} content does not match its id")
+        return data
+
+    # --- points ---------------------------------------------------------------------
+    def new_point_id(self) -> str:
+        return new_point_id()
+
+    def save_point(self, point: Point) -> None:
+        """The commit: flush all data, then write the manifest atomically (write-once)."""
+        self.flush()
+        data = encode_manifest(point, self.envelope)
+        if not fsio.atomic_write(self.root / "points" / point.id, data, write_once=True):
+            raise RepoError(f"point {point.id} already exists")
+
+    def point_ids(self) -> list[str]:
+        return sorted(
+            p.name for p in (self.root / "points").iterdir() if not p.name.startswith(".")
+        )
+
+    def read_summary(self, point_id: str) -> PointSummary:
+        path = self.root / "points" / point_id
+        with open(path, "rb") as fh:
+            head = fh.read(len(POINT_MAGIC) + ENVELOPE.size)
+            stored_len = (
+                ENVELOPE.unpack_from(head, len(POINT_MAGIC))[4]
+                if len(head) == len(POINT_MAGIC) + ENVELOPE.size
+                else 0
+            )
+            head += fh.read(stored_len)
+        header, _ = decode_header(head, point_id, self.envelope)
+        return summary_from_header(header)
+
+    def list_points(self, vm: str | None = None, job: str | None = None) -> list[PointSummary]:
+        """Points sorted by creation time; `vm` matches name or uuid."""
+        out = []
+        for pid in self.point_ids():
+            try:
+                s = self.read_summary(pid)
+            except FileNotFoundError:
+                continue  # forgotten meanwhile
+            if vm is not None and vm not in (s.vm_name, s.vm_uuid):
+                continue
+            if job is not None and s.job != job:
+                continue
+            out.append(s)
+        return sorted(out, key=lambda s: (s.created, s.id))
+
+    def load_point(self, point_id: str) -> Point:
+        try:
+            data = fsio.read_file(self.root / "points" / point_id, "point")
+        except FileNotFoundError:
+            raise NotFoundError(f"no restore point {point_id} in repository {self.root}")
+        return decode_manifest(data, point_id, self.envelope)
+
+    def resolve_point(self, spec: str) -> str:
+        """A point id from an id, a unique id prefix, `VM@latest` or `VM@YYYY-MM-DD`."""
+        if "@" in spec:
+            vm, when = spec.rsplit("@", 1)
+            points = self.list_points(vm=vm)
+            if when != "latest":
+                try:
+                    day = datetime.strptime(when, "%Y-%m-%d").date()
+                except ValueError:
+                    raise UsageError(f"{spec!r}: use VM@latest or VM@YYYY-MM-DD")
+                points = [p for p in points if p.created.astimezone(UTC).date() == day]
+            if not points:
+                raise NotFoundError(f"no restore point matches {spec!r}")
+            return points[-1].id
+        ids = self.point_ids()
+        if spec in ids:
+            return spec
+        matches = [i for i in ids if i.startswith(spec.lower())] if len(spec) >= 4 else []
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise UsageError(f"point prefix {spec!r} is ambiguous ({len(matches)} points)")
+        raise NotFoundError(f"no restore point matches {spec!r}")
+
+    def forget_points(self, ids: list[str]) -> None:
+        """Delete manifests; their data stays until `prune`."""
+        for pid in ids:
+            if pid not in self.point_ids():
+                raise NotFoundError(f"no restore point {pid}")
+            fsio.remove_durably(self.root / "points" / pid)
+
+    def close(self) -> None:
+        with self._cv:
+            writer, self._writer = self._writer, None
+        if writer is not None:  # left open by an error: never commit half a pack
+            writer.abort()
+
+    def pack_ids(self) -> list[str]:
+        out = []
+        for sub in sorted((self.root / "packs").iterdir()):
+            if sub.is_dir():
+                out += sorted(p.name for p in sub.iterdir() if not p.name.startswith("."))
+        return out
+
+    def remove_temp_files(self) -> int:
+        """Delete leftovers of crashed writers (only under an exclusive lock)."""
+        n = 0
+        for folder in (self.root, *(self.root / s for s in SUBDIRS)):
+            for p in folder.iterdir():
+                if p.name.startswith(fsio.TMP_PREFIX):
+                    fsio.remove_quietly(p)
+                    n += 1
+        return n
+
+
+def set_passphrase(root: Path, old: Secret | None, new: Secret, kdf_n: int = SCRYPT_N) -> None:
+    """Rewrap the master key under a new passphrase (data and ids stay unchanged)."""
+    settings, material, _ = load_settings(root, old)
+    if material is None:
+        raise RepoError(
+            f"repository {root} is not encrypted",
+            hint="encryption is chosen when the repository is created",
+        )
+    write_config(root, encode_config(settings, material, new, new_kdf_params(kdf_n)))

@@ -1,0 +1,81 @@
+"""Small helpers shared by the repository tests (real files, real repositories)."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime
+from pathlib import Path
+
+from hcbak.repo import BlockMap, DiskImage, Point, Repository, init_repo
+from hcbak.secrets import Secret
+
+BS = 256 * 1024
+PASS = Secret("correct horse battery staple")
+FAST_KDF = 1 << 10  # scrypt N for tests; the real default is 2^15
+
+
+def make_repo(root: Path, *, encrypted: bool = True, compression: str = "lz4") -> Path:
+    init_repo(
+        root,
+        passphrase=PASS if encrypted else None,
+        compression=compression,
+        block_size=BS,
+        kdf_n=FAST_KDF,
+    )
+    return root
+
+
+def disk_bytes(seed: int, n_blocks: int, bs: int = BS) -> bytes:
+    """Mixed content: random, compressible text, zero blocks, repeated blocks."""
+    rnd = random.Random(seed)
+    out = bytearray()
+    for _ in range(n_blocks):
+        kind = rnd.randrange(4)
+        if kind == 0:
+            out += rnd.randbytes(bs)
+        elif kind == 1:
+            out += (f"line {rnd.randrange(1000)} of a log file\n".encode() * bs)[:bs]
+        elif kind == 2:
+            out += bytes(bs)
+        else:
+            out += bytes([rnd.randrange(256)]) * bs
+    return bytes(out)
+
+
+def write_point(
+    repo: Repository,
+    data: bytes,
+    *,
+    vm: str = "vm1",
+    job: str = "nightly",
+    created: datetime | None = None,
+) -> Point:
+    bs = repo.config.block_size
+    n = (len(data) + bs - 1) // bs
+    bm = BlockMap(n)
+    for i in range(n):
+        block = data[i * bs : (i + 1) * bs].ljust(bs, b"\0")
+        if block.count(0) == bs:
+            continue
+        bid = repo.block_id(block)
+        repo.put_block(bid, block)
+        bm.set(i, bid)
+    point = Point(
+        id=repo.new_point_id(),
+        job=job,
+        cluster="c1",
+        vm_uuid=f"uuid-{vm}",
+        vm_name=vm,
+        created=created or datetime.now(UTC),
+        vm={"name": vm, "mem": 1 << 30},
+        snapshot_uuid="snap-1",
+        disks=[DiskImage("disk-1", 0, "VIRTIO_DISK", len(data), bs, bm, serial=7)],
+    )
+    repo.save_point(point)
+    return point
+
+
+def read_disk(repo: Repository, point_id: str, disk: int = 0) -> bytes:
+    img = repo.load_point(point_id).disks[disk]
+    out = b"".join(repo.get_block(img.block_map.get(i)) for i in range(len(img.block_map)))
+    return out[: img.capacity]

@@ -1,0 +1,147 @@
+"""The core repository API on real files: round trips, dedup, encryption, points."""
+
+from __future__ import annotations
+
+import os
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from repo_helpers import BS, PASS, disk_bytes, make_repo, read_disk, write_point
+
+from hcbak.errors import NotFoundError, PassphraseError, RepoError, UsageError
+from hcbak.repo import ZERO_BLOCK, BlockMap, init_repo, open_repo
+from hcbak.secrets import Secret
+
+
+@pytest.mark.parametrize("encrypted", [True, False])
+@pytest.mark.parametrize("compression", ["lz4", "zstd", "none"])
+def test_point_round_trips_bit_exact(tmp_path: Path, encrypted: bool, compression: str) -> None:
+    root = make_repo(tmp_path / "r", encrypted=encrypted, compression=compression)
+    data = disk_bytes(1, 12)
+    with open_repo(root, passphrase=PASS, pack_target=1 << 20) as repo:
+        point = write_point(repo, data)
+    with open_repo(root, passphrase=PASS) as repo:
+        assert read_disk(repo, point.id) == data
+        assert repo.load_point(point.id).disks[0].serial == 7
+
+
+def test_identical_blocks_are_stored_once_across_points(tmp_path: Path) -> None:
+    root = make_repo(tmp_path / "r")
+    data = disk_bytes(2, 10)
+    with open_repo(root, passphrase=PASS) as repo:
+        write_point(repo, data, vm="a")
+        n = len(repo.index)
+        block = data[:BS]
+        assert repo.put_block(repo.block_id(block), block) == 0
+        write_point(repo, data, vm="b")
+        assert len(repo.index) == n
+        assert len(repo.list_points()) == 2
+
+
+def test_zero_blocks_are_never_stored(tmp_path: Path) -> None:
+    root = make_repo(tmp_path / "r")
+    with open_repo(root, passphrase=PASS) as repo:
+        point = write_point(repo, bytes(4 * BS))
+        assert len(repo.index) == 0
+        assert repo.load_point(point.id).disks[0].block_map.get(3) == ZERO_BLOCK
+        assert read_disk(repo, point.id) == bytes(4 * BS)
+
+
+def test_wrong_passphrase_is_a_clear_error(tmp_path: Path) -> None:
+    root = make_repo(tmp_path / "r")
+    with pytest.raises(PassphraseError, match="wrong passphrase"):
+        with open_repo(root, passphrase=Secret("nope")):
+            pass
+    with pytest.raises(PassphraseError, match="no passphrase"):
+        with open_repo(root):
+            pass
+
+
+def test_ids_are_seeded_per_repository(tmp_path: Path) -> None:
+    block = b"x" * BS
+    ids = []
+    for name in ("a", "b"):
+        root = make_repo(tmp_path / name)
+        with open_repo(root, passphrase=PASS) as repo:
+            ids.append(repo.block_id(block))
+    assert ids[0] != ids[1]
+
+
+def test_init_refuses_a_non_empty_foreign_folder(tmp_path: Path) -> None:
+    (tmp_path / "f").mkdir()
+    (tmp_path / "f" / "photo.jpg").write_bytes(b"x")
+    with pytest.raises(RepoError, match="not empty"):
+        init_repo(tmp_path / "f")
+    make_repo(tmp_path / "r")
+    with pytest.raises(RepoError, match="already"):
+        init_repo(tmp_path / "r")
+
+
+def test_concurrent_put_block_from_threads_stores_each_block_once(tmp_path: Path) -> None:
+    root = make_repo(tmp_path / "r")
+    blocks = [os.urandom(BS) for _ in range(24)]
+    with open_repo(root, passphrase=PASS, pack_target=1 << 20) as repo:
+        added: list[int] = []
+
+        def work() -> None:
+            for b in blocks:
+                added.append(repo.put_block(repo.block_id(b), b))
+
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        repo.flush()
+        assert sum(1 for a in added if a > 0) == len(blocks)
+        assert len(repo.index) == len(blocks)
+        for b in blocks:
+            assert repo.get_block(repo.block_id(b)) == b
+
+
+def test_get_block_before_flush_reads_the_open_pack(tmp_path: Path) -> None:
+    root = make_repo(tmp_path / "r")
+    with open_repo(root, passphrase=PASS) as repo:
+        block = os.urandom(BS)
+        repo.put_block(repo.block_id(block), block)
+        assert repo.get_block(repo.block_id(block)) == block
+
+
+def test_resolve_point_by_prefix_latest_and_date(tmp_path: Path) -> None:
+    root = make_repo(tmp_path / "r")
+    day1 = datetime(2026, 1, 5, 3, 0, tzinfo=UTC)
+    with open_repo(root, passphrase=PASS) as repo:
+        p1 = write_point(repo, b"a" * BS, created=day1)
+        p2 = write_point(repo, b"b" * BS, created=day1 + timedelta(days=1))
+        assert repo.resolve_point("vm1@latest") == p2.id
+        assert repo.resolve_point("vm1@2026-01-05") == p1.id
+        assert repo.resolve_point(p1.id[:8]) == p1.id
+        with pytest.raises(NotFoundError):
+            repo.resolve_point("vm1@2026-02-01")
+        with pytest.raises(UsageError):
+            repo.resolve_point("vm1@yesterday")
+        repo.forget_points([p1.id])
+        assert [p.id for p in repo.list_points()] == [p2.id]
+
+
+def test_list_points_filters_by_vm_and_job(tmp_path: Path) -> None:
+    root = make_repo(tmp_path / "r", encrypted=False)
+    with open_repo(root) as repo:
+        write_point(repo, b"a" * BS, vm="web", job="j1")
+        write_point(repo, b"b" * BS, vm="db", job="j2")
+        assert [p.vm_name for p in repo.list_points(vm="db")] == ["db"]
+        assert [p.job for p in repo.list_points(job="j1")] == ["j1"]
+
+
+def test_block_map_round_trips_and_copies() -> None:
+    bm = BlockMap(3)
+    bm.set(1, b"\x01" * 16)
+    other = BlockMap.from_bytes(bm.to_bytes())
+    assert other == bm and other.get(1) == b"\x01" * 16 and other.get(0) == ZERO_BLOCK
+    cp = bm.copy()
+    cp.set(2, b"\x02" * 16)
+    assert bm.get(2) == ZERO_BLOCK and len(cp) == 3
+    with pytest.raises(IndexError):
+        bm.get(3)
