@@ -1,9 +1,68 @@
-"""`hcbak cluster test`: readiness check of a configured cluster (filled by the client work)."""
+"""`hcbak cluster test NAME`: is this cluster ready for backups and restores?"""
 
 from __future__ import annotations
 
+import sys
+from typing import Annotated
+
 import typer
+
+from hcbak.cli.common import load_config
+from hcbak.cli.output import emit_json, print_fields, print_table, warn
+from hcbak.errors import ClusterError
+from hcbak.hypercore.readiness import Readiness, check_cluster
 
 
 def register(app: typer.Typer) -> None:
     """Add the `test` command to the `cluster` group."""
+    app.command("test", epilog="Exit codes: 0 ready, 2 config error, 4 not ready.")(cluster_test)
+
+
+def cluster_test(
+    name: Annotated[str, typer.Argument(help="Cluster name from the config.")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Check a cluster: nodes (version, TLS), login, roles, worker VM, VMs, updates.
+
+    Exits 0 when the cluster is ready for backups, 4 when not (the reason is printed).
+    """
+    cfg = load_config().cluster(name)
+    password = cfg.password.resolve()
+    report = check_cluster(cfg, password, warn=warn)
+    if json_out:
+        emit_json(report.to_json())
+    else:
+        _print_report(report)
+    if not report.ready:
+        raise ClusterError(f"cluster {name} is not ready: " + "; ".join(report.reasons))
+
+
+def _print_report(report: Readiness) -> None:
+    rows = [
+        (n.address, "yes" if n.reachable else "no", n.version or "-", n.tls, n.error or "")
+        for n in report.nodes
+    ]
+    print_table(["NODE", "REACHABLE", "VERSION", "TLS", "PROBLEM"], rows, title=report.cluster)
+    roles = ", ".join(report.roles) if report.roles_known else "unknown"
+    print_fields(
+        [
+            ("cluster", report.cluster_name or report.cluster),
+            ("login", "ok" if report.login_ok else f"FAILED: {report.login_error}"),
+            ("roles", roles),
+            ("backup roles", _yes_no(report.backup_ok, report.missing_backup, report)),
+            ("restore roles", _yes_no(report.restore_ok, report.missing_restore, report)),
+            ("worker VM", report.worker_vm_uuid or f"NOT FOUND ({report.worker_hint})"),
+            ("VMs", report.vm_count if report.vm_count is not None else "unknown"),
+            ("update", report.update_detail or "unknown"),
+            ("ready", "yes" if report.ready else "no"),
+        ]
+    )
+    for message in report.warnings:
+        warn(message)
+    sys.stdout.flush()
+
+
+def _yes_no(ok: bool, missing: list[str], report: Readiness) -> str:
+    if not report.roles_known:
+        return "unknown"
+    return "sufficient" if ok else "missing " + ", ".join(missing)

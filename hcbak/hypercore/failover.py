@@ -104,6 +104,7 @@ class NodePool:
         self.trust: dict[str, tls.NodeTrust] = {}
         self.session_cookie: str | None = None
         self.relogin: Callable[[], None] | None = None
+        self.last_failures: dict[str, str] = {}  # address -> reason, of the last failed send
         self._current = 0
         for address in addresses:
             self._add(address)
@@ -208,6 +209,7 @@ class NodePool:
                     self._current = self.addresses.index(address)
                     return resp
         elapsed = self._clock() - started
+        self.last_failures = failures
         detail = ", ".join(f"{a} {r}" for a, r in failures.items())
         raise ClusterUnreachableError(
             f"no node of cluster {self.cluster_name} answered {method} {path}: {detail} "
