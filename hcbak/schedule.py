@@ -149,7 +149,7 @@ class CronSchedule:
         """
         if last_run is None:
             return True
-        return self.prev_before(now + timedelta(minutes=1)) > last_run
+        return self.next_after(last_run) <= now
 
     # -- helpers ------------------------------------------------------------------------
     def _day_matches(self, day: date) -> bool:
