@@ -63,7 +63,7 @@ def backoff_delay(round_index: int) -> float:
     """Pause before round `round_index` (1-based after the first): 0.5, 1, 2, 4, 5, 5 s."""
     if round_index <= 0:
         return 0.0
-    return float(min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (round_index - 1)))
+    return float(min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(round_index - 1, 16)))
 
 
 class _RejectAllCookies(http.cookiejar.DefaultCookiePolicy):

@@ -1,0 +1,59 @@
+"""Helpers for the HyperCore client tests: cluster configs and dead/hanging nodes.
+
+Dead and hanging nodes are real sockets on 127.0.0.1 (port 0): a refused port is one
+that was bound and closed; a hanging node is a listening socket that never answers.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from hcbak.config import ClusterConfig, TLSConfig
+from hcbak.secrets import Secret, SecretRef
+
+CANARY = "canary-Pw-7f3a9c"
+
+
+def make_cluster(
+    nodes: list[str],
+    *,
+    user: str = "admin",
+    password: str = CANARY,
+    tls: TLSConfig | None = None,
+    **kw: Any,
+) -> ClusterConfig:
+    kw.setdefault("connect_timeout", 1.0)
+    kw.setdefault("read_timeout", 1.0)
+    kw.setdefault("task_timeout", 10.0)
+    kw.setdefault("retries", 2)
+    return ClusterConfig(
+        name="lab",
+        nodes=nodes,
+        username=user,
+        password=SecretRef(value=Secret(password)),
+        tls=tls or TLSConfig(insecure=True),
+        **kw,
+    )
+
+
+def refused_address() -> str:
+    """An address where nothing listens (bound, then closed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+@pytest.fixture
+def hanging_address() -> Iterator[str]:
+    """A node that accepts TCP (kernel backlog) and never says a word."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(16)
+    try:
+        yield f"127.0.0.1:{s.getsockname()[1]}"
+    finally:
+        s.close()

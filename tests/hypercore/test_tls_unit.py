@@ -1,0 +1,48 @@
+"""Fingerprint parsing and per-node trust resolution."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hcbak.config import TLSConfig
+from hcbak.errors import UsageError
+from hcbak.hypercore.tls import base_url, normalize_fingerprint, split_address, trust_for
+
+FP = "ab" * 32
+
+
+@given(st.binary(min_size=32, max_size=32), st.booleans(), st.booleans())
+def test_fingerprint_forms_normalize_to_lower_hex(raw: bytes, colons: bool, upper: bool) -> None:
+    hexed = raw.hex()
+    text = ":".join(hexed[i : i + 2] for i in range(0, 64, 2)) if colons else hexed
+    text = text.upper() if upper else text
+    assert normalize_fingerprint(text) == hexed
+
+
+@pytest.mark.parametrize("bad", ["", "abc", "zz" * 32, "ab" * 20])
+def test_non_sha256_fingerprints_are_refused(bad: str) -> None:
+    with pytest.raises(UsageError):
+        normalize_fingerprint(bad)
+
+
+def test_addresses_split_and_default_to_443() -> None:
+    assert split_address("10.0.0.1") == ("10.0.0.1", 443)
+    assert split_address("127.0.0.1:8443") == ("127.0.0.1", 8443)
+    assert split_address("[fe80::1]:9") == ("fe80::1", 9)
+    assert base_url("10.0.0.1") == "https://10.0.0.1:443"
+
+
+def test_pin_is_found_by_address_then_by_host() -> None:
+    tls = TLSConfig(fingerprints={"127.0.0.1:9001": FP, "10.0.0.2": FP.upper()})
+    assert trust_for("127.0.0.1:9001", tls).mode == "pin"
+    assert trust_for("10.0.0.2:443", tls).fingerprint == FP
+    assert trust_for("127.0.0.1:9002", tls).mode == "system"
+
+
+def test_ca_file_and_insecure_modes() -> None:
+    assert trust_for("h", TLSConfig(ca_file="/ca.pem")).verify == "/ca.pem"
+    insecure = trust_for("h", TLSConfig(insecure=True))
+    assert insecure.mode == "insecure" and insecure.verify is False
+    assert "NOT verified" in insecure.describe()
