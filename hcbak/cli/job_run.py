@@ -1,9 +1,362 @@
-"""`hcbak job run`: the backup session (filled by the engine work)."""
+"""`hcbak job run`: run backup jobs now, or those whose schedule is due (cron).
+
+Progress goes to stderr: a rich live view on a TTY, one timestamped line per VM event
+otherwise (cron mail stays readable). stdout carries the result: a summary table, or
+the run report with --json (schema: docs/run-report.md). Every run also writes a log
+file under <state dir>/logs/. The exit code follows docs/exit-codes.md.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+
+from hcbak.cli.common import load_config
+from hcbak.cli.output import emit_json, info, is_tty, print_table, warn
+from hcbak.errors import ExitCode, HcbakError, LockedError, UsageError
 
 
 def register(app: typer.Typer) -> None:
     """Add the `run` command to the `job` group."""
+
+    @app.command("run")
+    def run(
+        names: Annotated[list[str] | None, typer.Argument(help="Jobs to run.")] = None,
+        all_jobs: Annotated[bool, typer.Option("--all", help="Run every job.")] = False,
+        due: Annotated[
+            bool,
+            typer.Option(
+                "--due",
+                help="Run the jobs whose schedule came due since their last run, and alert "
+                "on jobs without a successful point for longer than alert_after. Meant for "
+                "one crontab line: */15 * * * * hcbak job run --due",
+            ),
+        ] = False,
+        json_out: Annotated[bool, typer.Option("--json", help="Print the run report.")] = False,
+        dry_run: Annotated[
+            bool, typer.Option("--dry-run", help="Show what would be backed up; change nothing.")
+        ] = False,
+        full: Annotated[
+            bool, typer.Option("--full", help="Read every disk in full (no snapDiff).")
+        ] = False,
+        parallel: Annotated[
+            int | None, typer.Option("--parallel", min=1, help="VMs backed up at once.")
+        ] = None,
+    ) -> None:
+        """Back up the VMs of one or more jobs now.
+
+        Exit codes: 0 ok, 1 warnings, 3 some VMs failed, 4 nothing backed up, 5 the job
+        is already running.
+        """
+        code = run_jobs(
+            names or [],
+            all_jobs=all_jobs,
+            due=due,
+            json_out=json_out,
+            dry_run=dry_run,
+            full=full,
+            parallel=parallel,
+        )
+        raise typer.Exit(int(code))
+
+
+def run_jobs(
+    names: list[str],
+    *,
+    all_jobs: bool = False,
+    due: bool = False,
+    json_out: bool = False,
+    dry_run: bool = False,
+    full: bool = False,
+    parallel: int | None = None,
+) -> ExitCode:
+    from hcbak.config import state_dir
+    from hcbak.engine.report import RunReport, utcnow
+
+    if sum([bool(names), all_jobs, due]) != 1:
+        raise UsageError("name one or more jobs, or use --all or --due (exactly one of them)")
+    config = load_config()
+    sdir = state_dir(config)
+    now = datetime.now(UTC)
+    if due:
+        jobs = _due_jobs(config, sdir, now)
+        if not jobs and not json_out:
+            info("no job is due")
+    elif all_jobs:
+        jobs = list(config.jobs.values())
+        if not jobs:
+            raise UsageError("no jobs configured", hint="hcbak job create NAME ...")
+    else:
+        jobs = [config.job(name) for name in dict.fromkeys(names)]
+    report = RunReport()
+    log_file = _start_log(sdir)
+    display = LiveDisplay() if is_tty(sys.stderr) and not json_out else PlainDisplay()
+    try:
+        with display:
+            for job in jobs:
+                job_report = _run_one(
+                    config, job, sdir, display, dry_run, full, parallel, single=len(jobs) == 1
+                )
+                job_report.log_file = str(log_file.path) if log_file else None
+                report.jobs.append(job_report)
+                _after_job(config, sdir, job, job_report)
+        if due:
+            _rpo_watch(config, sdir, now)
+    finally:
+        if log_file:
+            log_file.close()
+    report.finished = utcnow()
+    if json_out:
+        emit_json(report.to_dict())
+    else:
+        _print_summary(report)
+    return report.exit_code()
+
+
+def _run_one(
+    config: Any,
+    job: Any,
+    sdir: Path,
+    display: Any,
+    dry_run: bool,
+    full: bool,
+    parallel: int | None,
+    *,
+    single: bool,
+) -> Any:
+    from hcbak.engine.backup import run_job
+    from hcbak.engine.report import JobReport, utcnow
+
+    try:
+        return run_job(
+            config,
+            job,
+            full=full,
+            parallel=parallel,
+            dry_run=dry_run,
+            progress=display.event,
+            state_dir=sdir,
+        )
+    except LockedError as exc:
+        if single:
+            raise
+        locked = JobReport(job.name, job.cluster, job.repo, dry_run=dry_run, full=full)
+        locked.status, locked.reason, locked.finished = "locked", exc.one_line(), utcnow()
+        warn(f"job {job.name}: {exc.one_line()}")
+        return locked
+
+
+def _due_jobs(config: Any, sdir: Path, now: datetime) -> list[Any]:
+    from hcbak.engine.state import load_history
+    from hcbak.schedule import CronSchedule
+
+    out = []
+    for job in config.jobs.values():
+        if not job.schedule:
+            continue
+        history = load_history(sdir, job.name)
+        if CronSchedule.parse(job.schedule).is_due(history.last_run, now):
+            out.append(job)
+    return out
+
+
+def _after_job(config: Any, sdir: Path, job: Any, job_report: Any) -> None:
+    """Record the run for --due / the RPO watch, then mail the report if asked to."""
+    from hcbak.engine.notify import render_body, render_subject, should_notify
+    from hcbak.engine.state import load_history, save_history
+
+    if job_report.dry_run or job_report.status == "locked":
+        return
+    code = job_report.exit_code()
+    history = load_history(sdir, job.name)
+    history.last_run = job_report.started
+    history.last_status = "ok" if code in (ExitCode.OK, ExitCode.WARNINGS) else "failed"
+    if code in (ExitCode.OK, ExitCode.WARNINGS):
+        history.last_success = job_report.started
+    save_history(sdir, job.name, history)
+    if job.notify and should_notify(job_report, job.notify.on):
+        _send(config, job.notify.to, render_subject(job_report), render_body(job_report))
+
+
+def _rpo_watch(config: Any, sdir: Path, now: datetime) -> None:
+    """Alert (once per alert_after window) on jobs without a recent successful point."""
+    from hcbak.engine.state import load_history, parse_duration, rpo_overdue, save_history
+
+    for job in config.jobs.values():
+        if not job.alert_after:
+            continue
+        history = load_history(sdir, job.name)
+        if not rpo_overdue(history, job.alert_after, now):
+            continue
+        window = parse_duration(job.alert_after)
+        if history.last_alert and now - history.last_alert < window:
+            continue
+        last = history.last_success.isoformat() if history.last_success else "never"
+        message = (
+            f"job {job.name} has no successful point for longer than {job.alert_after} "
+            f"(last success: {last})"
+        )
+        warn(message)
+        logging.getLogger("hcbak.engine").warning(message)
+        if job.notify:
+            _send(config, job.notify.to, f"[hcbak] {job.name}: RPO ALERT", message + "\n")
+        history.last_alert = now
+        save_history(sdir, job.name, history)
+
+
+def _send(config: Any, to: list[str], subject: str, body: str) -> None:
+    """A failed send is logged and shown, and does not change the exit code."""
+    from hcbak.engine.notify import send_email
+
+    log = logging.getLogger("hcbak.engine")
+    if config.smtp is None:
+        warn("email notification configured but no smtp server in the config; not sent")
+        return
+    try:
+        send_email(config.smtp, to, subject, body)
+        log.info("email sent to %s: %s", ", ".join(to), subject)
+    except HcbakError as exc:
+        warn(exc.one_line())
+        log.error("%s", exc.one_line())
+
+
+class _RunLog:
+    def __init__(self, path: Path, handler: logging.Handler) -> None:
+        self.path = path
+        self.handler = handler
+
+    def close(self) -> None:
+        logger = logging.getLogger("hcbak")
+        logger.removeHandler(self.handler)
+        self.handler.close()
+
+
+def _start_log(sdir: Path) -> _RunLog | None:
+    """A log file per run in <state>/logs (what happened, for later, not for the TTY)."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = sdir / "logs" / f"run-{stamp}-{os.getpid()}.log"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path, encoding="utf-8")
+    except OSError as exc:
+        warn(f"cannot write the run log {path}: {exc.strerror}")
+        return None
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(threadName)s %(message)s"))
+    handler.setLevel(logging.INFO)
+    logger = logging.getLogger("hcbak")
+    logger.addHandler(handler)
+    if logger.level == logging.NOTSET or logger.level > logging.INFO:
+        logger.setLevel(logging.INFO)
+    return _RunLog(path, handler)
+
+
+def _print_summary(report: Any) -> None:
+    from hcbak.engine.notify import human_bytes
+
+    rows = []
+    for job in report.jobs:
+        for vm in job.vms:
+            t = vm.totals()
+            cbt = ",".join(sorted({d.cbt_reason for d in vm.disks})) or "-"
+            rows.append(
+                [
+                    job.job,
+                    vm.name,
+                    vm.status,
+                    cbt,
+                    human_bytes(t["bytes_read"]),
+                    human_bytes(t["bytes_stored"]),
+                    vm.point_id or vm.reason,
+                ]
+            )
+        if not job.vms and job.reason:
+            rows.append([job.job, "-", job.status, "-", "-", "-", job.reason])
+    if rows:
+        print_table(["JOB", "VM", "STATUS", "CBT", "READ", "STORED", "POINT/REASON"], rows)
+
+
+# --- progress display -------------------------------------------------------------------
+class PlainDisplay:
+    """One timestamped line per VM event on stderr (no per-block noise)."""
+
+    def __enter__(self) -> PlainDisplay:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def event(self, ev: Any) -> None:
+        if ev.kind == "disk_progress":
+            return
+        where = f"{ev.job}"
+        if ev.vm:
+            where += f"/{ev.vm}"
+        if ev.disk:
+            where += f" {ev.disk}"
+        text = {
+            "job_start": "job started",
+            "vm_start": "backing up",
+            "disk_start": "reading",
+            "disk_done": "done",
+            "vm_done": "finished",
+            "vm_retry": "retry",
+            "warning": "warning",
+        }.get(ev.kind, ev.kind)
+        info(f"{where}: {text}{': ' + ev.message if ev.message else ''}")
+
+
+class LiveDisplay:
+    """A rich live view: one bar per VM disk with MiB/s and ETA, on stderr."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self.console = Console(stderr=True)
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(binary_units=True),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+        )
+        self.tasks: dict[tuple[str, str | None, str | None], Any] = {}
+        self.lock = threading.Lock()
+
+    def __enter__(self) -> LiveDisplay:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def event(self, ev: Any) -> None:
+        key = (ev.job, ev.vm, ev.disk)
+        with self.lock:
+            if ev.kind == "disk_start":
+                desc = f"{ev.vm} {ev.disk} [{ev.message}]"
+                total = max(ev.total, 1)
+                self.tasks[key] = (self.progress.add_task(desc, total=total), total)
+            elif ev.kind == "disk_progress" and key in self.tasks:
+                self.progress.advance(self.tasks[key][0], ev.done)
+            elif ev.kind == "disk_done" and key in self.tasks:
+                task, total = self.tasks[key]
+                self.progress.update(task, completed=total)
+            elif ev.kind in ("vm_done", "vm_retry", "warning", "job_start"):
+                label = f"{ev.job}/{ev.vm}" if ev.vm else ev.job
+                self.progress.console.print(f"{label}: {ev.message}")

@@ -1,7 +1,45 @@
-"""`hcbak notify` commands."""
+"""`hcbak notify`: check that report emails reach their recipients."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
-app = typer.Typer(help="notify commands.", no_args_is_help=True)
+from hcbak.cli.common import load_config
+from hcbak.cli.output import info
+from hcbak.errors import ConfigError
+
+app = typer.Typer(help="Email notifications.", no_args_is_help=True)
+
+
+@app.command("test")
+def test(
+    to: Annotated[
+        list[str] | None,
+        typer.Option("--to", help="Recipient (default: every job's notify addresses)."),
+    ] = None,
+) -> None:
+    """Send a test email through the configured SMTP server (exit 4 when it fails)."""
+    from hcbak.engine.notify import send_email
+
+    config = load_config()
+    if config.smtp is None:
+        raise ConfigError(
+            "no smtp server configured", path=str(config.path), hint="add an `smtp:` section"
+        )
+    recipients = list(to or [])
+    if not recipients:
+        for job in config.jobs.values():
+            if job.notify:
+                recipients += [r for r in job.notify.to if r not in recipients]
+    if not recipients:
+        raise ConfigError("no recipients: use --to ADDR or a job's notify.email.to")
+    subject = "[hcbak] test message"
+    body = (
+        "This is a test message from hcbak.\n\n"
+        f"Config: {config.path}\nSMTP:   {config.smtp.host}:{config.smtp.port} "
+        f"({config.smtp.security})\n\nIf you read this, job reports will reach you.\n"
+    )
+    send_email(config.smtp, recipients, subject, body)
+    info(f"test email sent to {', '.join(recipients)}")

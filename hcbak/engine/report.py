@@ -157,6 +157,8 @@ def job_exit_code(job: JobReport) -> ExitCode:
     if job.status == "failed":
         return ExitCode.FAILED
     ok = sum(vm.status == VM_OK for vm in job.vms)
+    if job.dry_run:
+        ok = sum(vm.status == VM_SKIPPED for vm in job.vms)
     failed = sum(vm.status == VM_FAILED for vm in job.vms)
     if failed and not ok:
         return ExitCode.FAILED

@@ -1,0 +1,624 @@
+"""One backup job run: snapshot -> changed blocks -> repository -> commit -> clean.
+
+`run_job` is the whole session for one job (design.md "The data path of one backup
+run"). Per VM, in `parallel` threads:
+
+1. snapshot `hcbak:<job>:<point id>` (replication false) - or, for a replication
+   target, its newest replicated snapshot (we never snapshot or delete those);
+2. per disk, the base is the disk's serial in this VM's latest point of this job; if
+   that snapshot still exists and nothing forbids it, snapDiff(base -> new) gives the
+   changed blocks, else a full read with the reason (cbt.py);
+3. clone the snapshot disk onto the worker, find its device, read the blocks through
+   the pipeline (pipeline.py) into the repository;
+4. commit the point (save_point writes the manifest after the data);
+5. delete the clone, then the previous hcbak snapshot (the new one is the next base).
+On any failure the new snapshot and clone are deleted and the old base is kept; the VM
+is retried `retries` times after `retry_wait` while the other VMs continue.
+
+Engine code never prints: it reports through `progress(ProgressEvent)` and logging.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hcbak import __version__
+from hcbak.engine import cbt
+from hcbak.engine.hooks import run_hook
+from hcbak.engine.pipeline import DEFAULT_THREADS, back_up_disk
+from hcbak.engine.report import (
+    VM_FAILED,
+    VM_OK,
+    VM_SKIPPED,
+    DiskReport,
+    JobReport,
+    VmReport,
+    status_word,
+    utcnow,
+)
+from hcbak.engine.selection import VmTarget, select_vms
+from hcbak.engine.state import JobLock, forget_clone, journal_clone, journaled_clones
+from hcbak.errors import ClusterBusyError, HcbakError, HookError, NotFoundError, TransportError
+from hcbak.transport.device import list_devices, locate_device
+from hcbak.transport.reader import DiskReader
+
+log = logging.getLogger("hcbak.engine")
+
+LABEL_PREFIX = "hcbak"
+
+
+def snapshot_label(job: str, point_id: str) -> str:
+    return f"{LABEL_PREFIX}:{job}:{point_id}"
+
+
+def label_point_id(label: str, job: str) -> str | None:
+    """The point id in an hcbak snapshot label of `job`, else None (not ours)."""
+    prefix = f"{LABEL_PREFIX}:{job}:"
+    return label[len(prefix) :] if label.startswith(prefix) and len(label) > len(prefix) else None
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """What the CLI shows: kind is job_start, vm_start, disk_start, disk_progress,
+    disk_done, vm_done, vm_retry, warning, job_done."""
+
+    kind: str
+    job: str
+    vm: str | None = None
+    disk: str | None = None
+    message: str = ""
+    done: int = 0  # bytes processed (disk_progress: since the last event)
+    total: int = 0  # bytes to process on this disk
+
+
+ProgressFn = Callable[[ProgressEvent], None]
+
+
+def _no_progress(event: ProgressEvent) -> None:
+    pass
+
+
+def run_job(
+    config: Any,
+    job: Any,
+    *,
+    full: bool = False,
+    parallel: int | None = None,
+    dry_run: bool = False,
+    progress: ProgressFn | None = None,
+    state_dir: Path | None = None,
+    threads: int | None = None,
+) -> JobReport:
+    """Run one job; LockedError when it is already running, else a JobReport."""
+    from hcbak.config import state_dir as default_state_dir
+
+    sdir = Path(state_dir) if state_dir else default_state_dir(config)
+    report = JobReport(job.name, job.cluster, job.repo, dry_run=dry_run, full=full)
+    with JobLock(sdir, job.name):
+        session = _Session(config, job, report, sdir, progress or _no_progress)
+        session.full = full
+        session.parallel = max(1, parallel or job.parallel or 1)
+        session.threads = threads or DEFAULT_THREADS
+        try:
+            session.run()
+        except HcbakError as exc:
+            report.status = "failed"
+            report.reason = exc.one_line()
+            log.error("job %s failed: %s", job.name, report.reason)
+        report.finished = utcnow()
+        session.post_hook()
+    return report
+
+
+class _Session:
+    """The state of one job run (one cluster session, one open repository)."""
+
+    def __init__(
+        self, config: Any, job: Any, report: JobReport, state_dir: Path, progress: ProgressFn
+    ) -> None:
+        self.config = config
+        self.job = job
+        self.report = report
+        self.state_dir = state_dir
+        self.progress = progress
+        self.full = False
+        self.parallel = 1
+        self.threads = DEFAULT_THREADS
+        self.cluster_cfg = config.cluster(job.cluster)
+        self.repo_cfg = config.repo(job.repo)
+        self.hc: Any = None
+        self.repo: Any = None
+        self.worker_uuid: str | None = None
+        self.worker_lock = threading.Lock()  # one hot-add/remove on the worker at a time
+        self.snapshots: dict[str, Any] = {}  # uuid -> Snapshot, at run start
+        self.latest: dict[str, Any] = {}  # vm uuid -> PointSummary of this job
+        self.cancel = threading.Event()
+
+    def emit(self, kind: str, **kw: Any) -> None:
+        try:
+            self.progress(ProgressEvent(kind, self.job.name, **kw))
+        except Exception:  # a display problem must never fail a backup
+            log.debug("progress callback failed", exc_info=True)
+
+    def warn(self, message: str) -> None:
+        self.report.warnings.append(message)
+        log.warning("%s: %s", self.job.name, message)
+        self.emit("warning", message=message)
+
+    # --- the run ------------------------------------------------------------------------
+    def run(self) -> None:
+        from hcbak.hypercore.client import hypercore_session
+        from hcbak.repo import open_repo
+
+        self.emit("job_start", message=f"cluster {self.job.cluster}, repo {self.job.repo}")
+        if self.job.pre_hook and not self.report.dry_run:
+            try:
+                output = run_hook(self.job.pre_hook, "pre", self._hook_values())
+                log.info("pre-hook output: %s", output.strip())
+            except HookError as exc:
+                raise HookError(f"job skipped: {exc.message}")
+        passphrase = self.repo_cfg.passphrase.resolve() if self.repo_cfg.passphrase else None
+        with hypercore_session(self.cluster_cfg, warn=self.warn) as hc:
+            self.hc = hc
+            self._wait_for_update()
+            vms = hc.list_vms()
+            if not self.report.dry_run:
+                self.worker_uuid = self._worker_uuid(vms)
+            selection = select_vms(vms, self.job, worker_vm_uuid=self.worker_uuid)
+            for message in selection.warnings:
+                self.warn(message)
+            for name in selection.missing:
+                vm_report = VmReport(name, None, status=VM_FAILED)
+                vm_report.reason = f"VM {name} not found on cluster {self.job.cluster}"
+                self.report.vms.append(vm_report)
+                self.emit("vm_done", vm=name, message=f"failed: {vm_report.reason}")
+            with open_repo(
+                self.repo_cfg.path, passphrase=passphrase, lock="shared", command="job run"
+            ) as repo:
+                self.repo = repo
+                self._load_bases()
+                if self.report.dry_run:
+                    self.report.vms.extend(self._dry_run(t) for t in selection.targets)
+                    return
+                self._clean_orphans()
+                with ThreadPoolExecutor(self.parallel, thread_name_prefix="hcbak-vm") as pool:
+                    results = list(pool.map(self._back_up_vm, selection.targets))
+                self.report.vms.extend(results)
+                self._apply_retention()
+
+    def _wait_for_update(self) -> None:
+        """Do not start snapshots while the cluster updates; wait (bounded), then skip.
+
+        update_status.json answers 404 on a cluster that was never updated
+        (hypercore-api.md): that is the normal state of many clusters, so it counts as
+        idle here; anything else that is not COMPLETE/COMPLETE (an update phase, 502,
+        timeouts) means wait. ClusterBusyError after the cluster's update_wait.
+        """
+        limit = float(self.cluster_cfg.update_wait)
+        poll = min(30.0, max(0.2, limit / 20))
+        started = time.monotonic()
+        while True:
+            status = self.hc.update_status()
+            if status.idle or "HTTP 404" in status.detail:
+                return
+            waited = time.monotonic() - started
+            if waited >= limit:
+                raise ClusterBusyError(
+                    f"skipped: cluster {self.job.cluster} is updating ({status.detail}); "
+                    f"waited {waited:.0f} s",
+                    hint="the next run tries again; raise update_wait to wait longer",
+                )
+            self.emit("warning", message=f"cluster updating ({status.detail}); waiting")
+            if self.cancel.wait(min(poll, limit - waited)):
+                return
+
+    def _worker_uuid(self, vms: list[Any]) -> str:
+        name = self.cluster_cfg.worker_vm
+        if not name:
+            raise TransportError(
+                f"cluster {self.job.cluster} has no worker VM configured",
+                hint=f"hcbak cluster add {self.job.cluster} ... --worker-vm NAME --force",
+            )
+        for vm in vms:
+            if name in (vm.uuid, vm.name):
+                return str(vm.uuid)
+        raise NotFoundError(f"worker VM {name} not found on cluster {self.job.cluster}")
+
+    def _load_bases(self) -> None:
+        for summary in self.repo.list_points(job=self.job.name):  # sorted oldest first
+            self.latest[summary.vm_uuid] = summary
+        self.snapshots = {s.uuid: s for s in self.hc.list_snapshots()}
+
+    # --- cleanup of a crashed run ---------------------------------------------------------
+    def _clean_orphans(self) -> None:
+        """Remove clones and hcbak snapshots a crashed run of this job left behind.
+
+        Clones: only those in our journal (never a disk someone else attached to the
+        worker). Snapshots: only labels `hcbak:<job>:<point>`; kept is the one the
+        VM's latest committed point was taken from (the next base).
+        """
+        for entry in journaled_clones(self.state_dir, self.job.cluster):
+            uuid = str(entry.get("clone_uuid"))
+            try:
+                self.hc.delete_block_device(uuid)
+                log.info("removed orphaned clone %s", uuid)
+            except NotFoundError:
+                pass
+            except HcbakError as exc:
+                self.warn(f"could not remove orphaned clone {uuid}: {exc.one_line()}")
+                continue
+            forget_clone(self.state_dir, uuid)
+        keep = {s.snapshot_uuid for s in self.latest.values() if s.snapshot_uuid}
+        for snap in list(self.snapshots.values()):
+            if label_point_id(snap.label, self.job.name) is None or snap.uuid in keep:
+                continue
+            try:
+                self.hc.delete_snapshot(snap.uuid)
+                self.snapshots.pop(snap.uuid, None)
+                log.info("removed orphaned snapshot %s (%s)", snap.uuid, snap.label)
+            except HcbakError as exc:
+                self.warn(f"could not remove orphaned snapshot {snap.label}: {exc.one_line()}")
+
+    # --- one VM -------------------------------------------------------------------------
+    def _back_up_vm(self, target: VmTarget) -> VmReport:
+        vm = target.vm
+        report = VmReport(vm.name, vm.uuid, started=utcnow())
+        report.source = "replica snapshot" if target.replica else "snapshot"
+        for skipped in target.skipped:
+            if skipped.warning:
+                report.warnings.append(f"disk slot {skipped.slot}: {skipped.reason}")
+        self.emit("vm_start", vm=vm.name, message=f"{len(target.disks)} disk(s)")
+        t0 = time.monotonic()
+        attempts = 1 + max(0, int(self.job.retries))
+        for attempt in range(1, attempts + 1):
+            report.attempts = attempt
+            try:
+                self._attempt(target, report)
+                report.status = VM_OK
+                report.reason = ""
+                break
+            except Exception as exc:  # every failure of one VM is that VM's, not the run's
+                reason = (
+                    exc.one_line()
+                    if isinstance(exc, HcbakError)
+                    else f"{type(exc).__name__}: {exc}"
+                )
+                log.error(
+                    "%s: attempt %d failed: %s",
+                    vm.name,
+                    attempt,
+                    reason,
+                    exc_info=not isinstance(exc, HcbakError),
+                )
+                report.status = VM_FAILED
+                report.reason = reason
+                if attempt < attempts:
+                    self.emit(
+                        "vm_retry",
+                        vm=vm.name,
+                        message=f"attempt {attempt} failed: {reason}; "
+                        f"retrying in {self.job.retry_wait:g} s",
+                    )
+                    if self.cancel.wait(float(self.job.retry_wait)):
+                        break
+        report.duration = time.monotonic() - t0
+        done = f"point {report.point_id}" if report.status == VM_OK else f"failed: {report.reason}"
+        self.emit("vm_done", vm=vm.name, message=done)
+        return report
+
+    def _attempt(self, target: VmTarget, report: VmReport) -> None:
+        vm = target.vm
+        report.disks = []
+        report.timings = type(report.timings)()
+        previous = self._previous_point(vm.uuid)
+        point_id = self.repo.new_point_id()
+        if target.replica:
+            snap = self._newest_replica_snapshot(vm)
+            created = False
+        else:
+            snap = self.hc.create_snapshot(vm.uuid, snapshot_label(self.job.name, point_id))
+            created = True
+        report.snapshot_uuid = snap.uuid
+        try:
+            images = [self._back_up_disk(vm, disk, snap, previous, report) for disk in target.disks]
+            self._commit(vm, snap, point_id, images, report)
+        except BaseException:
+            if created:
+                self._delete_snapshot_quietly(snap.uuid, report)
+            raise
+        report.point_id = point_id
+        if previous is not None and previous.snapshot_uuid and previous.snapshot_uuid != snap.uuid:
+            old = self.snapshots.get(previous.snapshot_uuid)
+            if old is not None and label_point_id(old.label, self.job.name) is not None:
+                self._delete_snapshot_quietly(old.uuid, report, warn=True)
+
+    def _previous_point(self, vm_uuid: str) -> Any | None:
+        summary = self.latest.get(vm_uuid)
+        return self.repo.load_point(summary.id) if summary is not None else None
+
+    def _newest_replica_snapshot(self, vm: Any) -> Any:
+        """A replication target's newest snapshot: the source we back it up from."""
+        snaps = self.hc.list_snapshots(vm.uuid)
+        if not snaps:
+            raise HcbakError(f"replica VM {vm.name} has no replicated snapshot yet")
+        order = {u: i for i, u in enumerate(vm.snap_uuids)}  # snapUUIDs: oldest first
+        return max(snaps, key=lambda s: (order.get(s.uuid, -1), s.timestamp))
+
+    def _delete_snapshot_quietly(self, uuid: str, report: VmReport, *, warn: bool = False) -> None:
+        try:
+            self.hc.delete_snapshot(uuid)
+            self.snapshots.pop(uuid, None)
+        except NotFoundError:
+            pass
+        except HcbakError as exc:
+            message = f"could not delete snapshot {uuid}: {exc.one_line()} (removed next run)"
+            log.warning("%s: %s", report.name, message)
+            if warn:
+                report.warnings.append(message)
+
+    def _commit(
+        self, vm: Any, snap: Any, point_id: str, images: list[Any], report: VmReport
+    ) -> None:
+        from hcbak.repo import Point
+
+        definition = dict(snap.domain.raw) if snap.domain is not None else dict(vm.raw)
+        totals = report.totals()
+        point = Point(
+            id=point_id,
+            job=self.job.name,
+            cluster=self.job.cluster,
+            vm_uuid=vm.uuid,
+            vm_name=vm.name,
+            created=utcnow(),
+            vm=definition,
+            snapshot_uuid=snap.uuid,
+            snapshot_label=snap.label,
+            disks=images,
+            stats={
+                **totals,
+                "source": report.source,
+                "incremental": all(i.incremental for i in images) if images else False,
+            },
+            hcbak_version=__version__,
+        )
+        self.repo.save_point(point)  # the commit: manifest written after its data
+
+    # --- one disk -----------------------------------------------------------------------
+    def _back_up_disk(
+        self, vm: Any, disk: Any, snap: Any, previous: Any | None, report: VmReport
+    ) -> Any:
+        from hcbak.repo import DiskImage
+
+        block_size = int(self.repo.config.block_size)
+        capacity = self._snapshot_capacity(snap, disk)
+        disk_report = DiskReport(disk.uuid, int(disk.slot), str(disk.type), capacity)
+        report.disks.append(disk_report)
+        base = _find_disk(previous, disk.uuid)
+        plan = self._plan(disk, snap, previous, base, capacity, block_size)
+        label = f"slot {disk.slot}"
+        self.emit(
+            "disk_start",
+            vm=vm.name,
+            disk=label,
+            total=plan.blocks_to_read * block_size,
+            message=plan.reason,
+        )
+        t0 = time.monotonic()
+        prev_map = base.block_map if base is not None and base.capacity == capacity else None
+        with self._clone(disk, snap, capacity) as path, DiskReader(path) as reader:
+            result = back_up_disk(
+                reader,
+                self.repo,
+                plan,
+                prev_map,
+                disk_report,
+                block_size=block_size,
+                threads=self.threads,
+                progress=lambda n: self.emit("disk_progress", vm=vm.name, disk=label, done=n),
+                cancel=self.cancel,
+            )
+        disk_report.duration = time.monotonic() - t0
+        report.timings.add(result.timings)
+        self.emit(
+            "disk_done",
+            vm=vm.name,
+            disk=label,
+            message=f"{disk_report.blocks_read} blocks read, "
+            f"{disk_report.blocks_new} new ({plan.reason})",
+        )
+        return DiskImage(
+            uuid=disk.uuid,
+            slot=int(disk.slot),
+            type=str(disk.type),
+            capacity=capacity,
+            block_size=block_size,
+            block_map=result.block_map,
+            serial=snap.serial_for(disk.uuid),
+            incremental=plan.incremental,
+            cbt_reason=plan.reason,
+        )
+
+    @staticmethod
+    def _snapshot_capacity(snap: Any, disk: Any) -> int:
+        # The snapshot's own domain has the disk as it was when the snapshot was taken.
+        if snap.domain is not None:
+            frozen = snap.domain.disk(disk.uuid)
+            if frozen is not None and frozen.capacity:
+                return int(frozen.capacity)
+        return int(disk.capacity)
+
+    def _plan(
+        self,
+        disk: Any,
+        snap: Any,
+        previous: Any | None,
+        base: Any | None,
+        capacity: int,
+        block_size: int,
+    ) -> cbt.ReadPlan:
+        """Incremental from snapDiff when the base allows it, else full with the reason."""
+        reason = None
+        if self.full:
+            reason = cbt.REASON_FORCED_FULL
+        elif base is None or previous is None:
+            reason = cbt.REASON_NO_BASE
+        elif base.capacity != capacity:
+            reason = cbt.REASON_RESIZED
+        elif base.block_size != block_size:
+            reason = cbt.REASON_BLOCK_SIZE
+        elif previous.snapshot_uuid != snap.uuid and previous.snapshot_uuid not in self.snapshots:
+            reason = cbt.REASON_BASE_DELETED
+        elif base.serial is None or snap.serial_for(disk.uuid) is None:
+            reason = cbt.REASON_NO_SERIAL
+        if reason is not None or base is None:
+            return cbt.full_plan(capacity, block_size, reason or cbt.REASON_NO_BASE)
+        try:
+            intervals = self.hc.snap_diff(
+                disk.uuid, int(base.serial), int(snap.serial_for(disk.uuid))
+            )
+        except HcbakError as exc:
+            log.warning("snapDiff of disk %s failed: %s", disk.uuid, exc.one_line())
+            return cbt.full_plan(capacity, block_size, cbt.REASON_SNAPDIFF_ERROR)
+        return cbt.incremental_plan(intervals, capacity, block_size)
+
+    def _clone(self, disk: Any, snap: Any, capacity: int) -> _Clone:
+        return _Clone(self, disk, snap, capacity)
+
+    # --- after the VMs --------------------------------------------------------------------
+    def _apply_retention(self) -> None:
+        policy = self.job.retention
+        if policy is None or policy.is_empty():
+            return
+        try:
+            from hcbak.repo import retention
+        except ImportError:
+            self.warn("retention is not available in this build; no points forgotten")
+            return
+        now = utcnow()
+        points = self.repo.list_points(job=self.job.name)
+        forget = [p.id for p, keep, _reasons in retention.select(points, policy, now) if not keep]
+        if forget:
+            self.repo.forget_points(forget)
+            self.report.forgotten = forget
+            log.info("retention forgot %d point(s)", len(forget))
+        if (self.job.prune or "") == "after_run":
+            self.warn("prune: after_run is run by `hcbak repo prune`; skipped here")
+
+    def _hook_values(self) -> dict[str, object]:
+        return {
+            "job": self.job.name,
+            "cluster": self.job.cluster,
+            "repo": self.job.repo,
+            "dry_run": int(self.report.dry_run),
+        }
+
+    def post_hook(self) -> None:
+        if not self.job.post_hook or self.report.dry_run:
+            return
+        code = self.report.exit_code()
+        totals = self.report.totals()
+        values = {
+            **self._hook_values(),
+            "status": status_word(code),
+            "exit_code": int(code),
+            "vms_ok": totals["vms_ok"],
+            "vms_failed": totals["vms_failed"],
+            "points": " ".join(v.point_id for v in self.report.vms if v.point_id),
+        }
+        try:
+            output = run_hook(self.job.post_hook, "post", values)
+            log.info("post-hook output: %s", output.strip())
+        except HookError as exc:
+            self.warn(exc.message)
+
+    def _dry_run(self, target: VmTarget) -> VmReport:
+        vm = target.vm
+        report = VmReport(vm.name, vm.uuid, status=VM_SKIPPED, reason="dry run")
+        report.source = "replica snapshot" if target.replica else "snapshot"
+        previous = self.latest.get(vm.uuid)
+        for disk in target.disks:
+            d = DiskReport(disk.uuid, int(disk.slot), str(disk.type), int(disk.capacity))
+            d.status = VM_SKIPPED
+            has_base = previous is not None and previous.snapshot_uuid in self.snapshots
+            d.cbt_used = has_base and not self.full
+            d.cbt_reason = (
+                cbt.REASON_FORCED_FULL
+                if self.full
+                else ("snapDiff" if has_base else cbt.REASON_NO_BASE)
+            )
+            report.disks.append(d)
+        report.warnings += [f"disk slot {x.slot}: {x.reason}" for x in target.skipped if x.warning]
+        self.emit(
+            "vm_done",
+            vm=vm.name,
+            message="dry run: would back up "
+            + ", ".join(f"slot {d.slot} ({d.cbt_reason})" for d in report.disks),
+        )
+        return report
+
+
+def _find_disk(point: Any | None, disk_uuid: str) -> Any | None:
+    if point is None:
+        return None
+    return next((d for d in point.disks if d.uuid == disk_uuid), None)
+
+
+class _Clone:
+    """Context manager: hot-add a snapshot disk to the worker, yield its device path,
+    always remove it again. Journaled so a crashed run's clone is found next time."""
+
+    def __init__(self, session: _Session, disk: Any, snap: Any, capacity: int) -> None:
+        self.s = session
+        self.disk = disk
+        self.snap = snap
+        self.capacity = capacity
+        self.clone_uuid: str | None = None
+
+    def __enter__(self) -> Path:
+        s = self.s
+        root = Path(s.cluster_cfg.device_root)
+        assert s.worker_uuid is not None
+        with s.worker_lock:
+            before = list_devices(root)
+            self.clone_uuid = s.hc.clone_snapshot_disk(
+                self.disk.uuid, self.snap.uuid, s.worker_uuid, self.capacity
+            )
+        journal_clone(
+            s.state_dir,
+            self.clone_uuid,
+            {
+                "cluster": s.job.cluster,
+                "job": s.job.name,
+                "snapshot": self.snap.uuid,
+                "disk": self.disk.uuid,
+            },
+        )
+        try:
+            return locate_device(root, self.clone_uuid, self.capacity, before=before)
+        except BaseException:
+            self._remove()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self._remove()
+
+    def _remove(self) -> None:
+        if self.clone_uuid is None:
+            return
+        uuid, self.clone_uuid = self.clone_uuid, None
+        try:
+            with self.s.worker_lock:
+                self.s.hc.delete_block_device(uuid)
+        except NotFoundError:
+            pass
+        except HcbakError as exc:
+            log.warning("could not remove clone %s: %s (removed next run)", uuid, exc.one_line())
+            return
+        forget_clone(self.s.state_dir, uuid)
