@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from hcbak import __version__
-from hcbak.cli import cluster, config_cmd, demo, job, notify, points, repo, restore, sim
+from hcbak.cli import cluster, config_cmd, demo, job, mount, notify, points, repo, restore, sim
 from hcbak.cli.context import OPTIONS
 from hcbak.errors import ExitCode, HcbakError
 
@@ -78,6 +78,7 @@ app.add_typer(restore.app, name="restore")
 app.add_typer(notify.app, name="notify")
 app.add_typer(sim.app, name="sim")
 demo.register(app)
+mount.register(app)
 
 
 def _debug_requested(argv: list[str]) -> bool:

@@ -15,9 +15,10 @@ import os
 import shutil
 import stat
 import subprocess
+import threading
 import time
 from array import array
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -338,6 +339,50 @@ def _stored_blocks(disk: DiskImage) -> array[int]:
 
 def _label(disk: DiskImage) -> str:
     return f"slot {disk.slot} {disk.type}"
+
+
+class DiskReader:
+    """Random-access reads of one disk of a point, for `hcbak mount`.
+
+    Keeps the last few decoded blocks (sequential reads by `cp`/`losetup` hit the same
+    block many times in 128 KiB pieces). Thread safe: FUSE calls from several threads.
+    """
+
+    def __init__(self, repo: Repository, disk: DiskImage, cache_blocks: int = 16) -> None:
+        self.repo = repo
+        self.disk = disk
+        self._cache: OrderedDict[int, bytes] = OrderedDict()
+        self._cache_blocks = cache_blocks
+        self._lock = threading.Lock()
+
+    def read(self, offset: int, size: int) -> bytes:
+        """Up to `size` bytes at `offset`; short only at the end of the disk."""
+        end = min(self.disk.capacity, offset + size)
+        out = bytearray()
+        bs = self.disk.block_size
+        while offset < end:
+            index, within = divmod(offset, bs)
+            take = min(bs - within, end - offset)
+            out += self._block(index)[within : within + take]
+            offset += take
+        return bytes(out)
+
+    def _block(self, index: int) -> bytes:
+        from hcbak.repo import ZERO_BLOCK
+
+        block_id = self.disk.block_map.get(index)
+        if block_id == ZERO_BLOCK:
+            return _zero_block(self.disk.block_size)
+        with self._lock:
+            if index in self._cache:
+                self._cache.move_to_end(index)
+                return self._cache[index]
+        data = self.repo.get_block(block_id)
+        with self._lock:
+            self._cache[index] = data
+            while len(self._cache) > self._cache_blocks:
+                self._cache.popitem(last=False)
+        return data
 
 
 # --- whole VM -------------------------------------------------------------------------
