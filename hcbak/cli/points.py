@@ -1,7 +1,173 @@
-"""`hcbak points` commands."""
+"""`hcbak points list|show|forget`: restore points across the configured repositories.
+
+POINT is an id, a unique id prefix, `VM@latest` or `VM@YYYY-MM-DD`. Without --repo
+every configured repository is searched; a POINT found in two is an error.
+"""
 
 from __future__ import annotations
 
+from typing import Annotated, Any
+
 import typer
 
-app = typer.Typer(help="points commands.", no_args_is_help=True)
+from hcbak.cli.common import load_config
+from hcbak.cli.output import emit_json, info, print_fields, print_table, warn
+from hcbak.cli.repo import open_configured
+from hcbak.config import Config, RepoConfig
+from hcbak.errors import HcbakError, NotFoundError, UsageError
+
+app = typer.Typer(help="List, inspect and forget restore points.", no_args_is_help=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (stable keys).")]
+RepoOpt = Annotated[str | None, typer.Option("--repo", help="Only this repository.")]
+PointArg = Annotated[
+    str, typer.Argument(help="Point id, unique prefix, VM@latest or VM@YYYY-MM-DD.")
+]
+
+
+def _repos(config: Config, name: str | None) -> list[RepoConfig]:
+    repos = [config.repo(name)] if name else list(config.repositories.values())
+    if not repos:
+        raise NotFoundError("no repository is configured", hint="add one with `hcbak repo add`")
+    return repos
+
+
+@app.command("list")
+def list_(
+    repo: RepoOpt = None,
+    vm: Annotated[str | None, typer.Option("--vm", help="Only this VM (name or uuid).")] = None,
+    job: Annotated[str | None, typer.Option("--job", help="Only this job.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """List restore points, oldest first."""
+    config = load_config()
+    rows: list[dict[str, Any]] = []
+    for cfg in _repos(config, repo):
+        try:
+            with open_configured(cfg, lock=None) as r:
+                rows += [{**p.to_json(), "repo": cfg.name} for p in r.list_points(vm=vm, job=job)]
+        except HcbakError as exc:
+            if repo:
+                raise
+            warn(f"repository {cfg.name}: {exc.one_line()}")
+    if json_out:
+        emit_json({"points": rows})
+        return
+    print_table(
+        ["ID", "REPO", "JOB", "VM", "CREATED", "DISKS", "SIZE"],
+        [
+            [
+                p["id"][:12],
+                p["repo"],
+                p["job"],
+                p["vm_name"],
+                p["created"][:19],
+                p["disks"],
+                p["capacity"],
+            ]
+            for p in rows
+        ],
+    )
+
+
+def _find(config: Config, spec: str, repo: str | None) -> tuple[RepoConfig, str]:
+    found: list[tuple[RepoConfig, str]] = []
+    for cfg in _repos(config, repo):
+        try:
+            with open_configured(cfg, lock=None) as r:
+                found.append((cfg, r.resolve_point(spec)))
+        except NotFoundError:
+            continue
+        except HcbakError as exc:
+            if repo:
+                raise
+            warn(f"repository {cfg.name}: {exc.one_line()}")
+    if not found:
+        raise NotFoundError(f"no restore point matches {spec!r}")
+    if len(found) > 1:
+        raise UsageError(
+            f"point {spec!r} matches in several repositories", hint="choose one with --repo"
+        )
+    return found[0]
+
+
+@app.command("show")
+def show(spec: PointArg, repo: RepoOpt = None, json_out: JsonOpt = False) -> None:
+    """Details of one restore point: VM, snapshot, disks, stats."""
+    config = load_config()
+    cfg, pid = _find(config, spec, repo)
+    with open_configured(cfg, lock=None) as r:
+        p = r.load_point(pid)
+    disks = [
+        {
+            "uuid": d.uuid,
+            "slot": d.slot,
+            "type": d.type,
+            "capacity": d.capacity,
+            "block_size": d.block_size,
+            "blocks": len(d.block_map),
+            "stored_blocks": sum(1 for _ in d.block_map.ids()),
+            "serial": d.serial,
+            "incremental": d.incremental,
+            "cbt_reason": d.cbt_reason,
+        }
+        for d in p.disks
+    ]
+    doc = {
+        "id": p.id,
+        "repo": cfg.name,
+        "job": p.job,
+        "cluster": p.cluster,
+        "vm_uuid": p.vm_uuid,
+        "vm_name": p.vm_name,
+        "created": p.created.isoformat(),
+        "snapshot_uuid": p.snapshot_uuid,
+        "snapshot_label": p.snapshot_label,
+        "hcbak_version": p.hcbak_version,
+        "stats": p.stats,
+        "disks": disks,
+        "vm": p.vm,
+    }
+    if json_out:
+        emit_json(doc)
+        return
+    print_fields(
+        [
+            (k.replace("_", " "), doc[k])
+            for k in (
+                "id",
+                "repo",
+                "job",
+                "cluster",
+                "vm_name",
+                "vm_uuid",
+                "created",
+                "snapshot_uuid",
+            )
+        ]
+    )
+    print_table(
+        ["SLOT", "TYPE", "UUID", "CAPACITY", "STORED BLOCKS", "SERIAL", "INCREMENTAL"],
+        [
+            [
+                d["slot"],
+                d["type"],
+                d["uuid"],
+                d["capacity"],
+                d["stored_blocks"],
+                d["serial"],
+                d["incremental"],
+            ]
+            for d in disks
+        ],
+    )
+
+
+@app.command("forget")
+def forget(spec: PointArg, repo: RepoOpt = None) -> None:
+    """Forget one restore point (its data is freed by `hcbak repo prune`)."""
+    config = load_config()
+    cfg, pid = _find(config, spec, repo)
+    with open_configured(cfg) as r:
+        r.forget_points([pid])
+    info(f"forgot point {pid} in repository {cfg.name}; run `hcbak repo prune {cfg.name}`")

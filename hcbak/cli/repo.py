@@ -1,7 +1,425 @@
-"""`hcbak repo` commands."""
+"""`hcbak repo add|list|show|remove|passwd|unlock|forget|prune|verify`.
+
+The repository folder is the source of truth for its format (block size, compression,
+encryption); the config only names it, says where it is and how to get the passphrase.
+"""
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
 
-app = typer.Typer(help="repo commands.", no_args_is_help=True)
+from hcbak.cli.common import (
+    check_name,
+    check_value,
+    load_config,
+    load_config_for_edit,
+    save_config,
+    secret_ref_from_options,
+    secret_ref_json,
+)
+from hcbak.cli.output import emit_json, info, print_fields, print_table
+from hcbak.config import (
+    Config,
+    RepoConfig,
+    format_block_size,
+    jobs_using,
+    parse_block_size,
+    state_dir,
+)
+from hcbak.errors import IntegrityError, UsageError
+from hcbak.secrets import SecretRef
+
+app = typer.Typer(
+    help="Manage backup repositories: create, inspect, verify, forget and prune.",
+    no_args_is_help=True,
+)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (stable keys).")]
+NameArg = Annotated[str, typer.Argument(help="Repository name in the config.")]
+PassEnv = Annotated[
+    str | None, typer.Option(help="Read the passphrase from this environment variable.")
+]
+PassFile = Annotated[str | None, typer.Option(help="Read the passphrase from this file.")]
+PassCmd = Annotated[
+    str | None, typer.Option(help="Run this shell command; its stdout is the passphrase.")
+]
+
+
+@contextmanager
+def open_configured(
+    cfg: RepoConfig, lock: str | None = "shared", wait: float = 0.0
+) -> Iterator[Any]:
+    from hcbak.repo import open_repo
+
+    passphrase = cfg.passphrase.resolve() if cfg.passphrase else None
+    with open_repo(
+        Path(cfg.path), passphrase=passphrase, lock=lock, lock_wait=wait, command="hcbak repo"
+    ) as repo:
+        yield repo
+
+
+@app.command("add")
+def add(
+    name: NameArg,
+    path: Annotated[str, typer.Option("--path", help="Folder of the repository (local or NFS).")],
+    encrypt: Annotated[
+        bool, typer.Option(help="Encrypt with AES-256-GCM (needs a passphrase).")
+    ] = False,
+    passphrase_env: PassEnv = None,
+    passphrase_file: PassFile = None,
+    passphrase_command: PassCmd = None,
+    compression: Annotated[str, typer.Option(help="lz4 (default), zstd or none.")] = "lz4",
+    block_size: Annotated[str, typer.Option(help="Block size, 256KiB..4MiB.")] = "1MiB",
+    force: Annotated[bool, typer.Option(help="Replace a config entry of the same name.")] = False,
+) -> None:
+    """Create a repository in an empty folder, or adopt an existing hcbak repository.
+
+    The passphrase never goes on the command line: give --passphrase-env,
+    --passphrase-file or --passphrase-command, or type it twice at the prompt.
+    """
+    from hcbak.repo import init_repo, is_repo
+    from hcbak.repo.settings import read_config_doc
+
+    check_name(name, "repository name")
+    if compression not in ("lz4", "zstd", "none"):
+        raise UsageError("--compression must be lz4, zstd or none")
+    size = check_value(parse_block_size, block_size, "--block-size")
+    config = load_config_for_edit()
+    if name in config.repositories and not force:
+        raise UsageError(f"repository {name!r} already exists", hint="use --force to replace it")
+    folder = Path(path).expanduser().resolve()
+    adopting = is_repo(folder)
+    wants_key = encrypt or (adopting and read_config_doc(folder).get("encryption") is not None)
+    ref: SecretRef | None = None
+    if wants_key:
+        ref = secret_ref_from_options(
+            "passphrase",
+            env=passphrase_env,
+            file=passphrase_file,
+            command=passphrase_command,
+            prompt=True,
+        )
+        if ref is None:
+            raise UsageError(
+                "an encrypted repository needs a passphrase",
+                hint="use --passphrase-env, --passphrase-file or --passphrase-command",
+            )
+    elif passphrase_env or passphrase_file or passphrase_command:
+        raise UsageError("a passphrase option needs --encrypt")
+    if adopting:
+        doc = read_config_doc(folder)
+        with open_configured(RepoConfig(name, str(folder), passphrase=ref), lock=None):
+            pass  # proves the passphrase
+        entry = RepoConfig(name, str(folder), str(doc["compression"]), int(doc["block_size"]), ref)
+        info(f"adopted existing repository at {folder}")
+    else:
+        secret = ref.resolve() if ref else None
+        init_repo(folder, compression=compression, block_size=size, passphrase=secret)
+        entry = RepoConfig(name, str(folder), compression, size, ref)
+        info(f"created repository {name} at {folder}")
+    config.repositories[name] = entry
+    save_config(config)
+
+
+@app.command("list")
+def list_(json_out: JsonOpt = False) -> None:
+    """List configured repositories."""
+    config = load_config()
+    rows = [_entry_json(r) for r in config.repositories.values()]
+    if json_out:
+        emit_json({"repositories": rows})
+        return
+    print_table(
+        ["NAME", "PATH", "ENCRYPTED", "COMPRESSION", "BLOCK SIZE", "JOBS"],
+        [
+            [
+                r["name"],
+                r["path"],
+                "yes" if r["encrypted"] else "no",
+                r["compression"],
+                format_block_size(r["block_size"]),
+                ",".join(r["jobs"]),
+            ]
+            for r in rows
+        ],
+    )
+
+
+def _entry_json(r: RepoConfig) -> dict[str, Any]:
+    config = load_config()
+    return {
+        "name": r.name,
+        "path": r.path,
+        "encrypted": r.passphrase is not None,
+        "passphrase": secret_ref_json(r.passphrase),
+        "compression": r.compression,
+        "block_size": r.block_size,
+        "jobs": jobs_using(config, repo=r.name),
+    }
+
+
+@app.command("show")
+def show(name: NameArg, json_out: JsonOpt = False) -> None:
+    """Size, points, blocks, dedup and compression ratios, locks and the last verify."""
+    from hcbak.repo.locks import read_locks
+    from hcbak.repo.stats import repo_stats
+
+    config = load_config()
+    cfg = config.repo(name)
+    with open_configured(cfg, lock=None) as repo:
+        stats = repo_stats(repo)
+        locks = [lk.to_json() for lk in read_locks(repo.root)]
+        doc = {
+            **_entry_json(cfg),
+            "repo_id": repo.config.repo_id,
+            "format_version": repo.config.version,
+            "created": repo.config.created,
+            **stats,
+            "locks": locks,
+            "last_verify": _last_verify(config, repo.config.repo_id),
+        }
+    if json_out:
+        emit_json(doc)
+        return
+    lv = doc["last_verify"]
+    print_fields(
+        [
+            ("name", doc["name"]),
+            ("path", doc["path"]),
+            ("repository id", doc["repo_id"]),
+            ("encrypted", "yes" if doc["encrypted"] else "no"),
+            ("compression", doc["compression"]),
+            ("block size", format_block_size(doc["block_size"])),
+            ("points", doc["points"]),
+            ("blocks", doc["blocks"]),
+            ("packs", doc["packs"]),
+            ("size", _human(doc["size"])),
+            ("dedup ratio", doc["dedup_ratio"]),
+            ("compression ratio", doc["compression_ratio"]),
+            ("locks", len(locks)),
+            ("last verify", f"{lv['time']} {'ok' if lv['ok'] else 'FAILED'}" if lv else "never"),
+        ]
+    )
+
+
+@app.command("remove")
+def remove(name: NameArg) -> None:
+    """Remove a repository from the config (its folder is left untouched)."""
+    config = load_config_for_edit()
+    config.repo(name)
+    users = jobs_using(config, repo=name)
+    if users:
+        raise UsageError(
+            f"repository {name!r} is used by job(s) {', '.join(users)}",
+            hint="remove or edit those jobs first",
+        )
+    del config.repositories[name]
+    save_config(config)
+    info(f"removed repository {name} from the config (its files are untouched)")
+
+
+@app.command("passwd")
+def passwd(
+    name: NameArg,
+    passphrase_env: PassEnv = None,
+    passphrase_file: PassFile = None,
+    passphrase_command: PassCmd = None,
+) -> None:
+    """Change the passphrase: rewraps the master key only, no data is rewritten."""
+    from hcbak.repo.repository import set_passphrase
+
+    config = load_config_for_edit()
+    cfg = config.repo(name)
+    if cfg.passphrase is None:
+        raise UsageError(f"repository {name!r} is not encrypted")
+    ref = secret_ref_from_options(
+        "passphrase",
+        env=passphrase_env,
+        file=passphrase_file,
+        command=passphrase_command,
+        prompt=True,
+    )
+    if ref is None:
+        raise UsageError("give the new passphrase with --passphrase-env/-file/-command")
+    set_passphrase(Path(cfg.path), cfg.passphrase.resolve(), ref.resolve())
+    cfg.passphrase = ref
+    save_config(config)
+    info(f"passphrase of repository {name} changed")
+
+
+@app.command("unlock")
+def unlock(
+    name: NameArg,
+    force: Annotated[bool, typer.Option(help="Remove live locks too (dangerous).")] = False,
+) -> None:
+    """Remove stale locks (holders gone); with --force, every lock."""
+    from hcbak.repo.locks import unlock as _unlock
+
+    cfg = load_config().repo(name)
+    removed = _unlock(Path(cfg.path), force=force)
+    for lk in removed:
+        info(f"removed {lk.describe()}")
+    if not removed:
+        info("no lock removed")
+
+
+def _forget_plan(config: Config, repo: Any, name: str) -> list[dict[str, Any]]:
+    from hcbak.repo.retention import select
+
+    plan = []
+    for job_name in jobs_using(config, repo=name):
+        job = config.job(job_name)
+        points = repo.list_points(job=job_name)
+        for p, keep, reasons in select(points, job.retention, datetime.now(UTC)):
+            plan.append({**p.to_json(), "keep": keep, "reasons": reasons})
+    return plan
+
+
+def _print_plan(plan: list[dict[str, Any]]) -> None:
+    print_table(
+        ["ID", "JOB", "VM", "CREATED", "ACTION", "REASONS"],
+        [
+            [
+                p["id"][:12],
+                p["job"],
+                p["vm_name"],
+                p["created"][:19],
+                "keep" if p["keep"] else "forget",
+                ", ".join(p["reasons"]),
+            ]
+            for p in plan
+        ],
+    )
+
+
+@app.command("forget")
+def forget(
+    name: NameArg,
+    dry_run: Annotated[bool, typer.Option(help="Show what would be forgotten and why.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Forget points beyond each job's retention policy (data is freed by prune)."""
+    config = load_config()
+    with open_configured(config.repo(name)) as repo:
+        plan = _forget_plan(config, repo, name)
+        if not dry_run:
+            repo.forget_points([p["id"] for p in plan if not p["keep"]])
+    if json_out:
+        emit_json({"dry_run": dry_run, "points": plan})
+    else:
+        _print_plan(plan)
+
+
+@app.command("prune")
+def prune(
+    name: NameArg,
+    dry_run: Annotated[bool, typer.Option(help="Show what would be deleted.")] = False,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for other locks.")] = 0.0,
+    json_out: JsonOpt = False,
+) -> None:
+    """Forget per retention policy, then delete unreferenced data (exclusive lock)."""
+    from hcbak.repo.prune import prune as _prune
+
+    config = load_config()
+    with open_configured(config.repo(name), lock="exclusive", wait=wait) as repo:
+        plan = _forget_plan(config, repo, name)
+        if not dry_run:
+            repo.forget_points([p["id"] for p in plan if not p["keep"]])
+        report = _prune(repo, dry_run=dry_run, progress=info)
+    doc = {**report.to_json(), "forgotten": [p["id"] for p in plan if not p["keep"]]}
+    if json_out:
+        emit_json(doc)
+    else:
+        print_fields(
+            [
+                (k.replace("_", " "), v if not isinstance(v, list) else len(v))
+                for k, v in doc.items()
+            ]
+        )
+
+
+_READ_DATA = re.compile(r"^--read-data(?:=(\d+(?:\.\d+)?)%?)?$")
+
+
+@app.command("verify", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def verify(ctx: typer.Context, name: NameArg, json_out: JsonOpt = False) -> None:
+    """Check the structure; `--read-data[=PERCENT]` also reads, decrypts and re-hashes
+    that share of the packs (default 100). Exit 6 when anything is wrong."""
+    from hcbak.repo.verify import verify as _verify
+
+    percent = 0.0
+    for arg in ctx.args:
+        m = _READ_DATA.match(arg)
+        if not m:
+            raise UsageError(f"unknown option {arg!r}", hint="see `hcbak repo verify --help`")
+        percent = float(m.group(1)) if m.group(1) else 100.0
+    if not 0 <= percent <= 100:
+        raise UsageError("--read-data percentage must be 0..100")
+    config = load_config()
+    with open_configured(config.repo(name)) as repo:
+        report = _verify(repo, read_data_percent=percent, progress=info)
+        _save_last_verify(config, repo.config.repo_id, report.ok, percent)
+    if json_out:
+        emit_json(report.to_json())
+    else:
+        for err in report.errors:
+            info(f"problem: {err}")
+        print_fields(
+            [
+                ("points", report.points),
+                ("packs", report.packs),
+                ("blobs", report.blobs),
+                ("packs read", report.packs_read),
+                ("blobs read", report.blobs_read),
+                ("problems", len(report.errors)),
+                ("affected points", " ".join(report.affected_points) or "none"),
+            ]
+        )
+    if not report.ok:
+        raise IntegrityError(
+            f"repository {name} has {len(report.errors)} problem(s); affected points: "
+            + (", ".join(p[:12] for p in report.affected_points) or "none"),
+        )
+
+
+def _verify_file(config: Config, repo_id: str) -> Path:
+    return state_dir(config) / "verify" / f"{repo_id}.json"
+
+
+def _save_last_verify(config: Config, repo_id: str, ok: bool, percent: float) -> None:
+    path = _verify_file(config, repo_id)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        doc = {
+            "time": datetime.now(UTC).isoformat(timespec="seconds"),
+            "ok": ok,
+            "read_data_percent": percent,
+        }
+        path.write_text(json.dumps(doc))
+    except OSError:
+        pass  # informational only
+
+
+def _last_verify(config: Config, repo_id: str) -> dict[str, Any] | None:
+    try:
+        doc: dict[str, Any] = json.loads(_verify_file(config, repo_id).read_text())
+        return doc
+    except (OSError, ValueError):
+        return None
+
+
+def _human(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{n} B"
+        size /= 1024
+    return f"{n} B"

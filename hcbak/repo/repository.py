@@ -152,7 +152,7 @@ class Repository:
         self.sealer = Sealer(material.master_key if material else None)
         self.envelope = Envelope(self.sealer)
         self._codec = codec_id(settings.compression)
-        self._pack_target = pack_target
+        self.pack_target = pack_target
         self._cv = threading.Condition()
         self._inflight: set[bytes] = set()
         self._writer: PackWriter | None = None
@@ -162,9 +162,21 @@ class Repository:
         self._unindexed_packs = 0
         self._finishing = 0
         self._failed: BaseException | None = None
+        self.reload_index()
+
+    def reload_index(self) -> None:
+        """(Re)build the in-memory index from the segments on disk."""
+        root = self.root
         self.index = CompactIndex()
-        for seg in list_segments(root):
-            self.index.add(read_segment(root, seg, self.envelope))
+        self.segments = list_segments(root)
+        # A damaged segment only costs dedup hits (blocks get stored again) and makes
+        # points that need it fail verify; it must not make the repository unusable.
+        self.bad_segments: dict[str, str] = {}
+        for seg in self.segments:
+            try:
+                self.index.add(read_segment(root, seg, self.envelope))
+            except IntegrityError as exc:
+                self.bad_segments[seg] = str(exc)
 
     # --- blocks ---------------------------------------------------------------------
     def block_id(self, data: bytes) -> bytes:
@@ -217,7 +229,7 @@ class Repository:
                 fsio.raise_os_error(exc, "a pack file")
                 raise  # unreachable; raise_os_error always raises
             self._open[block_id] = (writer, offset, length)
-            if writer.size < self._pack_target:
+            if writer.size < self.pack_target:
                 return None
             self._writer = None
             self._finishing += 1
@@ -269,7 +281,7 @@ class Repository:
             entries, self._unindexed = self._unindexed, []
             self._unindexed_packs = 0
             try:
-                _write_segment(self.root, entries, self.envelope)
+                self.segments.append(_write_segment(self.root, entries, self.envelope))
             except BaseException as exc:
                 self._failed = exc
                 raise
