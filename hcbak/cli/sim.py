@@ -1,7 +1,75 @@
-"""`hcbak sim` commands."""
+"""`hcbak sim`: run the built-in HyperCore simulator (demo, tests, development)."""
 
 from __future__ import annotations
 
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Annotated
+
 import typer
 
-app = typer.Typer(help="sim commands.", no_args_is_help=True)
+app = typer.Typer(
+    help="Run the built-in SC//HyperCore simulator (HTTPS REST API on 127.0.0.1).",
+    no_args_is_help=True,
+)
+
+
+@app.command()
+def serve(
+    state: Annotated[
+        Path, typer.Option("--state", help="State directory (created; reused on restart).")
+    ],
+    nodes: Annotated[int, typer.Option("--nodes", min=1, max=16, help="Cluster nodes.")] = 3,
+    port_base: Annotated[
+        int | None,
+        typer.Option("--port-base", help="Node i listens on PORT_BASE+i (default: free ports)."),
+    ] = None,
+    seed: Annotated[bool, typer.Option("--seed", help="Create sample VMs with data.")] = False,
+    task_delay: Annotated[
+        float, typer.Option("--task-delay", min=0.0, help="Seconds a task takes.")
+    ] = 0.02,
+) -> None:
+    """Serve a simulated cluster until SIGINT/SIGTERM; prints how to connect to it."""
+    from hcbak.sim import Simulator
+    from hcbak.sim.seed import seed_demo
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    with Simulator(state, nodes=nodes, task_delay=task_delay, port_base=port_base) as sim:
+        if seed:
+            seed_demo(sim)
+        user, password = sim.admin
+        buser, bpassword = sim.backup_user
+        typer.echo("HyperCore simulator running")
+        for url, fp in zip(sim.node_urls, sim.fingerprints, strict=True):
+            typer.echo(f"  node  {url}  sha256 {fp}")
+        typer.echo(f"  admin        {user} / {password}")
+        typer.echo(f"  backup user  {buser} / {bpassword}")
+        typer.echo(f"  control      X-Sim-Admin-Token: {sim.admin_token}")
+        typer.echo(f"  worker VM    hcbak-worker ({sim.worker_vm_uuid})")
+        typer.echo(f"  devices      {sim.device_root}")
+        typer.echo("")
+        typer.echo("Try:")
+        typer.echo(f"  curl -k -u {user}:{password} {sim.node_urls[0]}/rest/v1/VirDomain")
+        typer.echo(f"  export HCBAK_SIM_PASSWORD='{bpassword}'")
+        pins = " ".join(
+            f"--fingerprint {a}={fp}"
+            for a, fp in zip(sim.node_addresses, sim.fingerprints, strict=True)
+        )
+        nodes_opt = " ".join(f"--node {a}" for a in sim.node_addresses)
+        typer.echo(
+            f"  hcbak cluster add sim {nodes_opt} --username {buser} "
+            f"--password-env HCBAK_SIM_PASSWORD --worker-vm hcbak-worker "
+            f"--device-root {sim.device_root} {pins}"
+        )
+        typer.echo("Press Ctrl-C to stop.", err=True)
+        while not stop.wait(0.2):
+            pass
+    typer.echo("simulator stopped", err=True)
