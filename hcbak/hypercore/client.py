@@ -44,6 +44,11 @@ log = logging.getLogger("hcbak.hypercore")
 
 UPLOAD_FORMATS = (".qcow2", ".vmdk", ".vhd", ".vhdx", ".img")
 LOGOUT_TIMEOUT_ROUNDS = 1
+# A cluster that was never updated has no update_status.json and its web server answers
+# 404 with an HTML page (API notes). That is an answer, not doubt: no update runs. Treating
+# it as busy would block every backup of a new cluster forever. Everything else that is
+# not a clear COMPLETE/COMPLETE (502, timeouts, other statuses, odd JSON) is "not idle".
+NEVER_UPDATED_IS_IDLE = True
 
 
 @contextlib.contextmanager
@@ -215,6 +220,8 @@ class HyperCoreClient:
             )
         except ClusterError as exc:
             return UpdateStatus(False, f"update status unknown ({exc})")
+        if resp.status_code == 404 and NEVER_UPDATED_IS_IDLE:
+            return UpdateStatus(True, "idle (never updated: no update_status.json)")
         if resp.status_code != 200:
             return UpdateStatus(False, f"update status unknown (HTTP {resp.status_code})")
         try:

@@ -1,0 +1,219 @@
+"""The client against the simulator's faults (real HTTPS, real sockets, real tasks).
+
+Each test names the failure it survives; timing asserts use the configured timeouts
+(1 s) so a client that waits longer than promised fails them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from hcbak.config import TLSConfig
+from hcbak.errors import ClusterBusyError, ClusterUnreachableError, TaskFailedError, TLSError
+from hcbak.hypercore.client import hypercore_session
+from hcbak.hypercore.failover import backoff_delay
+
+from .conftest import CANARY
+from .simfix import requests_to, sim, sim_client, sim_cluster  # noqa: F401
+
+TIMEOUT = 1.0
+
+
+def test_session_logs_in_and_out_and_reads_typed_records(sim: Any) -> None:
+    vm_uuid = sim.create_vm("web01", [4 << 20, 2 << 20], tags=("nightly",))
+    with hypercore_session(sim_cluster(sim)) as hc:
+        assert hc.cluster_info().version
+        vm = hc.find_vm("web01")
+        assert vm.uuid == vm_uuid and vm.tags == ["nightly"]
+        assert [d.uuid for d in vm.disks if d.is_data_disk] == sim.disk_uuids(vm_uuid)
+        assert hc.get_vm(vm_uuid).name == "web01"
+        assert hc.roles() == ["Admin"]
+    assert len(requests_to(sim, "POST", "/rest/v1/login")) == 1
+    assert len(requests_to(sim, "POST", "/rest/v1/logout")) == 1
+
+
+def test_logout_happens_even_when_the_body_raises(sim: Any) -> None:
+    with pytest.raises(RuntimeError), hypercore_session(sim_cluster(sim)):
+        raise RuntimeError("boom")
+    assert len(requests_to(sim, "POST", "/rest/v1/logout")) == 1
+
+
+def test_node_down_at_start_login_and_calls_use_the_next_node(sim: Any) -> None:
+    sim.faults.node_down(0)
+    started = time.monotonic()
+    with hypercore_session(sim_cluster(sim)) as hc:
+        assert any(vm.name == "hcbak-worker" for vm in hc.list_vms())
+    assert time.monotonic() - started < 2 * TIMEOUT
+    assert not [r for r in sim.requests if r[0] == 0]
+
+
+def test_node_hanging_mid_run_sequence_completes_via_another_node(sim: Any) -> None:
+    vm_uuid = sim.create_vm("web01", [4 << 20])
+    hc = sim_client(sim)
+    hc.list_vms()
+    first = hc.pool.rotation()[0]
+    sim.faults.node_hang(sim.node_addresses.index(first))
+    started = time.monotonic()
+    hc.list_vms()
+    snap = hc.create_snapshot(vm_uuid, "hcbak-hang")
+    hc.snap_diff(sim.disk_uuids(vm_uuid)[0], 0, snap.serial or 0)
+    hc.delete_snapshot(snap.uuid)
+    elapsed = time.monotonic() - started
+    # one read timeout on the hung node, no backoff needed (another node answered)
+    assert elapsed < TIMEOUT + backoff_delay(1) + 1.5, elapsed
+    assert hc.pool.rotation()[0] != first
+    hc.logout()
+
+
+def test_502_html_node_is_skipped_for_reads_and_mutations(sim: Any) -> None:
+    sim.faults.node_502(0)
+    sim.faults.node_502(1)
+    hc = sim_client(sim)
+    vm_uuid = hc.create_vm({"name": "made", "mem": 1 << 30, "numVCPU": 1, "netDevs": []})
+    assert hc.get_vm(vm_uuid).name == "made"
+    # a 502 front-end answer means the API never saw the POST: it moved on, once
+    assert len([r for r in requests_to(sim, "POST", "/rest/v1/VirDomain") if r[0] == 2]) == 1
+    hc.logout()
+
+
+def test_tls_mismatch_names_the_node_and_both_fingerprints(sim: Any) -> None:
+    wrong = "0" * 64
+    pins = dict(zip(sim.node_addresses, sim.fingerprints, strict=True))
+    pins[sim.node_addresses[0]] = wrong
+    cfg = sim_cluster(sim, tls=TLSConfig(fingerprints=pins))
+    with pytest.raises(TLSError) as info:
+        sim_client(sim, tls=cfg.tls)
+    message = str(info.value)
+    assert sim.node_addresses[0] in message
+    assert wrong in message and sim.fingerprints[0] in message
+    assert info.value.exit_code == 4
+    assert not requests_to(sim, "POST", "/rest/v1/login"), "password sent past a bad pin"
+
+
+def test_presented_rogue_certificate_is_a_mismatch_too(sim: Any) -> None:
+    sim.faults.node_tls_error(0, mode="cert")
+    with pytest.raises(TLSError, match="does not match the pinned fingerprint"):
+        sim_client(sim)
+
+
+def test_broken_handshake_on_one_node_fails_over(sim: Any) -> None:
+    sim.faults.node_tls_error(0)
+    hc = sim_client(sim)
+    assert hc.list_vms()
+    hc.logout()
+
+
+def test_ca_file_verification_works_with_the_node_certificate(sim: Any) -> None:
+    hc = sim_client(sim, tls=TLSConfig(ca_file=str(sim.cert_paths[0])))
+    hc.pool.addresses[:] = [sim.node_addresses[0]]
+    assert hc.cluster_info().name
+    hc.logout()
+
+
+def test_expired_session_logs_in_again_once_and_retries(sim: Any) -> None:
+    hc = sim_client(sim)
+    sim.faults.expire_sessions()
+    assert hc.list_vms()
+    assert len(requests_to(sim, "POST", "/rest/v1/login")) == 2
+    hc.logout()
+
+
+def test_task_error_raises_with_the_cluster_message(sim: Any) -> None:
+    vm_uuid = sim.create_vm("web01", [4 << 20])
+    sim.faults.fail_snapshot(vm_uuid)
+    hc = sim_client(sim)
+    with pytest.raises(TaskFailedError) as info:
+        hc.create_snapshot(vm_uuid, "hcbak-err")
+    assert "ERROR" in str(info.value) and "%@" not in str(info.value)
+    hc.logout()
+
+
+def test_burst_of_500s_then_success_for_reads(sim: Any) -> None:
+    hc = sim_client(sim, retries=2)
+    sim.faults.fail_next(4, method="GET", path_prefix="/rest/v1/VirDomain")
+    assert [vm.name for vm in hc.list_vms()] == ["hcbak-worker"]
+    assert len(requests_to(sim, "GET", "/rest/v1/VirDomain")) == 5
+    hc.logout()
+
+
+def test_500_on_snapshot_post_checks_the_label_then_posts_once_more(sim: Any) -> None:
+    vm_uuid = sim.create_vm("web01", [4 << 20])
+    hc = sim_client(sim)
+    sim.faults.fail_next(1, method="POST", path_prefix="/rest/v1/VirDomainSnapshot")
+    snap = hc.create_snapshot(vm_uuid, "hcbak-500")
+    assert [s["label"] for s in sim.snapshots(vm_uuid)] == ["hcbak-500"]
+    assert snap.label == "hcbak-500" and snap.replication is False
+    hc.logout()
+
+
+def test_snapshot_is_idempotent_by_label(sim: Any) -> None:
+    vm_uuid = sim.create_vm("web01", [4 << 20])
+    hc = sim_client(sim)
+    a = hc.create_snapshot(vm_uuid, "hcbak-same")
+    b = hc.create_snapshot(vm_uuid, "hcbak-same")
+    assert a.uuid == b.uuid and len(sim.snapshots(vm_uuid)) == 1
+    body = requests_to(sim, "POST", "/rest/v1/VirDomainSnapshot")[0][3]
+    assert body["replication"] is False and body["domainUUID"] == vm_uuid
+    hc.logout()
+
+
+def test_all_nodes_down_fails_in_bounded_time_and_says_so(sim: Any) -> None:
+    for i in range(3):
+        sim.faults.node_down(i)
+    cfg = sim_cluster(sim, retries=2)
+    started = time.monotonic()
+    with pytest.raises(ClusterUnreachableError) as info, hypercore_session(cfg):
+        pass
+    elapsed = time.monotonic() - started
+    assert elapsed < 2.0
+    message = str(info.value)
+    assert all(f"{a} refused" in message for a in sim.node_addresses)
+    assert "in " in message and " s;" in message
+    assert CANARY not in message
+
+
+def test_update_in_progress_waits_then_proceeds(sim: Any) -> None:
+    sim.faults.update("running")
+    hc = sim_client(sim)
+    timer = threading.Timer(0.4, sim.faults.update, args=("complete",))
+    timer.start()
+    started = time.monotonic()
+    waits: list[float] = []
+    status = hc.wait_for_update(5.0, poll=0.1, on_wait=lambda s, w: waits.append(w))
+    assert status.idle and waits
+    assert 0.35 <= time.monotonic() - started < 3
+    hc.logout()
+
+
+def test_update_in_progress_beyond_max_wait_skips_with_reason(sim: Any) -> None:
+    sim.faults.update("running")
+    hc = sim_client(sim)
+    with pytest.raises(ClusterBusyError, match=r"skipped: cluster lab is updating") as info:
+        hc.wait_for_update(0.3, poll=0.1)
+    assert info.value.exit_code == 4
+    hc.logout()
+
+
+@pytest.mark.parametrize("phase", ["preparing", "error", "malformed"])
+def test_update_status_fails_closed(sim: Any, phase: str) -> None:
+    sim.faults.update(phase)
+    hc = sim_client(sim)
+    assert not hc.update_status().idle
+    hc.logout()
+
+
+def test_update_status_unreachable_is_not_idle(sim: Any) -> None:
+    hc = sim_client(sim, retries=1)
+    for i in range(3):
+        sim.faults.node_502(i)
+    assert not hc.update_status().idle
+
+
+def test_never_updated_cluster_is_idle(sim: Any) -> None:
+    hc = sim_client(sim)
+    assert hc.update_status().idle
+    hc.logout()
