@@ -1,0 +1,155 @@
+"""Lease locks, the atomic-write helper and its errno allowlist, on real files."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from repo_helpers import PASS, make_repo
+
+from hcbak.errors import LockedError, NoSpaceError, RepoError
+from hcbak.repo import fsio, open_repo
+from hcbak.repo.locks import EXCLUSIVE, SHARED, RepoLock, read_locks, unlock
+
+
+def fake_lock(
+    root: Path, name: str, *, age: float, pid: int, host: str | None = None, kind: str = EXCLUSIVE
+) -> None:
+    now = time.time()
+    doc = {
+        "host": host or socket.gethostname(),
+        "pid": pid,
+        "kind": kind,
+        "start": now - age,
+        "refreshed": now - age,
+        "command": "hcbak job run",
+    }
+    (root / "locks" / name).write_text(json.dumps(doc))
+
+
+def dead_pid() -> int:
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    return pid
+
+
+def test_shared_locks_coexist_and_exclusive_waits_for_them(tmp_path: Path) -> None:
+    root = make_repo(tmp_path / "r")
+    a, b = RepoLock(root, SHARED), RepoLock(root, SHARED)
+    a.acquire()
+    b.acquire()
+    with pytest.raises(LockedError):
+        RepoLock(root, EXCLUSIVE).acquire(wait=0.3)
+    a.release()
+    b.release()
+    ex = RepoLock(root, EXCLUSIVE)
+    ex.acquire()
+    with pytest.raises(LockedError, match="exclusive lock"):
+        RepoLock(root, SHARED).acquire()
+    ex.release()
+    assert read_locks(root) == []
+
+
+def test_lock_is_refreshed_by_its_thread(tmp_path: Path) -> None:
+    root = make_repo(tmp_path / "r")
+    lock = RepoLock(root, SHARED, refresh_interval=0.1)
+    lock.acquire()
+    first = read_locks(root)[0].refreshed
+    time.sleep(0.5)
+    assert read_locks(root)[0].refreshed > first
+    lock.release()
+
+
+def test_old_lock_of_a_dead_local_pid_is_stale_and_ignored(tmp_path: Path) -> None:
+    root = make_repo(tmp_path / "r")
+    fake_lock(root, "old", age=3600, pid=dead_pid())
+    with open_repo(root, passphrase=PASS, lock="exclusive"):
+        pass
+    assert [lk.name for lk in unlock(root)] == ["old"]
+
+
+def test_old_lock_of_a_live_local_pid_is_not_stale(tmp_path: Path) -> None:
+    root = make_repo(tmp_path / "r")
+    fake_lock(root, "alive", age=3600, pid=os.getpid())
+    with pytest.raises(LockedError, match=f"pid {os.getpid()}"):
+        with open_repo(root, passphrase=PASS, lock="shared"):
+            pass
+    assert unlock(root) == []
+    assert [lk.name for lk in unlock(root, force=True)] == ["alive"]
+
+
+def test_fresh_lock_of_a_dead_pid_is_not_stale_yet(tmp_path: Path) -> None:
+    root = make_repo(tmp_path / "r")
+    fake_lock(root, "fresh", age=5, pid=dead_pid())
+    with pytest.raises(LockedError):
+        with open_repo(root, passphrase=PASS, lock="exclusive"):
+            pass
+
+
+def test_old_lock_from_another_host_is_stale(tmp_path: Path) -> None:
+    root = make_repo(tmp_path / "r")
+    fake_lock(root, "remote", age=3600, pid=1, host="elsewhere.example")
+    with open_repo(root, passphrase=PASS, lock="exclusive"):
+        pass
+
+
+def test_atomic_write_replaces_and_write_once_keeps(tmp_path: Path) -> None:
+    target = tmp_path / "f"
+    assert fsio.atomic_write(target, b"one")
+    assert fsio.atomic_write(target, b"two")
+    assert target.read_bytes() == b"two"
+    assert not fsio.atomic_write(target, b"three", write_once=True)
+    assert target.read_bytes() == b"two"
+    assert [p.name for p in tmp_path.iterdir()] == ["f"]
+
+
+@pytest.mark.parametrize("code", [errno.EPERM, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS])
+def test_dir_fsync_and_chmod_errors_of_network_filesystems_are_tolerated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if os.path.isdir(f"/proc/self/fd/{fd}"):
+            raise OSError(code, os.strerror(code))
+        real_fsync(fd)
+
+    def chmod(path: object, mode: int) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(fsio, "_fsync", fsync)
+    monkeypatch.setattr(fsio, "_chmod", chmod)
+    fsio.atomic_write(tmp_path / "f", b"data")
+    fsio.chmod_tolerant(tmp_path / "f", 0o600)
+    assert (tmp_path / "f").read_bytes() == b"data"
+
+
+def test_other_fsync_errors_are_not_tolerated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fsync(fd: int) -> None:
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(fsio, "_fsync", fsync)
+    with pytest.raises(RepoError, match="I/O error"):
+        fsio.atomic_write(tmp_path / "f", b"data")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_no_space_becomes_no_space_error_and_removes_the_temp_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fsync(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fsio, "_fsync", fsync)
+    with pytest.raises(NoSpaceError, match="no space"):
+        fsio.atomic_write(tmp_path / "f", b"data")
+    assert list(tmp_path.iterdir()) == []
