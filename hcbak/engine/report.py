@@ -164,11 +164,8 @@ def job_exit_code(job: JobReport) -> ExitCode:
         return ExitCode.FAILED
     if failed:
         return ExitCode.PARTIAL
-    if (
-        job.warnings
-        or any(vm.warnings for vm in job.vms)
-        or any(vm.status == VM_SKIPPED for vm in job.vms)
-    ):
+    skipped = not job.dry_run and any(vm.status == VM_SKIPPED for vm in job.vms)
+    if job.warnings or any(vm.warnings for vm in job.vms) or skipped:
         return ExitCode.WARNINGS
     return ExitCode.OK
 

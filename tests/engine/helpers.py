@@ -52,9 +52,7 @@ class Lab:
             parts = []
             for i in range(len(image.block_map)):
                 bid = image.block_map.get(i)
-                parts.append(
-                    bytes(image.block_size) if bid == ZERO_BLOCK else repo.get_block(bid)
-                )
+                parts.append(bytes(image.block_size) if bid == ZERO_BLOCK else repo.get_block(bid))
             return b"".join(parts)[: image.capacity]
 
     def snapshot_content(self, snapshot_uuid: str, disk_uuid: str, capacity: int) -> bytes:
@@ -78,7 +76,9 @@ def lab(tmp: Path, *, retries: int = 0, nodes: int = 2, **job_fields: Any) -> It
             nodes=list(sim.node_addresses),
             username=user,
             password=SecretRef(env=env_var),
-            tls=TLSConfig(fingerprints=dict(zip(sim.node_addresses, sim.fingerprints, strict=True))),
+            tls=TLSConfig(
+                fingerprints=dict(zip(sim.node_addresses, sim.fingerprints, strict=True))
+            ),
             worker_vm="hcbak-worker",
             device_root=str(sim.device_root),
             connect_timeout=2.0,
@@ -106,8 +106,11 @@ def lab(tmp: Path, *, retries: int = 0, nodes: int = 2, **job_fields: Any) -> It
             state_dir=str(tmp / "state"),
         )
         save_config(config)
-        env = {env_var: password, "HCBAK_CONFIG": str(config.path),
-               "HCBAK_STATE_DIR": str(tmp / "state")}
+        env = {
+            env_var: password,
+            "HCBAK_CONFIG": str(config.path),
+            "HCBAK_STATE_DIR": str(tmp / "state"),
+        }
         yield Lab(tmp, sim, config, env)
 
 

@@ -1,0 +1,166 @@
+"""The backup data path against the real simulator and a real repository (in-process)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from hcbak.engine.backup import run_job
+from hcbak.engine.report import JobReport
+from hcbak.errors import ExitCode
+from hcbak.hypercore.client import hypercore_session
+
+from .helpers import BLOCK, Lab, MiB, lab
+
+
+def _run(L: Lab, **kw: object) -> JobReport:
+    return run_job(L.config, L.config.job("nightly"), state_dir=L.tmp / "state", **kw)  # type: ignore[arg-type]
+
+
+def _vm(report: JobReport, name: str):  # type: ignore[no-untyped-def]
+    return next(v for v in report.vms if v.name == name)
+
+
+def _assert_point_matches_snapshot(L: Lab, report: JobReport, name: str) -> None:
+    vm = _vm(report, name)
+    for disk in vm.disks:
+        expected = L.snapshot_content(vm.snapshot_uuid, disk.uuid, disk.capacity)
+        assert L.point_content(vm.point_id, disk.uuid) == expected
+
+
+def test_incremental_reads_exactly_the_changed_blocks_and_points_equal_snapshots(
+    tmp_path: Path,
+) -> None:
+    with lab(tmp_path) as L:
+        vm = L.sim.create_vm("web01", [6 * MiB, 3 * MiB], tags=["nightly"])
+        disks = L.sim.disk_uuids(vm)
+        for i, d in enumerate(disks):
+            L.sim.fill(d, seed=i)
+        first = _run(L)
+        assert first.exit_code() == ExitCode.OK
+        assert [d.cbt_reason for d in _vm(first, "web01").disks] == ["no base", "no base"]
+        _assert_point_matches_snapshot(L, first, "web01")
+
+        # Guest writes: 3 blocks on disk 0 (one write straddles two blocks), none on disk 1.
+        L.sim.write(disks[0], 5, b"a" * 10)
+        L.sim.write(disks[0], 4 * BLOCK - 3, b"b" * 6)
+        second = _run(L)
+        assert second.exit_code() == ExitCode.OK
+        d0, d1 = _vm(second, "web01").disks
+        assert (d0.cbt_used, d0.cbt_reason, d0.blocks_read) == (True, "snapDiff", 3)
+        assert (d1.cbt_used, d1.blocks_read) == (True, 0)
+        _assert_point_matches_snapshot(L, second, "web01")
+        assert len(L.hcbak_snapshots(vm)) == 1  # only the new base remains
+        assert L.hcbak_snapshots(vm)[0]["uuid"] == _vm(second, "web01").snapshot_uuid
+
+
+def test_failed_run_keeps_old_base_and_removes_new_snapshot_and_clone(tmp_path: Path) -> None:
+    with lab(tmp_path, retries=1) as L:
+        vm = L.sim.create_vm("web01", [2 * MiB], tags=["nightly"])
+        L.sim.fill(L.sim.disk_uuids(vm)[0], seed=3)
+        first = _run(L)
+        base = _vm(first, "web01").snapshot_uuid
+        L.sim.faults.fail_tasks("clone")
+        second = _run(L)
+        L.sim.faults.fail_tasks(None)
+        report = _vm(second, "web01")
+        assert report.status == "failed" and report.attempts == 2
+        assert second.exit_code() == ExitCode.FAILED
+        assert [s["uuid"] for s in L.hcbak_snapshots(vm)] == [base]
+        worker_disks = [d for d in L.sim.block_devices() if d["vm"] == L.sim.worker_vm_uuid]
+        assert [d for d in worker_disks if d.get("sourceSnapshotUUID")] == []
+        third = _run(L)  # the kept base still serves an incremental run
+        assert _vm(third, "web01").disks[0].cbt_used
+
+
+def test_base_snapshot_deleted_by_a_human_falls_back_to_full_read_but_stores_nothing_new(
+    tmp_path: Path,
+) -> None:
+    with lab(tmp_path) as L:
+        vm = L.sim.create_vm("web01", [4 * MiB], tags=["nightly"])
+        L.sim.fill(L.sim.disk_uuids(vm)[0], seed=5)
+        first = _run(L)
+        with hypercore_session(L.config.cluster("lab")) as hc:
+            hc.delete_snapshot(_vm(first, "web01").snapshot_uuid)
+        second = _run(L)
+        (disk,) = _vm(second, "web01").disks
+        assert (disk.cbt_used, disk.cbt_reason) == (False, "base snapshot deleted")
+        assert disk.blocks_read > 0 and disk.blocks_new == 0 and disk.bytes_stored == 0
+        _assert_point_matches_snapshot(L, second, "web01")
+
+
+def test_one_vm_failing_lets_the_others_succeed_with_exit_3(tmp_path: Path) -> None:
+    with lab(tmp_path) as L:
+        good = L.sim.create_vm("good01", [1 * MiB], tags=["nightly"])
+        bad = L.sim.create_vm("bad01", [1 * MiB], tags=["nightly"])
+        L.sim.write(L.sim.disk_uuids(good)[0], 0, b"x" * 1000)
+        L.sim.faults.fail_snapshot(bad)
+        report = _run(L)
+        assert _vm(report, "good01").status == "ok"
+        assert _vm(report, "bad01").status == "failed"
+        assert "snapshot" in _vm(report, "bad01").reason.lower()
+        assert report.exit_code() == ExitCode.PARTIAL
+
+
+def test_missing_named_vm_fails_that_vm_only(tmp_path: Path) -> None:
+    with lab(tmp_path, vms=["ghost"]) as L:
+        L.sim.create_vm("web01", [1 * MiB], tags=["nightly"])
+        report = _run(L)
+        assert _vm(report, "ghost").status == "failed"
+        assert _vm(report, "web01").status == "ok"
+        assert report.exit_code() == ExitCode.PARTIAL
+
+
+def test_node_failure_mid_run_completes_through_another_node(tmp_path: Path) -> None:
+    with lab(tmp_path, nodes=3) as L:
+        vms = [L.sim.create_vm(f"vm{i}", [2 * MiB], tags=["nightly"]) for i in range(3)]
+        for i, vm in enumerate(vms):
+            L.sim.fill(L.sim.disk_uuids(vm)[0], seed=10 + i)
+        L.sim.faults.task_delay(0.05)
+        result: list[JobReport] = []
+        runner = threading.Thread(target=lambda: result.append(_run(L, parallel=1)))
+        runner.start()
+        deadline = time.monotonic() + 20
+        while not any(L.hcbak_snapshots(v) for v in vms) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        L.sim.faults.node_down(0)
+        runner.join(60)
+        (report,) = result
+        assert report.exit_code() == ExitCode.OK, [v.reason for v in report.vms]
+        assert all(len(L.hcbak_snapshots(v)) == 1 for v in vms)
+
+
+def test_replica_vm_is_backed_up_from_its_newest_replicated_snapshot(tmp_path: Path) -> None:
+    with lab(tmp_path) as L:
+        replica = L.sim.create_replica("dr01", [1 * MiB])
+        L.sim.write(L.sim.disk_uuids(replica)[0], 0, b"r" * 5000)
+        L.config.jobs["nightly"].vms = ["dr01"]
+        L.sim.replicate_snapshot(replica, label="rep-1")
+        newest = L.sim.replicate_snapshot(replica, label="rep-2")
+        report = _run(L)
+        vm = _vm(report, "dr01")
+        assert vm.status == "ok" and vm.source == "replica snapshot"
+        assert vm.snapshot_uuid == newest
+        assert len(L.sim.snapshots(replica)) == 2  # nothing created, nothing deleted
+        _assert_point_matches_snapshot(L, report, "dr01")
+
+
+def test_snapshot_disabled_disk_and_cdrom_are_skipped_with_a_warning(tmp_path: Path) -> None:
+    with lab(tmp_path) as L:
+        vm = L.sim.create_vm("web01", [1 * MiB, 1 * MiB], tags=["nightly"], cdrom=True)
+        L.sim.set_disable_snapshotting(L.sim.disk_uuids(vm)[1])
+        report = _run(L)
+        web = _vm(report, "web01")
+        assert web.status == "ok" and len(web.disks) == 1
+        assert any("snapshots disabled" in w for w in web.warnings)
+        assert report.exit_code() == ExitCode.WARNINGS
+
+
+def test_dry_run_changes_nothing(tmp_path: Path) -> None:
+    with lab(tmp_path) as L:
+        vm = L.sim.create_vm("web01", [1 * MiB], tags=["nightly"])
+        report = _run(L, dry_run=True)
+        assert _vm(report, "web01").reason == "dry run"
+        assert report.exit_code() == ExitCode.OK, [v.warnings for v in report.vms]
+        assert L.sim.snapshots(vm) == [] and L.points() == []
