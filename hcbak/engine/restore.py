@@ -427,15 +427,19 @@ def restore_vm(
         vm_uuid = client.create_vm(vm_definition(point.vm, build_name, options))
         undo.vm_uuid = vm_uuid
         disks, new_devices = _upload_disks(repo, point, client, vm_uuid, undo, progress)
-        _set_boot_order(client, point.vm, vm_uuid, new_devices)
+        boot = _boot_order(client, point.vm, vm_uuid, new_devices)
         result = VmResult(point.id, vm_uuid, target, powered_on=False, disks=disks)
-        if original is not None:
+        if original is None:
+            if boot:
+                client.update_vm(vm_uuid, {"bootDevices": boot})
+        else:
             result.replaced_uuid = original.uuid
             result.replaced_name = f"{target}-replaced-{stamp}"
             undo.original = (original.uuid, target, original.state)
             _shut_down(client, original.uuid, options.shutdown_timeout)
             client.update_vm(original.uuid, {"name": result.replaced_name})
-            client.update_vm(vm_uuid, {"name": target})
+            # One PATCH (one task) takes the name and the boot order.
+            client.update_vm(vm_uuid, {"name": target, **({"bootDevices": boot} if boot else {})})
         if options.power_on:
             client.vm_action(vm_uuid, "START")
             result.powered_on = True
@@ -532,21 +536,19 @@ def _upload_disks(
     return results, new_devices
 
 
-def _set_boot_order(
+def _boot_order(
     client: HyperCoreClient, vm: dict[str, Any], vm_uuid: str, new_devices: dict[str, str]
-) -> None:
-    """Map the saved boot order (disk and NIC uuids) onto the new VM's devices."""
+) -> list[str]:
+    """The saved boot order (disk and NIC uuids) mapped onto the new VM's devices."""
     old_order = list(vm.get("bootDevices") or [])
     if not old_order:
-        return
+        return []
     mapping = dict(new_devices)
     old_nics = [n.get("uuid") for n in vm.get("netDevs") or []]
     if any(u in old_order for u in old_nics):
         new_nics = [n.uuid for n in client.get_vm(vm_uuid).nics]
         mapping.update({o: n for o, n in zip(old_nics, new_nics, strict=False) if o})
-    order = [mapping[u] for u in old_order if u in mapping]
-    if order:
-        client.update_vm(vm_uuid, {"bootDevices": order})
+    return [mapping[u] for u in old_order if u in mapping]
 
 
 def _shut_down(client: HyperCoreClient, vm_uuid: str, timeout: float) -> None:

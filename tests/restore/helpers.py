@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from hcbak.repo import BlockMap, DiskImage, Point, Repository
+from hcbak.config import ClusterConfig, Config, JobConfig, RepoConfig, TLSConfig, save_config
+from hcbak.engine.backup import run_job
+from hcbak.repo import BlockMap, DiskImage, Point, Repository, init_repo, open_repo
+from hcbak.secrets import SecretRef
+from hcbak.sim import Simulator
 
 MiB = 1 << 20
 
@@ -88,3 +94,76 @@ def make_point(
     )
     repo.save_point(point)
     return point
+
+
+# --- a simulated cluster + repository + config, for whole-VM restores --------------------
+
+
+@dataclass
+class RestoreLab:
+    tmp: Path
+    sim: Simulator
+    config: Config
+    env: dict[str, str]
+
+    @property
+    def repo_path(self) -> Path:
+        return Path(self.config.repositories["main"].path)
+
+    def back_up(self, *, full: bool = False) -> Point:
+        """Run the real backup job (engine) and return the newest point."""
+        report = run_job(self.config, self.config.job("nightly"), full=full)
+        assert report.status != "failed" and report.vms, report
+        assert all(vm.status == "ok" for vm in report.vms), report
+        with open_repo(self.repo_path, lock=None) as repo:
+            newest = repo.list_points()[-1]
+            return repo.load_point(newest.id)
+
+
+@contextmanager
+def restore_lab(tmp: Path, env_var: str = "HCBAK_RESTORE_TEST_PW") -> Iterator[RestoreLab]:
+    """A running simulator, a repository (256 KiB blocks) and a config saved to disk.
+
+    The cluster password travels by environment variable (as in production configs);
+    the caller's `env` carries it to subprocesses, os.environ to in-process calls.
+    """
+    with Simulator(tmp / "sim", nodes=2, task_delay=0.005) as sim:
+        user, password = sim.backup_user
+        os.environ[env_var] = password
+        cluster = ClusterConfig(
+            name="lab",
+            nodes=list(sim.node_addresses),
+            username=user,
+            password=SecretRef(env=env_var),
+            tls=TLSConfig(
+                fingerprints=dict(zip(sim.node_addresses, sim.fingerprints, strict=True))
+            ),
+            worker_vm="hcbak-worker",
+            device_root=str(sim.device_root),
+            connect_timeout=2.0,
+            read_timeout=10.0,
+            task_timeout=30.0,
+            update_wait=2.0,
+            retries=2,
+        )
+        repo_path = tmp / "repo"
+        init_repo(repo_path, block_size=256 * 1024)
+        config = Config(
+            path=tmp / "config.yaml",
+            clusters={"lab": cluster},
+            repositories={"main": RepoConfig("main", str(repo_path), block_size=256 * 1024)},
+            jobs={
+                "nightly": JobConfig(name="nightly", cluster="lab", repo="main", tags=["nightly"])
+            },
+            state_dir=str(tmp / "state"),
+        )
+        save_config(config)
+        env = {
+            env_var: password,
+            "HCBAK_CONFIG": str(config.path),
+            "HCBAK_STATE_DIR": str(tmp / "state"),
+        }
+        try:
+            yield RestoreLab(tmp, sim, config, env)
+        finally:
+            os.environ.pop(env_var, None)
