@@ -1,0 +1,214 @@
+"""`hcbak job run` / `hcbak notify test` as real subprocesses against the simulator."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from conftest import RunHcbak, assert_no_traceback
+
+from hcbak.config import EmailNotify, SMTPConfig, save_config
+
+from .helpers import MiB, lab
+from .smtp_server import smtp_server
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "run-report.md"
+
+
+def _schema() -> dict[str, Any]:
+    text = DOCS.read_text(encoding="utf-8")
+    block = re.search(r"## Schema.*?```json\n(.*?)```", text, re.S)
+    assert block, "docs/run-report.md has no JSON schema block"
+    return json.loads(block.group(1))
+
+
+def _validate(value: Any, schema: dict[str, Any], where: str = "$") -> None:
+    """The subset of JSON Schema the documented schema uses (no dependency needed)."""
+    types = schema.get("type")
+    if types is not None:
+        names = types if isinstance(types, list) else [types]
+        pytypes = {
+            "object": dict,
+            "array": list,
+            "string": str,
+            "boolean": bool,
+            "null": type(None),
+            "integer": int,
+            "number": (int, float),
+        }
+        ok = any(
+            isinstance(value, pytypes[n])
+            and not (n in ("integer", "number") and isinstance(value, bool))
+            for n in names
+        )
+        assert ok, f"{where}: {value!r} is not {types}"
+    if "enum" in schema:
+        assert value in schema["enum"], f"{where}: {value!r} not in {schema['enum']}"
+    if isinstance(value, dict):
+        for key in schema.get("required", []):
+            assert key in value, f"{where}: missing {key}"
+        props = schema.get("properties", {})
+        for key, item in value.items():
+            if key in props:
+                _validate(item, props[key], f"{where}.{key}")
+            elif isinstance(schema.get("additionalProperties"), dict):
+                _validate(item, schema["additionalProperties"], f"{where}.{key}")
+    if isinstance(value, list) and "items" in schema:
+        for i, item in enumerate(value):
+            _validate(item, schema["items"], f"{where}[{i}]")
+
+
+def test_json_report_matches_documented_schema_and_counts_changed_blocks(
+    tmp_path: Path, run_hcbak: RunHcbak
+) -> None:
+    with lab(tmp_path) as L:
+        vm = L.sim.create_vm("web01", [4 * MiB], tags=["nightly"])
+        disk = L.sim.disk_uuids(vm)[0]
+        L.sim.fill(disk, seed=2)
+        first = run_hcbak("job", "run", "nightly", "--json", env=L.env)
+        assert first.returncode == 0, first.stderr
+        _validate(json.loads(first.stdout), _schema())
+        L.sim.write(disk, 1 * MiB + 100, b"z" * 10)
+        second = run_hcbak("job", "run", "nightly", "--json", env=L.env)
+        assert second.returncode == 0, second.stderr
+        report = json.loads(second.stdout)
+        _validate(report, _schema())
+        (d,) = report["jobs"][0]["vms"][0]["disks"]
+        assert (d["cbt_used"], d["blocks_read"], d["blocks_new"]) == (True, 1, 1)
+        # not a TTY: plain timestamped lines per VM event on stderr, and a run log file
+        assert re.search(
+            r"^\d{4}-\d\d-\d\dT.* nightly/web01: finished: point ", second.stderr, re.M
+        )
+        assert Path(report["jobs"][0]["log_file"]).is_file()
+        assert_no_traceback(second)
+
+
+def test_failed_vm_gives_exit_3_and_email_arrives_with_status_subject(
+    tmp_path: Path, run_hcbak: RunHcbak
+) -> None:
+    with lab(tmp_path) as L, smtp_server() as inbox:
+        L.sim.create_vm("good01", [1 * MiB], tags=["nightly"])
+        bad = L.sim.create_vm("bad01", [1 * MiB], tags=["nightly"])
+        L.sim.faults.fail_snapshot(bad)
+        L.config.smtp = SMTPConfig(
+            host=inbox.host, port=inbox.port, security="none", sender="hcbak@example.com"
+        )
+        L.config.jobs["nightly"].notify = EmailNotify(to=["ops@example.com"], on=["failure"])
+        save_config(L.config)
+        proc = run_hcbak("job", "run", "nightly", env=L.env)
+        assert proc.returncode == 3, proc.stderr
+        assert_no_traceback(proc)
+        assert "bad01" in proc.stdout and "failed" in proc.stdout
+    (msg,) = inbox.messages
+    assert msg["Subject"].startswith("[hcbak] nightly: PARTIAL - 1/2 VMs backed up")
+
+
+def test_failing_pre_hook_skips_the_job_with_exit_4(tmp_path: Path, run_hcbak: RunHcbak) -> None:
+    with lab(tmp_path, pre_hook="echo app not quiesced >&2; exit 2") as L:
+        vm = L.sim.create_vm("web01", [1 * MiB], tags=["nightly"])
+        proc = run_hcbak("job", "run", "nightly", "--json", env=L.env)
+        assert proc.returncode == 4
+        job = json.loads(proc.stdout)["jobs"][0]
+        assert "pre-hook exited with status 2" in job["reason"]
+        assert L.sim.snapshots(vm) == []
+
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from hcbak.engine.state import JobLock
+JobLock(Path(sys.argv[1]), "nightly").acquire()
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_running_job_gives_exit_5_naming_the_holder(tmp_path: Path, run_hcbak: RunHcbak) -> None:
+    with lab(tmp_path) as L:
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLD, str(tmp_path / "state")], stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+            proc = run_hcbak("job", "run", "nightly", env=L.env)
+        finally:
+            holder.kill()
+            holder.wait()
+        assert proc.returncode == 5
+        assert f"pid {holder.pid}" in proc.stderr
+        assert_no_traceback(proc)
+
+
+def test_kill_9_mid_run_then_next_run_cleans_orphans_and_succeeds(
+    tmp_path: Path, run_hcbak: RunHcbak, hcbak_env: dict[str, str]
+) -> None:
+    with lab(tmp_path) as L:
+        vm = L.sim.create_vm("web01", [2 * MiB], tags=["nightly"])
+        L.sim.fill(L.sim.disk_uuids(vm)[0], seed=4)
+        L.sim.faults.task_delay(0.4)  # slow tasks: the kill lands while a clone is attached
+        env = {**hcbak_env, **L.env}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hcbak", "job", "run", "nightly"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        journal = tmp_path / "state" / "clones"
+        deadline = time.monotonic() + 30
+        while not list(journal.glob("*.json")) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert list(journal.glob("*.json")), "the run was killed before it attached a clone"
+        L.sim.faults.task_delay(0.005)
+        clones = [
+            d
+            for d in L.sim.block_devices()
+            if d["vm"] == L.sim.worker_vm_uuid and d.get("sourceSnapshotUUID")
+        ]
+        assert clones and len(L.hcbak_snapshots(vm)) == 1  # orphans of the killed run
+        again = run_hcbak("job", "run", "nightly", "--json", env=L.env)
+        assert again.returncode == 0, again.stderr
+        point = json.loads(again.stdout)["jobs"][0]["vms"][0]
+        assert [s["uuid"] for s in L.hcbak_snapshots(vm)] == [point["snapshot_uuid"]]
+        assert not [
+            d
+            for d in L.sim.block_devices()
+            if d["vm"] == L.sim.worker_vm_uuid and d.get("sourceSnapshotUUID")
+        ]
+        assert not list(journal.glob("*.json"))
+
+
+def test_due_runs_a_never_run_scheduled_job_once(tmp_path: Path, run_hcbak: RunHcbak) -> None:
+    with lab(tmp_path, schedule="0 3 * * *") as L:
+        L.sim.create_vm("web01", [1 * MiB], tags=["nightly"])
+        first = run_hcbak("job", "run", "--due", "--json", env=L.env)
+        assert first.returncode == 0, first.stderr
+        assert [j["job"] for j in json.loads(first.stdout)["jobs"]] == ["nightly"]
+        second = run_hcbak("job", "run", "--due", "--json", env=L.env)
+        assert second.returncode == 0
+        assert json.loads(second.stdout)["jobs"] == []
+
+
+def test_job_run_needs_exactly_one_of_names_all_due(run_hcbak: RunHcbak) -> None:
+    proc = run_hcbak("job", "run")
+    assert proc.returncode == 2
+    assert "exactly one" in proc.stderr
+
+
+def test_notify_test_sends_to_the_given_address(tmp_path: Path, run_hcbak: RunHcbak) -> None:
+    with lab(tmp_path) as L, smtp_server() as inbox:
+        L.config.smtp = SMTPConfig(
+            host=inbox.host, port=inbox.port, security="none", sender="hcbak@example.com"
+        )
+        save_config(L.config)
+        proc = run_hcbak("notify", "test", "--to", "me@example.com", env=L.env)
+        assert proc.returncode == 0, proc.stderr
+    (msg,) = inbox.messages
+    assert msg["To"] == "me@example.com" and msg["Subject"] == "[hcbak] test message"
