@@ -209,3 +209,23 @@ def test_cli_point_in_two_repositories_is_ambiguous_without_repo(
     )
     assert proc.returncode == 0, proc.stderr
     assert out.read_bytes() == source.read_bytes()
+
+
+def test_cli_restore_is_refused_while_a_prune_holds_the_exclusive_lock(
+    run_hcbak: RunHcbak, tmp_path: Path, configured: tuple[str, Path]
+) -> None:
+    point_id, repo_path = configured
+    out = tmp_path / "locked.raw"
+    with open_repo(repo_path, lock="exclusive"):
+        proc = run_hcbak("restore", "disk", point_id, "--disk", "0", "--to", str(out))
+    assert_no_traceback(proc)
+    assert proc.returncode == 5, proc.stderr  # busy: a prune may be removing its blocks
+    assert not out.exists()
+
+
+def test_cli_rejects_json_with_stdout_output(
+    run_hcbak: RunHcbak, configured: tuple[str, Path]
+) -> None:
+    point_id, _ = configured
+    proc = run_hcbak("restore", "disk", point_id, "--disk", "0", "--to", "-", "--json")
+    assert proc.returncode == 2 and "--json" in proc.stderr, proc.stderr
