@@ -377,8 +377,13 @@ class SimHandler(BaseHTTPRequestHandler):
             self._json(exc.status, {"error": exc.message})
             return
         if not self._receive(dest, length):
+            # Forget the half upload first, then drop the connection (client sees a reset).
             model.abort_upload(vd_uuid)
             self.close_connection = True
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             return
         tag = model.finish_upload(vd_uuid, session)
         self._json(200, {"taskTag": tag, "createdUUID": vd_uuid})
@@ -396,7 +401,6 @@ class SimHandler(BaseHTTPRequestHandler):
                     want = max(1, min(want, fail_after - received))
                     if received >= fail_after:
                         faults.upload_fail_after = None  # one-shot
-                        self.connection.shutdown(socket.SHUT_RDWR)
                         return False
                 data = self.rfile.read(want)
                 if not data:
