@@ -51,7 +51,7 @@ def _print_report(report: Readiness) -> None:
             ("roles", roles),
             ("backup roles", _yes_no(report.backup_ok, report.missing_backup, report)),
             ("restore roles", _yes_no(report.restore_ok, report.missing_restore, report)),
-            ("worker VM", report.worker_vm_uuid or f"NOT FOUND ({report.worker_hint})"),
+            ("worker VM", _worker(report)),
             ("VMs", report.vm_count if report.vm_count is not None else "unknown"),
             ("update", report.update_detail or "unknown"),
             ("ready", "yes" if report.ready else "no"),
@@ -60,6 +60,12 @@ def _print_report(report: Readiness) -> None:
     for message in report.warnings:
         warn(message)
     sys.stdout.flush()
+
+
+def _worker(report: Readiness) -> str:
+    if report.worker_vm_uuid:
+        return f"{report.worker_vm} ({report.worker_vm_uuid})"
+    return f"NOT FOUND ({report.worker_hint})"
 
 
 def _yes_no(ok: bool, missing: list[str], report: Readiness) -> str:

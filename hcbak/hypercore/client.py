@@ -349,14 +349,17 @@ class HyperCoreClient:
         raise last
 
     def _await_label(self, vm_uuid: str, label: str) -> Snapshot | None:
-        """After an unknown outcome, look twice (a slow task may create the record late)."""
-        for i in range(2):
-            if i:
-                self._sleep(backoff_delay(1))
+        """After an unknown outcome, look for the label for as long as a response was
+        allowed to take (read timeout, at least 1 s): the record may appear only when
+        the snapshot task ends, and a re-POST before then could make a duplicate."""
+        deadline = self._clock() + max(1.0, float(self.cluster.read_timeout))
+        delay = 0.1
+        while True:
             found = self.find_snapshot(vm_uuid, label)
-            if found:
+            if found or self._clock() >= deadline:
                 return found
-        return None
+            self._sleep(max(0.0, min(delay, deadline - self._clock())))
+            delay = min(delay * 1.6, tasks.MAX_POLL)
 
     def delete_snapshot(self, uuid: str) -> None:
         self._delete(f"/VirDomainSnapshot/{quote(uuid)}", what=f"delete snapshot {uuid}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +16,19 @@ import pytest
 from hcbak.config import ClusterConfig, TLSConfig
 from hcbak.secrets import Secret, SecretRef
 
+try:
+    from hcbak.sim import Simulator
+except ImportError:  # the simulator's package export may land after its modules
+    from hcbak.sim.simulator import Simulator
+
 CANARY = "canary-Pw-7f3a9c"
+
+
+@pytest.fixture
+def sim(tmp_path: Path) -> Iterator[Any]:
+    """A running 3-node simulator (real HTTPS on 127.0.0.1, dynamic ports)."""
+    with Simulator(tmp_path / "sim", nodes=3, task_delay=0.02) as running:
+        yield running
 
 
 def make_cluster(

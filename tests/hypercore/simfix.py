@@ -1,29 +1,14 @@
-"""Fixtures that run the real simulator (real HTTPS on 127.0.0.1, dynamic ports)."""
+"""Helpers for tests against the simulator (its `sim` fixture is in conftest.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from hcbak.config import ClusterConfig, TLSConfig
 from hcbak.hypercore.client import HyperCoreClient
 from hcbak.secrets import Secret
 
 from .conftest import make_cluster
-
-try:
-    from hcbak.sim import Simulator
-except ImportError:  # the simulator's package export may land after its modules
-    from hcbak.sim.simulator import Simulator
-
-
-@pytest.fixture
-def sim(tmp_path: Path) -> Iterator[Any]:
-    with Simulator(tmp_path / "sim", nodes=3, task_delay=0.02) as running:
-        yield running
 
 
 def pinned(sim: Any) -> TLSConfig:

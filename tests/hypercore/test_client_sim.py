@@ -18,7 +18,7 @@ from hcbak.hypercore.client import hypercore_session
 from hcbak.hypercore.failover import backoff_delay
 
 from .conftest import CANARY
-from .simfix import requests_to, sim, sim_client, sim_cluster  # noqa: F401
+from .simfix import requests_to, sim_client, sim_cluster
 
 TIMEOUT = 1.0
 
@@ -217,3 +217,28 @@ def test_never_updated_cluster_is_idle(sim: Any) -> None:
     hc = sim_client(sim)
     assert hc.update_status().idle
     hc.logout()
+
+
+def test_snapshot_post_whose_response_is_lost_is_not_duplicated(sim: Any) -> None:
+    from hcbak.hypercore.client import HyperCoreClient
+
+    from .conftest import make_cluster
+    from .lossy_proxy import LossyProxy
+
+    vm_uuid = sim.create_vm("web01", [4 << 20])
+    cert = sim.cert_paths[0]
+    with LossyProxy(sim.node_addresses[0], cert, cert.with_suffix(".key")) as proxy:
+        nodes = [proxy.address, *sim.node_addresses[1:]]
+        pins = {proxy.address: sim.fingerprints[0]}
+        pins.update(zip(sim.node_addresses[1:], sim.fingerprints[1:], strict=True))
+        user, password = sim.admin
+        cfg = make_cluster(nodes, user=user, password=password, tls=TLSConfig(fingerprints=pins))
+        hc = HyperCoreClient(cfg, cfg.password.resolve())
+        hc.login()
+        proxy.drop, proxy.drops_left = ("POST", "/rest/v1/VirDomainSnapshot"), 1
+        snap = hc.create_snapshot(vm_uuid, "hcbak-lost")
+        assert proxy.dropped == ["POST /rest/v1/VirDomainSnapshot"]
+        assert snap.label == "hcbak-lost"
+        assert [s["label"] for s in sim.snapshots(vm_uuid)] == ["hcbak-lost"]
+        assert len(requests_to(sim, "POST", "/rest/v1/VirDomainSnapshot")) == 1
+        hc.logout()

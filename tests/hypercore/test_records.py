@@ -39,7 +39,9 @@ VM_DICT: dict[str, Any] = {
         },
         {"uuid": "nv", "type": "NVRAM", "capacity": 540672, "slot": -1},
     ],
-    "netDevs": [{"uuid": "n-1", "type": "VIRTIO", "vlan": 0, "macAddress": "7C:4C", "connected": True}],
+    "netDevs": [
+        {"uuid": "n-1", "type": "VIRTIO", "vlan": 0, "macAddress": "7C:4C", "connected": True}
+    ],
     "bootDevices": ["d-1"],
     "snapUUIDs": ["s-1", "s-2"],
     "sourceVirDomainUUID": "",
@@ -48,7 +50,13 @@ VM_DICT: dict[str, Any] = {
 
 def test_vm_from_api_maps_every_documented_field() -> None:
     vm = VM.from_api(VM_DICT)
-    assert (vm.uuid, vm.name, vm.mem, vm.vcpus, vm.state) == ("vm-1", "web01", 2 << 30, 2, "RUNNING")
+    assert (vm.uuid, vm.name, vm.mem, vm.vcpus, vm.state) == (
+        "vm-1",
+        "web01",
+        2 << 30,
+        2,
+        "RUNNING",
+    )
     assert vm.tags == ["prod", "backup-nightly"]
     assert [d.uuid for d in vm.disks] == ["d-1", "nv"]
     assert vm.disks[0].capacity == 1 << 30 and vm.disks[0].cache_mode == "WRITETHROUGH"
