@@ -21,6 +21,7 @@ Engine code never prints: it reports through `progress(ProgressEvent)` and loggi
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -105,7 +106,7 @@ def run_job(
         session = _Session(config, job, report, sdir, progress or _no_progress)
         session.full = full
         session.parallel = max(1, parallel or job.parallel or 1)
-        session.threads = threads or DEFAULT_THREADS
+        session.threads = threads or _threads_from_env() or DEFAULT_THREADS
         try:
             session.run()
         except HcbakError as exc:
@@ -115,6 +116,12 @@ def run_job(
         report.finished = utcnow()
         session.post_hook()
     return report
+
+
+def _threads_from_env() -> int | None:
+    """HCBAK_READ_THREADS: pipeline threads per disk (benchmarks measure 1/2/3)."""
+    value = os.environ.get("HCBAK_READ_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 class _Session:
