@@ -52,7 +52,8 @@ class Node:
         self.port = 0
         self.mode = "ok"
         self.ctx = _server_context(cert, key)
-        self.rogue_ctx = _server_context(*rogue)
+        self._rogue = rogue
+        self._rogue_ctx: ssl.SSLContext | None = None
         self._server: NodeServer | None = None
         self._thread: threading.Thread | None = None
         self._conns: set[socket.socket] = set()
@@ -115,6 +116,13 @@ class Node:
             except OSError:
                 pass
 
+    @property
+    def rogue_ctx(self) -> ssl.SSLContext:
+        """Context with a different self-signed certificate (the "cert" TLS fault)."""
+        if self._rogue_ctx is None:
+            self._rogue_ctx = _server_context(*self._rogue)
+        return self._rogue_ctx
+
     def hang(self) -> None:
         """Hold the connection open, answering nothing, until the fault is lifted."""
         self._release.wait()
@@ -149,6 +157,9 @@ class NodeServer(ThreadingHTTPServer):
             if mode == "tls_error":
                 return  # closing before the ServerHello: the client's handshake fails
             ctx = node.rogue_ctx if mode == "tls_cert" else node.ctx
+            # Headers and body go out in separate writes: without NODELAY, Nagle plus
+            # the client's delayed ACK add ~40 ms to every answer.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.settimeout(10)
             try:
                 tls = ctx.wrap_socket(sock, server_side=True)

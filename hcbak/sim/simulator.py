@@ -74,8 +74,12 @@ class Simulator:
 
     def stop(self) -> None:
         self._stop.set()
-        for node in self._nodes:
-            node.close()
+        # Each listener needs up to one poll interval to stop: close them in parallel.
+        closers = [threading.Thread(target=node.close) for node in self._nodes]
+        for t in closers:
+            t.start()
+        for t in closers:
+            t.join()
         if self._ticker is not None:
             self._ticker.join(timeout=5)
         self.model.save()
