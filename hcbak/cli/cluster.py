@@ -76,15 +76,19 @@ def add(
     ] = None,
     trust_on_first_use: Annotated[
         bool,
-        typer.Option(help="Fetch each node's certificate fingerprint now and pin it."),
+        typer.Option(
+            "--trust-on-first-use", help="Fetch each node's certificate fingerprint now and pin it."
+        ),
     ] = False,
     ca_file: Annotated[
         str | None, typer.Option(help="Verify nodes against this CA bundle (PEM).")
     ] = None,
     insecure: Annotated[
-        bool, typer.Option(help="Do not verify certificates (test labs only).")
+        bool, typer.Option("--insecure", help="Do not verify certificates (test labs only).")
     ] = False,
-    force: Annotated[bool, typer.Option(help="Replace a cluster of the same name.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace a cluster of the same name.")
+    ] = False,
 ) -> None:
     """Add a cluster: its node addresses, user, password source and TLS trust.
 

@@ -118,7 +118,7 @@ def create(
     post_hook: PostHookOpt = None,
     alert_after: AlertOpt = None,
     prune: PruneOpt = None,
-    force: Annotated[bool, typer.Option(help="Replace a job of the same name.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace a job of the same name.")] = False,
 ) -> None:
     """Create a backup job: which VMs go from which cluster into which repository.
 
