@@ -46,7 +46,14 @@ from hcbak.engine.report import (
 )
 from hcbak.engine.selection import VmTarget, select_vms
 from hcbak.engine.state import JobLock, forget_clone, journal_clone, journaled_clones
-from hcbak.errors import ClusterBusyError, HcbakError, HookError, NotFoundError, TransportError
+from hcbak.errors import (
+    ClusterBusyError,
+    HcbakError,
+    HookError,
+    LockedError,
+    NotFoundError,
+    TransportError,
+)
 from hcbak.transport.device import list_devices, locate_device
 from hcbak.transport.reader import DiskReader
 
@@ -199,6 +206,8 @@ class _Session:
                     results = list(pool.map(self._back_up_vm, selection.targets))
                 self.report.vms.extend(results)
                 self._apply_retention()
+            if (self.job.prune or "") == "after_run" and self.report.forgotten:
+                self._prune(passphrase)
 
     def _wait_for_update(self) -> None:
         """Do not start snapshots while the cluster updates; wait (bounded), then skip.
@@ -515,8 +524,21 @@ class _Session:
             self.repo.forget_points(forget)
             self.report.forgotten = forget
             log.info("retention forgot %d point(s)", len(forget))
-        if (self.job.prune or "") == "after_run":
-            self.warn("prune: after_run is run by `hcbak repo prune`; skipped here")
+
+    def _prune(self, passphrase: Any) -> None:
+        """`prune: after_run`: free the forgotten points' data, only if nobody else is
+        using the repository right now (prune needs the exclusive lock)."""
+        from hcbak.repo import open_repo
+        from hcbak.repo.prune import prune
+
+        try:
+            with open_repo(
+                self.repo_cfg.path, passphrase=passphrase, lock="exclusive", command="job run prune"
+            ) as repo:
+                prune(repo)
+            self.report.pruned = True
+        except LockedError as exc:
+            self.warn(f"prune skipped, repository in use: {exc.one_line()}")
 
     def _hook_values(self) -> dict[str, object]:
         return {

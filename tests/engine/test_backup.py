@@ -164,3 +164,21 @@ def test_dry_run_changes_nothing(tmp_path: Path) -> None:
         assert _vm(report, "web01").reason == "dry run"
         assert report.exit_code() == ExitCode.OK, [v.warnings for v in report.vms]
         assert L.sim.snapshots(vm) == [] and L.points() == []
+
+
+def test_retention_forgets_old_points_and_prune_after_run_frees_their_data(
+    tmp_path: Path,
+) -> None:
+    from hcbak.config import Retention
+
+    with lab(tmp_path, retention=Retention(keep_last=1), prune="after_run") as L:
+        vm = L.sim.create_vm("web01", [2 * MiB], tags=["nightly"])
+        disk = L.sim.disk_uuids(vm)[0]
+        L.sim.write(disk, 0, b"old" * 50_000)
+        first = _run(L)
+        L.sim.write(disk, 0, b"new" * 50_000)  # the old block is referenced by point 1 only
+        second = _run(L)
+        assert second.forgotten == [_vm(first, "web01").point_id]
+        assert second.pruned
+        assert [p.id for p in L.points()] == [_vm(second, "web01").point_id]
+        _assert_point_matches_snapshot(L, second, "web01")
