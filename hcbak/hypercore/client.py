@@ -109,7 +109,6 @@ class HyperCoreClient:
             "password": self._password.reveal(),
             "useOIDC": False,
         }
-        self.pool.session_cookie = None
         # Logging in twice only creates a second session: safe to repeat on any node.
         resp = self.pool.send("POST", "/login", json=body, idempotent=True, auth=False)
         if resp.status_code in (401, 403):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import http.cookiejar
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -104,6 +105,7 @@ class NodePool:
         self.trust: dict[str, tls.NodeTrust] = {}
         self.session_cookie: str | None = None
         self.relogin: Callable[[], None] | None = None
+        self._login_lock = threading.Lock()
         self.last_failures: dict[str, str] = {}  # address -> reason, of the last failed send
         self._current = 0
         for address in addresses:
@@ -186,6 +188,7 @@ class NodePool:
                 self._sleep(backoff_delay(round_index))
             for address in self.rotation():
                 while True:
+                    sent_cookie = self.session_cookie
                     try:
                         resp = self._attempt(
                             address, method, path, json, data, headers, params, rest, auth
@@ -203,8 +206,12 @@ class NodePool:
                         break
                     if resp.status_code == 401 and auth and self.relogin and not relogged:
                         relogged = True
-                        log.debug("session rejected by %s: logging in again", address)
-                        self.relogin()
+                        # Parallel VM workers share this pool: only the first thread to
+                        # see the expired session logs in; the others resend with it.
+                        with self._login_lock:
+                            if self.session_cookie == sent_cookie:
+                                log.debug("session rejected by %s: logging in again", address)
+                                self.relogin()
                         continue
                     self._current = self.addresses.index(address)
                     return resp
