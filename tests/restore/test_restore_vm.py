@@ -147,12 +147,6 @@ def test_replace_renames_the_original_powered_off_and_takes_its_name(lab: Restor
     original = make_vm(lab)
     point = lab.back_up()
     assert lab.sim.vm_record(original)["state"] == "RUNNING"
-    renames = [
-        body["name"]
-        for _, method, path, body in lab.sim.requests
-        if method == "PATCH" and path.endswith(original) and isinstance(body, dict)
-    ]
-    assert renames[0].startswith("web01-replaced-") and renames[-1] == "web01", renames
     count = len(lab.sim.vms())
     result = _restore(lab, VmOptions(replace=True, power_on=True, shutdown_timeout=5))
     renamed = lab.sim.vm_record(original)
