@@ -11,6 +11,7 @@ from hcbak.sim.simulator import Simulator
 
 MIB = 1 << 20
 GROUP_TAG = "backup-nightly"
+SEEDED = ("web01", "web02", "db01", "win01", "dr-web01")
 
 
 def seed_demo(sim: Simulator, scale: float = 1.0) -> dict[str, str]:
@@ -18,7 +19,7 @@ def seed_demo(sim: Simulator, scale: float = 1.0) -> dict[str, str]:
     name -> uuid. `scale` multiplies disk sizes (1.0: 4-32 MiB disks)."""
     existing = {vm["name"]: vm["uuid"] for vm in sim.vms()}
     if "web01" in existing:
-        return existing
+        return {name: existing[name] for name in SEEDED if name in existing}
 
     def size(mib: int) -> int:
         return max(MIB, int(mib * scale) * MIB)
