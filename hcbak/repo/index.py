@@ -1,19 +1,16 @@
 """Index segments on disk and the compact in-memory index built from them.
 
 Budget: <= 48 bytes per block in memory (1 TiB of unique data at 1 MiB blocks is 1M
-entries). A dict keyed by 16-byte ids costs 100+ bytes per entry, so the index keeps
-sorted runs of fixed-size records instead: ids in one bytearray (16 B), pack number,
-offset and length in `array('I')`s (12 B) = 28 B per entry, looked up by binary search.
-New runs are merged with runs of similar size (a binary-counter LSM), so adding N
-entries costs O(N log N) in total and lookups search O(log N) runs.
+entries). A dict keyed by 16-byte ids costs 100+ bytes per entry, so the index is one
+open-addressing hash table of 28-byte records in a bytearray (measured: ~36-44 bytes
+per entry including free slots; tests/repo/test_index_memory.py). Loading presizes the
+table from the decoded segments, so opening a repository never rehashes.
 """
 
 from __future__ import annotations
 
 import hashlib
-import heapq
 import struct
-from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +56,14 @@ def encode_segment(entries: Iterable[SegmentEntry], envelope: Envelope) -> bytes
 
 
 def decode_segment(data: bytes, envelope: Envelope, name: str) -> list[SegmentEntry]:
+    packs, records = decode_segment_raw(data, envelope, name)
+    return [
+        SegmentEntry(i, packs[p], o, ln, pl) for i, p, o, ln, pl in SEG_ENTRY.iter_unpack(records)
+    ]
+
+
+def decode_segment_raw(data: bytes, envelope: Envelope, name: str) -> tuple[list[str], bytes]:
+    """(pack ids, raw SEG_ENTRY records) of one segment, checked for consistency."""
     what = f"index segment {name}"
     if data[:8] != INDEX_MAGIC:
         raise IntegrityError(f"{what} has a bad magic (truncated or not an index)")
@@ -72,12 +77,14 @@ def decode_segment(data: bytes, envelope: Envelope, name: str) -> list[SegmentEn
         pos += n_packs * _PACK_ID_LEN
         (n,) = struct.unpack_from("<I", plain, pos)
         pos += 4
-        return [
-            SegmentEntry(i, packs[p], o, ln, pl)
-            for i, p, o, ln, pl in SEG_ENTRY.iter_unpack(plain[pos : pos + n * SEG_ENTRY.size])
-        ]
-    except (struct.error, IndexError):
+        records = plain[pos : pos + n * SEG_ENTRY.size]
+    except struct.error:
         raise IntegrityError(f"{what} is malformed")
+    if len(records) != n * SEG_ENTRY.size or any(
+        p >= len(packs) for p in (r[1] for r in SEG_ENTRY.iter_unpack(records))
+    ):
+        raise IntegrityError(f"{what} is malformed")
+    return packs, records
 
 
 def write_segment(root: Path, entries: list[SegmentEntry], envelope: Envelope) -> str:
@@ -93,62 +100,50 @@ def list_segments(root: Path) -> list[str]:
 
 
 def read_segment(root: Path, seg_id: str, envelope: Envelope) -> list[SegmentEntry]:
+    return decode_segment(_read_checked(root, seg_id), envelope, seg_id)
+
+
+def read_segment_raw(root: Path, seg_id: str, envelope: Envelope) -> tuple[list[str], bytes]:
+    return decode_segment_raw(_read_checked(root, seg_id), envelope, seg_id)
+
+
+def _read_checked(root: Path, seg_id: str) -> bytes:
     data = fsio.read_file(root / "index" / seg_id, "index segment")
     if hashlib.sha256(data).hexdigest() != seg_id:
         raise IntegrityError(f"index segment {seg_id} content does not match its name")
-    return decode_segment(data, envelope, seg_id)
+    return data
 
 
-class _Run:
-    """One sorted run: ids packed in a bytearray plus parallel uint32 arrays."""
-
-    __slots__ = ("ids", "lengths", "offsets", "packs")
-
-    def __init__(self) -> None:
-        self.ids = bytearray()
-        self.packs = array("I")
-        self.offsets = array("I")
-        self.lengths = array("I")
-
-    def __len__(self) -> int:
-        return len(self.packs)
-
-    def find(self, block_id: bytes) -> int:
-        ids = self.ids
-        lo, hi = 0, len(self.packs)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            key = ids[mid * 16 : mid * 16 + 16]
-            if key < block_id:
-                lo = mid + 1
-            elif key > block_id:
-                hi = mid
-            else:
-                return mid
-        return -1
-
-    def records(self) -> Iterator[tuple[bytes, int, int, int]]:
-        ids = self.ids
-        for n in range(len(self.packs)):
-            yield bytes(ids[n * 16 : n * 16 + 16]), self.packs[n], self.offsets[n], self.lengths[n]
-
-    def append(self, rec: tuple[bytes, int, int, int]) -> None:
-        self.ids += rec[0]
-        self.packs.append(rec[1])
-        self.offsets.append(rec[2])
-        self.lengths.append(rec[3])
+_SLOT = struct.Struct("<16sIII")  # id, pack number, offset, length: 28 bytes
+_EMPTY = bytes(16)  # ZERO_BLOCK is never stored, so an all-zero id marks a free slot
+MAX_LOAD = 0.8
+GROWTH = 1.25
 
 
 class CompactIndex:
-    """id -> (pack, offset, length) in ~28 bytes per entry. Not thread safe by itself."""
+    """id -> (pack, offset, length) in one open-addressing hash table in a bytearray.
 
-    def __init__(self) -> None:
-        self._runs: list[_Run] = []
+    Ids are already uniform hashes, so their first 8 bytes pick the slot directly;
+    collisions probe linearly. Slots are 28 bytes and the load factor stays between
+    MAX_LOAD / GROWTH and MAX_LOAD (0.64..0.8): 35..44 bytes per entry. Callers that
+    know the final size (`reserve`) avoid every resize. Not thread safe by itself.
+    """
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self._cap = capacity
+        self._slots = bytearray(capacity * _SLOT.size)
+        self._count = 0
         self._pack_names: list[str] = []
         self._pack_no: dict[str, int] = {}
 
     def __len__(self) -> int:
-        return sum(len(r) for r in self._runs)
+        return self._count
+
+    def reserve(self, n: int) -> None:
+        """Make room for n entries in total without further resizing."""
+        need = int(n / MAX_LOAD) + 1
+        if need > self._cap:
+            self._resize(need)
 
     def _pack_number(self, pack: str) -> int:
         n = self._pack_no.get(pack)
@@ -158,46 +153,61 @@ class CompactIndex:
             self._pack_no[pack] = n
         return n
 
-    def add(self, entries: Iterable[SegmentEntry]) -> None:
-        """Add a batch; entries already present keep their first location."""
-        recs = sorted(
-            ((e.id, self._pack_number(e.pack), e.offset, e.length) for e in entries),
-            key=lambda r: r[0],
-        )
-        run = _Run()
-        last = b""
-        for rec in recs:
-            if rec[0] != last and not self.contains(rec[0]):
-                run.append(rec)
-                last = rec[0]
-        if len(run):
-            self._runs.append(run)
-            self._compact()
+    def _find(self, block_id: bytes) -> tuple[int, bool]:
+        """(slot, found): the slot holding block_id, or the free slot it would take."""
+        slots, size, cap = self._slots, _SLOT.size, self._cap
+        i = int.from_bytes(block_id[:8], "little") % cap
+        while True:
+            key = slots[i * size : i * size + 16]
+            if key == block_id:
+                return i, True
+            if key == _EMPTY:
+                return i, False
+            i = i + 1 if i + 1 < cap else 0
 
-    def _compact(self) -> None:
-        # Merge the newest run into its predecessor while it is at least half as big.
-        while len(self._runs) >= 2 and len(self._runs[-1]) * 2 >= len(self._runs[-2]):
-            b = self._runs.pop()
-            a = self._runs.pop()
-            merged = _Run()
-            for rec in heapq.merge(a.records(), b.records(), key=lambda r: r[0]):
-                merged.append(rec)
-            self._runs.append(merged)
+    def _insert(self, block_id: bytes, pack_no: int, offset: int, length: int) -> None:
+        if self._count + 1 > self._cap * MAX_LOAD:
+            self._resize(int(self._cap * GROWTH) + 1)
+        i, found = self._find(block_id)
+        if not found:  # a repeated id keeps its first location
+            _SLOT.pack_into(self._slots, i * _SLOT.size, block_id, pack_no, offset, length)
+            self._count += 1
+
+    def _resize(self, cap: int) -> None:
+        old = self._slots
+        self._cap, self._slots, self._count = cap, bytearray(cap * _SLOT.size), 0
+        for block_id, p, o, n in _SLOT.iter_unpack(old):
+            if block_id != _EMPTY:
+                self._insert(block_id, p, o, n)
+
+    def add(self, entries: Iterable[SegmentEntry]) -> None:
+        for e in entries:
+            self._insert(e.id, self._pack_number(e.pack), e.offset, e.length)
+
+    def add_segment(self, packs: list[str], records: bytes) -> None:
+        """Fast path for loading: raw SEG_ENTRY records of one decoded segment."""
+        numbers = [self._pack_number(p) for p in packs]
+        self.reserve(self._count + len(records) // SEG_ENTRY.size)
+        for block_id, p, o, n, _plain in SEG_ENTRY.iter_unpack(records):
+            self._insert(block_id, numbers[p], o, n)
 
     def lookup(self, block_id: bytes) -> Location | None:
-        for run in reversed(self._runs):
-            n = run.find(block_id)
-            if n >= 0:
-                return Location(self._pack_names[run.packs[n]], run.offsets[n], run.lengths[n])
-        return None
+        i, found = self._find(block_id)
+        if not found:
+            return None
+        _, p, o, n = _SLOT.unpack_from(self._slots, i * _SLOT.size)
+        return Location(self._pack_names[p], o, n)
 
     def contains(self, block_id: bytes) -> bool:
-        return any(run.find(block_id) >= 0 for run in self._runs)
+        return self._find(block_id)[1]
 
     def items(self) -> Iterator[tuple[bytes, Location]]:
-        for run in self._runs:
-            for block_id, p, o, n in run.records():
-                yield block_id, Location(self._pack_names[p], o, n)
+        names = self._pack_names
+        for block_id, p, o, n in _SLOT.iter_unpack(self._slots):
+            if block_id != _EMPTY:
+                yield block_id, Location(names[p], o, n)
 
     def packs(self) -> list[str]:
-        return list(self._pack_names)
+        """Names of packs that hold at least one indexed blob."""
+        used = {p for block_id, p, _, _ in _SLOT.iter_unpack(self._slots) if block_id != _EMPTY}
+        return [self._pack_names[p] for p in sorted(used)]

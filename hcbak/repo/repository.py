@@ -26,7 +26,13 @@ from hcbak.repo import fsio
 from hcbak.repo.blockmap import ZERO_BLOCK
 from hcbak.repo.codec import ENVELOPE, FLAG_ENCRYPTED, Envelope, codec_id, compress, decompress
 from hcbak.repo.crypto import SCRYPT_N, KeyMaterial, Sealer, new_kdf_params
-from hcbak.repo.index import CompactIndex, Location, SegmentEntry, list_segments, read_segment
+from hcbak.repo.index import (
+    CompactIndex,
+    Location,
+    SegmentEntry,
+    list_segments,
+    read_segment_raw,
+)
 from hcbak.repo.index import write_segment as _write_segment
 from hcbak.repo.locks import RepoLock
 from hcbak.repo.pack import PackWriter, frame_blob, pack_path, parse_blob
@@ -172,11 +178,18 @@ class Repository:
         # A damaged segment only costs dedup hits (blocks get stored again) and makes
         # points that need it fail verify; it must not make the repository unusable.
         self.bad_segments: dict[str, str] = {}
+        decoded: list[tuple[list[str], bytes]] = []
         for seg in self.segments:
             try:
-                self.index.add(read_segment(root, seg, self.envelope))
+                decoded.append(read_segment_raw(root, seg, self.envelope))
             except IntegrityError as exc:
                 self.bad_segments[seg] = str(exc)
+        # Raw records are 32 bytes each: holding them all briefly lets the table be
+        # sized once (no rehash) - the peak at open is ~70 bytes per entry.
+        self.index.reserve(sum(len(raw) for _, raw in decoded) // 32)
+        while decoded:
+            packs, raw = decoded.pop()
+            self.index.add_segment(packs, raw)
 
     # --- blocks ---------------------------------------------------------------------
     def block_id(self, data: bytes) -> bytes:
