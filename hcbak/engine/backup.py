@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -45,7 +46,13 @@ from hcbak.engine.report import (
     utcnow,
 )
 from hcbak.engine.selection import VmTarget, select_vms
-from hcbak.engine.state import JobLock, forget_clone, journal_clone, journaled_clones
+from hcbak.engine.state import (
+    JobLock,
+    forget_clone,
+    journal_clone,
+    journaled_clones,
+    live_clone_uuids,
+)
 from hcbak.errors import (
     ClusterBusyError,
     HcbakError,
@@ -261,16 +268,19 @@ class _Session:
         VM's latest committed point was taken from (the next base).
         """
         for entry in journaled_clones(self.state_dir, self.job.cluster):
-            uuid = str(entry.get("clone_uuid"))
-            try:
-                self.hc.delete_block_device(uuid)
-                log.info("removed orphaned clone %s", uuid)
-            except NotFoundError:
-                pass
-            except HcbakError as exc:
-                self.warn(f"could not remove orphaned clone {uuid}: {exc.one_line()}")
-                continue
-            forget_clone(self.state_dir, uuid)
+            uuids = [str(entry.get("clone_uuid"))]
+            if entry.get("pending"):
+                uuids = self._pending_clone_candidates(entry)
+            for uuid in uuids:
+                try:
+                    self.hc.delete_block_device(uuid)
+                    log.info("removed orphaned clone %s", uuid)
+                except NotFoundError:
+                    pass
+                except HcbakError as exc:
+                    self.warn(f"could not remove orphaned clone {uuid}: {exc.one_line()}")
+                    continue
+            forget_clone(self.state_dir, str(entry.get("clone_uuid")))
         keep = {s.snapshot_uuid for s in self.latest.values() if s.snapshot_uuid}
         for snap in list(self.snapshots.values()):
             if label_point_id(snap.label, self.job.name) is None or snap.uuid in keep:
@@ -281,6 +291,24 @@ class _Session:
                 log.info("removed orphaned snapshot %s (%s)", snap.uuid, snap.label)
             except HcbakError as exc:
                 self.warn(f"could not remove orphaned snapshot {snap.label}: {exc.one_line()}")
+
+    def _pending_clone_candidates(self, entry: dict[str, Any]) -> list[str]:
+        """Disks that appeared on the worker after a crashed run's pending clone call:
+        not there before it, of the clone's capacity, and not any live run's clone."""
+        worker = str(entry.get("worker") or self.worker_uuid)
+        before = set(entry.get("worker_disks") or [])
+        live = live_clone_uuids(self.state_dir)
+        try:
+            disks = self.hc.get_vm(worker).disks
+        except NotFoundError:
+            return []
+        return [
+            d.uuid
+            for d in disks
+            if d.uuid not in before
+            and d.uuid not in live
+            and int(d.capacity) == int(entry.get("capacity") or -1)
+        ]
 
     # --- one VM -------------------------------------------------------------------------
     def _back_up_vm(self, target: VmTarget) -> VmReport:
@@ -614,21 +642,31 @@ class _Clone:
         s = self.s
         root = Path(s.cluster_cfg.device_root)
         assert s.worker_uuid is not None
+        info = {
+            "cluster": s.job.cluster,
+            "job": s.job.name,
+            "snapshot": self.snap.uuid,
+            "disk": self.disk.uuid,
+            "capacity": self.capacity,
+            "worker": s.worker_uuid,
+        }
+        # The clone's uuid is known only once the task is done. A "pending" entry with
+        # the worker's disks before the call lets the next run find a clone whose run
+        # died while the task ran (the only disk that appeared and has this capacity).
+        pending = f"pending-{secrets.token_hex(8)}"
         with s.worker_lock:
             before = list_devices(root)
-            self.clone_uuid = s.hc.clone_snapshot_disk(
-                self.disk.uuid, self.snap.uuid, s.worker_uuid, self.capacity
+            worker_disks = [d.uuid for d in s.hc.get_vm(s.worker_uuid).disks]
+            journal_clone(
+                s.state_dir, pending, {**info, "pending": True, "worker_disks": worker_disks}
             )
-        journal_clone(
-            s.state_dir,
-            self.clone_uuid,
-            {
-                "cluster": s.job.cluster,
-                "job": s.job.name,
-                "snapshot": self.snap.uuid,
-                "disk": self.disk.uuid,
-            },
-        )
+            try:
+                self.clone_uuid = s.hc.clone_snapshot_disk(
+                    self.disk.uuid, self.snap.uuid, s.worker_uuid, self.capacity
+                )
+                journal_clone(s.state_dir, self.clone_uuid, info)
+            finally:
+                forget_clone(s.state_dir, pending)
         try:
             return locate_device(root, self.clone_uuid, self.capacity, before=before)
         except BaseException:

@@ -221,3 +221,15 @@ def journaled_clones(state_dir: Path, cluster: str) -> list[dict[str, Any]]:
             continue  # another live run (other job) owns it
         out.append(entry)
     return out
+
+
+def live_clone_uuids(state_dir: Path) -> set[str]:
+    """Clone uuids journaled by runs that are still alive (never to be touched)."""
+    out: set[str] = set()
+    folder = clone_journal_dir(state_dir)
+    for path in folder.glob("*.json") if folder.is_dir() else []:
+        entry = _read_json(path)
+        pid = entry.get("pid") if entry else None
+        if entry and isinstance(pid, int) and pid_alive(pid) and not entry.get("pending"):
+            out.add(str(entry.get("clone_uuid")))
+    return out

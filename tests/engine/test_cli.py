@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import RunHcbak, assert_no_traceback
 
 from hcbak.config import EmailNotify, SMTPConfig, save_config
@@ -145,8 +146,9 @@ def test_running_job_gives_exit_5_naming_the_holder(tmp_path: Path, run_hcbak: R
         assert_no_traceback(proc)
 
 
+@pytest.mark.parametrize("moment", ["pending-*.json", "[!p]*.json"], ids=["clone-task", "attached"])
 def test_kill_9_mid_run_then_next_run_cleans_orphans_and_succeeds(
-    tmp_path: Path, run_hcbak: RunHcbak, hcbak_env: dict[str, str]
+    tmp_path: Path, run_hcbak: RunHcbak, hcbak_env: dict[str, str], moment: str
 ) -> None:
     with lab(tmp_path) as L:
         vm = L.sim.create_vm("web01", [2 * MiB], tags=["nightly"])
@@ -161,18 +163,23 @@ def test_kill_9_mid_run_then_next_run_cleans_orphans_and_succeeds(
         )
         journal = tmp_path / "state" / "clones"
         deadline = time.monotonic() + 30
-        while not list(journal.glob("*.json")) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        while not list(journal.glob(moment)) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        if moment.startswith("pending"):
+            time.sleep(0.1)  # inside the 0.4 s clone task
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert list(journal.glob("*.json")), "the run was killed before it attached a clone"
         L.sim.faults.task_delay(0.005)
+        L.sim.wait_idle()  # tasks the dead run started still finish on the cluster
         clones = [
             d
             for d in L.sim.block_devices()
             if d["vm"] == L.sim.worker_vm_uuid and d.get("sourceSnapshotUUID")
         ]
-        assert clones and len(L.hcbak_snapshots(vm)) == 1  # orphans of the killed run
+        # the killed run's snapshot (uncommitted) and, when killed in the clone task, its clone
+        assert len(L.hcbak_snapshots(vm)) == 1
+        assert clones or not moment.startswith("pending")
         again = run_hcbak("job", "run", "nightly", "--json", env=L.env)
         assert again.returncode == 0, again.stderr
         point = json.loads(again.stdout)["jobs"][0]["vms"][0]
