@@ -1,0 +1,191 @@
+"""Shared tools of the reliability suite: in-process CLI calls, killers, a ledger.
+
+The suite reuses the engine tests' `lab` (a real simulator on 127.0.0.1, a config and a
+repository). What it adds is bookkeeping that makes "no data loss" checkable: a
+`Ledger` remembers the content hash of every point at the moment it was committed
+(taken from the simulator's snapshot, i.e. what the cluster really held), and
+`Ledger.check` proves each one still restores to exactly those bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.helpers import Lab
+
+from hcbak.cli.main import run as cli_run
+from hcbak.errors import ExitCode
+from hcbak.repo import ZERO_BLOCK, open_repo
+
+HCBAK = [sys.executable, "-m", "hcbak"]
+DOCUMENTED_EXIT_CODES = {int(code) for code in ExitCode}
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+    def assert_clean(self) -> None:
+        """Never a traceback or an 'internal error' line: those are bugs, not outcomes."""
+        assert "Traceback" not in self.err + self.out, self.err
+        assert "internal error" not in self.err, self.err
+        assert self.code in DOCUMENTED_EXIT_CODES, (self.code, self.err)
+
+
+def cli(env: dict[str, str], *argv: str) -> CliResult:
+    """`hcbak ARGV` in this process (the simulator keeps running in its threads).
+
+    In-process calls save the ~1 s interpreter start of a subprocess; the crash tests
+    still kill real subprocesses, this is only for the runs around them.
+    """
+    out, err = io.StringIO(), io.StringIO()
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    stdin = sys.stdin
+    sys.stdin = io.StringIO("")  # prompts read EOF instead of hanging on pytest's stdin
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = cli_run(list(argv))
+    finally:
+        sys.stdin = stdin
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+def spawn(env: dict[str, str], *argv: str) -> subprocess.Popen[bytes]:
+    """`hcbak ARGV` as a real child process (the thing a SIGKILL can hit)."""
+    full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [*HCBAK, *argv], env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+
+
+def kill_schedule(seed: int, count: int, earliest: float, latest: float) -> list[float]:
+    """Deterministic kill delays spread evenly over [earliest, latest] with seeded jitter,
+    in a seeded order, so kills land in every phase of a run (start-up, snapshot, read,
+    commit, cleanup) and a failure names a reproducible delay."""
+    rnd = random.Random(seed)
+    step = (latest - earliest) / count
+    delays = [earliest + step * (i + rnd.random()) for i in range(count)]
+    rnd.shuffle(delays)
+    return delays
+
+
+def kill_after(proc: subprocess.Popen[bytes], delay: float) -> bool:
+    """SIGKILL the child after `delay` s; False when it had already finished."""
+    try:
+        proc.wait(timeout=delay)
+        return False
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        return True
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def point_sha(repo_path: Path, point_id: str, disk_uuid: str, passphrase: object = None) -> str:
+    """Content hash of one disk of a point, read back block by block from the repo."""
+    with open_repo(repo_path, lock=None, passphrase=passphrase) as repo:  # type: ignore[arg-type]
+        image = next(d for d in repo.load_point(point_id).disks if d.uuid == disk_uuid)
+        h = hashlib.sha256()
+        left = image.capacity
+        for i in range(len(image.block_map)):
+            bid = image.block_map.get(i)
+            block = bytes(image.block_size) if bid == ZERO_BLOCK else repo.get_block(bid)
+            h.update(block[:left])
+            left -= len(block[:left])
+        return h.hexdigest()
+
+
+@dataclass
+class Ledger:
+    """point id -> {disk uuid: sha256 of the content the cluster held at backup time}."""
+
+    lab: Lab
+    disks: list[str]
+    expected: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def live_hashes(self) -> dict[str, str]:
+        """The guest disks now; the suite writes only between runs, so a point made by
+        any run that starts now must hold exactly these bytes."""
+        return {d: sha256(self.lab.sim.read_live(d, 0, self._capacity(d))) for d in self.disks}
+
+    def record_new(self, live: dict[str, str]) -> list[str]:
+        """Register points that appeared since the last call. Where the run's snapshot
+        still exists, its content is compared with the live hashes taken before the run
+        (the two must agree, or the ledger itself would be wrong)."""
+        new = [p.id for p in self.lab.points() if p.id not in self.expected]
+        for pid in new:
+            with open_repo(self.lab.repo_path, lock=None) as repo:
+                point = repo.load_point(pid)
+            snap_ids = {s["uuid"] for s in self.lab.sim.snapshots()}
+            if point.snapshot_uuid in snap_ids:
+                for d in self.disks:
+                    data = self.lab.sim.read_snapshot(point.snapshot_uuid, d, 0, self._capacity(d))
+                    assert sha256(data) == live[d], f"snapshot of {pid} differs from the guest"
+            self.expected[pid] = dict(live)
+        return new
+
+    def check(self, allowed_missing: set[str] | None = None) -> int:
+        """Every recorded point is present (unless retention may have forgotten it) and
+        restores bit-exact. Returns how many points were checked."""
+        present = {p.id for p in self.lab.points()}
+        checked = 0
+        for pid, hashes in self.expected.items():
+            if pid not in present:
+                assert allowed_missing is not None and pid in allowed_missing, (
+                    f"committed point {pid} vanished"
+                )
+                continue
+            for disk, digest in hashes.items():
+                assert point_sha(self.lab.repo_path, pid, disk) == digest, (pid, disk)
+            checked += 1
+        return checked
+
+    def _capacity(self, disk: str) -> int:
+        return int(next(d for d in self.lab.sim.block_devices() if d["uuid"] == disk)["capacity"])
+
+
+def guest_writes(lab: Lab, disk: str, rnd: random.Random, count: int = 4) -> None:
+    """A few random guest writes (random and repetitive data, varied sizes and offsets)."""
+    capacity = int(next(d for d in lab.sim.block_devices() if d["uuid"] == disk)["capacity"])
+    for _ in range(count):
+        size = rnd.choice([512, 4096, 65536, 300_000])
+        offset = rnd.randrange(0, capacity - size)
+        data = rnd.randbytes(size) if rnd.random() < 0.5 else bytes([rnd.randrange(256)]) * size
+        lab.sim.write(disk, offset, data)
+
+
+def wait_for(predicate: object, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.01)
