@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from hcbak.sim.model import ClusterModel, Json, RestError
+from hcbak.sim.model import ClusterModel, Json, RestError, user_record
 
 # Quirk: these list endpoints reject any query filter with 400 (filter client-side).
 NO_FILTER = ("VirDomainSnapshot", "VirDomainBlockDevice", "VirDomainNetDevice")
@@ -155,9 +155,7 @@ def post_user(model: ClusterModel, req: Request, m: re.Match[str]) -> Response:
         raise RestError(400, "username and password are required")
     by_uuid = {u: n for n, u in model.s["roles"].items()}
     roles = [by_uuid[r] for r in body.get("roleUUIDs", []) if r in by_uuid]
-    from hcbak.sim.model import _user
-
-    model.s["users"][name] = _user(name, password, roles)
+    model.s["users"][name] = user_record(name, password, roles)
     model.touch()
     return task("", model.s["users"][name]["uuid"])
 
@@ -177,23 +175,23 @@ def get_vm(model: ClusterModel, req: Request, m: re.Match[str]) -> Response:
 
 @route("POST", "/VirDomain", role="VM Create/Edit")
 def post_vm(model: ClusterModel, req: Request, m: re.Match[str]) -> Response:
-    return task(*model.request_vm_create(_body(req), req.session))
+    return task(*model.ops.request_vm_create(_body(req), req.session))
 
 
 @route("POST", "/VirDomain/action", role="VM Power Controls")
 def post_vm_action(model: ClusterModel, req: Request, m: re.Match[str]) -> Response:
-    return task(model.request_vm_actions(req.body, req.session))
+    return task(model.ops.request_vm_actions(req.body, req.session))
 
 
 @route("PATCH", f"/VirDomain/{UUID}", role="VM Create/Edit")
 def patch_vm(model: ClusterModel, req: Request, m: re.Match[str]) -> Response:
-    return task(model.request_vm_update(m["id"], _body(req), req.session), m["id"])
+    return task(model.ops.request_vm_update(m["id"], _body(req), req.session), m["id"])
 
 
 @route("DELETE", f"/VirDomain/{UUID}", role="VM Delete")
 def delete_vm(model: ClusterModel, req: Request, m: re.Match[str]) -> Response:
     # Quirk kept on purpose: delete calls answer with an integer taskTag.
-    return task(int(model.request_vm_delete(m["id"], req.session)))
+    return task(int(model.ops.request_vm_delete(m["id"], req.session)))
 
 
 # --- block devices ----------------------------------------------------------------------
@@ -215,12 +213,12 @@ def get_disk(model: ClusterModel, req: Request, m: re.Match[str]) -> Response:
 
 @route("POST", "/VirDomainBlockDevice", role="VM Create/Edit")
 def post_disk(model: ClusterModel, req: Request, m: re.Match[str]) -> Response:
-    return task(*model.request_disk_create(_body(req), req.session))
+    return task(*model.ops.request_disk_create(_body(req), req.session))
 
 
 @route("POST", f"/VirDomainBlockDevice/{UUID}/clone", role="Backup")
 def post_disk_clone(model: ClusterModel, req: Request, m: re.Match[str]) -> Response:
-    return task(*model.request_disk_clone(m["id"], _body(req), req.session))
+    return task(*model.ops.request_disk_clone(m["id"], _body(req), req.session))
 
 
 @route("POST", f"/VirDomainBlockDevice/{UUID}/snapDiff", role="Backup")
@@ -235,12 +233,12 @@ def post_snap_diff(model: ClusterModel, req: Request, m: re.Match[str]) -> Respo
 
 @route("PATCH", f"/VirDomainBlockDevice/{UUID}", role="VM Create/Edit")
 def patch_disk(model: ClusterModel, req: Request, m: re.Match[str]) -> Response:
-    return task(model.request_disk_update(m["id"], _body(req), req.session), m["id"])
+    return task(model.ops.request_disk_update(m["id"], _body(req), req.session), m["id"])
 
 
 @route("DELETE", f"/VirDomainBlockDevice/{UUID}", role="VM Create/Edit")
 def delete_disk(model: ClusterModel, req: Request, m: re.Match[str]) -> Response:
-    return task(int(model.request_disk_delete(m["id"], req.session)))
+    return task(int(model.ops.request_disk_delete(m["id"], req.session)))
 
 
 @route("GET", "/VirDomainNetDevice")
@@ -273,12 +271,12 @@ def get_snapshot(model: ClusterModel, req: Request, m: re.Match[str]) -> Respons
 
 @route("POST", "/VirDomainSnapshot", role="Backup")
 def post_snapshot(model: ClusterModel, req: Request, m: re.Match[str]) -> Response:
-    return task(*model.request_snapshot(_body(req), req.session))
+    return task(*model.ops.request_snapshot(_body(req), req.session))
 
 
 @route("DELETE", f"/VirDomainSnapshot/{UUID}", role="Backup")
 def delete_snapshot(model: ClusterModel, req: Request, m: re.Match[str]) -> Response:
-    return task(int(model.request_snapshot_delete(m["id"], req.session)))
+    return task(int(model.ops.request_snapshot_delete(m["id"], req.session)))
 
 
 @route("GET", "/VirDomainSnapshotSchedule")
@@ -308,12 +306,12 @@ def get_vd(model: ClusterModel, req: Request, m: re.Match[str]) -> Response:
 
 @route("POST", f"/VirtualDisk/{UUID}/attach", role="VM Create/Edit")
 def post_vd_attach(model: ClusterModel, req: Request, m: re.Match[str]) -> Response:
-    return task(*model.request_vd_attach(m["id"], _body(req), req.session))
+    return task(*model.ops.request_vd_attach(m["id"], _body(req), req.session))
 
 
 @route("DELETE", f"/VirtualDisk/{UUID}", role="VM Create/Edit")
 def delete_vd(model: ClusterModel, req: Request, m: re.Match[str]) -> Response:
-    return task(int(model.request_vd_delete(m["id"], req.session)))
+    return task(int(model.ops.request_vd_delete(m["id"], req.session)))
 
 
 # PUT /VirtualDisk/upload streams its body and is handled by the server itself

@@ -382,21 +382,21 @@ class SimHandler(BaseHTTPRequestHandler):
             return
         try:
             with model.lock:
-                vd_uuid, dest = model.begin_upload(filename)
+                vd_uuid, dest = model.ops.begin_upload(filename)
         except RestError as exc:
             self._drain()
             self._json(exc.status, {"error": exc.message})
             return
         if not self._receive(dest, length):
             # Forget the half upload first, then drop the connection (client sees a reset).
-            model.abort_upload(vd_uuid)
+            model.ops.abort_upload(vd_uuid)
             self.close_connection = True
             try:
                 self.connection.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
             return
-        tag = model.finish_upload(vd_uuid, session)
+        tag = model.ops.finish_upload(vd_uuid, session)
         self._json(200, {"taskTag": tag, "createdUUID": vd_uuid})
 
     def _receive(self, dest: Path, length: int) -> bool:
