@@ -1,0 +1,122 @@
+"""Two writers at once, prune against a running backup, and a full repository disk."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from engine.helpers import MiB, lab
+
+from hcbak.config import JobConfig, RepoConfig, save_config
+from hcbak.repo import init_repo
+
+from .helpers import Ledger, cli, guest_writes, spawn, wait_for
+
+pytestmark = pytest.mark.reliability
+
+
+def test_two_concurrent_jobs_into_one_repo_both_commit_restorable_points(tmp_path: Path) -> None:
+    with lab(tmp_path) as L:
+        a = L.sim.create_vm("web01", [4 * MiB], tags=["nightly"])
+        b = L.sim.create_vm("db01", [4 * MiB], tags=["weekly"])
+        disks = [L.sim.disk_uuids(a)[0], L.sim.disk_uuids(b)[0]]
+        for i, d in enumerate(disks):
+            L.sim.fill(d, seed=30 + i)
+        L.sim.write(disks[1], 0, L.sim.read_live(disks[0], 0, MiB))  # shared blocks: dedup race
+        L.config.jobs["weekly"] = JobConfig(
+            name="weekly", cluster="lab", repo="main", tags=["weekly"]
+        )
+        save_config(L.config)
+        ledger = Ledger(L, disks)
+        live = ledger.live_hashes()
+        procs = [spawn(L.env, "job", "run", job) for job in ("nightly", "weekly")]
+        for proc in procs:
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err.decode()
+        # The ledger hashes every disk; each point holds only its VM's disk, so check
+        # each point against its own disk.
+        points = L.points()
+        assert sorted(p.vm_name for p in points) == ["db01", "web01"]
+        for p in points:
+            disk = disks[0] if p.vm_name == "web01" else disks[1]
+            ledger.expected[p.id] = {disk: live[disk]}
+        assert ledger.check() == 2
+        res = cli(L.env, "repo", "verify", "main", "--read-data")
+        assert res.code == 0, res.err
+
+
+def test_prune_during_a_backup_exits_5_or_waits_and_loses_nothing(tmp_path: Path) -> None:
+    with lab(tmp_path) as L:
+        vm = L.sim.create_vm("web01", [4 * MiB], tags=["nightly"])
+        disk = L.sim.disk_uuids(vm)[0]
+        L.sim.fill(disk, seed=40)
+        ledger = Ledger(L, [disk])
+        live = ledger.live_hashes()
+        assert cli(L.env, "job", "run", "nightly").code == 0
+        ledger.record_new(live)
+        guest_writes(L, disk, random.Random(40))
+        live = ledger.live_hashes()
+        L.sim.faults.task_delay(0.5)  # the backup holds its shared lock for a while
+        backup = spawn(L.env, "job", "run", "nightly")
+        locks = L.repo_path / "locks"
+        wait_for(lambda: any(locks.iterdir()) or backup.poll() is not None)
+        assert backup.poll() is None, "the backup ended before prune could race it"
+        busy = cli(L.env, "repo", "prune", "main", "--json")
+        busy.assert_clean()
+        assert busy.code == 5, busy.err
+        assert f"pid {backup.pid}" in busy.err, "the locked error names the holder"
+        waited = cli(L.env, "repo", "prune", "main", "--wait", "60", "--json")
+        assert waited.code == 0, waited.err
+        assert backup.wait(timeout=60) == 0
+        assert json.loads(waited.out)["forgotten"] == []
+        ledger.record_new(live)
+        assert ledger.check() == 2
+        assert cli(L.env, "repo", "verify", "main", "--read-data").code == 0
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> object:
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], capture_output=True
+    )
+    if proc.returncode != 0:
+        pytest.skip("cannot mount a size-limited tmpfs here (needs root): " + proc.stderr.decode())
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_full_repository_disk_exits_4_with_a_clear_message_and_verifies(
+    tmp_path: Path, small_fs: Path
+) -> None:
+    with lab(tmp_path) as L:
+        small = L.sim.create_vm("small01", [1 * MiB], tags=["nightly"])
+        big = L.sim.create_vm("big01", [8 * MiB], tags=["weekly"])
+        L.sim.fill(L.sim.disk_uuids(small)[0], seed=50)
+        L.sim.fill(L.sim.disk_uuids(big)[0], seed=51, written=1.0, compressible=0.0)
+        repo = small_fs / "repo"
+        init_repo(repo, block_size=256 << 10)
+        L.config.repositories["main"] = RepoConfig(
+            name="main", path=str(repo), block_size=256 << 10
+        )
+        L.config.jobs["weekly"] = JobConfig(
+            name="weekly", cluster="lab", repo="main", tags=["weekly"]
+        )
+        save_config(L.config)
+        ok = cli(L.env, "job", "run", "nightly")
+        assert ok.code == 0, ok.err
+        full = cli(L.env, "job", "run", "weekly")
+        full.assert_clean()
+        assert full.code == 4, full.err
+        assert "no space" in full.err.lower(), full.err
+        start = time.monotonic()
+        verify = cli(L.env, "repo", "verify", "main", "--read-data")
+        assert verify.code == 0, verify.err
+        assert time.monotonic() - start < 30
+        assert list(repo.rglob(".tmp-*")) == [], "no temp file is left on the full disk"
+        assert [p.vm_name for p in L.points()] == ["small01"]
