@@ -122,6 +122,11 @@ def open_repo(
     """Open a repository, holding a shared/exclusive lease (or none) while in use."""
     root = Path(path)
     settings, material, seed = load_settings(root, passphrase)
+    for sub in SUBDIRS:  # empty folders are lost by some copies (git, rsync filters)
+        try:
+            (root / sub).mkdir(exist_ok=True)
+        except OSError:
+            pass  # a read-only repository can still be read without a lock
     held: RepoLock | None = None
     if lock is not None:
         held = RepoLock(root, lock, command=command)

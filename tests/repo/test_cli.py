@@ -1,0 +1,151 @@
+"""`hcbak repo` and `hcbak points` as real subprocesses against real folders."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from conftest import RunHcbak, assert_no_traceback
+
+GOLDEN = Path(__file__).parent.parent / "data" / "golden-v1"
+GOLDEN_PASS = "golden-v1 passphrase"
+SENTINEL = "sentinel-Passphrase-4711"
+
+
+def test_repo_add_creates_an_encrypted_repository_without_leaking_the_passphrase(
+    run_hcbak: RunHcbak, tmp_path: Path
+) -> None:
+    env = {"REPO_PASS": SENTINEL}
+    proc = run_hcbak(
+        "repo",
+        "add",
+        "main",
+        "--path",
+        str(tmp_path / "repo"),
+        "--encrypt",
+        "--passphrase-env",
+        "REPO_PASS",
+        "--block-size",
+        "256KiB",
+        "--compression",
+        "zstd",
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    show = run_hcbak("repo", "show", "main", "--json", env=env, check=True)
+    doc = json.loads(show.stdout)
+    assert doc["encrypted"] and doc["block_size"] == 256 * 1024 and doc["points"] == 0
+    config = (tmp_path / "config.yaml").read_text()
+    repo_config = (tmp_path / "repo" / "config").read_text()
+    for text in (config, repo_config, proc.stdout, proc.stderr, show.stdout):
+        assert SENTINEL not in text
+    wrong = run_hcbak("repo", "show", "main", env={"REPO_PASS": "wrong"})
+    assert wrong.returncode == 4 and "wrong passphrase" in wrong.stderr
+    assert_no_traceback(wrong)
+
+
+def test_repo_add_refuses_a_non_empty_foreign_folder(run_hcbak: RunHcbak, tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "cat.jpg").write_bytes(b"meow")
+    proc = run_hcbak("repo", "add", "r", "--path", str(folder))
+    assert proc.returncode == 4 and "not empty" in proc.stderr
+    assert_no_traceback(proc)
+
+
+def test_adopted_golden_repository_lists_shows_and_verifies(
+    run_hcbak: RunHcbak, tmp_path: Path
+) -> None:
+    copy = tmp_path / "golden"
+    shutil.copytree(GOLDEN, copy)
+    env = {"GOLDEN_PASS": GOLDEN_PASS}
+    run_hcbak(
+        "repo",
+        "add",
+        "g",
+        "--path",
+        str(copy),
+        "--passphrase-env",
+        "GOLDEN_PASS",
+        env=env,
+        check=True,
+    )
+    points = json.loads(run_hcbak("points", "list", "--json", env=env, check=True).stdout)
+    assert [p["vm_name"] for p in points["points"]] == ["web", "db"]
+    web = json.loads(
+        run_hcbak("points", "show", "web@latest", "--json", env=env, check=True).stdout
+    )
+    assert web["disks"][0]["stored_blocks"] == 3 and web["repo"] == "g"
+    only_db = json.loads(
+        run_hcbak("points", "list", "--vm", "db", "--json", env=env, check=True).stdout
+    )
+    assert len(only_db["points"]) == 1
+    verify = run_hcbak("repo", "verify", "g", "--read-data", "--json", env=env)
+    assert verify.returncode == 0, verify.stderr
+    assert json.loads(verify.stdout)["blobs_read"] == 5
+    show = json.loads(run_hcbak("repo", "show", "g", "--json", env=env, check=True).stdout)
+    assert show["last_verify"]["ok"] is True and show["dedup_ratio"] > 1
+
+
+def test_forget_prune_frees_space_and_verify_exits_6_naming_points_of_a_lost_pack(
+    run_hcbak: RunHcbak, tmp_path: Path
+) -> None:
+    copy = tmp_path / "golden"
+    shutil.copytree(GOLDEN, copy)
+    env = {"GOLDEN_PASS": GOLDEN_PASS}
+    run_hcbak(
+        "repo",
+        "add",
+        "g",
+        "--path",
+        str(copy),
+        "--passphrase-env",
+        "GOLDEN_PASS",
+        env=env,
+        check=True,
+    )
+    run_hcbak("points", "forget", "db@latest", env=env, check=True)
+    before = sum(p.stat().st_size for p in copy.rglob("*") if p.is_file())
+    dry = json.loads(
+        run_hcbak("repo", "prune", "g", "--dry-run", "--json", env=env, check=True).stdout
+    )
+    assert dry["dry_run"] and dry["bytes_freed"] > 0
+    run_hcbak("repo", "prune", "g", env=env, check=True)
+    after = sum(p.stat().st_size for p in copy.rglob("*") if p.is_file())
+    assert after < before
+    assert run_hcbak("repo", "verify", "g", "--read-data", env=env).returncode == 0
+    web_pack = max(
+        (p for p in (copy / "packs").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size
+    )
+    web_pack.unlink()
+    broken = run_hcbak("repo", "verify", "g", env=env)
+    assert broken.returncode == 6, broken.stderr
+    assert "is missing" in broken.stderr and "affected points" in broken.stderr
+    assert_no_traceback(broken)
+
+
+def test_repo_unlock_removes_only_stale_locks_unless_forced(
+    run_hcbak: RunHcbak, tmp_path: Path
+) -> None:
+    run_hcbak("repo", "add", "r", "--path", str(tmp_path / "r"), check=True)
+    lock = tmp_path / "r" / "locks" / "held"
+    lock.write_text(
+        json.dumps(
+            {
+                "host": os.uname().nodename,
+                "pid": os.getpid(),
+                "kind": "exclusive",
+                "start": 0,
+                "refreshed": 9e9,
+                "command": "hcbak repo prune",
+            }
+        )
+    )
+    busy = run_hcbak("repo", "verify", "r")
+    assert busy.returncode == 5 and "hcbak repo unlock" in busy.stderr
+    run_hcbak("repo", "unlock", "r", check=True)
+    assert lock.exists()
+    run_hcbak("repo", "unlock", "r", "--force", check=True)
+    assert not lock.exists()
