@@ -179,3 +179,72 @@ def test_trust_on_first_use_pins_the_certificate_the_node_presents(
     expect(proc, 0, f"pinned {address}: sha256 {fingerprint}")
     saved = yaml.safe_load(config_path.read_text())["clusters"]["lab"]
     assert saved["tls"]["fingerprints"] == {address: fingerprint}
+
+
+def _run_on_tty(
+    hcbak_env: dict[str, str], args: list[str], dialogue: list[tuple[str, str]]
+) -> tuple[int, str]:
+    """Run hcbak with a pseudo-terminal as stdin (a real TTY); answer each prompt once it
+    appears (hidden prompts flush input typed ahead of them, like a real terminal)."""
+    import os
+    import pty
+    import select
+    import subprocess
+    import sys
+    import time
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hcbak", *args],
+        stdin=slave,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=hcbak_env,
+        start_new_session=True,  # no controlling terminal: prompts read the pty on stdin
+    )
+    os.close(slave)
+    assert proc.stdout is not None
+    out = b""
+    deadline = time.monotonic() + 60
+    pending = list(dialogue)
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.1)
+        if ready:
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            if not chunk:
+                break
+            out += chunk
+        if pending and out.decode(errors="replace").count(pending[0][0]) >= _seen(
+            dialogue, pending
+        ):
+            time.sleep(0.2)  # let the prompt switch the terminal mode first
+            os.write(master, pending.pop(0)[1].encode())
+    code = proc.wait(timeout=30)
+    os.close(master)
+    return code, out.decode(errors="replace")
+
+
+def _seen(dialogue: list[tuple[str, str]], pending: list[tuple[str, str]]) -> int:
+    """How many times the next prompt text must have appeared (prompts may repeat)."""
+    done = dialogue[: len(dialogue) - len(pending)]
+    return 1 + sum(1 for prompt, _ in done if prompt == pending[0][0])
+
+
+def test_on_a_terminal_password_is_prompted_and_fingerprints_confirmed(
+    hcbak_env: dict[str, str], config_path: Path, tls_server: tuple[str, str]
+) -> None:
+    address, fingerprint = tls_server
+    args = ["cluster", "add", "lab", "--node", address, "--username", "u"]
+    secret = [("Password:", "tty-Secret-1\n"), ("Repeat for confirmation:", "tty-Secret-1\n")]
+    code, out = _run_on_tty(hcbak_env, args, [*secret, ("Trust these", "y\n")])
+    assert code == 0, out
+    assert f"{address}: sha256 {fingerprint}" in out and "Trust these certificates?" in out
+    assert "tty-Secret-1" not in out
+    assert stat.S_IMODE(config_path.stat().st_mode) == 0o600
+    saved = yaml.safe_load(config_path.read_text())["clusters"]["lab"]
+    assert saved["password"] == "tty-Secret-1"
+    assert saved["tls"]["fingerprints"] == {address: fingerprint}
+
+    code, out = _run_on_tty(hcbak_env, [*args[:2], "lab2", *args[3:]], [*secret, ("Trust", "n\n")])
+    assert code == 2 and "certificates not trusted" in out
+    assert "lab2" not in config_path.read_text()
