@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import RunHcbak, assert_no_traceback
 from repo_helpers import BS, PASS, disk_bytes, make_repo, read_disk, write_point
 
 from hcbak.errors import NoSpaceError
@@ -126,7 +127,7 @@ def test_prune_waits_or_fails_with_exit_5_while_a_backup_runs(tmp_path: Path) ->
 
 
 def test_full_disk_gives_no_space_error_and_leaves_a_consistent_repository(
-    tmp_path: Path,
+    tmp_path: Path, run_hcbak: RunHcbak
 ) -> None:
     mnt = tmp_path / "small"
     mnt.mkdir()
@@ -147,6 +148,17 @@ def test_full_disk_gives_no_space_error_and_leaves_a_consistent_repository(
                 for n in range(100):
                     write_point(repo, random.Random(n).randbytes(4 * BS))
         assert list(root.rglob(".tmp-*")) == []
+        with open(mnt / "filler", "wb") as fh:  # take whatever space is left
+            try:
+                while True:
+                    fh.write(bytes(64 * 1024))
+                    fh.flush()
+            except OSError:
+                pass
+        cli = run_hcbak("repo", "add", "full", "--path", str(mnt / "new"))
+        assert cli.returncode == 4 and "no space left" in cli.stderr, cli.stderr
+        assert_no_traceback(cli)
+        (mnt / "filler").unlink()
         unlock(root, force=True)
         with open_repo(root, passphrase=PASS) as repo:
             assert read_disk(repo, first.id) == disk_bytes(5, 4)

@@ -8,9 +8,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from repo_helpers import BS, PASS, disk_bytes, make_repo, read_disk, write_point
 
-from hcbak.errors import NotFoundError, PassphraseError, RepoError, UsageError
+from hcbak.errors import IntegrityError, NotFoundError, PassphraseError, RepoError, UsageError
 from hcbak.repo import ZERO_BLOCK, BlockMap, init_repo, open_repo
 from hcbak.secrets import Secret
 
@@ -145,3 +147,36 @@ def test_block_map_round_trips_and_copies() -> None:
     assert bm.get(2) == ZERO_BLOCK and len(cp) == 3
     with pytest.raises(IndexError):
         bm.get(3)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.binary(min_size=0, max_size=4096),
+    st.sampled_from(["lz4", "zstd", "none"]),
+    st.booleans(),
+)
+def test_envelope_round_trips_any_bytes_and_rejects_a_foreign_id(
+    plain: bytes, compression: str, encrypted: bool
+) -> None:
+    from hcbak.repo.codec import Envelope, codec_id
+    from hcbak.repo.crypto import Sealer
+
+    env = Envelope(Sealer(bytes(range(32)) if encrypted else None))
+    sealed = env.seal(plain, b"point-a", codec_id(compression))
+    assert env.open(sealed, 0, b"point-a", "x") == (plain, len(sealed))
+    if encrypted:
+        with pytest.raises(IntegrityError):
+            env.open(sealed, 0, b"point-b", "x")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(min_size=1, max_size=2048), st.integers(0, 2047))
+def test_blob_frame_detects_any_single_flipped_byte(payload: bytes, where: int) -> None:
+    from hcbak.repo.pack import frame_blob, parse_blob
+
+    frame = frame_blob(b"\x07" * 16, 0, 0, len(payload), payload)
+    assert parse_blob(frame, "b").payload == payload
+    damaged = bytearray(frame)
+    damaged[where % len(frame)] ^= 0xFF
+    with pytest.raises(IntegrityError):
+        parse_blob(bytes(damaged), "b")
