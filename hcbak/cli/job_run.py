@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
+from rich.progress import ProgressColumn, Task
+from rich.text import Text
 
 from hcbak.cli.common import load_config
 from hcbak.cli.output import emit_json, info, is_tty, print_table, warn
@@ -312,6 +315,14 @@ class PlainDisplay:
         info(f"{where}: {text}{': ' + ev.message if ev.message else ''}")
 
 
+class _MiBPerSecond(ProgressColumn):
+    """Read speed in MiB/s (binary units, as everywhere else in hcbak)."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("-- MiB/s" if speed is None else f"{speed / (1 << 20):.1f} MiB/s")
+
+
 class LiveDisplay:
     """A rich live view: one bar per VM disk with MiB/s and ETA, on stderr."""
 
@@ -323,7 +334,6 @@ class LiveDisplay:
             Progress,
             TextColumn,
             TimeRemainingColumn,
-            TransferSpeedColumn,
         )
 
         self.console = Console(stderr=True)
@@ -331,7 +341,7 @@ class LiveDisplay:
             TextColumn("{task.description}"),
             BarColumn(),
             DownloadColumn(binary_units=True),
-            TransferSpeedColumn(),
+            _MiBPerSecond(),
             TimeRemainingColumn(),
             console=self.console,
         )
@@ -349,7 +359,7 @@ class LiveDisplay:
         key = (ev.job, ev.vm, ev.disk)
         with self.lock:
             if ev.kind == "disk_start":
-                desc = f"{ev.vm} {ev.disk} [{ev.message}]"
+                desc = escape(f"{ev.vm} {ev.disk} [{ev.message}]")
                 total = max(ev.total, 1)
                 self.tasks[key] = (self.progress.add_task(desc, total=total), total)
             elif ev.kind == "disk_progress" and key in self.tasks:
@@ -359,4 +369,4 @@ class LiveDisplay:
                 self.progress.update(task, completed=total)
             elif ev.kind in ("vm_done", "vm_retry", "warning", "job_start"):
                 label = f"{ev.job}/{ev.vm}" if ev.vm else ev.job
-                self.progress.console.print(f"{label}: {ev.message}")
+                self.progress.console.print(escape(f"{label}: {ev.message}"))

@@ -182,3 +182,17 @@ def test_retention_forgets_old_points_and_prune_after_run_frees_their_data(
         assert second.pruned
         assert [p.id for p in L.points()] == [_vm(second, "web01").point_id]
         _assert_point_matches_snapshot(L, second, "web01")
+
+
+def test_cluster_update_in_progress_skips_the_job_after_update_wait(tmp_path: Path) -> None:
+    with lab(tmp_path) as L:
+        L.config.clusters["lab"].update_wait = 0.5
+        vm = L.sim.create_vm("web01", [1 * MiB], tags=["nightly"])
+        L.sim.faults.update("running")
+        report = _run(L)
+        assert report.exit_code() == ExitCode.FAILED, report
+        assert "updating" in report.reason
+        assert L.sim.snapshots(vm) == []
+        L.sim.faults.update("complete")
+        again = _run(L)
+        assert again.exit_code() == ExitCode.OK, again

@@ -219,3 +219,41 @@ def test_notify_test_sends_to_the_given_address(tmp_path: Path, run_hcbak: RunHc
         assert proc.returncode == 0, proc.stderr
     (msg,) = inbox.messages
     assert msg["To"] == "me@example.com" and msg["Subject"] == "[hcbak] test message"
+
+
+def test_tty_shows_a_live_view_per_disk_on_stderr(
+    tmp_path: Path, hcbak_env: dict[str, str]
+) -> None:
+    import os
+    import pty
+
+    with lab(tmp_path) as L:
+        vm = L.sim.create_vm("web01", [2 * MiB], tags=["nightly"])
+        L.sim.fill(L.sim.disk_uuids(vm)[0], seed=1)
+        master, slave = pty.openpty()
+        env = {**hcbak_env, **L.env, "TERM": "xterm", "COLUMNS": "120"}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hcbak", "job", "run", "nightly"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=slave,
+            text=True,
+        )
+        os.close(slave)
+        chunks = []
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+        out, _ = proc.communicate(timeout=60)
+        os.close(master)
+    screen = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0, screen
+    assert "web01 slot 0 [no base]" in screen  # the per-disk progress bar's label
+    assert "MiB/s" in screen and "2.0/2.0 MiB" in screen  # speed and bytes done/total
+    assert not re.search(r"^\d{4}-\d\d-\d\dT", screen, re.M)  # no cron-style lines on a TTY
+    assert "web01" in out  # the summary table still goes to stdout
