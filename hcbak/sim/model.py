@@ -29,6 +29,7 @@ from hcbak.sim.faults import Faults
 Json = dict[str, Any]
 
 TERMINAL = ("COMPLETE", "ERROR", "UNINITIALIZED")
+MAX_TASKS = 5000
 DISK_TYPES = ("VIRTIO_DISK", "SCSI_DISK", "IDE_DISK", "IDE_CDROM", "IDE_FLOPPY", "NVRAM", "VTPM")
 NVRAM_SIZE = 540672  # what real clusters report for an NVRAM device
 ICOS_VERSION = "9.4.30.217736"
@@ -93,6 +94,9 @@ class ClusterModel:
             self.s["nodes"].append({"uuid": new_uuid()})
         self.ports: list[int] = [0] * nodes
         self.sessions: dict[str, str] = {}
+        self._save_lock = threading.Lock()
+        # Tags of unfinished tasks, so the 5 ms ticker never scans finished ones.
+        self._pending = [t for t, r in self.s["tasks"].items() if r["state"] not in TERMINAL]
         from hcbak.sim.operations import Operations  # imports this module: load late
 
         self.ops = Operations(self)
@@ -134,16 +138,17 @@ class ClusterModel:
 
     def save(self) -> None:
         """Atomic write of the metadata (temp file + rename) when something changed."""
-        with self.lock:
-            if not self._dirty:
-                return
-            text = json.dumps(self.s, separators=(",", ":"))
-            self._dirty = False
-        tmp = self._path.with_name("state.json.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, self._path)
+        with self._save_lock:  # the ticker and stop() may both save
+            with self.lock:
+                if not self._dirty:
+                    return
+                text = json.dumps(self.s, separators=(",", ":"))
+                self._dirty = False
+            tmp = self._path.with_name("state.json.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, self._path)
 
     def touch(self) -> None:
         self._dirty = True
@@ -219,6 +224,7 @@ class ClusterModel:
                 "_start": now,
                 "_due": now + self.task_delay,
             }
+            self._pending.append(tag)
             self.touch()
             if self.task_delay <= 0:
                 self._finish(self.s["tasks"][tag])
@@ -228,9 +234,8 @@ class ClusterModel:
         """Move tasks along their timeline; run the effect of those that are due."""
         now = time.time()
         with self.lock:
-            for task in list(self.s["tasks"].values()):
-                if task["state"] in TERMINAL:
-                    continue
+            for tag in list(self._pending):
+                task = self.s["tasks"][tag]
                 if now >= task["_due"]:
                     self._finish(task)
                 elif task["state"] == "QUEUED" and now >= (task["_start"] + task["_due"]) / 2:
@@ -253,7 +258,19 @@ class ClusterModel:
             )
         now = int(time.time())
         task.update(modified=now, completed=now)
+        if task["taskTag"] in self._pending:
+            self._pending.remove(task["taskTag"])
+        self._forget_old_tasks()
         self.touch()
+
+    def _forget_old_tasks(self) -> None:
+        """Keep the newest MAX_TASKS records (real clusters also expire task tags)."""
+        tasks = self.s["tasks"]
+        if len(tasks) <= MAX_TASKS:
+            return
+        for tag in list(tasks)[: len(tasks) - MAX_TASKS]:
+            if tasks[tag]["state"] in TERMINAL:
+                del tasks[tag]
 
     def task_record(self, tag: str) -> Json | None:
         self.advance()
@@ -264,8 +281,8 @@ class ClusterModel:
     def check_vm_idle(self, vm_uuid: str) -> None:
         """HyperCore answers 500 to a mutation on a VM that still has a task running."""
         self.advance()
-        for task in self.s["tasks"].values():
-            if task["state"] not in TERMINAL and vm_uuid in task["_vms"]:
+        for task in (self.s["tasks"][t] for t in self._pending):
+            if vm_uuid in task["_vms"]:
                 raise RestError(
                     500, f"Another task ({task['taskTag']}) is in progress for VM {vm_uuid}"
                 )
@@ -276,7 +293,7 @@ class ClusterModel:
         while time.time() < end:
             self.advance()
             with self.lock:
-                if all(t["state"] in TERMINAL for t in self.s["tasks"].values()):
+                if not self._pending:
                     return
             time.sleep(0.002)
 
