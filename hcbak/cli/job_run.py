@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import threading
 from datetime import UTC, datetime
@@ -100,6 +101,7 @@ def run_jobs(
         jobs = [config.job(name) for name in dict.fromkeys(names)]
     report = RunReport()
     log_file = _start_log(sdir)
+    previous = _sigterm_as_interrupt()
     display = LiveDisplay() if is_tty(sys.stderr) and not json_out else PlainDisplay()
     try:
         with display:
@@ -113,6 +115,8 @@ def run_jobs(
         if due:
             _rpo_watch(config, sdir, now)
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         if log_file:
             log_file.close()
     report.finished = utcnow()
@@ -154,6 +158,19 @@ def _run_one(
         locked.status, locked.reason, locked.finished = "locked", exc.one_line(), utcnow()
         warn(f"job {job.name}: {exc.one_line()}")
         return locked
+
+
+def _sigterm_as_interrupt() -> Any:
+    """SIGTERM (systemd stop, kill) cleans up like Ctrl-C: snapshots and clones of
+    unfinished VMs are removed before exit 130. Returns the previous handler."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (embedded use): leave signals alone
+        return None
 
 
 def _due_jobs(config: Any, sdir: Path, now: datetime) -> list[Any]:

@@ -26,7 +26,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,7 @@ from hcbak.errors import (
     ClusterBusyError,
     HcbakError,
     HookError,
+    Interrupted,
     LockedError,
     NotFoundError,
     TransportError,
@@ -123,6 +124,8 @@ def run_job(
         session.threads = threads or _threads_from_env() or DEFAULT_THREADS
         try:
             session.run()
+        except Interrupted:
+            raise  # exit 130; cleanup already happened on the way out
         except HcbakError as exc:
             report.status = "failed"
             report.reason = exc.one_line()
@@ -209,12 +212,30 @@ class _Session:
                     self.report.vms.extend(self._dry_run(t) for t in selection.targets)
                     return
                 self._clean_orphans()
-                with ThreadPoolExecutor(self.parallel, thread_name_prefix="hcbak-vm") as pool:
-                    results = list(pool.map(self._back_up_vm, selection.targets))
-                self.report.vms.extend(results)
+                self.report.vms.extend(self._back_up_all(selection.targets))
                 self._apply_retention()
             if (self.job.prune or "") == "after_run" and self.report.forgotten:
                 self._prune(passphrase)
+
+    def _back_up_all(self, targets: list[VmTarget]) -> list[VmReport]:
+        """`parallel` VMs at a time. Ctrl-C/SIGTERM (KeyboardInterrupt in this thread)
+        cancels: running VMs stop at their next block and remove their new snapshot and
+        clone, VMs not started are not started, and the run ends with Interrupted."""
+        pool = ThreadPoolExecutor(self.parallel, thread_name_prefix="hcbak-vm")
+        futures = [pool.submit(self._back_up_vm, t) for t in targets]
+        try:
+            results = [f.result() for f in futures]
+        except KeyboardInterrupt:
+            self.cancel.set()
+            for f in futures:
+                f.cancel()
+            wait(futures)
+            raise Interrupted(
+                "interrupted: the snapshots and clones of unfinished VMs were removed"
+            )
+        finally:
+            pool.shutdown(wait=True)
+        return results
 
     def _wait_for_update(self) -> None:
         """Do not start snapshots while the cluster updates; wait (bounded), then skip.
@@ -322,6 +343,9 @@ class _Session:
         t0 = time.monotonic()
         attempts = 1 + max(0, int(self.job.retries))
         for attempt in range(1, attempts + 1):
+            if self.cancel.is_set():
+                report.status, report.reason = VM_FAILED, "interrupted"
+                break
             report.attempts = attempt
             try:
                 self._attempt(target, report)
@@ -343,7 +367,7 @@ class _Session:
                 )
                 report.status = VM_FAILED
                 report.reason = reason
-                if attempt < attempts:
+                if attempt < attempts and not self.cancel.is_set():
                     self.emit(
                         "vm_retry",
                         vm=vm.name,

@@ -257,3 +257,34 @@ def test_tty_shows_a_live_view_per_disk_on_stderr(
     assert "MiB/s" in screen and "2.0/2.0 MiB" in screen  # speed and bytes done/total
     assert not re.search(r"^\d{4}-\d\d-\d\dT", screen, re.M)  # no cron-style lines on a TTY
     assert "web01" in out  # the summary table still goes to stdout
+
+
+def test_sigterm_mid_run_removes_the_new_snapshot_and_clone_and_exits_130(
+    tmp_path: Path, hcbak_env: dict[str, str]
+) -> None:
+    with lab(tmp_path) as L:
+        vm = L.sim.create_vm("web01", [2 * MiB], tags=["nightly"])
+        L.sim.fill(L.sim.disk_uuids(vm)[0], seed=4)
+        L.sim.faults.task_delay(0.3)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hcbak", "job", "run", "nightly"],
+            env={**hcbak_env, **L.env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 30
+        while not L.hcbak_snapshots(vm) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        assert "interrupted" in err
+        L.sim.wait_idle()
+        assert L.hcbak_snapshots(vm) == []
+        assert not [
+            d
+            for d in L.sim.block_devices()
+            if d["vm"] == L.sim.worker_vm_uuid and d.get("sourceSnapshotUUID")
+        ]
+        assert not (tmp_path / "state" / "locks" / "job-nightly.lock").exists()
