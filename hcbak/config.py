@@ -706,10 +706,11 @@ class _Parser:
         return _CONSTRUCTOR.construct_object(node)
 
     def string(self, node: Node, where: str) -> str:
-        value = self.value(node)
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        # The scalar's source text, not its YAML 1.1 value: `password: 0123` is the
+        # string "0123", not the octal number 83, and `username: yes` is not a bool.
+        if not isinstance(node, yaml.ScalarNode) or _is_null(node):
             self.error(node, where, "must be a string")
-        text = str(value)
+        text = str(node.value)
         if not text.strip():
             self.error(node, where, "must not be empty")
         return text

@@ -69,7 +69,10 @@ def test_config_show_json_and_check_report_the_config(
     assert report["ok"] is True and report["clusters"] == 1
 
 
-def test_unknown_command_and_flag_exit_2(run_hcbak: RunHcbak, base_config: Path) -> None:
+def test_unknown_command_and_flag_exit_2(
+    run_hcbak: RunHcbak, run_inproc: RunHcbak, base_config: Path
+) -> None:
     expect(run_hcbak("frobnicate"), 2, "No such command")
-    expect(run_hcbak("cluster", "list", "--jsn"), 2, "No such option")
-    expect(run_hcbak("cluster", "lst"), 2, "No such command")
+    expect(run_inproc("cluster", "list", "--jsn"), 2, "No such option")
+    expect(run_inproc("cluster", "lst"), 2, "No such command")
+    expect(run_inproc("job", "create"), 2, "Missing argument")

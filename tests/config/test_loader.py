@@ -228,3 +228,11 @@ def test_default_paths_follow_environment(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.delenv("HCBAK_CONFIG")
     expected = "/etc/hcbak/config.yaml" if os.geteuid() == 0 else "hcbak/config.yaml"
     assert str(default_config_path()).endswith(expected)
+
+
+def test_string_fields_keep_their_source_text(tmp_path: Path) -> None:
+    text = FULL.replace("password_env: HCBAK_PROD_PASSWORD", "password: 0123")
+    text = text.replace("username: hcbak", "username: yes")
+    config = load_config(write(tmp_path, text))
+    assert config.cluster("prod").password.resolve() == Secret("0123")
+    assert config.cluster("prod").username == "yes"
