@@ -288,3 +288,26 @@ def test_sigterm_mid_run_removes_the_new_snapshot_and_clone_and_exits_130(
             if d["vm"] == L.sim.worker_vm_uuid and d.get("sourceSnapshotUUID")
         ]
         assert not (tmp_path / "state" / "locks" / "job-nightly.lock").exists()
+
+
+def test_due_alerts_once_when_no_successful_point_within_alert_after(
+    tmp_path: Path, run_hcbak: RunHcbak
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from hcbak.engine.state import JobHistory, save_history
+
+    with lab(tmp_path, alert_after="1h") as L, smtp_server() as inbox:
+        L.config.smtp = SMTPConfig(host=inbox.host, port=inbox.port, security="none",
+                                   sender="hcbak@example.com")  # fmt: skip
+        L.config.jobs["nightly"].notify = EmailNotify(to=["ops@example.com"], on=["failure"])
+        save_config(L.config)
+        two_hours_ago = datetime.now(UTC) - timedelta(hours=2)
+        save_history(tmp_path / "state", "nightly", JobHistory(two_hours_ago, two_hours_ago))
+        first = run_hcbak("job", "run", "--due", env=L.env)
+        second = run_hcbak("job", "run", "--due", env=L.env)
+    assert first.returncode == 0, first.stderr  # the watch warns; it runs nothing
+    assert "no successful point for longer than 1h" in first.stderr
+    assert "no successful point" not in second.stderr  # once per alert_after window
+    (msg,) = inbox.messages
+    assert msg["Subject"] == "[hcbak] nightly: RPO ALERT"
