@@ -196,3 +196,15 @@ def test_cluster_update_in_progress_skips_the_job_after_update_wait(tmp_path: Pa
         L.sim.faults.update("complete")
         again = _run(L)
         assert again.exit_code() == ExitCode.OK, again
+
+
+def test_uefi_vm_keeps_nvram_and_vtpm_disks_with_partial_last_block(tmp_path: Path) -> None:
+    with lab(tmp_path) as L:
+        vm = L.sim.create_vm("win01", [1 * MiB], tags=["nightly"], uefi=True)
+        nvram = next(d for d in L.sim.vm_record(vm)["blockDevs"] if d["type"] == "NVRAM")
+        L.sim.write(nvram["uuid"], nvram["capacity"] - 100, b"efi-vars" * 10)
+        report = _run(L)
+        win = _vm(report, "win01")
+        assert win.status == "ok", win.reason
+        assert {d.type for d in win.disks} >= {"VIRTIO_DISK", "NVRAM"}
+        _assert_point_matches_snapshot(L, report, "win01")
