@@ -122,7 +122,8 @@ def test_incremental_point_restores_like_a_full_point_of_the_same_content(
     lab.sim.write(disk, 3 * MiB + 100, b"incremental change" * 50)
     incremental = lab.back_up()
     full = lab.back_up(full=True)
-    assert any(d.incremental for d in incremental.disks)
+    reasons = [d.cbt_reason for d in incremental.disks]
+    assert any(d.incremental for d in incremental.disks), f"backup fell back to full: {reasons}"
     assert not any(d.incremental for d in full.disks)
     outputs = {}
     with open_repo(lab.repo_path, lock="shared") as repo:
