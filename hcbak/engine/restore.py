@@ -266,11 +266,13 @@ def qcow2_stream(
 
     def data() -> Iterator[bytes]:
         for index, block in fetch_blocks(repo, disk, stored):
-            view = memoryview(block)
-            for part in range(per_block):
-                start = part * cluster_size
-                if (index * per_block + part) < guest_clusters:
-                    yield bytes(view[start : start + cluster_size])
+            if per_block == 1:
+                yield block  # the common case: no copy
+            else:
+                view = memoryview(block)
+                for part in range(per_block):
+                    if index * per_block + part < guest_clusters:
+                        yield bytes(view[part * cluster_size : (part + 1) * cluster_size])
             report(_label(disk), min(disk.capacity, (index + 1) * block_size), disk.capacity)
         report(_label(disk), disk.capacity, disk.capacity)
 
