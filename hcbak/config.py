@@ -812,6 +812,17 @@ def save_config(config: Config) -> None:
     text = SAVE_HEADER + yaml.safe_dump(
         config_to_dict(config), sort_keys=False, default_flow_style=False, width=100
     )
+    try:
+        _write_atomic(path, text)
+    except OSError as exc:
+        raise ConfigError(
+            f"could not save the config: {exc.strerror or exc}", path=str(path)
+        ) from None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    # A crash at any point leaves either the old file or the new one, never a mix:
+    # the temp file is complete and fsynced before the rename replaces the old file.
     directory = path.parent
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)

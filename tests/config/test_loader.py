@@ -236,3 +236,15 @@ def test_string_fields_keep_their_source_text(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, text))
     assert config.cluster("prod").password.resolve() == Secret("0123")
     assert config.cluster("prod").username == "yes"
+
+
+def test_failed_save_reports_a_config_error_and_leaves_no_temp_file(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, FULL))
+    target = tmp_path / "taken"
+    target.mkdir()  # os.replace cannot put a file over a directory
+    (target / "keep").write_text("x")
+    config.path = target
+    with pytest.raises(ConfigError, match="could not save the config"):
+        save_config(config)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "taken"]
+    assert (target / "keep").read_text() == "x"
