@@ -6,9 +6,11 @@ that can step forward and backward, which the standard library lacks; this modul
 is that small parser (five fields, the syntax of crontab(5)) plus the duration
 strings used by `keep_within` and `alert_after` ("36h", "7d", "2w", "1y").
 
-Times are wall-clock: an aware datetime is evaluated in its own timezone, a naive one
-as given. Across DST changes a minute that does not exist is skipped and a repeated
-one matches once per occurrence, like most cron daemons.
+Times are wall-clock fields: an aware datetime is evaluated in its own timezone, a
+naive one as given. DST transitions are not special-cased (a result may name a
+wall-clock minute that a spring-forward skips); schedule jobs outside 02:00-03:00 where
+that matters. `is_due` compares instants, so a skipped minute delays a run, never
+repeats one.
 """
 
 from __future__ import annotations
