@@ -1,0 +1,129 @@
+"""Every fault the simulator can inject, hitting a `hcbak job run` at the moment it takes
+its snapshot (or before the run, for an update in progress). Each has a documented
+outcome (docs/reliability.md); whatever the outcome, the next healthy run succeeds and
+leaves no orphans, every committed point restores bit-exact and the repository verifies.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from engine.helpers import Lab, MiB, lab
+
+from hcbak.sim.faults import Faults
+
+from .helpers import Ledger, cli
+
+pytestmark = pytest.mark.reliability
+
+Inject = Callable[[Faults, int], None]
+
+# fault -> (how to inject it on the node serving the run, expected exit, words in stderr)
+OUTCOMES: dict[str, tuple[Inject, int, str]] = {
+    "node_down": (lambda f, n: f.node_down(n), 0, ""),
+    "node_hang": (lambda f, n: f.node_hang(n), 0, ""),
+    "node_502": (lambda f, n: f.node_502(n), 0, ""),
+    "tls_handshake_error": (lambda f, n: f.node_tls_error(n), 0, ""),
+    # A node presenting another certificate may be an attacker: fail closed, say why.
+    "tls_wrong_certificate": (
+        lambda f, n: f.node_tls_error(n, "cert"),
+        4,
+        "does not match the pinned fingerprint",
+    ),
+    "burst_of_500s": (lambda f, n: f.fail_next(2), 0, ""),
+    "every_call_500": (lambda f, n: f.error_rate(1.0), 4, "answered HTTP 500"),
+    "session_expiry": (lambda f, n: f.expire_sessions(), 0, ""),
+    "task_error_snapshot": (lambda f, n: f.fail_tasks("snapshot"), 4, "state ERROR"),
+    "task_error_clone": (lambda f, n: f.fail_tasks("clone"), 4, "state ERROR"),
+    # The new point is safe; only cleanup failed: a warning, cleaned up by the next run.
+    "task_error_delete": (lambda f, n: f.fail_tasks("delete"), 1, ""),
+    "cluster_out_of_space": (lambda f, n: f.out_of_space(), 4, "insufficient space"),
+    # An update that starts mid-run does not stop a run already past its update check.
+    "update_starts_mid_run": (lambda f, n: f.update("running"), 0, ""),
+}
+
+
+def _inject_at_snapshot(L: Lab, inject: Inject) -> threading.Thread:
+    """Watch the simulator's request log; inject on the node that received the
+    snapshot POST, the moment it arrives (the run is then mid-flight)."""
+    start = len(L.sim.requests)
+
+    def watch() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            for node, method, path, _ in L.sim.requests[start:]:
+                if method == "POST" and path.endswith("/VirDomainSnapshot"):
+                    inject(L.sim.faults, node)
+                    return
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def _setup(L: Lab) -> tuple[str, str, Ledger]:
+    vm = L.sim.create_vm("web01", [2 * MiB], tags=["nightly"])
+    disk = L.sim.disk_uuids(vm)[0]
+    L.sim.fill(disk, seed=70)
+    ledger = Ledger(L, [disk])
+    live = ledger.live_hashes()
+    assert cli(L.env, "job", "run", "nightly").code == 0
+    ledger.record_new(live)
+    L.sim.write(disk, 12345, b"changed by the guest" * 100)
+    return vm, disk, ledger
+
+
+def _healthy_again(L: Lab, vm: str, ledger: Ledger) -> None:
+    L.sim.faults.clear()
+    L.sim.faults.update(None)  # Faults.clear() leaves update_phase set (see the report)
+    live = ledger.live_hashes()
+    again = cli(L.env, "job", "run", "nightly")
+    again.assert_clean()
+    assert again.code == 0, again.err
+    ledger.record_new(live)
+    assert ledger.check() == len(ledger.expected)
+    clones = [
+        d
+        for d in L.sim.block_devices()
+        if d["vm"] == L.sim.worker_vm_uuid and d.get("sourceSnapshotUUID")
+    ]
+    assert clones == [], "no clone of the failed run is left on the worker"
+    assert len(L.hcbak_snapshots(vm)) == 1, "only the newest base snapshot is kept"
+    verify = cli(L.env, "repo", "verify", "main", "--read-data")
+    assert verify.code == 0, verify.err
+
+
+@pytest.mark.parametrize("fault", list(OUTCOMES))
+def test_cluster_fault_during_a_run_has_its_documented_outcome(tmp_path: Path, fault: str) -> None:
+    inject, expected, words = OUTCOMES[fault]
+    with lab(tmp_path) as L:
+        vm, _disk, ledger = _setup(L)
+        live = ledger.live_hashes()
+        watcher = _inject_at_snapshot(L, inject)
+        res = cli(L.env, "job", "run", "nightly")
+        watcher.join(timeout=5)
+        res.assert_clean()
+        assert res.code == expected, (fault, res.code, res.err)
+        assert words in res.err, res.err
+        if expected in (0, 1):
+            assert ledger.record_new(live), "a successful run commits a point"
+        _healthy_again(L, vm, ledger)
+
+
+def test_update_in_progress_before_a_run_waits_then_exits_4(tmp_path: Path) -> None:
+    with lab(tmp_path) as L:  # the lab's update_wait is 2 s
+        vm, _disk, ledger = _setup(L)
+        L.sim.faults.update("running")
+        started = time.monotonic()
+        res = cli(L.env, "job", "run", "nightly")
+        res.assert_clean()
+        assert res.code == 4, res.err
+        assert time.monotonic() - started >= 2.0, "the run waited update_wait first"
+        assert "updat" in res.err.lower(), res.err
+        assert len(ledger.lab.points()) == 1, "no point was made while the cluster updates"
+        _healthy_again(L, vm, ledger)
