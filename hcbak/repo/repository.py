@@ -225,6 +225,13 @@ class Repository:
             flags = FLAG_ENCRYPTED if self.sealer.encrypted else 0
             frame = frame_blob(block_id, flags, codec, len(data), payload)
             full = self._append(block_id, frame, len(data))
+        except BaseException as exc:
+            # Other threads saw this id in flight and reference it in their block maps:
+            # no point may be committed by this process any more.
+            with self._cv:
+                self._failed = self._failed or exc
+            raise
+        else:
             if full is not None:
                 self._finish(full)
             return len(frame)
