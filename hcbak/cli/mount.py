@@ -40,9 +40,14 @@ def register(app: typer.Typer) -> None:
 
 def mount_command(
     point_spec: Annotated[
-        str, typer.Argument(help="Point id, unique id prefix, VM@latest or VM@YYYY-MM-DD.")
+        str,
+        typer.Argument(
+            metavar="POINT", help="Point id, unique id prefix, VM@latest or VM@YYYY-MM-DD."
+        ),
     ],
-    mountpoint: Annotated[Path, typer.Argument(help="An empty directory to mount on.")],
+    mountpoint: Annotated[
+        Path, typer.Argument(metavar="MOUNTPOINT", help="An empty directory to mount on.")
+    ],
     repo: Annotated[
         str | None,
         typer.Option("--repo", help="Repository name (default: search all configured ones)."),

@@ -31,7 +31,8 @@ app = typer.Typer(
 )
 
 PointArg = Annotated[
-    str, typer.Argument(help="Point id, unique id prefix, VM@latest or VM@YYYY-MM-DD.")
+    str,
+    typer.Argument(metavar="POINT", help="Point id, unique id prefix, VM@latest or VM@YYYY-MM-DD."),
 ]
 RepoOpt = Annotated[
     str | None,

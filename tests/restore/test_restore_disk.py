@@ -229,3 +229,14 @@ def test_cli_rejects_json_with_stdout_output(
     point_id, _ = configured
     proc = run_hcbak("restore", "disk", point_id, "--disk", "0", "--to", "-", "--json")
     assert proc.returncode == 2 and "--json" in proc.stderr, proc.stderr
+
+
+def test_cli_restore_runs_while_a_backup_holds_a_shared_lock(
+    run_hcbak: RunHcbak, tmp_path: Path, configured: tuple[str, Path], source: Path
+) -> None:
+    point_id, repo_path = configured
+    out = tmp_path / "during-backup.raw"
+    with open_repo(repo_path, lock="shared"):
+        proc = run_hcbak("restore", "disk", point_id, "--disk", "0", "--to", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes() == source.read_bytes()
