@@ -1,0 +1,118 @@
+"""The per-disk pipeline, reader and device lookup on real files and a real repository."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hcbak.engine.cbt import full_plan, incremental_plan
+from hcbak.engine.pipeline import back_up_disk
+from hcbak.engine.report import DiskReport
+from hcbak.errors import Interrupted, TransportError
+from hcbak.repo import ZERO_BLOCK, init_repo, open_repo
+from hcbak.transport.device import by_id_path, locate_device
+from hcbak.transport.reader import DiskReader
+
+BS = 4096
+
+
+def _content(repo: Any, block_map: Any, capacity: int) -> bytes:
+    parts = []
+    for i in range(len(block_map)):
+        bid = block_map.get(i)
+        parts.append(bytes(BS) if bid == ZERO_BLOCK else repo.get_block(bid))
+    return b"".join(parts)[:capacity]
+
+
+writes = st.lists(
+    st.tuples(st.integers(0, 40 * BS), st.binary(min_size=1, max_size=3 * BS)), max_size=12
+)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(capacity=st.integers(1, 40 * BS), ops=writes, threads=st.integers(1, 3))
+def test_full_backup_of_a_sparse_file_stores_exactly_its_content(
+    tmp_path_factory: pytest.TempPathFactory, capacity: int, ops: list[tuple[int, bytes]],
+    threads: int,
+) -> None:  # fmt: skip
+    tmp = tmp_path_factory.mktemp("p")
+    disk = tmp / "disk"
+    with open(disk, "wb") as fh:
+        fh.truncate(capacity)
+        for offset, data in ops:
+            if offset < capacity:
+                fh.seek(offset)
+                fh.write(data[: capacity - offset])
+    init_repo(tmp / "repo", block_size=256 << 10)
+    with open_repo(tmp / "repo", lock=None) as repo, DiskReader(disk) as reader:
+        report = DiskReport("d", 0, "VIRTIO_DISK", capacity)
+        plan = full_plan(capacity, BS, "no base")
+        result = back_up_disk(reader, repo, plan, None, report, block_size=BS, threads=threads)
+        assert _content(repo, result.block_map, capacity) == disk.read_bytes()
+        assert report.blocks_read + report.blocks_zero == plan.n_blocks
+
+
+def test_holes_are_not_read_and_incremental_keeps_unchanged_blocks(tmp_path: Path) -> None:
+    disk = tmp_path / "disk"
+    with open(disk, "wb") as fh:
+        fh.truncate(64 * BS)
+        os.pwrite(fh.fileno(), b"x" * BS, 10 * BS)
+    if DiskReader(disk).data_ranges() in (None, [(0, 64 * BS)]):
+        pytest.skip("this filesystem does not report holes (SEEK_DATA)")
+    init_repo(tmp_path / "repo", block_size=256 << 10)
+    with open_repo(tmp_path / "repo", lock=None) as repo, DiskReader(disk) as reader:
+        first = back_up_disk(reader, repo, full_plan(64 * BS, BS, "no base"),
+                             None, DiskReport("d", 0, "V", 64 * BS), block_size=BS)  # fmt: skip
+        assert first.report.blocks_read < 64 and first.report.blocks_zero >= 60
+        with open(disk, "r+b") as fh:
+            os.pwrite(fh.fileno(), b"y" * 10, 20 * BS + 5)
+        plan = incremental_plan([(20 * BS + 5, 20 * BS + 15)], 64 * BS, BS)
+        second = back_up_disk(reader, repo, plan, first.block_map,
+                              DiskReport("d", 0, "V", 64 * BS), block_size=BS)  # fmt: skip
+        assert (second.report.blocks_read, second.report.blocks_changed) == (1, 1)
+        assert second.block_map.get(10) == first.block_map.get(10)
+        assert _content(repo, second.block_map, 64 * BS) == disk.read_bytes()
+
+
+def test_cancel_stops_the_pipeline_with_interrupted(tmp_path: Path) -> None:
+    disk = tmp_path / "disk"
+    disk.write_bytes(os.urandom(16 * BS))
+    init_repo(tmp_path / "repo", block_size=256 << 10)
+    cancel = threading.Event()
+    cancel.set()
+    with open_repo(tmp_path / "repo", lock=None) as repo, DiskReader(disk) as reader:
+        with pytest.raises(Interrupted):
+            report = DiskReport("d", 0, "V", 16 * BS)
+            plan = full_plan(16 * BS, BS, "x")
+            back_up_disk(reader, repo, plan, None, report, block_size=BS, cancel=cancel)
+
+
+def test_reader_pads_the_last_partial_block_with_zeros(tmp_path: Path) -> None:
+    disk = tmp_path / "disk"
+    disk.write_bytes(b"abc")
+    with DiskReader(disk) as reader:
+        assert reader.pread(0, 8) == b"abc" + bytes(5)
+        assert reader.pread(8, 4) == bytes(4)
+
+
+def test_locate_device_by_id_then_by_new_device_of_matching_size(tmp_path: Path) -> None:
+    uuid = "0123456789abcdef0123456789abcdef"
+    link = by_id_path(tmp_path, uuid)
+    link.parent.mkdir(parents=True)
+    link.write_bytes(b"")
+    assert locate_device(tmp_path, uuid, 0, timeout=0) == link
+    before = {"vda"}
+    (tmp_path / "vda").write_bytes(bytes(100))
+    (tmp_path / "vdb").write_bytes(bytes(300))  # appeared, wrong size
+    (tmp_path / "vdc").write_bytes(bytes(200))  # appeared, clone's size
+    assert locate_device(tmp_path, "other-uuid", 200, before=before, timeout=0) == tmp_path / "vdc"
+    with pytest.raises(TransportError, match="did not appear"):
+        locate_device(tmp_path, "missing", 999, before=before, timeout=0.05)
