@@ -7,6 +7,7 @@ stored password available to anyone on the path.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -144,6 +145,8 @@ def _tls_from_options(
         tls.fingerprints[address] = check_value(normalize_fingerprint, value, "--fingerprint")
     if insecure and (ca_file or fingerprints or tofu):
         raise UsageError("--insecure cannot be combined with other TLS options")
+    if ca_file and not Path(ca_file).expanduser().is_file():
+        raise UsageError(f"--ca-file: {ca_file} is not a file")
     if tofu:
         for address in cluster.nodes:
             if address not in tls.fingerprints:

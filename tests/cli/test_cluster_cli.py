@@ -84,6 +84,8 @@ def test_duplicate_name_is_refused_unless_force(run_inproc: RunHcbak, config_pat
          "only one of"),
         (["cluster", "add", "p", "--node", "h", "-u", "u", "--password", "s3cret"],
          "No such option"),
+        (["cluster", "add", "p", "--node", "h", *CREDS, "--ca-file", "/nonexistent.pem"],
+         "--ca-file: /nonexistent.pem is not a file"),
         (["cluster", "show", "prd"], "did you mean 'prod'?"),
     ],
 )  # fmt: skip
