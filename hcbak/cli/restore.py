@@ -91,6 +91,8 @@ def vm_command(
         progress = stack.enter_context(_progress(json_out))
         info(f"restoring point {point.id[:12]} ({point.vm_name}) to cluster {cluster_cfg.name}")
         result = restore_vm(repository, point, client, options, progress)
+    for disk in result.not_restored:
+        warn(f"not restored (no data in the point): {disk}")
     if json_out:
         emit_json(result.to_dict())
         return

@@ -80,6 +80,9 @@ class VmResult:
     replaced_uuid: str | None = None
     replaced_name: str | None = None
     disks: list[DiskResult] = field(default_factory=list)
+    # Disks of the saved definition that the point holds no data for (CD-ROMs, disks
+    # excluded by the job or with snapshots disabled): not recreated, reported.
+    not_restored: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -431,6 +434,7 @@ def restore_vm(
         disks, new_devices = _upload_disks(repo, point, client, vm_uuid, undo, progress)
         boot = _boot_order(client, point.vm, vm_uuid, new_devices)
         result = VmResult(point.id, vm_uuid, target, powered_on=False, disks=disks)
+        result.not_restored = _not_in_point(point)
         if original is None:
             if boot:
                 client.update_vm(vm_uuid, {"bootDevices": boot})
@@ -536,6 +540,15 @@ def _upload_disks(
             )
         )
     return results, new_devices
+
+
+def _not_in_point(point: Point) -> list[str]:
+    stored = {d.uuid for d in point.disks}
+    return [
+        f"slot {d.get('slot')} {d.get('type')} {d.get('uuid')}"
+        for d in point.vm.get("blockDevs") or []
+        if d.get("uuid") not in stored
+    ]
 
 
 def _boot_order(

@@ -71,7 +71,7 @@ def run_cli(lab: RestoreLab, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_restore_as_new_vm_matches_point_content_and_definition(lab: RestoreLab) -> None:
-    original = make_vm(lab, uefi=True)
+    original = make_vm(lab, uefi=True, cdrom=True)
     point = lab.back_up()
     before = disks_by_slot(lab, original)
     expected = {
@@ -88,6 +88,9 @@ def test_restore_as_new_vm_matches_point_content_and_definition(lab: RestoreLab)
     assert "Traceback" not in proc.stderr
     result = json.loads(proc.stdout)
     new_uuid = result["vm_uuid"]
+    # The CD-ROM holds no data in the point: reported, not silently dropped.
+    assert [d for d in result["not_restored"] if "IDE_CDROM" in d] == result["not_restored"]
+    assert result["not_restored"] and "not restored" in proc.stderr
     new = lab.sim.vm_record(new_uuid)
     old = lab.sim.vm_record(original)
     assert new["name"] == "web01-restored"
