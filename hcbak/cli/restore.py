@@ -127,6 +127,8 @@ def disk_command(
         raise UsageError(f"unknown --format {fmt!r}", hint="use raw, qcow2, vmdk or vhdx")
     if to == "-" and json_out:
         raise UsageError("--json cannot be combined with --to - (stdout carries the disk)")
+    if to == "-" and is_tty(sys.stdout):
+        raise UsageError("refusing to write a disk image to a terminal", hint="pipe or redirect it")
     config = load_config()
     with ExitStack() as stack:
         repository, point = stack.enter_context(opened_point(config, point_spec, repo))
