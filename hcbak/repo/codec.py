@@ -15,7 +15,7 @@ import lz4.frame
 import zstandard
 
 from hcbak.errors import IntegrityError, RepoError
-from hcbak.repo.crypto import Sealer
+from hcbak.repo.crypto import NONCE_LEN, TAG_LEN, Sealer
 
 CODEC_NONE = 0
 CODEC_LZ4 = 1
@@ -56,8 +56,8 @@ def decompress(data: bytes, codec: int, plain_len: int, what: str) -> bytes:
             out = zstandard.ZstdDecompressor().decompress(data, max_output_size=plain_len)
         else:
             raise IntegrityError(f"{what} uses unknown codec {codec}")
-    except (RuntimeError, zstandard.ZstdError) as exc:
-        raise IntegrityError(f"{what} does not decompress: {exc}")
+    except (RuntimeError, ValueError, OverflowError, MemoryError, zstandard.ZstdError) as exc:
+        raise IntegrityError(f"{what} does not decompress: {type(exc).__name__}")
     if len(out) != plain_len:
         raise IntegrityError(f"{what} decompresses to {len(out)} bytes, expected {plain_len}")
     return out
@@ -65,6 +65,11 @@ def decompress(data: bytes, codec: int, plain_len: int, what: str) -> bytes:
 
 # Envelope: flags u8 | codec u8 | reserved u16 | crc32 u32 | plain_len u64 | stored_len u64
 ENVELOPE = struct.Struct("<BBHIQQ")
+
+
+def _fields(flags: int, codec: int, plain_len: int, stored_len: int) -> bytes:
+    """The envelope header without its crc: what the crc and the GCM tag also cover."""
+    return struct.pack("<BBHQQ", flags, codec, 0, plain_len, stored_len)
 
 
 @dataclass
@@ -75,9 +80,14 @@ class Envelope:
 
     def seal(self, plain: bytes, ad: bytes, codec: int = CODEC_ZSTD) -> bytes:
         used, comp = compress(plain, codec)
-        stored = self.sealer.seal(comp, ad)
         flags = FLAG_ENCRYPTED if self.sealer.encrypted else 0
-        head = ENVELOPE.pack(flags, used, 0, zlib.crc32(stored), len(plain), len(stored))
+        sealed_len = len(comp) + (NONCE_LEN + TAG_LEN if self.sealer.encrypted else 0)
+        fields = _fields(flags, used, len(plain), sealed_len)
+        # The header fields are covered by the crc and, when encrypted, by the tag.
+        stored = self.sealer.seal(comp, ad + fields)
+        head = ENVELOPE.pack(
+            flags, used, 0, zlib.crc32(stored, zlib.crc32(fields)), len(plain), len(stored)
+        )
         return head + stored
 
     def open(self, data: bytes, offset: int, ad: bytes, what: str) -> tuple[bytes, int]:
@@ -89,9 +99,10 @@ class Envelope:
         stored = data[end_head : end_head + stored_len]
         if len(stored) != stored_len:
             raise IntegrityError(f"{what} is truncated")
-        if zlib.crc32(stored) != crc:
+        fields = _fields(flags, codec, plain_len, stored_len)
+        if zlib.crc32(stored, zlib.crc32(fields)) != crc:
             raise IntegrityError(f"{what} has a bad checksum")
         if bool(flags & FLAG_ENCRYPTED) != self.sealer.encrypted:
             raise IntegrityError(f"{what} encryption flag does not match the repository")
-        comp = self.sealer.open(stored, ad, what)
+        comp = self.sealer.open(stored, ad + fields, what)
         return decompress(comp, codec, plain_len, what), end_head + stored_len

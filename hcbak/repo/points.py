@@ -141,12 +141,19 @@ def decode_header(data: bytes, point_id: str, envelope: Envelope) -> tuple[dict[
         header = json.loads(plain)
     except ValueError:
         raise IntegrityError(f"{what} manifest header is not JSON")
-    if header.get("id") != point_id:
+    if not isinstance(header, dict) or header.get("id") != point_id:
         raise IntegrityError(f"{what} manifest names another point")
     return header, end
 
 
 def summary_from_header(h: dict[str, Any]) -> PointSummary:
+    try:
+        return _summary(h)
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        raise IntegrityError(f"point {h.get('id')} header is malformed ({type(exc).__name__})")
+
+
+def _summary(h: dict[str, Any]) -> PointSummary:
     return PointSummary(
         id=h["id"],
         job=h.get("job", ""),
@@ -162,6 +169,13 @@ def summary_from_header(h: dict[str, Any]) -> PointSummary:
 
 
 def decode_manifest(data: bytes, point_id: str, envelope: Envelope) -> Point:
+    try:
+        return _decode_manifest(data, point_id, envelope)
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        raise IntegrityError(f"point {point_id} manifest is malformed ({type(exc).__name__})")
+
+
+def _decode_manifest(data: bytes, point_id: str, envelope: Envelope) -> Point:
     h, pos = decode_header(data, point_id, envelope)
     maps, _end = envelope.open(data, pos, _ad(point_id, b"maps"), f"point {point_id}")
     disks: list[DiskImage] = []

@@ -81,7 +81,10 @@ def read_config_doc(root: Path) -> dict[str, Any]:
         raise RepoError(f"repository config {path} is unreadable: {exc}")
     if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
         raise RepoError(f"{path} is not an hcbak repository config")
-    if int(doc.get("version", 0)) > FORMAT_VERSION:
+    version = doc.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise RepoError(f"repository config field version is invalid: {version!r}")
+    if version > FORMAT_VERSION:
         raise RepoError(
             f"repository format version {doc['version']} is newer than this hcbak supports",
             hint="upgrade hcbak",
@@ -92,32 +95,90 @@ def read_config_doc(root: Path) -> dict[str, Any]:
 def load_settings(
     root: Path, passphrase: Secret | None
 ) -> tuple[RepoSettings, KeyMaterial | None, int]:
-    """Returns (settings, key material or None when unencrypted, id seed)."""
+    """Returns (settings, key material or None when unencrypted, id seed).
+
+    `config` has no checksum of its own: every field is validated here so damage is
+    refused with a RepoError naming the field, never a crash in a decoder.
+    """
     doc = read_config_doc(root)
     enc = doc.get("encryption")
     settings = RepoSettings(
-        repo_id=str(doc["repo_id"]),
-        block_size=int(doc["block_size"]),
-        compression=str(doc["compression"]),
+        repo_id=_field(doc, "repo_id", str),
+        block_size=_field(doc, "block_size", int),
+        compression=_field(doc, "compression", str),
         encrypted=enc is not None,
-        version=int(doc["version"]),
+        version=_field(doc, "version", int),
         created=str(doc.get("created", "")),
     )
+    if settings.compression not in ("lz4", "zstd", "none"):
+        raise _bad("compression", settings.compression)
+    try:
+        validate_block_size(settings.block_size)
+    except RepoError:
+        raise _bad("block_size", settings.block_size)
     if enc is None:
-        return settings, None, int(doc["id_seed"])
+        seed = _field(doc, "id_seed", int)
+        if not 0 <= seed < 1 << 64:
+            raise _bad("id_seed", seed)
+        return settings, None, seed
+    if not isinstance(enc, dict):
+        raise _bad("encryption", enc)
+    if enc.get("cipher") != "aes-256-gcm":
+        raise _bad("encryption.cipher", enc.get("cipher"))
+    if enc.get("kdf") != "scrypt":
+        raise _bad("encryption.kdf", enc.get("kdf"))
+    kdf = kdf_from(enc)
+    wrapped = _hex_field(enc, "wrapped_key")
+    if len(wrapped) != WRAPPED_KEY_LEN:
+        raise _bad("encryption.wrapped_key", "(wrong length)")
     if passphrase is None:
         raise PassphraseError(
             f"repository {root} is encrypted and no passphrase was given",
             hint="set the repository's passphrase reference in the config",
         )
-    material = unwrap_key(
-        bytes.fromhex(enc["wrapped_key"]), passphrase, kdf_from(enc), settings.repo_id
-    )
+    material = unwrap_key(wrapped, passphrase, kdf, settings.repo_id)
     return settings, material, material.id_seed
 
 
+# nonce + (32-byte master key + 8-byte seed) + GCM tag
+WRAPPED_KEY_LEN = 12 + 40 + 16
+
+
 def kdf_from(enc: dict[str, Any]) -> KdfParams:
-    return KdfParams(int(enc["n"]), int(enc["r"]), int(enc["p"]), bytes.fromhex(enc["salt"]))
+    n, r, p = (_field(enc, k, int, "encryption.") for k in ("n", "r", "p"))
+    if n < 2 or n & (n - 1) or n > 1 << 22:
+        raise _bad("encryption.n", n)
+    if not 1 <= r <= 64:
+        raise _bad("encryption.r", r)
+    if not 1 <= p <= 16:
+        raise _bad("encryption.p", p)
+    salt = _hex_field(enc, "salt")
+    if not 8 <= len(salt) <= 64:
+        raise _bad("encryption.salt", "(wrong length)")
+    return KdfParams(n, r, p, salt)
+
+
+def _bad(name: str, value: object) -> RepoError:
+    shown = value if isinstance(value, int | str) and len(str(value)) < 40 else "(invalid)"
+    return RepoError(
+        f"repository config field {name} is invalid: {shown!r}",
+        hint="the repository's config file is damaged; restore it from a copy",
+    )
+
+
+def _field(doc: dict[str, Any], key: str, kind: type, prefix: str = "") -> Any:
+    value = doc.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise _bad(prefix + key, value)
+    return value
+
+
+def _hex_field(enc: dict[str, Any], key: str) -> bytes:
+    value = _field(enc, key, str, "encryption.")
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        raise _bad("encryption." + key, "(not hex)")
 
 
 def write_config(root: Path, data: bytes) -> None:
