@@ -180,8 +180,8 @@ def opened_point(
         except NotFoundError:
             continue
         except HcbakError as exc:
-            if repo_name:
-                raise
+            if len(candidates) == 1:
+                raise  # nothing else to search: the real reason is the answer
             skipped.append(f"{repo_cfg.name}: {exc.one_line()}")
     for line in skipped:
         warn(f"repository {line}")

@@ -16,6 +16,7 @@ from hcbak.config import Config, RepoConfig, save_config
 from hcbak.engine.restore import restore_disk, select_disk
 from hcbak.errors import NotFoundError, UsageError
 from hcbak.repo import Point, Repository, init_repo, open_repo
+from hcbak.secrets import Secret, SecretRef
 
 from .helpers import MiB, SourceDisk, make_point, write_source
 
@@ -240,3 +241,27 @@ def test_cli_restore_runs_while_a_backup_holds_a_shared_lock(
         proc = run_hcbak("restore", "disk", point_id, "--disk", "0", "--to", str(out))
     assert proc.returncode == 0, proc.stderr
     assert out.read_bytes() == source.read_bytes()
+
+
+def test_cli_restores_from_an_encrypted_repository_with_the_passphrase_from_env(
+    run_hcbak: RunHcbak, hcbak_env: dict[str, str], tmp_path: Path, source: Path
+) -> None:
+    path = tmp_path / "secret-repo"
+    secret = Secret("correct horse battery staple")
+    init_repo(path, block_size=MiB, passphrase=secret, kdf_n=1 << 10)  # fast scrypt for tests
+    with open_repo(path, passphrase=secret, lock="shared") as repo:
+        point = make_point(repo, [SourceDisk(source, "disk-aaaa-1111", 0)])
+    config = Config(path=Path(hcbak_env["HCBAK_CONFIG"]))
+    config.repositories["vault"] = RepoConfig(
+        name="vault", path=str(path), passphrase=SecretRef(env="VAULT_PASS")
+    )
+    save_config(config)
+    out = tmp_path / "vault.qcow2"
+    args = ("restore", "disk", point.id[:6], "--disk", "0", "--to", str(out), "--format", "qcow2")
+    missing = run_hcbak(*args)
+    assert missing.returncode == 2 and "VAULT_PASS" in missing.stderr, missing.stderr
+    assert "correct horse" not in missing.stderr
+    proc = run_hcbak(*args, env={"VAULT_PASS": secret.reveal()})
+    assert proc.returncode == 0, proc.stderr
+    if QEMU_IMG:
+        qemu_compare(source, out, "qcow2")
