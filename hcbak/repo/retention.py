@@ -5,21 +5,22 @@ Points are grouped per (job, VM). Within a group, newest first:
 - keep_hourly/daily/weekly/monthly/yearly N keep the newest point of each of the N
   most recent hours/days/ISO weeks/months/years that have points (UTC buckets);
 - keep_within D keeps every point no older than D before the group's newest point
-  (D like "7d", "2w", "1y6m", "36h"; relative to the newest point, not to now, so
-  a backup that stops running never erodes the history - restic's choice).
+  (D in the config's duration syntax: "36h", "7d", "2w", "1y" = 365 days; relative to
+  the newest point, not to now, so a backup that stops running never erodes the
+  history - restic's choice).
 A point is kept when any rule keeps it; the reasons name every rule that did.
 An empty policy keeps everything (forgetting must be asked for explicitly).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 from hcbak.errors import UsageError
+from hcbak.schedule import parse_duration
 
 
 class PointLike(Protocol):
@@ -72,31 +73,15 @@ _BUCKETS: list[tuple[str, Callable[[datetime], Hashable]]] = [
     ("monthly", lambda t: (t.year, t.month)),
     ("yearly", lambda t: t.year),
 ]
-_WITHIN = re.compile(r"^(?:(\d+)y)?(?:(\d+)m)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?$")
 
 
-def parse_within(text: str) -> tuple[int, int, int]:
-    """'1y6m2w3d4h' -> (years, months, hours) components for calendar arithmetic."""
-    m = _WITHIN.match(text.strip())
-    if not text.strip() or m is None:
-        raise UsageError(f"keep_within {text!r} is not a duration like 7d, 2w, 1y6m or 36h")
-    y, mo, w, d, h = (int(g) if g else 0 for g in m.groups())
-    return y, mo, (w * 7 + d) * 24 + h
-
-
-def subtract(t: datetime, years: int, months: int, hours: int) -> datetime:
-    """Calendar subtraction (clamping the day: Mar 31 - 1 month = Feb 28/29)."""
-    total = t.year * 12 + (t.month - 1) - years * 12 - months
-    year, month = divmod(total, 12)
-    month += 1
-    day = t.day
-    while True:
-        try:
-            moved = t.replace(year=year, month=month, day=day)
-            break
-        except ValueError:
-            day -= 1
-    return moved - timedelta(hours=hours)
+def parse_within(text: str) -> timedelta:
+    """keep_within uses the config's duration syntax (hcbak.schedule.parse_duration):
+    a number and a unit s, m (minutes), h, d, w, y (365 days), e.g. 7d, 2w, 1d12h."""
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise UsageError(f"keep_within: {exc}")
 
 
 def _utc(t: datetime) -> datetime:
@@ -146,8 +131,7 @@ def _select_group(points: Sequence[P], policy: Policy) -> list[tuple[P, bool, li
                 seen = b
                 left -= 1
     if policy.keep_within and ordered:
-        y, mo, h = parse_within(policy.keep_within)
-        limit = subtract(_utc(ordered[0].created), y, mo, h)
+        limit = _utc(ordered[0].created) - parse_within(policy.keep_within)
         for i, p in enumerate(ordered):
             if _utc(p.created) >= limit:
                 reasons[i].append(f"within {policy.keep_within}")
