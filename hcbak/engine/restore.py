@@ -161,8 +161,10 @@ def _write_file(repo: Repository, disk: DiskImage, dest: Path, fmt: str, report:
             with open(dest, "xb") as out:
                 return _write_qcow2(repo, disk, out, report)
         return _write_raw_file(repo, disk, dest, report, is_device)
+    except FileExistsError:
+        raise UsageError(f"{dest} already exists", hint="remove it or choose another path")
     except BaseException:
-        if not is_device:
+        if not is_device:  # we created it (exclusive create): remove the partial file
             dest.unlink(missing_ok=True)
         raise
 
@@ -186,7 +188,7 @@ def _write_raw_file(
             offset = index * disk.block_size
             os.pwrite(fd, data[: disk.capacity - offset], offset)
             written += len(data) if data is not _zero_block(disk.block_size) else 0
-            report(_label(disk), (index + 1) * disk.block_size, disk.capacity)
+            report(_label(disk), min(disk.capacity, offset + disk.block_size), disk.capacity)
         report(_label(disk), disk.capacity, disk.capacity)
         return written
     finally:
