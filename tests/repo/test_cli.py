@@ -148,3 +148,49 @@ def test_repo_unlock_removes_only_stale_locks_unless_forced(
     assert lock.exists()
     run_hcbak("repo", "unlock", "r", "--force", check=True)
     assert not lock.exists()
+
+
+def test_passwd_rewraps_the_key_only_and_remove_refuses_a_repository_in_use(
+    run_hcbak: RunHcbak, tmp_path: Path
+) -> None:
+    env = {"PW1": "first passphrase", "PW2": "second passphrase"}
+    root = tmp_path / "r"
+    run_hcbak(
+        "repo",
+        "add",
+        "main",
+        "--path",
+        str(root),
+        "--encrypt",
+        "--passphrase-env",
+        "PW1",
+        env=env,
+        check=True,
+    )
+    wrapped_before = json.loads((root / "config").read_text())["encryption"]["wrapped_key"]
+    run_hcbak("repo", "passwd", "main", "--passphrase-env", "PW2", env=env, check=True)
+    doc = json.loads((root / "config").read_text())
+    assert doc["encryption"]["wrapped_key"] != wrapped_before
+    assert "passphrase_env: PW2" in (tmp_path / "config.yaml").read_text()
+    from hcbak.errors import PassphraseError
+    from hcbak.repo import open_repo
+    from hcbak.secrets import Secret
+
+    with open_repo(root, passphrase=Secret("second passphrase"), lock=None):
+        pass
+    try:
+        with open_repo(root, passphrase=Secret("first passphrase"), lock=None):
+            raise AssertionError("the old passphrase still opens the repository")
+    except PassphraseError:
+        pass
+    cfg = tmp_path / "config.yaml"
+    text = cfg.read_text()
+    assert "clusters: {}" in text and "jobs: {}" in text
+    text = text.replace(
+        "clusters: {}",
+        "clusters:\n  c1:\n    nodes: [10.0.0.1]\n    username: u\n    password_env: X",
+    ).replace("jobs: {}", "jobs:\n  nightly:\n    cluster: c1\n    repo: main\n    vms: [web]")
+    cfg.write_text(text)
+    refused = run_hcbak("repo", "remove", "main", env=env)
+    assert refused.returncode == 2 and "nightly" in refused.stderr, refused.stderr
+    assert_no_traceback(refused)
