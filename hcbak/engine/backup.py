@@ -684,13 +684,13 @@ class _Clone:
             journal_clone(
                 s.state_dir, pending, {**info, "pending": True, "worker_disks": worker_disks}
             )
-            try:
-                self.clone_uuid = s.hc.clone_snapshot_disk(
-                    self.disk.uuid, self.snap.uuid, s.worker_uuid, self.capacity
-                )
-                journal_clone(s.state_dir, self.clone_uuid, info)
-            finally:
-                forget_clone(s.state_dir, pending)
+            # On failure the pending entry stays: a POST whose answer was lost may still
+            # have created the clone, and the next run removes it.
+            self.clone_uuid = s.hc.clone_snapshot_disk(
+                self.disk.uuid, self.snap.uuid, s.worker_uuid, self.capacity
+            )
+            journal_clone(s.state_dir, self.clone_uuid, info)
+            forget_clone(s.state_dir, pending)
         try:
             return locate_device(root, self.clone_uuid, self.capacity, before=before)
         except BaseException:
