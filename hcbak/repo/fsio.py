@@ -59,15 +59,20 @@ def tmp_path_for(final: Path) -> Path:
     return final.parent / f"{TMP_PREFIX}{final.name[:24]}-{secrets.token_hex(6)}"
 
 
-def raise_os_error(exc: OSError, what: str) -> None:
-    """Turn an OSError into the typed repository error (ENOSPC -> NoSpaceError)."""
+def typed_os_error(exc: OSError, what: str) -> RepoError:
+    """The typed repository error for an OSError (ENOSPC/EDQUOT -> NoSpaceError)."""
     if exc.errno in NO_SPACE_ERRNOS:
-        raise NoSpaceError(
-            f"no space left while writing {what}",
-            hint="free space on the repository filesystem; the repository is unchanged "
-            "except for unreferenced data that `hcbak repo prune` removes",
-        ) from exc
-    raise RepoError(f"could not write {what}: {exc.strerror or exc}") from exc
+        return NoSpaceError(
+            f"no space left on the repository filesystem while writing {what}",
+            hint="free space there; the repository is unchanged except for unreferenced "
+            "data that `hcbak repo prune` removes",
+        )
+    return RepoError(f"could not write {what}: {exc.strerror or exc}")
+
+
+def raise_os_error(exc: OSError, what: str) -> None:
+    """Raise the typed repository error for an OSError."""
+    raise typed_os_error(exc, what) from exc
 
 
 def atomic_write(final: Path, data: bytes, *, write_once: bool = False) -> bool:

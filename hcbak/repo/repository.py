@@ -21,7 +21,7 @@ from pathlib import Path
 
 import xxhash
 
-from hcbak.errors import IntegrityError, NotFoundError, RepoError, UsageError
+from hcbak.errors import IntegrityError, NoSpaceError, NotFoundError, RepoError, UsageError
 from hcbak.repo import fsio
 from hcbak.repo.blockmap import ZERO_BLOCK
 from hcbak.repo.codec import ENVELOPE, FLAG_ENCRYPTED, Envelope, codec_id, compress, decompress
@@ -262,7 +262,9 @@ class Repository:
 
     def _fail_writer(self, writer: PackWriter | None, exc: BaseException) -> None:
         """A pack could not be written: drop its blocks and refuse further commits."""
-        self._failed = exc
+        if isinstance(exc, OSError):
+            exc = fsio.typed_os_error(exc, "a pack file")
+        self._failed = self._failed or exc
         if writer is not None:
             writer.abort()
             for entry in writer.entries:
@@ -271,9 +273,12 @@ class Repository:
                 self._writer = None
 
     def _check_failed(self) -> None:
-        if self._failed is not None:
-            if isinstance(self._failed, RepoError):
-                raise self._failed
+        failed = self._failed
+        if failed is not None:
+            if isinstance(failed, NoSpaceError):  # a fresh copy per thread
+                raise NoSpaceError(failed.message, hint=failed.hint)
+            if isinstance(failed, RepoError):
+                raise RepoError(failed.message, hint=failed.hint)
             raise RepoError("an earlier write to the repository failed; nothing more is committed")
 
     def _finish(self, writer: PackWriter) -> None:

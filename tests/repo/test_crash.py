@@ -8,6 +8,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from conftest import RunHcbak, assert_no_traceback
 from repo_helpers import BS, PASS, disk_bytes, make_repo, read_disk, write_point
 
 from hcbak.errors import NoSpaceError
-from hcbak.repo import open_repo
+from hcbak.repo import Repository, open_repo
 from hcbak.repo.locks import read_locks, unlock
 from hcbak.repo.verify import verify
 
@@ -147,10 +148,27 @@ def test_full_disk_gives_no_space_error_and_leaves_a_consistent_repository(
         root = make_repo(mnt / "r", encrypted=True)
         with open_repo(root, passphrase=PASS, pack_target=512 * 1024) as repo:
             first = write_point(repo, disk_bytes(5, 4))
+        errors: list[BaseException] = []
+
+        def fill(repo: Repository, seed: int) -> None:
+            rnd = random.Random(seed)
+            try:
+                for _ in range(100):
+                    block = rnd.randbytes(BS)
+                    repo.put_block(repo.block_id(block), block)
+            except BaseException as exc:
+                errors.append(exc)
+
         with pytest.raises(NoSpaceError, match="no space left"):
             with open_repo(root, passphrase=PASS, pack_target=512 * 1024) as repo:
-                for n in range(100):
-                    write_point(repo, random.Random(n).randbytes(4 * BS))
+                threads = [threading.Thread(target=fill, args=(repo, s)) for s in (1, 2)]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                # Every backup thread got the typed error, and nothing more commits.
+                assert len(errors) == 2 and all(isinstance(e, NoSpaceError) for e in errors)
+                write_point(repo, disk_bytes(6, 2))
         assert list(root.rglob(".tmp-*")) == []
         with open(mnt / "filler", "wb") as fh:  # take whatever space is left
             try:
