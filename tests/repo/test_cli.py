@@ -194,3 +194,41 @@ def test_passwd_rewraps_the_key_only_and_remove_refuses_a_repository_in_use(
     refused = run_hcbak("repo", "remove", "main", env=env)
     assert refused.returncode == 2 and "nightly" in refused.stderr, refused.stderr
     assert_no_traceback(refused)
+
+
+def test_repo_forget_applies_each_jobs_retention_and_dry_run_explains(
+    run_hcbak: RunHcbak, tmp_path: Path
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from repo_helpers import make_repo, write_point
+
+    from hcbak.repo import open_repo
+
+    root = make_repo(tmp_path / "r", encrypted=False)
+    start = datetime(2026, 11, 1, tzinfo=UTC)
+    with open_repo(root) as repo:
+        ids = [
+            write_point(repo, bytes([n + 1]) * 4096, vm="web", created=start + timedelta(days=n)).id
+            for n in range(3)
+        ]
+    run_hcbak("repo", "add", "main", "--path", str(root), check=True)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(
+        cfg.read_text()
+        .replace(
+            "clusters: {}",
+            "clusters:\n  c1:\n    nodes: [10.0.0.1]\n    username: u\n    password_env: X",
+        )
+        .replace(
+            "jobs: {}",
+            "jobs:\n  nightly:\n    cluster: c1\n    repo: main\n    vms: [web]\n"
+            "    retention: {keep_last: 1}",
+        )
+    )
+    dry = json.loads(run_hcbak("repo", "forget", "main", "--dry-run", "--json", check=True).stdout)
+    plan = {p["id"]: (p["keep"], p["reasons"]) for p in dry["points"]}
+    assert plan == {ids[2]: (True, ["last 1"]), ids[1]: (False, []), ids[0]: (False, [])}
+    run_hcbak("repo", "forget", "main", check=True)
+    left = json.loads(run_hcbak("points", "list", "--json", check=True).stdout)["points"]
+    assert [p["id"] for p in left] == [ids[2]]
