@@ -1,0 +1,413 @@
+"""`make bench`: hcbak against restic and borg on the same VM-like image, in one run.
+
+Steps (all in this run, so the numbers share one machine state):
+1. machine limits: page-cache read of the image, and xxh3-128 + lz4 over its data in
+   one thread (what a single core can do at best);
+2. hcbak through the real CLI (`hcbak job run`, `hcbak restore disk`) as child processes,
+   measured alone with wait4 (wall time, peak RSS), against a simulator running in this
+   process: full backup, 1%-changed incremental (guest writes via the simulator), restore
+   of the incremental point to a sparse raw file, repository growth of the incremental;
+3. peers when installed (restic, borg with its default chunker, borg with fixed 4 MiB
+   chunks and --sparse) on the same base and changed images (benchmarks/peers.py);
+4. optionally (--rss-scaling) hcbak's peak RSS for full backups of 1, 4 and 16 GiB
+   sparse disks, to show memory is flat with disk size.
+
+It prints one table and the targets of issue 8 as ratios hcbak / peer, met or missed;
+--write-results also writes benchmarks/RESULTS.md with the machine and tool versions.
+
+    .venv/bin/python benchmarks/run.py --size 256MiB           # quick check
+    .venv/bin/python benchmarks/run.py --write-results         # 4 GiB, the reference run
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import lz4.frame
+import xxhash
+from backup import HCBAK, one_run, parse_size, setup
+from image import (
+    HOLE,
+    REGION,
+    changed_copy,
+    changed_regions,
+    changed_writes,
+    region_kinds,
+    write_image,
+)
+from measure import dir_size, run_measured
+from peers import available, run_peer
+
+from hcbak import __version__
+from hcbak.config import JobConfig, load_config, save_config
+from hcbak.repo import init_repo
+from hcbak.sim import Simulator
+
+MiB = 1 << 20
+GiB = 1 << 30
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+PEERS = ("restic", "borg", "borg-fixed")
+
+
+@dataclass
+class Row:
+    tool: str
+    step: str
+    seconds: float
+    mib_s: float
+    rss_mib: float | None = None
+    repo_bytes: int | None = None  # repository size (full), growth (incr), allocated (restore)
+
+
+@dataclass
+class Target:
+    name: str
+    value: float | None
+    limit: float
+    detail: str
+
+    @property
+    def verdict(self) -> str:
+        if self.value is None:
+            return "not measured"
+        return "met" if self.value <= self.limit else "missed"
+
+
+@dataclass
+class HcbakRun:
+    rows: list[Row]
+    changed_bytes: int
+    restored_allocated: int
+    restored_identical: bool
+
+
+# --- 1. machine limits ----------------------------------------------------------------
+def machine_limits(image: Path, size: int) -> list[Row]:
+    """Page-cache read of the whole image (second pass, warm), and xxh3-128 + lz4 of its
+    written regions in one thread (holes are skipped, as hcbak skips them)."""
+    _read_all(image)
+    start = time.perf_counter()
+    _read_all(image)
+    read_s = time.perf_counter() - start
+    written = [i for i, k in enumerate(region_kinds(size)) if k != HOLE]
+    with open(image, "rb") as fh:
+        start = time.perf_counter()
+        for i in written:
+            data = os.pread(fh.fileno(), REGION, i * REGION)
+            xxhash.xxh3_128_digest(data)
+            lz4.frame.compress(data, store_size=False)
+        cpu_s = time.perf_counter() - start
+    return [
+        Row("machine", "page-cache read", read_s, size / MiB / read_s),
+        Row("machine", "xxh3+lz4 1 thread", cpu_s, size / MiB / cpu_s),
+    ]
+
+
+def _read_all(path: Path) -> None:
+    with open(path, "rb") as fh:
+        while fh.read(8 * MiB):
+            pass
+
+
+# --- 2. hcbak ---------------------------------------------------------------------------
+def run_hcbak(work: Path, size: int, changed_image: Path) -> HcbakRun:
+    """Full, incremental and restore through the CLI against an in-process simulator."""
+    rows = []
+    with Simulator(work / "sim", nodes=1, task_delay=0.005) as sim:
+        env = setup(work, sim, size, encrypt=False)
+        # The fixed cost every command pays (interpreter + imports), for reading small runs.
+        m = run_measured([*HCBAK, "version"], env=env)
+        rows.append(Row("hcbak", "startup (version)", m.seconds, 0.0, m.peak_rss_mib))
+        repo = work / "repo"
+        init_repo(repo)
+        full = one_run(env, "full", size, threads=3)
+        rows.append(_row("full", full, dir_size(str(repo))))
+        before = dir_size(str(repo))
+        disk = sim.disk_uuids("bench01")[0]
+        for offset, data in changed_writes(size):
+            sim.write(disk, offset, data)
+        incr = one_run(env, "incremental 1%", size, threads=3)
+        rows.append(_row("incr 1%", incr, dir_size(str(repo)) - before))
+    out = work / "hcbak-restored.raw"
+    out.unlink(missing_ok=True)
+    argv = [*HCBAK, "restore", "disk", "bench01@latest", "--disk", "0", "--to", str(out)]
+    m = run_measured(argv, env=env)
+    if m.returncode != 0:
+        raise RuntimeError(f"hcbak restore failed ({m.returncode}): {m.stderr.strip()[-500:]}")
+    allocated = out.stat().st_blocks * 512
+    rows.append(
+        Row("hcbak", "restore", m.seconds, size / MiB / m.seconds, m.peak_rss_mib, allocated)
+    )
+    identical = _sha256(out) == _sha256(changed_image)
+    out.unlink()
+    return HcbakRun(rows, len(changed_regions(size)) * REGION, allocated, identical)
+
+
+def _row(step: str, run: dict[str, float], repo_bytes: int) -> Row:
+    return Row("hcbak", step, run["seconds"], run["mib_s"], run["rss_mib"], repo_bytes)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(8 * MiB):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --- 3. peers ---------------------------------------------------------------------------
+def run_peers(work: Path, base: Path, size: int, say: Callable[[str], None]) -> list[Row]:
+    have = available()
+    rows: list[Row] = []
+    for name in PEERS:
+        binary = "restic" if name == "restic" else "borg"
+        if not have[binary]:
+            say(f"{name}: not installed, skipped (apt-get install restic borgbackup)")
+            continue
+        say(f"{name}: full, incremental, restore")
+        peer_work = work / "peers"
+        peer_work.mkdir(exist_ok=True)
+
+        def make_changed(dest: Path) -> None:
+            changed_copy(base, dest, size)  # same hole map as the base (fair fixed chunks)
+
+        for r in run_peer(name, peer_work, base, make_changed, size):
+            rows.append(Row(r.tool, r.step, r.seconds, r.mib_s, r.rss_mib, r.repo_bytes))
+        shutil.rmtree(peer_work / f"{name}-repo", ignore_errors=True)
+        shutil.rmtree(peer_work / f"{name}-data", ignore_errors=True)
+    return rows
+
+
+# --- 4. memory scaling ------------------------------------------------------------------
+def rss_scaling(work: Path, sizes: list[int], say: Callable[[str], None]) -> list[Row]:
+    """Full backups of sparse disks (64 MiB of data each): peak RSS should not grow
+    with the disk's size (block maps are 16 bytes per block; data streams)."""
+    rows = []
+    with Simulator(work / "sim", nodes=1, task_delay=0.005) as sim:
+        env = setup(work, sim, 16 * MiB, encrypt=False)  # config, repo entry, one small VM
+        init_repo(work / "repo")
+        config = load_config(work / "config.yaml")
+        for size in sizes:
+            tag = f"rss{size // GiB}g"
+            vm = sim.create_vm(tag, [size], tags=[tag])
+            disk = sim.disk_uuids(vm)[0]
+            step = size // 64
+            for n in range(64):  # 1 MiB of random-ish data every 1/64 of the disk
+                sim.write(disk, n * step, os.urandom(MiB))
+            config.jobs[tag] = JobConfig(name=tag, cluster="sim", repo="bench", tags=[tag])
+            save_config(config)
+            say(f"rss scaling: full backup of a sparse {size // GiB} GiB disk")
+            m = run_measured([*HCBAK, "job", "run", tag, "--json"], env=env)
+            if m.returncode not in (0, 1):
+                raise RuntimeError(f"{tag} failed ({m.returncode}): {m.stderr.strip()[-500:]}")
+            json.loads(m.stdout)
+            rows.append(
+                Row("hcbak", f"full, sparse {size // GiB} GiB", m.seconds, size / MiB / m.seconds,
+                    m.peak_rss_mib)
+            )  # fmt: skip
+    return rows
+
+
+# --- targets and output -----------------------------------------------------------------
+def targets(rows: list[Row], run: HcbakRun | None, size: int) -> list[Target]:
+    def sec(tool: str, step: str) -> float | None:
+        return next((r.seconds for r in rows if r.tool == tool and r.step == step), None)
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return a / b if a is not None and b else None
+
+    out = [
+        Target("full <= 0.5x borg-fixed", ratio(sec("hcbak", "full"), sec("borg-fixed", "full")),
+               0.5, "hcbak / borg-fixed time"),
+        Target("incr <= 0.2x borg-fixed",
+               ratio(sec("hcbak", "incr 1%"), sec("borg-fixed", "incr 1%")), 0.2,
+               "hcbak / borg-fixed time"),
+        Target("incr <= 0.05x restic", ratio(sec("hcbak", "incr 1%"), sec("restic", "incr 1%")),
+               0.05, "hcbak / restic time"),
+        Target("restore <= 0.5x restic", ratio(sec("hcbak", "restore"), sec("restic", "restore")),
+               0.5, "hcbak / restic time"),
+    ]  # fmt: skip
+    if run is not None:
+        growth = next(r.repo_bytes for r in run.rows if r.step == "incr 1%")
+        out.append(Target("growth <= 1.3x changed bytes", (growth or 0) / run.changed_bytes, 1.3,
+                          f"{(growth or 0) / MiB:.1f} MiB for {run.changed_bytes / MiB:.0f} MiB "
+                          "changed"))  # fmt: skip
+        sparse = run.restored_allocated / size
+        out.append(
+            Target(
+                "restore output sparse and identical",
+                sparse if run.restored_identical else None,
+                0.7,
+                f"allocated {sparse:.0%} of the disk (image: 60% written); "
+                f"identical: {run.restored_identical}",
+            )
+        )
+    hc_rss = [r.rss_mib for r in rows if r.tool == "hcbak" and r.rss_mib is not None]
+    out.append(Target("peak RSS < 200 MiB", max(hc_rss) if hc_rss else None, 200.0,
+                      "largest hcbak child, MiB"))  # fmt: skip
+    scaling = [r.rss_mib for r in rows if r.step.startswith("full, sparse") and r.rss_mib]
+    flat = scaling[-1] / scaling[0] if len(scaling) >= 2 else None
+    out.append(Target("RSS flat with disk size (largest/smallest)", flat, 1.25,
+                      "--rss-scaling: 1, 4, 16 GiB sparse disks"))  # fmt: skip
+    return out
+
+
+def best_peer_ratio(rows: list[Row], row: Row) -> str:
+    if row.tool != "hcbak":
+        return ""
+    peers = [r.seconds for r in rows if r.tool in PEERS and r.step == row.step]
+    if not peers:
+        return "n/a" if row.step in ("full", "incr 1%", "restore") else ""
+    return f"{row.seconds / min(peers):.2f}x"
+
+
+def render(rows: list[Row], goals: list[Target], size: int) -> str:
+    lines = [
+        f"Disk image {size / MiB:.0f} MiB: 40% never written, 35% compressible, 25% random; "
+        "1% of the written regions changed for the incremental.",
+        "",
+        "| tool | step | seconds | MiB/s | peak RSS MiB | repo size / growth / allocated | "
+        "hcbak / best peer |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        rss = f"{r.rss_mib:.0f}" if r.rss_mib is not None else ""
+        repo = f"{r.repo_bytes / MiB:.1f} MiB" if r.repo_bytes is not None else ""
+        speed = f"{r.mib_s:.0f}" if r.mib_s else ""
+        lines.append(
+            f"| {r.tool} | {r.step} | {r.seconds:.2f} | {speed} | {rss} | {repo} | "
+            f"{best_peer_ratio(rows, r)} |"
+        )
+    lines += ["", "| target | value | limit | verdict | detail |", "|---|---:|---:|---|---|"]
+    for g in goals:
+        value = f"{g.value:.2f}" if g.value is not None else "-"
+        lines.append(f"| {g.name} | {value} | {g.limit:g} | {g.verdict} | {g.detail} |")
+    return "\n".join(lines)
+
+
+def machine_info() -> dict[str, str]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    ram = "unknown"
+    try:
+        kib = int(Path("/proc/meminfo").read_text().split()[1])
+        ram = f"{kib / (1 << 20):.1f} GiB"
+    except (OSError, ValueError, IndexError):
+        pass
+    return {
+        "cores": str(os.cpu_count()),
+        "ram": ram,
+        "cpu": cpu,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "hcbak": __version__,
+        "restic": _version(["restic", "version"]),
+        "borg": _version(["borg", "--version"]),
+    }
+
+
+def _version(argv: list[str]) -> str:
+    if shutil.which(argv[0]) is None:
+        return "not installed"
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    return (proc.stdout or proc.stderr).strip().splitlines()[0] if proc.returncode == 0 else "?"
+
+
+def write_results(table: str, size: int, notes: str) -> None:
+    info = machine_info()
+    text = [
+        "# Benchmark results",
+        "",
+        "Written by `benchmarks/run.py --write-results` (`make bench`); rerun it to refresh.",
+        "",
+        f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- machine: {info['cores']} cores, {info['ram']} RAM, {info['cpu']}, "
+        f"Linux {info['kernel']}",
+        f"- versions: hcbak {info['hcbak']} (Python {info['python']}), {info['restic']}, "
+        f"{info['borg']}",
+        f"- image: {size / MiB:.0f} MiB; warm page cache; repositories on the same local disk; "
+        "hcbak reads through the in-process simulator (HTTPS on 127.0.0.1, disks as files).",
+        "",
+        table,
+        "",
+        notes,
+        "",
+    ]
+    RESULTS.write_text("\n".join(text))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--size", default="4GiB", help="image size (default 4GiB; e.g. 256MiB)")
+    parser.add_argument("--work", default=None, help="work folder (default: a temp dir, removed)")
+    parser.add_argument("--no-peers", action="store_true", help="hcbak only")
+    parser.add_argument("--write-results", action="store_true", help="write benchmarks/RESULTS.md")
+    parser.add_argument("--rss-scaling", action="store_true",
+                        help="also peak RSS for 1, 4, 16 GiB sparse disks (slow)")  # fmt: skip
+    args = parser.parse_args()
+    size = parse_size(args.size)
+
+    def say(msg: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="hcbak-bench-", dir=args.work) as tmp:
+        work = Path(tmp)
+        say(f"writing the {size / MiB:.0f} MiB base image and its 1%-changed copy")
+        base, changed = work / "base.img", work / "changed.img"
+        write_image(base, size)
+        changed_copy(base, changed, size)
+        say("machine limits")
+        rows = machine_limits(base, size)
+        say("hcbak: full, incremental, restore")
+        run = run_hcbak(work / "hcbak", size, changed)
+        rows += run.rows
+        if not args.no_peers:
+            rows += run_peers(work, base, size, say)
+        if args.rss_scaling:
+            rows += rss_scaling(work / "rss", [1 * GiB, 4 * GiB, 16 * GiB], say)
+    goals = targets(rows, run, size)
+    table = render(rows, goals, size)
+    print(table)
+    if args.write_results:
+        write_results(table, size, closing_note(goals))
+        say(f"wrote {RESULTS}")
+    return 0
+
+
+def closing_note(goals: list[Target]) -> str:
+    missed = [g.name for g in goals if g.verdict == "missed"]
+    if not missed:
+        return "All measured targets met."
+    return (
+        "Missed: "
+        + "; ".join(missed)
+        + ". See benchmarks/README.md for why and what would close them."
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
