@@ -31,9 +31,10 @@ pytest: $(STAMP)
 
 soak: $(STAMP)
 	$(BIN)/pytest -q -m soak
+	$(BIN)/python benchmarks/run.py --size 256MiB --no-peers --rss-scaling
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/run.py --write-results $(BENCH_ARGS)
 
 completions: $(STAMP)
 	$(BIN)/python -m hcbak.cli.completions completions
