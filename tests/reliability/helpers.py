@@ -145,12 +145,13 @@ class Ledger:
         for pid in new:
             with open_repo(self.lab.repo_path, lock=None) as repo:
                 point = repo.load_point(pid)
+            mine = [d.uuid for d in point.disks if d.uuid in live]  # this VM's disks
             snap_ids = {s["uuid"] for s in self.lab.sim.snapshots()}
             if point.snapshot_uuid in snap_ids:
-                for d in self.disks:
+                for d in mine:
                     data = self.lab.sim.read_snapshot(point.snapshot_uuid, d, 0, self._capacity(d))
                     assert sha256(data) == live[d], f"snapshot of {pid} differs from the guest"
-            self.expected[pid] = dict(live)
+            self.expected[pid] = {d: live[d] for d in mine}
         return new
 
     def check(self, allowed_missing: set[str] | None = None) -> int:
