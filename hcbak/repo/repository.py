@@ -171,7 +171,7 @@ class Repository:
         self._new: dict[bytes, Location] = {}
         self._unindexed: list[SegmentEntry] = []
         self._unindexed_packs = 0
-        self._finishing = 0
+        self._finishing: set[PackWriter] = set()  # full packs being sealed by a thread
         self._failed: BaseException | None = None
         self.reload_index()
 
@@ -257,7 +257,7 @@ class Repository:
             if writer.size < self.pack_target:
                 return None
             self._writer = None
-            self._finishing += 1
+            self._finishing.add(writer)
             return writer
 
     def _fail_writer(self, writer: PackWriter | None, exc: BaseException) -> None:
@@ -287,7 +287,7 @@ class Repository:
         except BaseException as exc:
             with self._cv:
                 self._fail_writer(writer, exc)
-                self._finishing -= 1
+                self._finishing.discard(writer)
                 self._cv.notify_all()
             if isinstance(exc, OSError):
                 fsio.raise_os_error(exc, "a pack file")
@@ -298,7 +298,7 @@ class Repository:
                 self._new[block_id] = Location(pack_id, offset, length)
                 self._unindexed.append(SegmentEntry(block_id, pack_id, offset, length, plain))
             self._unindexed_packs += 1
-            self._finishing -= 1
+            self._finishing.discard(writer)
             self._cv.notify_all()
             due = self._unindexed_packs >= INDEX_EVERY_PACKS
         if due:
@@ -320,15 +320,27 @@ class Repository:
                 self._new.pop(entry.id, None)
 
     def flush(self) -> None:
-        """Make every block put so far durable: finish the open pack, write the index."""
+        """Make every block put before this call durable: seal packs, write the index.
+
+        Waits only for the puts and pack seals already under way, not for puts that
+        other threads (other VMs) start meanwhile, so a busy repository never starves
+        a point's commit.
+        """
         with self._cv:
-            self._cv.wait_for(lambda: not self._inflight and self._finishing == 0)
+            pending = set(self._inflight)
+            self._cv.wait_for(lambda: pending.isdisjoint(self._inflight))
             self._check_failed()
+            # Every pending block is now in the open pack, in a pack being sealed, or
+            # already durable: seal the open pack here and wait for the others.
             writer, self._writer = self._writer, None
+            sealing = set(self._finishing)
             if writer is not None:
-                self._finishing += 1
+                self._finishing.add(writer)
         if writer is not None:
             self._finish(writer)
+        with self._cv:
+            self._cv.wait_for(lambda: sealing.isdisjoint(self._finishing))
+            self._check_failed()
         self._write_index()
 
     def locate(self, block_id: bytes) -> Location | None:

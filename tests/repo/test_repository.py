@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -180,3 +181,36 @@ def test_blob_frame_detects_any_single_flipped_byte(payload: bytes, where: int) 
     damaged[where % len(frame)] ^= 0xFF
     with pytest.raises(IntegrityError):
         parse_blob(bytes(damaged), "b")
+
+
+def test_save_point_commits_while_other_threads_keep_storing(tmp_path: Path) -> None:
+    """A busy repository (other VMs' threads) must not starve a point's commit, and
+    everything the point references is indexed on disk when save_point returns."""
+    import time
+
+    root = make_repo(tmp_path / "r", encrypted=False)
+    stop = threading.Event()
+    with open_repo(root, pack_target=1 << 20) as repo:
+
+        def churn(seed: int) -> None:
+            rnd = random.Random(seed)
+            while not stop.is_set():
+                block = rnd.randbytes(BS)
+                repo.put_block(repo.block_id(block), block)
+
+        threads = [threading.Thread(target=churn, args=(s,)) for s in range(3)]
+        for t in threads:
+            t.start()
+        try:
+            saved = []
+            for n in range(3):
+                t0 = time.monotonic()
+                saved.append(write_point(repo, disk_bytes(100 + n, 4), vm=f"vm{n}"))
+                assert time.monotonic() - t0 < 30
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+        with open_repo(root, lock=None) as other:  # sees only what is durable on disk
+            for point in saved:
+                assert read_disk(other, point.id) == disk_bytes(100 + int(point.vm_name[2:]), 4)
