@@ -72,14 +72,12 @@ class PackWriter:
         self.root = root
         self.tmp = fsio.tmp_path_for(root / "packs" / "pack")
         self._fh: BinaryIO = open(self.tmp, "xb")  # noqa: SIM115 - closed in finish/abort
-        self._hash = hashlib.sha256()
         self.entries: list[tuple[bytes, int, int, int]] = []  # id, offset, length, plain
         self.size = 0
         self._write(PACK_HEADER.pack(PACK_MAGIC, PACK_VERSION, 0))
 
     def _write(self, data: bytes) -> None:
         self._fh.write(data)
-        self._hash.update(data)
         self.size += len(data)
 
     def append(self, block_id: bytes, frame: bytes, plain_len: int) -> tuple[int, int]:
@@ -107,7 +105,9 @@ class PackWriter:
         self._fh.flush()
         fsio._fsync(self._fh.fileno())
         self._fh.close()
-        pack_id = self._hash.hexdigest()
+        # Hash by reading back (page cache) here, in the sealing thread, outside the
+        # repository lock: appends of other threads do not wait for sha256.
+        pack_id = _sha256_file(self.tmp)
         final = pack_path(self.root, pack_id)
         final.parent.mkdir(exist_ok=True)
         fsio.commit_tmp(self.tmp, final, write_once=True)
@@ -119,6 +119,14 @@ class PackWriter:
         except OSError:
             pass
         fsio.remove_quietly(self.tmp)
+
+
+def _sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_trailer(path: Path) -> list[tuple[bytes, int, int, int]]:
