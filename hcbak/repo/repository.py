@@ -404,15 +404,12 @@ class Repository:
         )
 
     def read_summary(self, point_id: str) -> PointSummary:
-        path = self.root / "points" / point_id
-        with open(path, "rb") as fh:
-            head = fh.read(len(POINT_MAGIC) + ENVELOPE.size)
-            stored_len = (
-                ENVELOPE.unpack_from(head, len(POINT_MAGIC))[4]
-                if len(head) == len(POINT_MAGIC) + ENVELOPE.size
-                else 0
-            )
-            head += fh.read(stored_len)
+        """Read only the manifest's first section (the JSON header), not its block maps."""
+        fixed = len(POINT_MAGIC) + ENVELOPE.size
+        with open(self.root / "points" / point_id, "rb") as fh:
+            head = fh.read(fixed)
+            if len(head) == fixed:  # else decode_header reports the truncation
+                head += fh.read(ENVELOPE.unpack_from(head, len(POINT_MAGIC))[4])
         header, _ = decode_header(head, point_id, self.envelope)
         return summary_from_header(header)
 
