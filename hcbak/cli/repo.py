@@ -97,7 +97,15 @@ def add(
         raise UsageError(f"repository {name!r} already exists", hint="use --force to replace it")
     folder = Path(path).expanduser().resolve()
     adopting = is_repo(folder)
-    wants_key = encrypt or (adopting and read_config_doc(folder).get("encryption") is not None)
+    is_encrypted = False
+    if adopting:
+        is_encrypted = read_config_doc(folder).get("encryption") is not None
+        if encrypt and not is_encrypted:
+            raise UsageError(
+                f"{folder} is an unencrypted hcbak repository",
+                hint="encryption is chosen when a repository is created; drop --encrypt",
+            )
+    wants_key = encrypt or is_encrypted
     ref: SecretRef | None = None
     if wants_key:
         ref = secret_ref_from_options(
@@ -133,7 +141,7 @@ def add(
 def list_(json_out: JsonOpt = False) -> None:
     """List configured repositories."""
     config = load_config()
-    rows = [_entry_json(r) for r in config.repositories.values()]
+    rows = [_entry_json(config, r) for r in config.repositories.values()]
     if json_out:
         emit_json({"repositories": rows})
         return
@@ -153,8 +161,7 @@ def list_(json_out: JsonOpt = False) -> None:
     )
 
 
-def _entry_json(r: RepoConfig) -> dict[str, Any]:
-    config = load_config()
+def _entry_json(config: Config, r: RepoConfig) -> dict[str, Any]:
     return {
         "name": r.name,
         "path": r.path,
@@ -178,7 +185,7 @@ def show(name: NameArg, json_out: JsonOpt = False) -> None:
         stats = repo_stats(repo)
         locks = [lk.to_json() for lk in read_locks(repo.root)]
         doc = {
-            **_entry_json(cfg),
+            **_entry_json(config, cfg),
             "repo_id": repo.config.repo_id,
             "format_version": repo.config.version,
             "created": repo.config.created,
