@@ -12,12 +12,15 @@ which `prune` removes; a point is visible only once all its data is durable.
 
 from __future__ import annotations
 
+import os
 import secrets
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 import xxhash
 
@@ -61,6 +64,7 @@ PACK_TARGET = 64 * 1024 * 1024
 # backup does not leave gigabytes of data unindexed (nor creates one file per pack).
 INDEX_EVERY_PACKS = 16
 SUBDIRS = ("packs", "index", "points", "locks")
+OPEN_PACKS_PER_THREAD = 8
 
 
 def is_repo(path: Path) -> bool:
@@ -173,6 +177,7 @@ class Repository:
         self._unindexed_packs = 0
         self._finishing: set[PackWriter] = set()  # full packs being sealed by a thread
         self._failed: BaseException | None = None
+        self._local = threading.local()
         self.reload_index()
 
     def reload_index(self) -> None:
@@ -363,11 +368,9 @@ class Repository:
         return self.decode_frame(block_id, frame)
 
     def _read_frame(self, loc: Location) -> bytes:
-        path = pack_path(self.root, loc.pack)
         try:
-            with open(path, "rb") as fh:
-                fh.seek(loc.offset)
-                frame = fh.read(loc.length)
+            fh = self._pack_handle(loc.pack)
+            frame = os.pread(fh.fileno(), loc.length, loc.offset)
         except FileNotFoundError:
             raise IntegrityError(f"pack {loc.pack} is missing")
         except OSError as exc:
@@ -375,6 +378,23 @@ class Repository:
         if len(frame) != loc.length:
             raise IntegrityError(f"pack {loc.pack} is truncated")
         return frame
+
+    def _pack_handle(self, pack: str) -> BinaryIO:
+        """A per-thread LRU of open packs: a restore reads many blocks from each pack,
+        and opening a file per block is slow on NFS. Per thread, so no handle is ever
+        closed while another thread reads from it."""
+        cache: OrderedDict[str, BinaryIO] | None = getattr(self._local, "packs", None)
+        if cache is None:
+            cache = self._local.packs = OrderedDict()
+        fh = cache.get(pack)
+        if fh is not None:
+            cache.move_to_end(pack)
+            return fh
+        fh = open(pack_path(self.root, pack), "rb")  # noqa: SIM115 - closed on eviction
+        cache[pack] = fh
+        if len(cache) > OPEN_PACKS_PER_THREAD:
+            cache.popitem(last=False)[1].close()
+        return fh
 
     def decode_frame(self, block_id: bytes, frame: bytes) -> bytes:
         what = f"block {block_id.hex()}"
@@ -471,6 +491,9 @@ class Repository:
             writer, self._writer = self._writer, None
         if writer is not None:  # left open by an error: never commit half a pack
             writer.abort()
+        cache = getattr(self._local, "packs", None)
+        while cache:  # this thread's pack handles; other threads' close when collected
+            cache.popitem()[1].close()
 
     def pack_ids(self) -> list[str]:
         out = []
