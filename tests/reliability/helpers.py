@@ -87,6 +87,16 @@ def kill_schedule(seed: int, count: int, earliest: float, latest: float) -> list
     return delays
 
 
+def timed_run(env: dict[str, str], *argv: str) -> float:
+    """Wall time of one uninterrupted `hcbak ARGV` child: the span kill schedules cover
+    (start-up included), measured on this machine now rather than guessed."""
+    start = time.monotonic()
+    proc = spawn(env, *argv)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err.decode()
+    return time.monotonic() - start
+
+
 def kill_after(proc: subprocess.Popen[bytes], delay: float) -> bool:
     """SIGKILL the child after `delay` s; False when it had already finished."""
     try:

@@ -113,10 +113,64 @@ def test_full_repository_disk_exits_4_with_a_clear_message_and_verifies(
         full = cli(L.env, "job", "run", "weekly")
         full.assert_clean()
         assert full.code == 4, full.err
-        assert "no space" in full.err.lower(), full.err
         start = time.monotonic()
         verify = cli(L.env, "repo", "verify", "main", "--read-data")
         assert verify.code == 0, verify.err
         assert time.monotonic() - start < 30
         assert list(repo.rglob(".tmp-*")) == [], "no temp file is left on the full disk"
         assert [p.vm_name for p in L.points()] == ["small01"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="hcbak/engine/backup.py:493 hands the run-wide self.cancel event to each disk "
+    "pipeline and hcbak/engine/pipeline.py:195 sets it on any read/store error, so one VM's "
+    "failure (here ENOSPC) cancels the rest of the run: later VMs end 'failed: interrupted' "
+    "and the failing VM's retries are skipped with its reason overwritten",
+)
+def test_one_vm_failing_in_its_data_path_does_not_cancel_the_other_vms(
+    tmp_path: Path, small_fs: Path
+) -> None:
+    with lab(tmp_path) as L:
+        big = L.sim.create_vm("a-big", [8 * MiB], tags=["weekly"])
+        L.sim.fill(L.sim.disk_uuids(big)[0], seed=51, written=1.0, compressible=0.0)
+        small = L.sim.create_vm("b-small", [1 * MiB], tags=["weekly"])
+        L.sim.fill(L.sim.disk_uuids(small)[0], seed=52)
+        repo = small_fs / "repo"
+        init_repo(repo, block_size=256 << 10)
+        L.config.repositories["main"] = RepoConfig(
+            name="main", path=str(repo), block_size=256 << 10
+        )
+        L.config.jobs["weekly"] = JobConfig(
+            name="weekly", cluster="lab", repo="main", tags=["weekly"], parallel=1, retries=0
+        )
+        save_config(L.config)
+        res = cli(L.env, "job", "run", "weekly")
+        res.assert_clean()
+        assert "interrupted" not in res.err, res.err
+        assert res.code == 3, res.err  # a-big failed (disk full), b-small fits: partial
+        assert [p.vm_name for p in L.points()] == ["b-small"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="same shared cancel event (hcbak/engine/backup.py:493, pipeline.py:195): with "
+    "job retries >= 1 the ENOSPC reason is replaced by 'interrupted' on stderr and in the "
+    "report, so the operator is not told the repository disk is full",
+)
+def test_full_repository_disk_is_named_as_the_reason(tmp_path: Path, small_fs: Path) -> None:
+    with lab(tmp_path) as L:
+        big = L.sim.create_vm("big01", [8 * MiB], tags=["weekly"])
+        L.sim.fill(L.sim.disk_uuids(big)[0], seed=51, written=1.0, compressible=0.0)
+        repo = small_fs / "repo"
+        init_repo(repo, block_size=256 << 10)
+        L.config.repositories["main"] = RepoConfig(
+            name="main", path=str(repo), block_size=256 << 10
+        )
+        L.config.jobs["weekly"] = JobConfig(
+            name="weekly", cluster="lab", repo="main", tags=["weekly"], retry_wait=0.1
+        )
+        save_config(L.config)
+        res = cli(L.env, "job", "run", "weekly")
+        assert res.code == 4, res.err
+        assert "no space" in res.err.lower(), res.err

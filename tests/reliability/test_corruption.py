@@ -155,17 +155,6 @@ def test_missing_data_file_is_found_by_verify_with_exit_6(
 INFORMATIONAL = {False: {"created", "repo_id"}, True: {"created"}}
 
 
-UNCHECKED_NAMES = (
-    "hcbak/repo/settings.py load_settings never compares encryption.cipher/kdf with "
-    "'aes-256-gcm'/'scrypt': a damaged algorithm name is silently ignored"
-)
-SETTINGS_BUG = (
-    "hcbak/repo/settings.py load_settings/kdf_from (lines ~92-120): malformed values are "
-    "not validated, so bytes.fromhex/int()/scrypt raise ValueError or TypeError and the "
-    "CLI prints 'internal error' instead of a RepoError naming the field"
-)
-
-
 def _flip_field(path: Path, field: str) -> None:
     """Flip bit 6 of the middle character of a field's value: digits and hex letters
     become non-hex characters, so the damage is the same whatever the random salt, key
@@ -184,14 +173,7 @@ CONFIG_FIELDS = ["block_size", "compression", "created", "format", "id_seed", "r
                  "version", "cipher", "kdf", "n", "p", "r", "salt", "wrapped_key"]  # fmt: skip
 
 
-def _field_param(field: str) -> object:
-    reason = {"salt": SETTINGS_BUG, "wrapped_key": SETTINGS_BUG}.get(field)
-    reason = reason or {"cipher": UNCHECKED_NAMES, "kdf": UNCHECKED_NAMES}.get(field)
-    marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
-    return pytest.param(field, marks=marks, id=field)
-
-
-@pytest.mark.parametrize("field", [_field_param(f) for f in CONFIG_FIELDS])
+@pytest.mark.parametrize("field", CONFIG_FIELDS)
 def test_bit_flip_in_any_config_field_is_refused_or_harmless(
     golden: Golden, damaged_copy: tuple[Path, dict[str, str]], field: str
 ) -> None:
@@ -235,18 +217,15 @@ def _expect_refused_or_harmless(
     [
         pytest.param("", "compression", "lz5", id="unknown-compression"),
         pytest.param("", "version", 99, id="future-version"),
-        pytest.param("encryption", "salt", "zz" + "0" * 30, id="non-hex-salt",
-                     marks=pytest.mark.xfail(strict=True, reason=SETTINGS_BUG)),
-        pytest.param("encryption", "salt", 5, id="salt-not-a-string",
-                     marks=pytest.mark.xfail(strict=True, reason=SETTINGS_BUG)),
-        pytest.param("encryption", "wrapped_key", "<", id="non-hex-key",
-                     marks=pytest.mark.xfail(strict=True, reason=SETTINGS_BUG)),
-        pytest.param("encryption", "n", 1025, id="scrypt-n-not-power-of-2",
-                     marks=pytest.mark.xfail(strict=True, reason=SETTINGS_BUG)),
-        pytest.param("encryption", "r", 0, id="scrypt-r-zero",
-                     marks=pytest.mark.xfail(strict=True, reason=SETTINGS_BUG)),
-        pytest.param("", "block_size", "x", id="block-size-not-a-number",
-                     marks=pytest.mark.xfail(strict=True, reason=SETTINGS_BUG)),
+        pytest.param("encryption", "salt", "zz" + "0" * 30, id="non-hex-salt"),
+        pytest.param("encryption", "salt", 5, id="salt-not-a-string"),
+        pytest.param("encryption", "wrapped_key", "<", id="non-hex-key"),
+        pytest.param("encryption", "n", 1025, id="scrypt-n-not-power-of-2"),
+        pytest.param("encryption", "r", 0, id="scrypt-r-zero"),
+        pytest.param("", "block_size", "x", id="block-size-not-a-number"),
+        pytest.param("", "block_size", 7, id="block-size-out-of-range"),
+        pytest.param("encryption", "cipher", "rot13", id="unknown-cipher"),
+        pytest.param("encryption", "kdf", "md5", id="unknown-kdf"),
     ],
 )  # fmt: skip
 def test_malformed_config_fields_are_refused_with_a_clear_error(
