@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import Any
 
 from hcbak.errors import LockedError, UsageError
+from hcbak.repo.locks import holder_identity, holder_provably_dead, pid_alive
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -45,16 +46,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 # --- job lock ---------------------------------------------------------------------------
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class JobLock:
     """`with JobLock(state_dir, job):` — LockedError (exit 5) naming the holder."""
 
@@ -70,6 +61,7 @@ class JobLock:
             "pid": os.getpid(),
             "started": datetime.now(UTC).isoformat(),
             "job": self.job,
+            "identity": holder_identity(),
         }
         for _ in range(3):
             if self._try_create(me):
@@ -100,6 +92,9 @@ class JobLock:
             tmp.unlink(missing_ok=True)
 
     def _stale(self, holder: dict[str, Any]) -> bool:
+        identity = holder.get("identity")
+        if isinstance(identity, dict):
+            return holder_provably_dead(identity)
         if holder.get("host") != socket.gethostname():
             return False  # cannot check another host's pid: trust the lock
         pid = holder.get("pid")

@@ -7,8 +7,13 @@ No flock/fcntl: they are unreliable on NFS. Each holder creates its own file
 On conflict it deletes its own file and retries until `wait` runs out (two takers that
 see each other both back off, so at most one exclusive holder ever proceeds).
 A daemon thread rewrites the file every REFRESH_INTERVAL; it only touches its own
-small file, so it never waits behind data I/O. A lock is stale only when its refresh is
-older than STALE_AFTER and, if it was taken on this host, its pid is dead.
+small file, so it never waits behind data I/O.
+
+A lock is stale when its holder is provably dead: taken on this host, in this boot
+(boot_id) and this pid namespace, and its pid is gone or now names a process with another
+start time (pid reuse). Such a lock is stale at once, so a killed run never blocks the
+next one. Any other lock (another host, another container, an older lock format) is
+stale only when its refresh is older than STALE_AFTER and, on this host, its pid is dead.
 """
 
 from __future__ import annotations
@@ -43,11 +48,14 @@ class LockInfo:
     start: float
     refreshed: float
     command: str
+    identity: dict[str, Any] | None = None
 
     def age(self, now: float | None = None) -> float:
         return (now if now is not None else time.time()) - self.refreshed
 
     def is_stale(self, now: float | None = None, stale_after: float = STALE_AFTER) -> bool:
+        if self.identity is not None and holder_provably_dead(self.identity):
+            return True
         if self.age(now) <= stale_after:
             return False
         if self.host != socket.gethostname():
@@ -72,6 +80,58 @@ class LockInfo:
             "age": round(self.age(), 1),
             "stale": self.is_stale(),
         }
+
+
+def _read_first_line(path: str) -> str:
+    try:
+        with open(path, encoding="ascii") as fh:
+            return fh.readline().strip()
+    except OSError:
+        return ""
+
+
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def _process_start(pid: int) -> str:
+    """Start time of pid in clock ticks since boot (field 22 of /proc/PID/stat), or ""."""
+    stat = _read_first_line(f"/proc/{pid}/stat")
+    # The command name (field 2) may contain spaces and parentheses: split after the last ")".
+    fields = stat.rpartition(")")[2].split()
+    return fields[19] if len(fields) > 19 else ""
+
+
+def holder_identity() -> dict[str, Any]:
+    """What lets a later process prove this one dead: host, boot, pid namespace, pid, start."""
+    return {
+        "host": socket.gethostname(),
+        "boot_id": _read_first_line("/proc/sys/kernel/random/boot_id"),
+        "pid_ns": _pid_namespace(),
+        "pid": os.getpid(),
+        "pid_start": _process_start(os.getpid()),
+    }
+
+
+def holder_provably_dead(identity: dict[str, Any]) -> bool:
+    """True only when the holder cannot be alive; False whenever in doubt."""
+    me = holder_identity()
+    if not identity.get("boot_id") or identity.get("host") != me["host"]:
+        return False
+    if identity["boot_id"] != me["boot_id"]:
+        return bool(me["boot_id"])  # same host, rebooted since: every old process is gone
+    if not identity.get("pid_ns") or identity.get("pid_ns") != me["pid_ns"]:
+        return False  # another container on this host: its pids are not ours to check
+    pid = identity.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    if not pid_alive(pid):
+        return True
+    start = identity.get("pid_start")
+    return bool(start) and _process_start(pid) not in ("", start)
 
 
 def pid_alive(pid: int) -> bool:
@@ -106,6 +166,7 @@ def read_locks(root: Path) -> list[LockInfo]:
                     float(d["start"]),
                     float(d["refreshed"]),
                     str(d.get("command", "")),
+                    d.get("identity") if isinstance(d.get("identity"), dict) else None,
                 )
             )
         except (ValueError, KeyError, TypeError):
@@ -137,6 +198,7 @@ class RepoLock:
         self.refresh_interval = refresh_interval
         self.stale_after = stale_after
         self.start = time.time()
+        self._identity = holder_identity()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -149,6 +211,7 @@ class RepoLock:
                 "start": self.start,
                 "refreshed": time.time(),
                 "command": self.command,
+                "identity": self._identity,
             }
         ).encode()
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,7 +17,7 @@ from repo_helpers import PASS, make_repo
 
 from hcbak.errors import LockedError, NoSpaceError, RepoError
 from hcbak.repo import fsio, open_repo
-from hcbak.repo.locks import EXCLUSIVE, SHARED, RepoLock, read_locks, unlock
+from hcbak.repo.locks import EXCLUSIVE, SHARED, RepoLock, holder_identity, read_locks, unlock
 
 
 def fake_lock(
@@ -153,3 +156,69 @@ def test_no_space_becomes_no_space_error_and_removes_the_temp_file(
     with pytest.raises(NoSpaceError, match="no space"):
         fsio.atomic_write(tmp_path / "f", b"data")
     assert list(tmp_path.iterdir()) == []
+
+
+def fake_lock_with_identity(root: Path, name: str, **identity_changes: object) -> None:
+    """A fresh lock whose holder identity is this process's, with some fields changed."""
+    now = time.time()
+    identity = {**holder_identity(), **identity_changes}
+    doc = {
+        "host": identity["host"],
+        "pid": identity["pid"],
+        "kind": EXCLUSIVE,
+        "start": now,
+        "refreshed": now,
+        "command": "hcbak repo prune",
+        "identity": identity,
+    }
+    (root / "locks" / name).write_text(json.dumps(doc))
+
+
+def test_lock_of_a_killed_holder_on_this_host_is_stale_at_once(tmp_path: Path) -> None:
+    root = make_repo(tmp_path / "r")
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from hcbak.repo.locks import RepoLock;"
+            f"RepoLock(Path({str(root)!r}), 'exclusive').acquire(); print('held', flush=True);"
+            "time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    with pytest.raises(LockedError):
+        RepoLock(root, SHARED).acquire()
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    with open_repo(root, passphrase=PASS, lock="exclusive"):
+        pass
+
+
+def test_fresh_lock_whose_pid_was_reused_is_stale(tmp_path: Path) -> None:
+    root = make_repo(tmp_path / "r")
+    fake_lock_with_identity(root, "reused", pid_start="1")  # our pid, another start time
+    with open_repo(root, passphrase=PASS, lock="exclusive"):
+        pass
+
+
+def test_fresh_lock_of_a_live_holder_with_identity_is_not_stale(tmp_path: Path) -> None:
+    root = make_repo(tmp_path / "r")
+    fake_lock_with_identity(root, "live")
+    with pytest.raises(LockedError):
+        RepoLock(root, SHARED).acquire()
+
+
+def test_fresh_lock_from_another_pid_namespace_is_not_stale(tmp_path: Path) -> None:
+    root = make_repo(tmp_path / "r")
+    fake_lock_with_identity(root, "container", pid=dead_pid(), pid_ns="pid:[1]")
+    with pytest.raises(LockedError):
+        RepoLock(root, SHARED).acquire()
+
+
+def test_fresh_lock_from_an_earlier_boot_of_this_host_is_stale(tmp_path: Path) -> None:
+    root = make_repo(tmp_path / "r")
+    fake_lock_with_identity(root, "before-reboot", boot_id="00000000-dead-beef")
+    with open_repo(root, passphrase=PASS, lock="exclusive"):
+        pass
