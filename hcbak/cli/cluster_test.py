@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from hcbak.cli.common import load_config
 from hcbak.cli.output import emit_json, print_fields, print_table, warn
 from hcbak.errors import ClusterError
-from hcbak.hypercore.readiness import Readiness, check_cluster
+
+if TYPE_CHECKING:
+    from hcbak.hypercore.readiness import Readiness
 
 
 def register(app: typer.Typer) -> None:
@@ -28,6 +30,8 @@ def cluster_test(
     """
     cfg = load_config().cluster(name)
     password = cfg.password.resolve()
+    from hcbak.hypercore.readiness import check_cluster  # requests is slow to import
+
     report = check_cluster(cfg, password, warn=warn)
     if json_out:
         emit_json(report.to_json())

@@ -12,15 +12,11 @@ import logging
 import os
 import signal
 import sys
-import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
-from rich.progress import ProgressColumn, Task
-from rich.text import Text
 
 from hcbak.cli.common import load_config
 from hcbak.cli.output import emit_json, info, is_tty, print_table, warn
@@ -102,7 +98,11 @@ def run_jobs(
     report = RunReport()
     log_file = _start_log(sdir)
     previous = _sigterm_as_interrupt()
-    display = LiveDisplay() if is_tty(sys.stderr) and not json_out else PlainDisplay()
+    display: Any = PlainDisplay()
+    if is_tty(sys.stderr) and not json_out:
+        from hcbak.cli.live import LiveDisplay  # rich.progress is slow to import: TTY only
+
+        display = LiveDisplay()
     try:
         with display:
             for job in jobs:
@@ -330,60 +330,3 @@ class PlainDisplay:
             "warning": "warning",
         }.get(ev.kind, ev.kind)
         info(f"{where}: {text}{': ' + ev.message if ev.message else ''}")
-
-
-class _MiBPerSecond(ProgressColumn):
-    """Read speed in MiB/s (binary units, as everywhere else in hcbak)."""
-
-    def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text("-- MiB/s" if speed is None else f"{speed / (1 << 20):.1f} MiB/s")
-
-
-class LiveDisplay:
-    """A rich live view: one bar per VM disk with MiB/s and ETA, on stderr."""
-
-    def __init__(self) -> None:
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        self.console = Console(stderr=True)
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(binary_units=True),
-            _MiBPerSecond(),
-            TimeRemainingColumn(),
-            console=self.console,
-        )
-        self.tasks: dict[tuple[str, str | None, str | None], Any] = {}
-        self.lock = threading.Lock()
-
-    def __enter__(self) -> LiveDisplay:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
-
-    def event(self, ev: Any) -> None:
-        key = (ev.job, ev.vm, ev.disk)
-        with self.lock:
-            if ev.kind == "disk_start":
-                desc = escape(f"{ev.vm} {ev.disk} [{ev.message}]")
-                total = max(ev.total, 1)
-                self.tasks[key] = (self.progress.add_task(desc, total=total), total)
-            elif ev.kind == "disk_progress" and key in self.tasks:
-                self.progress.advance(self.tasks[key][0], ev.done)
-            elif ev.kind == "disk_done" and key in self.tasks:
-                task, total = self.tasks[key]
-                self.progress.update(task, completed=total)
-            elif ev.kind in ("vm_done", "vm_retry", "warning", "job_start"):
-                label = f"{ev.job}/{ev.vm}" if ev.vm else ev.job
-                self.progress.console.print(escape(f"{label}: {ev.message}"))
