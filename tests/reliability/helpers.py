@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,6 +107,19 @@ def kill_after(proc: subprocess.Popen[bytes], delay: float) -> bool:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         return True
+
+
+def kill_landing(
+    start: Callable[[], subprocess.Popen[bytes]], delay: float, tries: int = 5
+) -> float:
+    """Start a child and SIGKILL it after `delay`; when it finished first (a faster run
+    than the calibration), start again with 60% of the delay. Returns the delay that hit
+    a live process, so every scheduled kill point is a real kill."""
+    for _ in range(tries):
+        if kill_after(start(), delay):
+            return delay
+        delay *= 0.6
+    raise AssertionError(f"no kill landed within {tries} tries (last delay {delay:.3f}s)")
 
 
 def sha256(data: bytes) -> str:

@@ -121,13 +121,6 @@ def test_full_repository_disk_exits_4_with_a_clear_message_and_verifies(
         assert [p.vm_name for p in L.points()] == ["small01"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hcbak/engine/backup.py:493 hands the run-wide self.cancel event to each disk "
-    "pipeline and hcbak/engine/pipeline.py:195 sets it on any read/store error, so one VM's "
-    "failure (here ENOSPC) cancels the rest of the run: later VMs end 'failed: interrupted' "
-    "and the failing VM's retries are skipped with its reason overwritten",
-)
 def test_one_vm_failing_in_its_data_path_does_not_cancel_the_other_vms(
     tmp_path: Path, small_fs: Path
 ) -> None:
@@ -152,12 +145,6 @@ def test_one_vm_failing_in_its_data_path_does_not_cancel_the_other_vms(
         assert [p.vm_name for p in L.points()] == ["b-small"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="same shared cancel event (hcbak/engine/backup.py:493, pipeline.py:195): with "
-    "job retries >= 1 the ENOSPC reason is replaced by 'interrupted' on stderr and in the "
-    "report, so the operator is not told the repository disk is full",
-)
 def test_full_repository_disk_is_named_as_the_reason(tmp_path: Path, small_fs: Path) -> None:
     with lab(tmp_path) as L:
         big = L.sim.create_vm("big01", [8 * MiB], tags=["weekly"])

@@ -4,14 +4,17 @@ every committed point restores bit-exact, and `repo verify --read-data` exits 0.
 
 Kill delays come from `kill_schedule`: seeded, evenly spread with jitter over 5-85% of
 the wall time of an uninterrupted run of the same command measured just before (start-up
-included), so kills land in every phase. 26 kills are scheduled; each test asserts that
-nearly all landed on a live process (>= 20 in total).
+included), so kills land in every phase. A kill that finds the run already finished
+(a faster run than the calibration) is retried with a shorter delay (`kill_landing`),
+so all 26 scheduled kills hit a live process.
 """
 
 from __future__ import annotations
 
+import itertools
 import random
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -22,7 +25,7 @@ from .helpers import (
     cli,
     file_sha256,
     guest_writes,
-    kill_after,
+    kill_landing,
     kill_schedule,
     spawn,
     timed_run,
@@ -65,11 +68,10 @@ def test_sigkill_during_job_run_loses_no_committed_point(tmp_path: Path) -> None
         span = timed_run(L.env, "job", "run", "nightly")  # an incremental, like those killed
         ledger.record_new(live)
         delays = kill_schedule(SEED, 12, earliest=0.05 * span, latest=0.85 * span)
-        kills = 0
         for delay in delays:
             guest_writes(L, disk, rnd)
             live = ledger.live_hashes()
-            kills += kill_after(spawn(L.env, "job", "run", "nightly"), delay)
+            kill_landing(lambda: spawn(L.env, "job", "run", "nightly"), delay)
             ledger.record_new(live)  # the killed run may have committed its point
             again = cli(L.env, "job", "run", "nightly", "--json")
             again.assert_clean()
@@ -79,7 +81,6 @@ def test_sigkill_during_job_run_loses_no_committed_point(tmp_path: Path) -> None
             assert _worker_clones(L) == [], f"orphan clone after kill at {delay:.2f}s"
             assert len(L.hcbak_snapshots(vm)) == 1, "exactly the newest base snapshot remains"
             _verify_clean(L.env)
-        assert kills >= 10, f"only {kills} of {len(delays)} runs were still running when killed"
 
 
 def test_sigkill_during_prune_keeps_every_retained_point(tmp_path: Path) -> None:
@@ -100,7 +101,6 @@ def test_sigkill_during_prune_keeps_every_retained_point(tmp_path: Path) -> None
             order += ledger.record_new(live)
         span = timed_run(L.env, "repo", "prune", "main")
         delays = kill_schedule(SEED + 1, 7, earliest=0.05 * span, latest=0.85 * span)
-        kills = 0
         for delay in delays:
             for _ in range(2):  # two new points, so every prune has data to delete
                 guest_writes(L, disk, rnd, count=8)
@@ -108,7 +108,7 @@ def test_sigkill_during_prune_keeps_every_retained_point(tmp_path: Path) -> None
                 res = cli(L.env, "job", "run", "nightly")
                 assert res.code == 0, res.err
                 order += ledger.record_new(live)
-            kills += kill_after(spawn(L.env, "repo", "prune", "main"), delay)
+            kill_landing(lambda: spawn(L.env, "repo", "prune", "main"), delay)
             # A killed prune leaves its exclusive lock behind; the next backup must still
             # run (the holder is provably dead on this host).
             guest_writes(L, disk, rnd)
@@ -124,7 +124,6 @@ def test_sigkill_during_prune_keeps_every_retained_point(tmp_path: Path) -> None
         assert done.code == 0, done.err
         assert ledger.check(allowed_missing=set(order[:-keep])) >= keep
         assert list(L.repo_path.rglob(".tmp-*")) == [], "prune leaves no temp files behind"
-        assert kills >= 5
 
 
 def test_sigkill_during_restore_then_restore_again_is_bit_exact(tmp_path: Path) -> None:
@@ -138,11 +137,14 @@ def test_sigkill_during_restore_then_restore_again_is_bit_exact(tmp_path: Path) 
         (pid,) = ledger.record_new(live)
         span = timed_run(L.env, "restore", "disk", pid, "--disk", "0", "--to", str(tmp_path / "t"))
         delays = kill_schedule(SEED + 2, 7, earliest=0.05 * span, latest=0.85 * span)
-        kills = 0
+        attempt = itertools.count()
+
+        def start() -> subprocess.Popen[bytes]:
+            out = tmp_path / f"killed-{next(attempt)}.raw"
+            return spawn(L.env, "restore", "disk", pid, "--disk", "0", "--to", str(out))
+
         for n, delay in enumerate(delays):
-            out = tmp_path / f"killed-{n}.raw"
-            proc = spawn(L.env, "restore", "disk", pid, "--disk", "0", "--to", str(out))
-            kills += kill_after(proc, delay)
+            kill_landing(start, delay)
             good = tmp_path / f"good-{n}.raw"
             res = cli(L.env, "restore", "disk", pid, "--disk", "0", "--to", str(good))
             res.assert_clean()
@@ -151,7 +153,6 @@ def test_sigkill_during_restore_then_restore_again_is_bit_exact(tmp_path: Path) 
             good.unlink()
             _verify_clean(L.env)
         assert ledger.check() == 1
-        assert kills >= 5
 
 
 @pytest.mark.xfail(
