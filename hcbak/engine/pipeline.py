@@ -189,10 +189,11 @@ class _State:
                     self.progress(pending * bs)
                     pending = 0
         except BaseException as exc:
+            # Only this disk stops (its other threads see self.error); the run-wide cancel
+            # event belongs to Ctrl-C/SIGTERM and must not end the other VMs' backups.
             with self.lock:
                 if self.error is None:
                     self.error = exc
-            self.cancel.set()
         finally:
             if self.progress and pending:
                 self.progress(pending * bs)

@@ -24,7 +24,7 @@ from typing import BinaryIO
 
 import xxhash
 
-from hcbak.errors import IntegrityError, NoSpaceError, NotFoundError, RepoError, UsageError
+from hcbak.errors import IntegrityError, NotFoundError, RepoError, UsageError
 from hcbak.repo import fsio
 from hcbak.repo.blockmap import ZERO_BLOCK
 from hcbak.repo.codec import ENVELOPE, FLAG_ENCRYPTED, Envelope, codec_id, compress, decompress
@@ -176,7 +176,11 @@ class Repository:
         self._unindexed: list[SegmentEntry] = []
         self._unindexed_packs = 0
         self._finishing: set[PackWriter] = set()  # full packs being sealed by a thread
-        self._failed: BaseException | None = None
+        # Ids whose write failed (an aborted pack, a failed put). Other threads may have
+        # deduplicated against them while in flight, so a point that references one is
+        # checked before it is committed (see _check_point_blocks). A failure costs the
+        # VMs whose blocks were lost, never the whole run.
+        self._lost: set[bytes] = set()
         self._local = threading.local()
         self.reload_index()
 
@@ -220,7 +224,6 @@ class Repository:
         if block_id == ZERO_BLOCK:
             return 0
         with self._cv:
-            self._check_failed()
             if block_id in self._inflight or self._known(block_id):
                 return 0
             self._inflight.add(block_id)
@@ -230,11 +233,10 @@ class Repository:
             flags = FLAG_ENCRYPTED if self.sealer.encrypted else 0
             frame = frame_blob(block_id, flags, codec, len(data), payload)
             full = self._append(block_id, frame, len(data))
-        except BaseException as exc:
-            # Other threads saw this id in flight and reference it in their block maps:
-            # no point may be committed by this process any more.
+        except BaseException:
+            # Other threads saw this id in flight and may reference it in their maps.
             with self._cv:
-                self._failed = self._failed or exc
+                self._lost.add(block_id)
             raise
         else:
             if full is not None:
@@ -248,7 +250,6 @@ class Repository:
     def _append(self, block_id: bytes, frame: bytes, plain_len: int) -> PackWriter | None:
         """Append under the lock; returns the writer to finish when it reached target."""
         with self._cv:
-            self._check_failed()
             writer = self._writer
             try:
                 if writer is None:
@@ -266,25 +267,14 @@ class Repository:
             return writer
 
     def _fail_writer(self, writer: PackWriter | None, exc: BaseException) -> None:
-        """A pack could not be written: drop its blocks and refuse further commits."""
-        if isinstance(exc, OSError):
-            exc = fsio.typed_os_error(exc, "a pack file")
-        self._failed = self._failed or exc
+        """A pack could not be written: drop it; its blocks are lost (see _lost)."""
         if writer is not None:
             writer.abort()
             for entry in writer.entries:
                 self._open.pop(entry[0], None)
+                self._lost.add(entry[0])
             if self._writer is writer:
                 self._writer = None
-
-    def _check_failed(self) -> None:
-        failed = self._failed
-        if failed is not None:
-            if isinstance(failed, NoSpaceError):  # a fresh copy per thread
-                raise NoSpaceError(failed.message, hint=failed.hint)
-            if isinstance(failed, RepoError):
-                raise RepoError(failed.message, hint=failed.hint)
-            raise RepoError("an earlier write to the repository failed; nothing more is committed")
 
     def _finish(self, writer: PackWriter) -> None:
         try:
@@ -317,8 +307,9 @@ class Repository:
             self._unindexed_packs = 0
             try:
                 self.segments.append(_write_segment(self.root, entries, self.envelope))
-            except BaseException as exc:
-                self._failed = exc
+            except BaseException:
+                self._unindexed = entries + self._unindexed  # the next flush retries them
+                self._unindexed_packs += 1
                 raise
             self.index.add(entries)
             for entry in entries:
@@ -334,7 +325,6 @@ class Repository:
         with self._cv:
             pending = set(self._inflight)
             self._cv.wait_for(lambda: pending.isdisjoint(self._inflight))
-            self._check_failed()
             # Every pending block is now in the open pack, in a pack being sealed, or
             # already durable: seal the open pack here and wait for the others.
             writer, self._writer = self._writer, None
@@ -345,7 +335,6 @@ class Repository:
             self._finish(writer)
         with self._cv:
             self._cv.wait_for(lambda: sealing.isdisjoint(self._finishing))
-            self._check_failed()
         self._write_index()
 
     def locate(self, block_id: bytes) -> Location | None:
@@ -414,9 +403,34 @@ class Repository:
     def save_point(self, point: Point) -> None:
         """The commit: flush all data, then write the manifest atomically (write-once)."""
         self.flush()
+        self._check_point_blocks(point)
         data = encode_manifest(point, self.envelope)
         if not fsio.atomic_write(self.root / "points" / point.id, data, write_once=True):
             raise RepoError(f"point {point.id} already exists")
+
+    def _check_point_blocks(self, point: Point) -> None:
+        """Refuse a point that references a block whose write failed in this process.
+
+        After flush() every block put before it is indexed unless its pack was aborted
+        or its put failed; those ids are in _lost. A lost id that a later put stored
+        again counts once it is in the index (flush once more to get it there)."""
+        with self._cv:
+            lost = set(self._lost)
+        if not lost:
+            return
+        suspects = {bid for disk in point.disks for bid in disk.block_map.ids() if bid in lost}
+        with self._cv:
+            unindexed = any(not self.index.contains(b) for b in suspects)
+        if unindexed:
+            self.flush()
+        with self._cv:
+            missing = [b for b in suspects if not self.index.contains(b)]
+        if missing:
+            raise RepoError(
+                f"point {point.id} is not committed: {len(missing)} of its blocks were lost "
+                "when an earlier write to the repository failed",
+                hint="run the backup again",
+            )
 
     def point_ids(self) -> list[str]:
         return sorted(

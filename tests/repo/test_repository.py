@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import threading
@@ -13,8 +14,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from repo_helpers import BS, PASS, disk_bytes, make_repo, read_disk, write_point
 
-from hcbak.errors import IntegrityError, NotFoundError, PassphraseError, RepoError, UsageError
-from hcbak.repo import ZERO_BLOCK, BlockMap, init_repo, open_repo
+from hcbak.errors import (
+    IntegrityError,
+    NoSpaceError,
+    NotFoundError,
+    PassphraseError,
+    RepoError,
+    UsageError,
+)
+from hcbak.repo import ZERO_BLOCK, BlockMap, DiskImage, Point, init_repo, open_repo
 from hcbak.secrets import Secret
 
 
@@ -214,3 +222,66 @@ def test_save_point_commits_while_other_threads_keep_storing(tmp_path: Path) -> 
         with open_repo(root, lock=None) as other:  # sees only what is durable on disk
             for point in saved:
                 assert read_disk(other, point.id) == disk_bytes(100 + int(point.vm_name[2:]), 4)
+
+
+def test_failed_pack_write_refuses_only_points_that_lost_blocks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pack that cannot be sealed (ENOSPC here, injected: a full disk at exactly this
+    moment cannot be arranged otherwise) costs the points whose blocks were in it; the
+    repository object stays usable for the next point and for a retry."""
+    from hcbak.repo import pack as pack_mod
+
+    root = make_repo(tmp_path / "r")
+    lost_data = disk_bytes(1, 4)
+    good_data = disk_bytes(2, 4)
+    real_finish = pack_mod.PackWriter.finish
+    calls = {"n": 0}
+
+    def finish_fails_once(self: pack_mod.PackWriter) -> str:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_finish(self)
+
+    monkeypatch.setattr(pack_mod.PackWriter, "finish", finish_fails_once)
+    with open_repo(root, passphrase=PASS) as repo:
+        with pytest.raises(NoSpaceError):
+            write_point(repo, lost_data, vm="lost")
+        # The blocks of the aborted pack are unknown again: a retry stores them anew.
+        retried = write_point(repo, lost_data, vm="lost")
+        good = write_point(repo, good_data, vm="good")
+        assert read_disk(repo, retried.id) == lost_data
+        assert read_disk(repo, good.id) == good_data
+    with open_repo(root, passphrase=PASS) as repo:
+        assert sorted(p.vm_name for p in repo.list_points()) == ["good", "lost"]
+
+
+def test_point_referencing_a_lost_block_is_not_committed(tmp_path: Path) -> None:
+    """Another thread deduplicated against a block whose write then failed: the point that
+    references it must not commit (its manifest would point at nothing)."""
+    root = make_repo(tmp_path / "r")
+    data = disk_bytes(3, 2)
+    with open_repo(root, passphrase=PASS) as repo:
+        bs = repo.config.block_size
+        bm = BlockMap(2)
+        for i in range(2):
+            block = data[i * bs : (i + 1) * bs]
+            if block.count(0) != bs:
+                bm.set(i, repo.block_id(block))
+        # As if both puts failed after other threads had deduplicated against them.
+        repo._lost.update(bm.ids())
+        point = Point(
+            id=repo.new_point_id(),
+            job="nightly",
+            cluster="c1",
+            vm_uuid="u",
+            vm_name="vm1",
+            created=datetime.now(UTC),
+            vm={"name": "vm1"},
+            snapshot_uuid="s",
+            disks=[DiskImage("d", 0, "VIRTIO_DISK", len(data), bs, bm, serial=1)],
+        )
+        with pytest.raises(RepoError, match="blocks were lost"):
+            repo.save_point(point)
+        assert repo.list_points() == []
