@@ -63,6 +63,8 @@ MiB = 1 << 20
 GiB = 1 << 30
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 PEERS = ("restic", "borg", "borg-fixed")
+STARTUP = "startup (imports)"
+STARTUP_IMPORTS = "import hcbak.cli.main, hcbak.engine.backup, hcbak.engine.restore"
 
 
 @dataclass
@@ -131,9 +133,10 @@ def run_hcbak(work: Path, size: int, changed_image: Path) -> HcbakRun:
     rows = []
     with Simulator(work / "sim", nodes=1, task_delay=0.005) as sim:
         env = setup(work, sim, size, encrypt=False)
-        # The fixed cost every command pays (interpreter + imports), for reading small runs.
-        m = run_measured([*HCBAK, "version"], env=env)
-        rows.append(Row("hcbak", "startup (version)", m.seconds, 0.0, m.peak_rss_mib))
+        # The fixed cost a backup or restore pays before any work (interpreter + the
+        # imports of the CLI, engine, client and repository), for reading small runs.
+        m = run_measured([sys.executable, "-c", STARTUP_IMPORTS], env=env)
+        rows.append(Row("hcbak", STARTUP, m.seconds, 0.0, m.peak_rss_mib))
         repo = work / "repo"
         init_repo(repo)
         full = one_run(env, "full", size, threads=3)
@@ -349,6 +352,11 @@ def write_results(table: str, size: int, notes: str) -> None:
         f"{info['borg']}",
         f"- image: {size / MiB:.0f} MiB; warm page cache; repositories on the same local disk; "
         "hcbak reads through the in-process simulator (HTTPS on 127.0.0.1, disks as files).",
+        *(
+            ["- note: a quick run below the reference size (4 GiB): fixed costs weigh more."]
+            if size < 4 * GiB
+            else []
+        ),
         "",
         table,
         "",
@@ -392,21 +400,58 @@ def main() -> int:
     goals = targets(rows, run, size)
     table = render(rows, goals, size)
     print(table)
+    print()
+    print(closing_note(goals, rows))
     if args.write_results:
-        write_results(table, size, closing_note(goals))
+        write_results(table, size, closing_note(goals, rows))
         say(f"wrote {RESULTS}")
     return 0
 
 
-def closing_note(goals: list[Target]) -> str:
-    missed = [g.name for g in goals if g.verdict == "missed"]
+def closing_note(goals: list[Target], rows: list[Row]) -> str:
+    """Why each missed target was missed, from this run's own numbers."""
+    missed = {g.name for g in goals if g.verdict == "missed"}
     if not missed:
         return "All measured targets met."
-    return (
-        "Missed: "
-        + "; ".join(missed)
-        + ". See benchmarks/README.md for why and what would close them."
-    )
+
+    def sec(tool: str, step: str) -> float:
+        return next((r.seconds for r in rows if r.tool == tool and r.step == step), 0.0)
+
+    def speed(tool: str, step: str) -> float:
+        return next((r.mib_s for r in rows if r.tool == tool and r.step == step), 0.0)
+
+    startup = sec("hcbak", STARTUP)
+    notes = ["## Closing note", "", "Missed: " + "; ".join(sorted(missed)) + "."]
+    if any(m.startswith("full") for m in missed):
+        notes.append(
+            f"- Full backup: hcbak {speed('hcbak', 'full'):.0f} MiB/s against one core's "
+            f"xxh3+lz4 limit of {speed('machine', 'xxh3+lz4 1 thread'):.0f} MiB/s. The "
+            "simulator serving the disk runs in the benchmark process on the same cores as "
+            "hcbak's pipeline (a real cluster reads on its own nodes), and start-up "
+            f"({startup:.2f} s) plus the cluster tasks are a fixed share at small sizes. "
+            "Closing it: more pipeline threads on machines with more cores "
+            "(HCBAK_READ_THREADS), and the 4 GiB run, where fixed costs shrink."
+        )
+    if any(m.startswith("incr") for m in missed):
+        incr = sec("hcbak", "incr 1%")
+        notes.append(
+            f"- 1% incremental: hcbak took {incr:.2f} s, of which {startup:.2f} s is the "
+            "interpreter and imports (`startup`); the rest is login, four cluster task waits "
+            "(snapshot, clone, clone delete, old snapshot delete; polled every ~50 ms), the "
+            "simulator's snapshot and hot-add, and reading only the changed blocks. "
+            "restic and borg read a local file and talk to no cluster, so 0.05x restic "
+            f"({0.05 * sec('restic', 'incr 1%'):.2f} s) is below hcbak's start-up alone. "
+            "Closing it: lazy imports in hcbak/cli (only the invoked command's modules), "
+            "a shorter first task poll, and deleting the old snapshot without waiting."
+        )
+    if any(m.startswith("restore") for m in missed):
+        notes.append(
+            f"- Restore: hcbak {speed('hcbak', 'restore'):.0f} MiB/s vs restic "
+            f"{speed('restic', 'restore'):.0f} MiB/s; start-up is {startup:.2f} s of it."
+        )
+    if any("RSS" in m for m in missed):
+        notes.append("- Memory: see the peak RSS rows; block maps are 16 bytes per block.")
+    return "\n".join(notes)
 
 
 if __name__ == "__main__":
