@@ -134,9 +134,9 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def point_sha(repo_path: Path, point_id: str, disk_uuid: str, passphrase: object = None) -> str:
+def point_sha(repo_path: Path, point_id: str, disk_uuid: str) -> str:
     """Content hash of one disk of a point, read back block by block from the repo."""
-    with open_repo(repo_path, lock=None, passphrase=passphrase) as repo:  # type: ignore[arg-type]
+    with open_repo(repo_path, lock=None) as repo:
         image = next(d for d in repo.load_point(point_id).disks if d.uuid == disk_uuid)
         h = hashlib.sha256()
         left = image.capacity
@@ -208,9 +208,9 @@ def guest_writes(lab: Lab, disk: str, rnd: random.Random, count: int = 4) -> Non
         lab.sim.write(disk, offset, data)
 
 
-def wait_for(predicate: object, timeout: float = 30.0) -> None:
+def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
+    while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         time.sleep(0.01)
