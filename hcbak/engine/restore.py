@@ -32,6 +32,7 @@ from hcbak.errors import (
     TransportError,
     UsageError,
 )
+from hcbak.repo.locks import pid_alive
 from hcbak.transport.qcow2 import Qcow2Layout, choose_cluster_size, plan_qcow2, stream_qcow2
 
 if TYPE_CHECKING:
@@ -152,21 +153,47 @@ def restore_disk(
 
 def _write_file(repo: Repository, disk: DiskImage, dest: Path, fmt: str, report: Progress) -> int:
     is_device = dest.exists() and stat.S_ISBLK(dest.stat().st_mode)
-    if dest.exists() and not is_device:
+    if is_device:  # a device is written in place; it cannot be renamed into
+        return _write_raw_file(repo, disk, dest, report, is_device=True)
+    if dest.exists():
         raise UsageError(f"{dest} already exists", hint="remove it or choose another path")
-    if fmt in ("vmdk", "vhdx"):
-        return _write_converted(repo, disk, dest, fmt, report)
+    _remove_dead_partials(dest)
+    # Everything is written under a name that says "partial" and only linked to `dest`
+    # once complete and fsynced: a killed restore never leaves a file that looks whole.
+    partial = dest.with_name(f".{dest.name}.hcbak-partial-{os.getpid()}")
     try:
-        if fmt == "qcow2":
-            with open(dest, "xb") as out:
-                return _write_qcow2(repo, disk, out, report)
-        return _write_raw_file(repo, disk, dest, report, is_device)
-    except FileExistsError:
-        raise UsageError(f"{dest} already exists", hint="remove it or choose another path")
-    except BaseException:
-        if not is_device:  # we created it (exclusive create): remove the partial file
-            dest.unlink(missing_ok=True)
-        raise
+        if fmt in ("vmdk", "vhdx"):
+            written = _write_converted(repo, disk, partial, fmt, report)
+        elif fmt == "qcow2":
+            with open(partial, "xb") as out:
+                written = _write_qcow2(repo, disk, out, report)
+        else:
+            written = _write_raw_file(repo, disk, partial, report, is_device=False)
+        _fsync_path(partial)
+        try:
+            os.link(partial, dest)  # fails rather than replace a file created meanwhile
+        except FileExistsError:
+            raise UsageError(f"{dest} already exists", hint="remove it or choose another path")
+        return written
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_dead_partials(dest: Path) -> None:
+    """Partial files of earlier restores to `dest` whose process is gone (kill -9)."""
+    prefix = f".{dest.name}.hcbak-partial-"
+    for leftover in dest.parent.glob(prefix + "*"):
+        pid = leftover.name[len(prefix) :].split(".")[0]  # "<pid>" or "<pid>.raw"
+        if pid.isdigit() and not pid_alive(int(pid)):
+            leftover.unlink(missing_ok=True)
 
 
 def _write_raw_file(
@@ -227,7 +254,7 @@ def _write_converted(
             f"--format {fmt} needs qemu-img, which is not installed",
             hint="install qemu-utils (Debian/Ubuntu) or qemu-img (RHEL), or use raw/qcow2",
         )
-    temp = dest.with_name(f".{dest.name}.hcbak-{os.getpid()}.raw")
+    temp = dest.with_name(f"{dest.name}.raw")
     try:
         written = _write_raw_file(repo, disk, temp, report, is_device=False)
         proc = subprocess.run(

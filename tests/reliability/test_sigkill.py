@@ -27,6 +27,7 @@ from .helpers import (
     guest_writes,
     kill_landing,
     kill_schedule,
+    sha256,
     spawn,
     timed_run,
     wait_for,
@@ -155,30 +156,31 @@ def test_sigkill_during_restore_then_restore_again_is_bit_exact(tmp_path: Path) 
         assert ledger.check() == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hcbak/engine/restore.py _write_raw_file: the destination is created and "
-    "ftruncate'd to full capacity before any block is written; a killed restore leaves a "
-    "full-size file with missing data that looks complete (write to a temp name, rename "
-    "at the end)",
-)
 def test_killed_restore_leaves_no_file_that_looks_complete(tmp_path: Path) -> None:
+    """A restore killed at any moment leaves either no file at the final name or the
+    whole, correct disk; never a full-size file with missing data. The next restore to
+    that name removes the dead run's partial file."""
     with lab(tmp_path) as L:
         vm = L.sim.create_vm("app01", [16 * MiB], tags=["nightly"])
         disk = L.sim.disk_uuids(vm)[0]
         L.sim.fill(disk, seed=9, written=0.9, compressible=0.2)
         assert cli(L.env, "job", "run", "nightly").code == 0
         pid = L.points()[0].id
+        expected = sha256(L.sim.read_live(disk, 0, 16 * MiB))
         out = tmp_path / "restored.raw"
+        partials = lambda: list(tmp_path.glob(".restored.raw.hcbak-partial-*"))  # noqa: E731
         hits = 0
         for _ in range(3):
             out.unlink(missing_ok=True)
             proc = spawn(L.env, "restore", "disk", pid, "--disk", "0", "--to", str(out))
-            wait_for(lambda p=proc: out.exists() or p.poll() is not None)
-            if proc.poll() is None:  # kill the moment the destination appears
+            wait_for(lambda p=proc: bool(partials()) or out.exists() or p.poll() is not None)
+            if proc.poll() is None:  # kill while the restore writes
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
                 hits += 1
-                # A partial file must not sit at the final name looking complete.
-                assert not (out.exists() and out.stat().st_size == 16 * MiB)
+            assert not out.exists() or file_sha256(out) == expected
         assert hits
+        out.unlink(missing_ok=True)
+        assert cli(L.env, "restore", "disk", pid, "--disk", "0", "--to", str(out)).code == 0
+        assert file_sha256(out) == expected
+        assert partials() == []
