@@ -145,6 +145,7 @@ class Faults:
         self.failing_snapshot_vms = set()
         self.sessions_expired = False
         self.no_space = False
+        self.update_phase = None
         self.upload_fail_after = None
         for i, mode in enumerate(self.node_modes):
             if mode != "ok":

@@ -123,11 +123,6 @@ def test_update_in_progress_before_a_run_waits_then_exits_4(tmp_path: Path) -> N
         _healthy_again(L, vm, ledger)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hcbak/sim/faults.py Faults.clear() ('back to a healthy cluster') resets every "
-    "switch except update_phase, so an injected update outlives clear()",
-)
 def test_clearing_faults_also_ends_an_injected_update() -> None:
     faults = Faults(1, lambda _i, _mode: None)
     faults.update("running")
