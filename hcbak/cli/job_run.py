@@ -124,7 +124,29 @@ def run_jobs(
         emit_json(report.to_dict())
     else:
         _print_summary(report)
+    for line in _error_lines(report):
+        sys.stderr.write(f"error: {line}\n")
     return report.exit_code()
+
+
+def _error_lines(report: Any) -> list[str]:
+    """One line per failed job for stderr, so cron mail and scripts see why even with
+    --json (docs/exit-codes.md: every failure exit names its reason on stderr)."""
+    from hcbak.engine.report import VM_FAILED
+
+    lines = []
+    for job in report.jobs:
+        if job.status == "failed":
+            lines.append(f"job {job.job} failed: {job.reason}")
+            continue
+        failed = [vm for vm in job.vms if vm.status == VM_FAILED]
+        if failed:
+            shown = "; ".join(f"{vm.name}: {vm.reason}" for vm in failed[:3])
+            more = f"; and {len(failed) - 3} more" if len(failed) > 3 else ""
+            lines.append(
+                f"job {job.job}: {len(failed)} of {len(job.vms)} VM(s) failed: {shown}{more}"
+            )
+    return [" ".join(line.split()) for line in lines]
 
 
 def _run_one(

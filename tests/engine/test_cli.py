@@ -106,6 +106,8 @@ def test_failed_vm_gives_exit_3_and_email_arrives_with_status_subject(
         assert proc.returncode == 3, proc.stderr
         assert_no_traceback(proc)
         assert "bad01" in proc.stdout and "failed" in proc.stdout
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and "job nightly: 1 of 2 VM(s) failed: bad01:" in errors[0]
     (msg,) = inbox.messages
     assert msg["Subject"].startswith("[hcbak] nightly: PARTIAL - 1/2 VMs backed up")
 
@@ -117,6 +119,10 @@ def test_failing_pre_hook_skips_the_job_with_exit_4(tmp_path: Path, run_hcbak: R
         assert proc.returncode == 4
         job = json.loads(proc.stdout)["jobs"][0]
         assert "pre-hook exited with status 2" in job["reason"]
+        # --json keeps stdout for the report; the reason still reaches stderr in one line.
+        assert re.search(
+            r"^error: job nightly failed: .*pre-hook exited with status 2", proc.stderr, re.M
+        )
         assert L.sim.snapshots(vm) == []
 
 
