@@ -57,6 +57,7 @@ from peers import available, run_peer
 from hcbak import __version__
 from hcbak.config import JobConfig, load_config, save_config
 from hcbak.repo import init_repo
+from hcbak.secrets import Secret
 from hcbak.sim import Simulator
 
 MiB = 1 << 20
@@ -132,13 +133,14 @@ def run_hcbak(work: Path, size: int, changed_image: Path) -> HcbakRun:
     """Full, incremental and restore through the CLI against an in-process simulator."""
     rows = []
     with Simulator(work / "sim", nodes=1, task_delay=0.005) as sim:
-        env = setup(work, sim, size, encrypt=False)
+        # Encrypted, like the peers (restic always encrypts; borg uses repokey).
+        env = setup(work, sim, size, encrypt=True)
         # The fixed cost a backup or restore pays before any work (interpreter + the
         # imports of the CLI, engine, client and repository), for reading small runs.
         m = run_measured([sys.executable, "-c", STARTUP_IMPORTS], env=env)
         rows.append(Row("hcbak", STARTUP, m.seconds, 0.0, m.peak_rss_mib))
         repo = work / "repo"
-        init_repo(repo)
+        init_repo(repo, passphrase=Secret(env["HCBAK_BENCH_PASSPHRASE"]))
         full = one_run(env, "full", size, threads=3)
         rows.append(_row("full", full, dir_size(str(repo))))
         before = dir_size(str(repo))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import threading
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -87,6 +88,8 @@ class DiskStore:
         root.mkdir(parents=True, exist_ok=True)
         self.by_id.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        for leftover in root.glob(".reclaim-*"):  # a stop that came before the reclaimer
+            leftover.unlink(missing_ok=True)
 
     # --- paths --------------------------------------------------------------------
     def live_path(self, disk_uuid: str) -> Path:
@@ -145,7 +148,17 @@ class DiskStore:
         os.link(self.live_path(disk_uuid), self.snap_path(disk_uuid, serial))
 
     def drop_layer(self, disk_uuid: str, serial: int) -> None:
-        self.snap_path(disk_uuid, serial).unlink(missing_ok=True)
+        """Forget a snapshot layer now; free its space in the background.
+
+        Unlinking a multi-GiB file also evicts its cached pages, which takes seconds; a
+        cluster reclaims space asynchronously too, so the delete task does not wait."""
+        layer = self.snap_path(disk_uuid, serial)
+        doomed = layer.with_name(f".reclaim-{uuid.uuid4().hex}")
+        try:
+            os.rename(layer, doomed)
+        except FileNotFoundError:
+            return
+        threading.Thread(target=doomed.unlink, kwargs={"missing_ok": True}, daemon=True).start()
 
     # --- guest I/O ------------------------------------------------------------------
     def write(self, disk_uuid: str, offset: int, data: bytes) -> None:
