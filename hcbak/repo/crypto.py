@@ -108,10 +108,15 @@ class Sealer:
         return self._aead is not None
 
     def seal(self, plain: bytes, ad: bytes) -> bytes:
+        return b"".join(self.seal_parts(plain, ad))
+
+    def seal_parts(self, plain: bytes, ad: bytes) -> list[bytes]:
+        """`seal` as pieces to write one after another (nonce, ciphertext+tag): blocks
+        are MiBs, and joining them would copy every block once more under the GIL."""
         if self._aead is None:
-            return plain
+            return [plain]
         nonce = os.urandom(NONCE_LEN)
-        return nonce + self._aead.encrypt(nonce, plain, ad)
+        return [nonce, self._aead.encrypt(nonce, plain, ad)]
 
     def open(self, stored: bytes, ad: bytes, what: str) -> bytes:
         if self._aead is None:

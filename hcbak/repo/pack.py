@@ -43,9 +43,19 @@ class BlobFrame:
 
 def frame_blob(block_id: bytes, flags: int, codec: int, plain_len: int, payload: bytes) -> bytes:
     """The bytes of one blob: header (with crc32 over header fields + payload) + payload."""
-    pre = BLOB_HEADER.pack(block_id, flags, codec, 0, plain_len, len(payload), 0)[:-4]
-    crc = zlib.crc32(payload, zlib.crc32(pre))
-    return pre + struct.pack("<I", crc) + payload
+    return b"".join(frame_parts(block_id, flags, codec, plain_len, [payload]))
+
+
+def frame_parts(
+    block_id: bytes, flags: int, codec: int, plain_len: int, payload: list[bytes]
+) -> list[bytes]:
+    """`frame_blob` as pieces (header, then the payload's pieces), without joining them."""
+    stored_len = sum(len(part) for part in payload)
+    pre = BLOB_HEADER.pack(block_id, flags, codec, 0, plain_len, stored_len, 0)[:-4]
+    crc = zlib.crc32(pre)
+    for part in payload:
+        crc = zlib.crc32(part, crc)
+    return [pre + struct.pack("<I", crc), *payload]
 
 
 def parse_blob(frame: bytes, what: str) -> BlobFrame:
@@ -80,11 +90,16 @@ class PackWriter:
         self._fh.write(data)
         self.size += len(data)
 
-    def append(self, block_id: bytes, frame: bytes, plain_len: int) -> tuple[int, int]:
+    def append(
+        self, block_id: bytes, frame: bytes | list[bytes], plain_len: int
+    ) -> tuple[int, int]:
+        """Append one blob frame, given whole or as pieces (written in order, not joined)."""
         offset = self.size
-        self._write(frame)
-        self.entries.append((block_id, offset, len(frame), plain_len))
-        return offset, len(frame)
+        for part in [frame] if isinstance(frame, bytes) else frame:
+            self._write(part)
+        length = self.size - offset
+        self.entries.append((block_id, offset, length, plain_len))
+        return offset, length
 
     def read_frame(self, offset: int, length: int) -> bytes:
         """Read back a blob of this still-open pack (a get_block before flush)."""

@@ -38,7 +38,7 @@ from hcbak.repo.index import (
 )
 from hcbak.repo.index import write_segment as _write_segment
 from hcbak.repo.locks import RepoLock
-from hcbak.repo.pack import PackWriter, frame_blob, pack_path, parse_blob
+from hcbak.repo.pack import PackWriter, frame_parts, pack_path, parse_blob
 from hcbak.repo.points import (
     POINT_MAGIC,
     Point,
@@ -229,9 +229,9 @@ class Repository:
             self._inflight.add(block_id)
         try:
             codec, comp = compress(data, self._codec)
-            payload = self.sealer.seal(comp, block_id)
+            payload = self.sealer.seal_parts(comp, block_id)
             flags = FLAG_ENCRYPTED if self.sealer.encrypted else 0
-            frame = frame_blob(block_id, flags, codec, len(data), payload)
+            frame = frame_parts(block_id, flags, codec, len(data), payload)
             full = self._append(block_id, frame, len(data))
         except BaseException:
             # Other threads saw this id in flight and may reference it in their maps.
@@ -241,13 +241,13 @@ class Repository:
         else:
             if full is not None:
                 self._finish(full)
-            return len(frame)
+            return sum(len(part) for part in frame)
         finally:
             with self._cv:
                 self._inflight.discard(block_id)
                 self._cv.notify_all()
 
-    def _append(self, block_id: bytes, frame: bytes, plain_len: int) -> PackWriter | None:
+    def _append(self, block_id: bytes, frame: list[bytes], plain_len: int) -> PackWriter | None:
         """Append under the lock; returns the writer to finish when it reached target."""
         with self._cv:
             writer = self._writer
