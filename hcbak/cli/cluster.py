@@ -23,7 +23,7 @@ from hcbak.cli.common import (
     secret_ref_json,
     stdin_is_tty,
 )
-from hcbak.cli.output import emit_json, info, print_fields, print_table
+from hcbak.cli.output import JsonOpt, emit_json, info, print_fields, print_table
 from hcbak.config import (
     ClusterConfig,
     TLSConfig,
@@ -38,7 +38,6 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (stable keys, docs/cli.md).")]
 TLS_CHOICES = (
     "--fingerprint NODE=SHA256 (pin each node), --trust-on-first-use (fetch and pin "
     "what the nodes present now), --ca-file FILE, or --insecure"

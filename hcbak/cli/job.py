@@ -15,7 +15,7 @@ import typer
 from hcbak.cli import job_run
 from hcbak.cli.common import check_name, check_value, load_config, load_config_for_edit
 from hcbak.cli.common import save_config as save_checked
-from hcbak.cli.output import emit_json, info, print_fields, print_table
+from hcbak.cli.output import JsonOpt, emit_json, info, print_fields, print_table
 from hcbak.config import (
     NOTIFY_EVENTS,
     PRUNE_MODES,
@@ -30,7 +30,6 @@ from hcbak.schedule import CronSchedule, parse_duration
 
 app = typer.Typer(help="Manage and run backup jobs.", no_args_is_help=True)
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (stable keys, docs/cli.md).")]
 NameArg = Annotated[str, typer.Argument(help="Job name (letters, digits, - and _).")]
 ClusterOpt = Annotated[str | None, typer.Option(help="Cluster to back up from (cluster list).")]
 RepoOpt = Annotated[str | None, typer.Option(help="Repository to store into (repo list).")]

@@ -11,14 +11,13 @@ from typing import Annotated, Any
 import typer
 
 from hcbak.cli.common import load_config
-from hcbak.cli.output import emit_json, info, print_fields, print_table, warn
+from hcbak.cli.output import JsonOpt, emit_json, info, print_fields, print_table, warn
 from hcbak.cli.repo import open_configured
 from hcbak.config import Config, RepoConfig
 from hcbak.errors import HcbakError, NotFoundError, UsageError
 
 app = typer.Typer(help="List, inspect and forget restore points.", no_args_is_help=True)
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (stable keys).")]
 RepoOpt = Annotated[str | None, typer.Option("--repo", help="Only this repository.")]
 PointArg = Annotated[
     str, typer.Argument(help="Point id, unique prefix, VM@latest or VM@YYYY-MM-DD.")

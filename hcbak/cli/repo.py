@@ -25,7 +25,7 @@ from hcbak.cli.common import (
     secret_ref_from_options,
     secret_ref_json,
 )
-from hcbak.cli.output import emit_json, info, print_fields, print_table
+from hcbak.cli.output import JsonOpt, emit_json, info, print_fields, print_table
 from hcbak.config import (
     Config,
     RepoConfig,
@@ -42,7 +42,6 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (stable keys).")]
 NameArg = Annotated[str, typer.Argument(help="Repository name in the config.")]
 PassEnv = Annotated[
     str | None, typer.Option(help="Read the passphrase from this environment variable.")

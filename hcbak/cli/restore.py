@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from hcbak.cli.common import load_config
-from hcbak.cli.output import emit_json, info, is_tty, print_fields, warn
+from hcbak.cli.output import JsonOpt, emit_json, info, is_tty, print_fields, warn
 from hcbak.errors import HcbakError, NotFoundError, UsageError
 
 if TYPE_CHECKING:
@@ -38,7 +38,6 @@ RepoOpt = Annotated[
     str | None,
     typer.Option("--repo", help="Repository name (default: search all configured ones)."),
 ]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
 
 @app.command("vm")
