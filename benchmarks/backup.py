@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from image import HOLE, REGION, _Bytes, changed_writes, region_kinds
 from measure import run_measured
 
-from hcbak.config import ClusterConfig, Config, JobConfig, RepoConfig, TLSConfig, save_config
+from hcbak.config import Config, JobConfig, RepoConfig, save_config
 from hcbak.repo import init_repo
 from hcbak.secrets import SecretRef
 from hcbak.sim import Simulator
@@ -53,7 +53,7 @@ def fill_disk(sim: Simulator, disk: str, size: int, seed: int = 42) -> None:
 
 
 def setup(work: Path, sim: Simulator, size: int, encrypt: bool) -> dict[str, str]:
-    user, password = sim.backup_user
+    password = sim.backup_user[1]
     vm = sim.create_vm("bench01", [size], tags=["bench"])
     fill_disk(sim, sim.disk_uuids(vm)[0], size)
     env = {**os.environ, "HCBAK_BENCH_PW": password, "HCBAK_CONFIG": str(work / "config.yaml"),
@@ -62,16 +62,9 @@ def setup(work: Path, sim: Simulator, size: int, encrypt: bool) -> dict[str, str
     config = Config(
         path=work / "config.yaml",
         clusters={
-            "sim": ClusterConfig(
-                name="sim",
-                nodes=list(sim.node_addresses),
-                username=user,
-                password=SecretRef(env="HCBAK_BENCH_PW"),
-                tls=TLSConfig(
-                    fingerprints=dict(zip(sim.node_addresses, sim.fingerprints, strict=True))
-                ),
-                worker_vm="hcbak-worker",
-                device_root=str(sim.device_root),
+            "sim": sim.cluster_config(
+                "sim",
+                password_env="HCBAK_BENCH_PW",
                 read_timeout=120.0,
             )
         },

@@ -112,22 +112,12 @@ def bench_sim(
     work: Path, env: dict[str, str], config: Config, point_id: str, image: Path, size: int
 ) -> dict[str, Any]:
     """`hcbak restore vm` into the simulator (real HTTPS on 127.0.0.1, in this process)."""
-    from hcbak.config import ClusterConfig, TLSConfig
-    from hcbak.secrets import SecretRef
     from hcbak.sim import Simulator
 
     with Simulator(work / "sim", nodes=1, task_delay=0.005) as sim:
-        user, password = sim.backup_user
-        config.clusters["sim"] = ClusterConfig(
-            name="sim",
-            nodes=list(sim.node_addresses),
-            username=user,
-            password=SecretRef(env="HCBAK_BENCH_PW"),
-            tls=TLSConfig(
-                fingerprints=dict(zip(sim.node_addresses, sim.fingerprints, strict=True))
-            ),
-            read_timeout=300.0,
-            task_timeout=600.0,
+        password = sim.backup_user[1]
+        config.clusters["sim"] = sim.cluster_config(
+            "sim", password_env="HCBAK_BENCH_PW", read_timeout=300.0, task_timeout=600.0
         )
         save_config(config)
         argv = [*HCBAK, "restore", "vm", point_id, "--as", "bench-restored"]

@@ -159,7 +159,9 @@ def _write_file(repo: Repository, disk: DiskImage, dest: Path, fmt: str, report:
         raise UsageError(f"{dest} already exists", hint="remove it or choose another path")
     _remove_dead_partials(dest)
     # Everything is written under a name that says "partial" and only linked to `dest`
-    # once complete and fsynced: a killed restore never leaves a file that looks whole.
+    # once complete: a killed restore never leaves a file that looks whole. No fsync (as
+    # cp, dd and restic): the page cache survives a killed process, and a restore cut by
+    # power loss is rerun; `sync` after it when the image must be on disk at once.
     partial = dest.with_name(f".{dest.name}.hcbak-partial-{os.getpid()}")
     try:
         if fmt in ("vmdk", "vhdx"):
@@ -169,7 +171,6 @@ def _write_file(repo: Repository, disk: DiskImage, dest: Path, fmt: str, report:
                 written = _write_qcow2(repo, disk, out, report)
         else:
             written = _write_raw_file(repo, disk, partial, report, is_device=False)
-        _fsync_path(partial)
         try:
             os.link(partial, dest)  # fails rather than replace a file created meanwhile
         except FileExistsError:
@@ -177,14 +178,6 @@ def _write_file(repo: Repository, disk: DiskImage, dest: Path, fmt: str, report:
         return written
     finally:
         partial.unlink(missing_ok=True)
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _remove_dead_partials(dest: Path) -> None:

@@ -11,15 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from hcbak.config import (
-    ClusterConfig,
     Config,
     JobConfig,
     RepoConfig,
-    TLSConfig,
     save_config,
 )
 from hcbak.repo import ZERO_BLOCK, init_repo, open_repo
-from hcbak.secrets import SecretRef
 from hcbak.sim import Simulator
 
 MiB = 1 << 20
@@ -68,19 +65,12 @@ class Lab:
 def lab(tmp: Path, *, retries: int = 0, nodes: int = 2, **job_fields: Any) -> Iterator[Lab]:
     """A running simulator + config + empty repository; job `nightly` selects tag `nightly`."""
     with Simulator(tmp / "sim", nodes=nodes, task_delay=0.005) as sim:
-        user, password = sim.backup_user
+        password = sim.backup_user[1]
         env_var = "HCBAK_TEST_CLUSTER_PW"
         os.environ[env_var] = password
-        cluster = ClusterConfig(
-            name="lab",
-            nodes=list(sim.node_addresses),
-            username=user,
-            password=SecretRef(env=env_var),
-            tls=TLSConfig(
-                fingerprints=dict(zip(sim.node_addresses, sim.fingerprints, strict=True))
-            ),
-            worker_vm="hcbak-worker",
-            device_root=str(sim.device_root),
+        cluster = sim.cluster_config(
+            "lab",
+            password_env=env_var,
             connect_timeout=2.0,
             read_timeout=5.0,
             task_timeout=30.0,

@@ -16,10 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from hcbak.config import ClusterConfig, Config, JobConfig, RepoConfig, TLSConfig, save_config
+from hcbak.config import Config, JobConfig, RepoConfig, save_config
 from hcbak.engine.backup import run_job
 from hcbak.repo import BlockMap, DiskImage, Point, Repository, init_repo, open_repo
-from hcbak.secrets import SecretRef
 from hcbak.sim import Simulator
 
 MiB = 1 << 20
@@ -128,18 +127,11 @@ def restore_lab(tmp: Path, env_var: str = "HCBAK_RESTORE_TEST_PW") -> Iterator[R
     the caller's `env` carries it to subprocesses, os.environ to in-process calls.
     """
     with Simulator(tmp / "sim", nodes=2, task_delay=0.005) as sim:
-        user, password = sim.backup_user
+        password = sim.backup_user[1]
         os.environ[env_var] = password
-        cluster = ClusterConfig(
-            name="lab",
-            nodes=list(sim.node_addresses),
-            username=user,
-            password=SecretRef(env=env_var),
-            tls=TLSConfig(
-                fingerprints=dict(zip(sim.node_addresses, sim.fingerprints, strict=True))
-            ),
-            worker_vm="hcbak-worker",
-            device_root=str(sim.device_root),
+        cluster = sim.cluster_config(
+            "lab",
+            password_env=env_var,
             connect_timeout=2.0,
             read_timeout=10.0,
             task_timeout=30.0,
