@@ -365,7 +365,16 @@ def write_results(table: str, size: int, notes: str) -> None:
         notes,
         "",
     ]
-    RESULTS.write_text("\n".join(text))
+    RESULTS.write_text("\n".join(text) + _kept_sections())
+
+
+KEPT_FROM = "\n## Repository store"  # written by hand from benchmarks/store.py; kept as is
+
+
+def _kept_sections() -> str:
+    old = RESULTS.read_text() if RESULTS.exists() else ""
+    at = old.find(KEPT_FROM)
+    return old[at:] if at >= 0 else ""
 
 
 def main() -> int:
