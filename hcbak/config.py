@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from hcbak.errors import ConfigError, NotFoundError
+from hcbak.errors import ConfigError, NotFoundError, UsageError
 from hcbak.schedule import CronSchedule, parse_duration
 from hcbak.secrets import Secret, SecretRef
 
@@ -210,6 +210,17 @@ def jobs_using(config: Config, cluster: str | None = None, repo: str | None = No
         if (cluster is not None and job.cluster == cluster)
         or (repo is not None and job.repo == repo)
     )
+
+
+def ensure_unused(config: Config, *, cluster: str | None = None, repo: str | None = None) -> None:
+    """Refuse to remove a cluster or repository that a job still names."""
+    users = jobs_using(config, cluster=cluster, repo=repo)
+    if users:
+        what = f"cluster {cluster!r}" if cluster is not None else f"repository {repo!r}"
+        raise UsageError(
+            f"{what} is used by job(s) {', '.join(users)}",
+            hint="remove or edit those jobs first",
+        )
 
 
 # --- paths ------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from hcbak.cli.output import JsonOpt, emit_json, info, print_fields, print_table
 from hcbak.config import (
     ClusterConfig,
     TLSConfig,
-    jobs_using,
+    ensure_unused,
     normalize_fingerprint,
     validate_node,
 )
@@ -222,12 +222,7 @@ def remove(name: Annotated[str, typer.Argument(help="Cluster name.")]) -> None:
     """Remove a cluster from the config (refused while a job uses it)."""
     config = load_config()
     config.cluster(name)
-    users = jobs_using(config, cluster=name)
-    if users:
-        raise UsageError(
-            f"cluster {name!r} is used by job(s) {', '.join(users)}",
-            hint="remove or edit those jobs first",
-        )
+    ensure_unused(config, cluster=name)
     del config.clusters[name]
     save_config(config)
     info(f"cluster {name!r} removed")

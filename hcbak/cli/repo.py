@@ -29,6 +29,7 @@ from hcbak.cli.output import JsonOpt, emit_json, info, print_fields, print_table
 from hcbak.config import (
     Config,
     RepoConfig,
+    ensure_unused,
     format_block_size,
     jobs_using,
     parse_block_size,
@@ -221,12 +222,7 @@ def remove(name: NameArg) -> None:
     """Remove a repository from the config (its folder is left untouched)."""
     config = load_config_for_edit()
     config.repo(name)
-    users = jobs_using(config, repo=name)
-    if users:
-        raise UsageError(
-            f"repository {name!r} is used by job(s) {', '.join(users)}",
-            hint="remove or edit those jobs first",
-        )
+    ensure_unused(config, repo=name)
     del config.repositories[name]
     save_config(config)
     info(f"removed repository {name} from the config (its files are untouched)")
