@@ -17,7 +17,7 @@ from hcbak.errors import TaskFailedError
 from hcbak.hypercore.records import Task
 
 # Poll quickly first (most tasks end within a second), then back off to spare the API.
-FIRST_POLL = 0.05
+FIRST_POLL = 0.02  # 0.02, 0.032, 0.051, ... 2.0: ~10 polls in the first second
 MAX_POLL = 2.0
 
 
