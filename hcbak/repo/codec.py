@@ -50,10 +50,10 @@ def compress(data: bytes, codec: int) -> tuple[int, bytes]:
     return codec, out
 
 
-def decompress(data: bytes, codec: int, plain_len: int, what: str) -> bytes:
+def decompress(data: bytes | memoryview, codec: int, plain_len: int, what: str) -> bytes:
     try:
         if codec == CODEC_NONE:
-            out = data
+            out = bytes(data)
         elif codec == CODEC_LZ4:
             out = lz4.frame.decompress(data)
         elif codec == CODEC_ZSTD:

@@ -118,7 +118,7 @@ class Sealer:
         nonce = os.urandom(NONCE_LEN)
         return [nonce, self._aead.encrypt(nonce, plain, ad)]
 
-    def open(self, stored: bytes, ad: bytes, what: str) -> bytes:
+    def open(self, stored: bytes | memoryview, ad: bytes, what: str) -> bytes | memoryview:
         if self._aead is None:
             return stored
         try:

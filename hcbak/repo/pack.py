@@ -38,7 +38,7 @@ class BlobFrame:
     flags: int
     codec: int
     plain_len: int
-    payload: bytes
+    payload: bytes | memoryview  # a view into the frame: blocks are MiBs, slices would copy
 
 
 def frame_blob(block_id: bytes, flags: int, codec: int, plain_len: int, payload: bytes) -> bytes:
@@ -62,7 +62,7 @@ def parse_blob(frame: bytes, what: str) -> BlobFrame:
     if len(frame) < BLOB_HEADER.size:
         raise IntegrityError(f"{what} is truncated")
     block_id, flags, codec, _, plain_len, stored_len, crc = BLOB_HEADER.unpack_from(frame)
-    payload = frame[BLOB_HEADER.size : BLOB_HEADER.size + stored_len]
+    payload = memoryview(frame)[BLOB_HEADER.size : BLOB_HEADER.size + stored_len]
     if len(payload) != stored_len:
         raise IntegrityError(f"{what} is truncated")
     if zlib.crc32(payload, zlib.crc32(frame[: BLOB_HEADER.size - 4])) != crc:
