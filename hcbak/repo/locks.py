@@ -170,7 +170,7 @@ def read_locks(root: Path) -> list[LockInfo]:
                 )
             )
         except (ValueError, KeyError, TypeError):
-            # Created but not yet written (or damaged): treat as a fresh exclusive
+            # Damaged (never half-written: _create links complete files): a fresh exclusive
             # lock of unknown origin until its mtime makes it stale.
             out.append(LockInfo(path.name, "?", 0, EXCLUSIVE, mtime, mtime, "unknown"))
     return out
@@ -216,13 +216,24 @@ class RepoLock:
         ).encode()
 
     def _create(self) -> None:
+        """Write the holder to a private temp file, then hard-link it into place.
+
+        The lock file appears complete or not at all: a holder killed while writing it
+        leaves only a temp file (ignored), never an empty lock that would look like an
+        unknown live holder for STALE_AFTER. link() fails if the name exists, like
+        O_EXCL, and is atomic on NFS."""
+        tmp = self.path.with_name(f"{fsio.TMP_PREFIX}lock-{self.name}")
         with fsio.translate_os_errors(f"lock file {self.path}"):
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
                 os.write(fd, self._content())
                 fsio._fsync(fd)
             finally:
                 os.close(fd)
+            try:
+                os.link(tmp, self.path)
+            finally:
+                fsio.remove_quietly(tmp)
 
     def _conflicts(self) -> list[LockInfo]:
         conflicts = []

@@ -222,3 +222,29 @@ def test_fresh_lock_from_an_earlier_boot_of_this_host_is_stale(tmp_path: Path) -
     fake_lock_with_identity(root, "before-reboot", boot_id="00000000-dead-beef")
     with open_repo(root, passphrase=PASS, lock="exclusive"):
         pass
+
+
+def test_holder_killed_while_creating_its_lock_leaves_no_lock(tmp_path: Path) -> None:
+    """Killed between writing its lock and publishing it (here: at the link call), a
+    holder must leave nothing that looks like a live lock; before the lock was written
+    in place and a kill at the wrong moment left an empty file that blocked the
+    repository for 30 minutes."""
+    root = make_repo(tmp_path / "r")
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os, signal, time; from pathlib import Path;"
+            "from hcbak.repo.locks import RepoLock;"
+            "os.link = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL);"
+            f"RepoLock(Path({str(root)!r}), 'exclusive').acquire();"
+            "print('acquired', flush=True); time.sleep(30)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert child.returncode == -signal.SIGKILL, child.stdout + child.stderr
+    assert read_locks(root) == []
+    with open_repo(root, passphrase=PASS, lock="exclusive"):
+        pass
