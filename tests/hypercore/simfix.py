@@ -12,7 +12,8 @@ from .conftest import make_cluster
 
 
 def pinned(sim: Any) -> TLSConfig:
-    return TLSConfig(fingerprints=dict(zip(sim.node_addresses, sim.fingerprints, strict=True)))
+    tls: TLSConfig = sim.pinned_tls()
+    return tls
 
 
 def sim_cluster(sim: Any, *, user: str = "admin", **kw: Any) -> ClusterConfig:
