@@ -11,11 +11,12 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
+
+from isal.isal_zlib import crc32
 
 from hcbak.errors import IntegrityError
 from hcbak.repo import fsio
@@ -52,9 +53,9 @@ def frame_parts(
     """`frame_blob` as pieces (header, then the payload's pieces), without joining them."""
     stored_len = sum(len(part) for part in payload)
     pre = BLOB_HEADER.pack(block_id, flags, codec, 0, plain_len, stored_len, 0)[:-4]
-    crc = zlib.crc32(pre)
+    crc = crc32(pre)
     for part in payload:
-        crc = zlib.crc32(part, crc)
+        crc = crc32(part, crc)
     return [pre + struct.pack("<I", crc), *payload]
 
 
@@ -65,7 +66,7 @@ def parse_blob(frame: bytes, what: str) -> BlobFrame:
     payload = memoryview(frame)[BLOB_HEADER.size : BLOB_HEADER.size + stored_len]
     if len(payload) != stored_len:
         raise IntegrityError(f"{what} is truncated")
-    if zlib.crc32(payload, zlib.crc32(frame[: BLOB_HEADER.size - 4])) != crc:
+    if crc32(payload, crc32(frame[: BLOB_HEADER.size - 4])) != crc:
         raise IntegrityError(f"{what} has a bad checksum")
     return BlobFrame(block_id, flags, codec, plain_len, payload)
 
@@ -115,14 +116,15 @@ class PackWriter:
         self._write(table)
         total = self.size + FOOTER.size
         self._write(
-            FOOTER.pack(table_offset, len(self.entries), zlib.crc32(table), total, PACK_END_MAGIC)
+            FOOTER.pack(table_offset, len(self.entries), crc32(table), total, PACK_END_MAGIC)
         )
         self._fh.flush()
         fsio._fsync(self._fh.fileno())
-        self._fh.close()
         # Hash by reading back (page cache) here, in the sealing thread, outside the
         # repository lock: appends of other threads do not wait for sha256.
         pack_id = _sha256_file(self.tmp)
+        fsio.drop_cache(self._fh.fileno())
+        self._fh.close()
         final = pack_path(self.root, pack_id)
         final.parent.mkdir(exist_ok=True)
         fsio.commit_tmp(self.tmp, final, write_once=True)
@@ -157,7 +159,7 @@ def read_trailer(path: Path) -> list[tuple[bytes, int, int, int]]:
             raise IntegrityError(f"{what} is truncated or damaged (no valid trailer)")
         fh.seek(table_offset)
         table = fh.read(count * TABLE_ENTRY.size)
-    if len(table) != count * TABLE_ENTRY.size or zlib.crc32(table) != crc:
+    if len(table) != count * TABLE_ENTRY.size or crc32(table) != crc:
         raise IntegrityError(f"{what} has a damaged blob table")
     return [(i, o, n, p) for i, o, n, p, _ in TABLE_ENTRY.iter_unpack(table)]
 

@@ -17,6 +17,7 @@ import secrets
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -65,6 +66,10 @@ PACK_TARGET = 64 * 1024 * 1024
 INDEX_EVERY_PACKS = 16
 SUBDIRS = ("packs", "index", "points", "locks")
 OPEN_PACKS_PER_THREAD = 8
+# Full packs being sealed (fsync, checksum, rename) in the background at once. The
+# threads that fill packs go on compressing meanwhile; past this many, the thread that
+# filled a pack seals it itself, which bounds the dirty data a slow disk can pile up.
+SEAL_BEHIND = 2
 
 
 def is_repo(path: Path) -> bool:
@@ -181,6 +186,9 @@ class Repository:
         # checked before it is committed (see _check_point_blocks). A failure costs the
         # VMs whose blocks were lost, never the whole run.
         self._lost: set[bytes] = set()
+        self._lost_error: RepoError | None = None  # why, when a background seal failed
+        self._sealer: ThreadPoolExecutor | None = None
+        self._sealing_behind = 0
         self._local = threading.local()
         self.reload_index()
 
@@ -240,7 +248,7 @@ class Repository:
             raise
         else:
             if full is not None:
-                self._finish(full)
+                self._seal(full)
             return sum(len(part) for part in frame)
         finally:
             with self._cv:
@@ -275,6 +283,35 @@ class Repository:
                 self._lost.add(entry[0])
             if self._writer is writer:
                 self._writer = None
+
+    def _seal(self, writer: PackWriter) -> None:
+        """Seal a full pack, in the background while fewer than SEAL_BEHIND are."""
+        with self._cv:
+            behind = self._sealing_behind < SEAL_BEHIND
+            if behind:
+                self._sealing_behind += 1
+                if self._sealer is None:
+                    self._sealer = ThreadPoolExecutor(1, thread_name_prefix="hcbak-seal")
+                sealer = self._sealer
+        if not behind:
+            self._finish(writer)
+            return
+        sealer.submit(self._finish_behind, writer)
+
+    def _finish_behind(self, writer: PackWriter) -> None:
+        """A background seal: a failure loses the pack's blocks (_lost) and is kept so
+        the commit of a point that needs them reports it (see _check_point_blocks)."""
+        try:
+            self._finish(writer)
+        except RepoError as exc:
+            with self._cv:
+                self._lost_error = exc
+        except BaseException as exc:  # kept and reported at commit time
+            with self._cv:
+                self._lost_error = RepoError(f"could not seal a pack file: {exc}")
+        finally:
+            with self._cv:
+                self._sealing_behind -= 1
 
     def _finish(self, writer: PackWriter) -> None:
         try:
@@ -425,6 +462,11 @@ class Repository:
             self.flush()
         with self._cv:
             missing = [b for b in suspects if not self.index.contains(b)]
+            cause = self._lost_error
+        if missing and cause is not None:
+            raise type(cause)(
+                f"point {point.id} is not committed: {cause.message}", hint=cause.hint
+            )
         if missing:
             raise RepoError(
                 f"point {point.id} is not committed: {len(missing)} of its blocks were lost "
@@ -503,6 +545,9 @@ class Repository:
     def close(self) -> None:
         with self._cv:
             writer, self._writer = self._writer, None
+            sealer, self._sealer = self._sealer, None
+        if sealer is not None:
+            sealer.shutdown(wait=True)
         if writer is not None:  # left open by an error: never commit half a pack
             writer.abort()
         cache = getattr(self._local, "packs", None)
