@@ -206,7 +206,7 @@ def _write_raw_file(
         written = 0
         for index, data in fetch_blocks(repo, disk, indexes):
             offset = index * disk.block_size
-            os.pwrite(fd, data[: disk.capacity - offset], offset)
+            os.pwrite(fd, _clip(data, disk.capacity - offset), offset)
             written += len(data) if data is not _zero_block(disk.block_size) else 0
             report(_label(disk), min(disk.capacity, offset + disk.block_size), disk.capacity)
         report(_label(disk), disk.capacity, disk.capacity)
@@ -220,7 +220,7 @@ def _write_raw_stream(repo: Repository, disk: DiskImage, out: BinaryIO, report: 
     written = 0
     for index, data in fetch_blocks(repo, disk, range(len(disk.block_map))):
         offset = index * disk.block_size
-        out.write(data[: disk.capacity - offset])
+        out.write(_clip(data, disk.capacity - offset))
         written += len(data) if data is not _zero_block(disk.block_size) else 0
         report(_label(disk), min(disk.capacity, offset + disk.block_size), disk.capacity)
     out.flush()
@@ -345,6 +345,11 @@ def fetch_blocks(
             yield index, data
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _clip(data: bytes, room: int) -> bytes | memoryview:
+    """The part of a block inside the disk (the last block may pass its end); no copy."""
+    return data if len(data) <= room else memoryview(data)[:room]
 
 
 _ZEROS: dict[int, bytes] = {}

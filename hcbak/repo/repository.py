@@ -26,6 +26,7 @@ from typing import BinaryIO
 import xxhash
 
 from hcbak.errors import IntegrityError, NotFoundError, RepoError, UsageError
+from hcbak.malloc_tuning import tune_for_blocks
 from hcbak.repo import fsio
 from hcbak.repo.blockmap import ZERO_BLOCK
 from hcbak.repo.codec import ENVELOPE, FLAG_ENCRYPTED, Envelope, codec_id, compress, decompress
@@ -129,6 +130,7 @@ def open_repo(
     command: str | None = None,
 ) -> Iterator[Repository]:
     """Open a repository, holding a shared/exclusive lease (or none) while in use."""
+    tune_for_blocks()  # every data path (backup, restore, verify, prune) passes here
     root = Path(path)
     settings, material, seed = load_settings(root, passphrase)
     for sub in SUBDIRS:  # empty folders are lost by some copies (git, rsync filters)

@@ -1,0 +1,110 @@
+"""The write path's shortcuts keep the format: lz4 sampling, ISA-L crc32, background seals."""
+
+from __future__ import annotations
+
+import errno
+import os
+import platform
+import threading
+import zlib
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from isal.isal_zlib import crc32 as isal_crc32
+from repo_helpers import PASS, disk_bytes, make_repo, read_disk, write_point
+
+from hcbak.errors import NoSpaceError
+from hcbak.repo import open_repo
+from hcbak.repo.codec import (
+    CODEC_LZ4,
+    CODEC_NONE,
+    LZ4_SAMPLE,
+    compress,
+    decompress,
+    looks_incompressible,
+)
+
+MiB = 1 << 20
+TEXT = (b"INFO kernel: backup of node 3 finished in 12 s\n" * (MiB // 40))[:MiB]
+
+
+@given(st.binary(max_size=4096), st.binary(max_size=4096), st.integers(0, 2**32 - 1))
+def test_isal_crc32_gives_zlibs_values(a: bytes, b: bytes, start: int) -> None:
+    """Blob and table checksums are zlib's crc32 on disk: the faster routine must agree,
+    chained too (frames are checksummed piece by piece)."""
+    assert isal_crc32(a + b) == zlib.crc32(a + b)
+    assert isal_crc32(b, isal_crc32(a, start)) == zlib.crc32(b, zlib.crc32(a, start))
+
+
+def test_random_block_is_stored_raw_and_text_compressed() -> None:
+    random_block = os.urandom(MiB)
+    assert looks_incompressible(random_block)
+    assert compress(random_block, CODEC_LZ4) == (CODEC_NONE, random_block)
+    assert not looks_incompressible(TEXT)
+    codec, out = compress(TEXT, CODEC_LZ4)
+    assert codec == CODEC_LZ4 and len(out) < len(TEXT) // 4
+
+
+def test_a_compressible_end_is_enough_to_compress_the_block() -> None:
+    """Random head, text tail (a file boundary inside the block): still compressed."""
+    block = os.urandom(MiB // 2) + TEXT[: MiB // 2]
+    assert not looks_incompressible(block)
+    codec, out = compress(block, CODEC_LZ4)
+    assert codec == CODEC_LZ4 and len(out) < len(block)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["random", "text", "zero"]), st.integers(1, 5 * LZ4_SAMPLE)),
+        max_size=6,
+    )
+)
+def test_compress_round_trips_any_mix(parts: list[tuple[str, int]]) -> None:
+    data = b"".join(
+        os.urandom(n) if kind == "random" else TEXT[:n] if kind == "text" else bytes(n)
+        for kind, n in parts
+    )
+    codec, out = compress(data, CODEC_LZ4)
+    assert decompress(out, codec, len(data), "test") == data
+    assert len(out) <= len(data)
+
+
+def test_background_seal_failure_refuses_the_point_with_its_cause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full pack is sealed by the background thread; its ENOSPC (injected: a disk full at
+    exactly that moment cannot be arranged otherwise) must still reach the commit of the
+    point whose blocks it held, as the typed no-space error, and a retry must commit."""
+    from hcbak.repo import pack as pack_mod
+
+    root = make_repo(tmp_path / "r")
+    real_finish = pack_mod.PackWriter.finish
+    sealers: list[str] = []
+
+    def finish_fails_once(self: pack_mod.PackWriter) -> str:
+        sealers.append(threading.current_thread().name)
+        if len(sealers) == 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_finish(self)
+
+    monkeypatch.setattr(pack_mod.PackWriter, "finish", finish_fails_once)
+    data = disk_bytes(11, 24)
+    with open_repo(root, passphrase=PASS, pack_target=512 * 1024) as repo:
+        with pytest.raises(NoSpaceError, match="is not committed: no space left"):
+            write_point(repo, data, vm="vm1")
+        retried = write_point(repo, data, vm="vm1")
+        assert read_disk(repo, retried.id) == data
+    assert sealers[0].startswith("hcbak-seal")  # the failure happened behind the writer
+    with open_repo(root, passphrase=PASS) as repo:
+        assert [p.id for p in repo.list_points()] == [retried.id]
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_malloc_tuning_applies_on_glibc() -> None:
+    from hcbak.malloc_tuning import tune_for_blocks
+
+    assert tune_for_blocks() is True
+    assert tune_for_blocks() is True  # idempotent
