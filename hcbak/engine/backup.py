@@ -33,6 +33,7 @@ from typing import Any
 
 from hcbak import __version__
 from hcbak.engine import cbt
+from hcbak.engine.background import entered_in_background
 from hcbak.engine.hooks import run_hook
 from hcbak.engine.pipeline import DEFAULT_THREADS, back_up_disk
 from hcbak.engine.report import (
@@ -189,7 +190,14 @@ class _Session:
             except HookError as exc:
                 raise HookError(f"job skipped: {exc.message}")
         passphrase = self.repo_cfg.passphrase.resolve() if self.repo_cfg.passphrase else None
-        with hypercore_session(self.cluster_cfg, warn=self.warn) as hc:
+        # The repository opens (scrypt, lock, index) while the cluster logs in and lists.
+        repo_cm = open_repo(
+            self.repo_cfg.path, passphrase=passphrase, lock="shared", command="job run"
+        )
+        with (
+            entered_in_background(repo_cm) as opened_repo,
+            hypercore_session(self.cluster_cfg, warn=self.warn) as hc,
+        ):
             self.hc = hc
             self._wait_for_update()
             vms = hc.list_vms()
@@ -203,19 +211,16 @@ class _Session:
                 vm_report.reason = f"VM {name} not found on cluster {self.job.cluster}"
                 self.report.vms.append(vm_report)
                 self.emit("vm_done", vm=name, message=f"failed: {vm_report.reason}")
-            with open_repo(
-                self.repo_cfg.path, passphrase=passphrase, lock="shared", command="job run"
-            ) as repo:
-                self.repo = repo
-                self._load_bases()
-                if self.report.dry_run:
-                    self.report.vms.extend(self._dry_run(t) for t in selection.targets)
-                    return
-                self._clean_orphans()
-                self.report.vms.extend(self._back_up_all(selection.targets))
-                self._apply_retention()
-            if (self.job.prune or "") == "after_run" and self.report.forgotten:
-                self._prune(passphrase)
+            self.repo = opened_repo()
+            self._load_bases()
+            if self.report.dry_run:
+                self.report.vms.extend(self._dry_run(t) for t in selection.targets)
+                return
+            self._clean_orphans()
+            self.report.vms.extend(self._back_up_all(selection.targets))
+            self._apply_retention()
+        if (self.job.prune or "") == "after_run" and self.report.forgotten:
+            self._prune(passphrase)
 
     def _back_up_all(self, targets: list[VmTarget]) -> list[VmReport]:
         """`parallel` VMs at a time. Ctrl-C/SIGTERM (KeyboardInterrupt in this thread)
