@@ -26,7 +26,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -179,7 +179,6 @@ class _Session:
 
     # --- the run ------------------------------------------------------------------------
     def run(self) -> None:
-        from hcbak.hypercore.client import hypercore_session
         from hcbak.repo import open_repo
 
         self.emit("job_start", message=f"cluster {self.job.cluster}, repo {self.job.repo}")
@@ -190,14 +189,20 @@ class _Session:
             except HookError as exc:
                 raise HookError(f"job skipped: {exc.message}")
         passphrase = self.repo_cfg.passphrase.resolve() if self.repo_cfg.passphrase else None
-        # The repository opens (scrypt, lock, index) while the cluster logs in and lists.
+        # The repository opens (scrypt, lock, index) while this thread imports the
+        # cluster client, logs in and lists the VMs.
         repo_cm = open_repo(
             self.repo_cfg.path, passphrase=passphrase, lock="shared", command="job run"
         )
-        with (
-            entered_in_background(repo_cm) as opened_repo,
-            hypercore_session(self.cluster_cfg, warn=self.warn) as hc,
-        ):
+        with entered_in_background(repo_cm) as opened_repo:
+            self._run_with(opened_repo)
+        if (self.job.prune or "") == "after_run" and self.report.forgotten:
+            self._prune(passphrase)
+
+    def _run_with(self, opened_repo: Callable[[], Any]) -> None:
+        from hcbak.hypercore.client import hypercore_session
+
+        with hypercore_session(self.cluster_cfg, warn=self.warn) as hc:
             self.hc = hc
             self._wait_for_update()
             vms = hc.list_vms()
@@ -219,8 +224,6 @@ class _Session:
             self._clean_orphans()
             self.report.vms.extend(self._back_up_all(selection.targets))
             self._apply_retention()
-        if (self.job.prune or "") == "after_run" and self.report.forgotten:
-            self._prune(passphrase)
 
     def _back_up_all(self, targets: list[VmTarget]) -> list[VmReport]:
         """`parallel` VMs at a time. Ctrl-C/SIGTERM (KeyboardInterrupt in this thread)
@@ -399,18 +402,27 @@ class _Session:
             snap = self.hc.create_snapshot(vm.uuid, snapshot_label(self.job.name, point_id))
             created = True
         report.snapshot_uuid = snap.uuid
+        # Clones are removed in the background while the point commits; every removal
+        # has ended before this attempt returns (or is retried).
+        removals: list[Future[None]] = []
         try:
-            images = [self._back_up_disk(vm, disk, snap, previous, report) for disk in target.disks]
-            self._commit(vm, snap, point_id, images, report)
-        except BaseException:
-            if created:
-                self._delete_snapshot_quietly(snap.uuid, report)
-            raise
-        report.point_id = point_id
-        if previous is not None and previous.snapshot_uuid and previous.snapshot_uuid != snap.uuid:
-            old = self.snapshots.get(previous.snapshot_uuid)
-            if old is not None and label_point_id(old.label, self.job.name) is not None:
-                self._delete_snapshot_quietly(old.uuid, report, warn=True)
+            try:
+                images = [
+                    self._back_up_disk(vm, disk, snap, previous, report, removals)
+                    for disk in target.disks
+                ]
+                self._commit(vm, snap, point_id, images, report)
+            except BaseException:
+                if created:
+                    self._delete_snapshot_quietly(snap.uuid, report)
+                raise
+            report.point_id = point_id
+            if previous is not None and previous.snapshot_uuid != snap.uuid:
+                old = self.snapshots.get(previous.snapshot_uuid or "")
+                if old is not None and label_point_id(old.label, self.job.name) is not None:
+                    self._delete_snapshot_quietly(old.uuid, report, warn=True)
+        finally:
+            wait(removals)
 
     def _previous_point(self, vm_uuid: str) -> Any | None:
         summary = self.latest.get(vm_uuid)
@@ -465,7 +477,13 @@ class _Session:
 
     # --- one disk -----------------------------------------------------------------------
     def _back_up_disk(
-        self, vm: Any, disk: Any, snap: Any, previous: Any | None, report: VmReport
+        self,
+        vm: Any,
+        disk: Any,
+        snap: Any,
+        previous: Any | None,
+        report: VmReport,
+        removals: list[Future[None]] | None = None,
     ) -> Any:
         from hcbak.repo import DiskImage
 
@@ -485,7 +503,7 @@ class _Session:
         )
         t0 = time.monotonic()
         prev_map = base.block_map if base is not None and base.capacity == capacity else None
-        with self._clone(disk, snap, capacity) as path, DiskReader(path) as reader:
+        with self._clone(disk, snap, capacity, removals) as path, DiskReader(path) as reader:
             result = back_up_disk(
                 reader,
                 self.repo,
@@ -561,8 +579,10 @@ class _Session:
             return cbt.full_plan(capacity, block_size, cbt.REASON_SNAPDIFF_ERROR)
         return cbt.incremental_plan(intervals, capacity, block_size)
 
-    def _clone(self, disk: Any, snap: Any, capacity: int) -> _Clone:
-        return _Clone(self, disk, snap, capacity)
+    def _clone(
+        self, disk: Any, snap: Any, capacity: int, removals: list[Future[None]] | None = None
+    ) -> _Clone:
+        return _Clone(self, disk, snap, capacity, removals)
 
     # --- after the VMs --------------------------------------------------------------------
     def _apply_retention(self) -> None:
@@ -660,11 +680,19 @@ class _Clone:
     """Context manager: hot-add a snapshot disk to the worker, yield its device path,
     always remove it again. Journaled so a crashed run's clone is found next time."""
 
-    def __init__(self, session: _Session, disk: Any, snap: Any, capacity: int) -> None:
+    def __init__(
+        self,
+        session: _Session,
+        disk: Any,
+        snap: Any,
+        capacity: int,
+        removals: list[Future[None]] | None = None,
+    ) -> None:
         self.s = session
         self.disk = disk
         self.snap = snap
         self.capacity = capacity
+        self.removals = removals  # when given: remove in the background, future here
         self.clone_uuid: str | None = None
 
     def __enter__(self) -> Path:
@@ -703,7 +731,12 @@ class _Clone:
             raise
 
     def __exit__(self, *exc: object) -> None:
-        self._remove()
+        if self.removals is None or self.clone_uuid is None:
+            self._remove()
+            return
+        remover = ThreadPoolExecutor(1, thread_name_prefix="hcbak-unclone")
+        self.removals.append(remover.submit(self._remove))
+        remover.shutdown(wait=False)  # its one thread ends after the removal
 
     def _remove(self) -> None:
         if self.clone_uuid is None:

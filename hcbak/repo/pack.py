@@ -12,6 +12,7 @@ import hashlib
 import os
 import struct
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -119,10 +120,13 @@ class PackWriter:
             FOOTER.pack(table_offset, len(self.entries), crc32(table), total, PACK_END_MAGIC)
         )
         self._fh.flush()
-        fsio._fsync(self._fh.fileno())
-        # Hash by reading back (page cache) here, in the sealing thread, outside the
-        # repository lock: appends of other threads do not wait for sha256.
-        pack_id = _sha256_file(self.tmp)
+        # Hash by reading back (page cache) outside the repository lock, so appends of
+        # other threads do not wait for sha256, and while the fsync waits for the disk
+        # (both release the GIL): the last pack of a run is on its critical path.
+        with ThreadPoolExecutor(1, thread_name_prefix="hcbak-sha") as hasher:
+            digest = hasher.submit(_sha256_file, self.tmp)
+            fsio._fsync(self._fh.fileno())
+            pack_id = digest.result()
         fsio.drop_cache(self._fh.fileno())
         self._fh.close()
         final = pack_path(self.root, pack_id)

@@ -55,6 +55,23 @@ def test_incremental_reads_exactly_the_changed_blocks_and_points_equal_snapshots
         assert L.hcbak_snapshots(vm)[0]["uuid"] == _vm(second, "web01").snapshot_uuid
 
 
+def test_clones_are_gone_when_the_run_returns(tmp_path: Path) -> None:
+    """Clones are removed in the background while the point commits: the run must still
+    wait for every removal (journal entries included) before it reports."""
+    from hcbak.engine.state import clone_journal_dir
+
+    with lab(tmp_path) as L:
+        vm = L.sim.create_vm("web01", [4 * MiB, 2 * MiB, 2 * MiB], tags=["nightly"])
+        for i, d in enumerate(L.sim.disk_uuids(vm)):
+            L.sim.fill(d, seed=10 + i)
+        for _ in range(2):
+            report = _run(L)
+            assert report.exit_code() == ExitCode.OK
+            worker_disks = [d for d in L.sim.block_devices() if d["vm"] == L.sim.worker_vm_uuid]
+            assert [d for d in worker_disks if d.get("sourceSnapshotUUID")] == []
+            assert list(clone_journal_dir(L.tmp / "state").glob("*.json")) == []
+
+
 def test_failed_run_keeps_old_base_and_removes_new_snapshot_and_clone(tmp_path: Path) -> None:
     with lab(tmp_path, retries=1) as L:
         vm = L.sim.create_vm("web01", [2 * MiB], tags=["nightly"])
