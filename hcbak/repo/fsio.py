@@ -71,6 +71,16 @@ def drop_cache(fd: int) -> None:
             pass
 
 
+def write_all(fd: int, parts: list[bytes]) -> int:
+    """Write the pieces in order with as few syscalls as possible; returns the length."""
+    total = sum(len(p) for p in parts)
+    done = os.writev(fd, parts)
+    while done < total:  # a short write (signal, nearly full disk): write the rest
+        rest = b"".join(parts)[done:]  # rare, so the copy does not matter
+        done += os.write(fd, rest)
+    return total
+
+
 def tmp_path_for(final: Path) -> Path:
     return final.parent / f"{TMP_PREFIX}{final.name[:24]}-{secrets.token_hex(6)}"
 

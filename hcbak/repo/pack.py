@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from isal.isal_zlib import crc32
 
@@ -83,29 +82,26 @@ class PackWriter:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.tmp = fsio.tmp_path_for(root / "packs" / "pack")
-        self._fh: BinaryIO = open(self.tmp, "xb")  # noqa: SIM115 - closed in finish/abort
+        self._fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         self.entries: list[tuple[bytes, int, int, int]] = []  # id, offset, length, plain
         self.size = 0
-        self._write(PACK_HEADER.pack(PACK_MAGIC, PACK_VERSION, 0))
+        self._write([PACK_HEADER.pack(PACK_MAGIC, PACK_VERSION, 0)])
 
-    def _write(self, data: bytes) -> None:
-        self._fh.write(data)
-        self.size += len(data)
+    def _write(self, parts: list[bytes]) -> None:
+        self.size += fsio.write_all(self._fd, parts)
 
     def append(
         self, block_id: bytes, frame: bytes | list[bytes], plain_len: int
     ) -> tuple[int, int]:
-        """Append one blob frame, given whole or as pieces (written in order, not joined)."""
+        """Append one blob frame, given whole or as pieces (one writev, not joined)."""
         offset = self.size
-        for part in [frame] if isinstance(frame, bytes) else frame:
-            self._write(part)
+        self._write([frame] if isinstance(frame, bytes) else frame)
         length = self.size - offset
         self.entries.append((block_id, offset, length, plain_len))
         return offset, length
 
     def read_frame(self, offset: int, length: int) -> bytes:
         """Read back a blob of this still-open pack (a get_block before flush)."""
-        self._fh.flush()
         with open(self.tmp, "rb") as fh:
             fh.seek(offset)
             return fh.read(length)
@@ -114,29 +110,31 @@ class PackWriter:
         """Write the trailer, fsync, rename to the content-addressed name; returns the id."""
         table = b"".join(TABLE_ENTRY.pack(i, o, n, p, 0) for i, o, n, p in self.entries)
         table_offset = self.size
-        self._write(table)
-        total = self.size + FOOTER.size
-        self._write(
-            FOOTER.pack(table_offset, len(self.entries), crc32(table), total, PACK_END_MAGIC)
-        )
-        self._fh.flush()
+        total = self.size + len(table) + FOOTER.size
+        footer = FOOTER.pack(table_offset, len(self.entries), crc32(table), total, PACK_END_MAGIC)
+        self._write([table, footer])
         # Hash by reading back (page cache) outside the repository lock, so appends of
         # other threads do not wait for sha256, and while the fsync waits for the disk
         # (both release the GIL): the last pack of a run is on its critical path.
         with ThreadPoolExecutor(1, thread_name_prefix="hcbak-sha") as hasher:
             digest = hasher.submit(_sha256_file, self.tmp)
-            fsio._fsync(self._fh.fileno())
+            fsio._fsync(self._fd)
             pack_id = digest.result()
-        fsio.drop_cache(self._fh.fileno())
-        self._fh.close()
+        fsio.drop_cache(self._fd)
+        self._close()
         final = pack_path(self.root, pack_id)
         final.parent.mkdir(exist_ok=True)
         fsio.commit_tmp(self.tmp, final, write_once=True)
         return pack_id
 
+    def _close(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+
     def abort(self) -> None:
         try:
-            self._fh.close()
+            self._close()
         except OSError:
             pass
         fsio.remove_quietly(self.tmp)

@@ -108,3 +108,27 @@ def test_malloc_tuning_applies_on_glibc() -> None:
 
     assert tune_for_blocks() is True
     assert tune_for_blocks() is True  # idempotent
+
+
+def test_write_all_finishes_a_short_writev(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """writev may write less than asked (a signal, a nearly full disk); such a short write
+    cannot be arranged on demand, so os.writev is made to stop after 5 bytes once."""
+    from hcbak.repo import fsio
+
+    real_writev = os.writev
+    calls = {"n": 0}
+
+    def short_once(fd: int, parts: list[bytes]) -> int:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return os.write(fd, b"".join(parts)[:5])
+        return real_writev(fd, parts)
+
+    monkeypatch.setattr(os, "writev", short_once)
+    parts = [b"header", os.urandom(1000), b"tail"]
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT)
+    try:
+        assert fsio.write_all(fd, parts) == 1010
+    finally:
+        os.close(fd)
+    assert (tmp_path / "f").read_bytes() == b"".join(parts)
