@@ -59,7 +59,7 @@ def frame_parts(
     return [pre + struct.pack("<I", crc), *payload]
 
 
-def parse_blob(frame: bytes, what: str) -> BlobFrame:
+def parse_blob(frame: bytes | memoryview, what: str) -> BlobFrame:
     if len(frame) < BLOB_HEADER.size:
         raise IntegrityError(f"{what} is truncated")
     block_id, flags, codec, _, plain_len, stored_len, crc = BLOB_HEADER.unpack_from(frame)

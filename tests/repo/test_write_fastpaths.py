@@ -165,3 +165,43 @@ def test_a_damaged_lz4_frame_is_an_integrity_error_never_a_crash(where: int, xor
     # lz4 has no checksum of its own here: a flip may decode to other bytes of the
     # right length, which the block id check after decompress refuses.
     assert len(out) == 64 * 1024
+
+
+def _filesystem(path: Path) -> str:
+    import subprocess
+
+    return subprocess.run(
+        ["stat", "-f", "-c", "%T", str(path)], capture_output=True, text=True
+    ).stdout.strip()
+
+
+def test_blocks_read_back_with_o_direct_where_the_filesystem_has_it(tmp_path: Path) -> None:
+    if not hasattr(os, "O_DIRECT") or _filesystem(tmp_path) == "tmpfs":
+        pytest.skip("needs a filesystem with O_DIRECT (tmp_path is tmpfs here)")
+    root = make_repo(tmp_path / "r")
+    data = disk_bytes(21, 12)
+    with open_repo(root, passphrase=PASS) as repo:
+        point = write_point(repo, data)
+    with open_repo(root, passphrase=PASS) as repo:
+        assert read_disk(repo, point.id) == data
+        assert repo._direct_reads  # still on: the reads above went around the cache
+
+
+def test_reads_fall_back_to_the_page_cache_without_o_direct(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A filesystem without O_DIRECT answers EINVAL at open. None can be had here (tmpfs
+    has O_DIRECT since Linux 6.6), so the open is made to fail as such a one does."""
+    from hcbak.repo import repository
+
+    def no_direct(path: str, flags: int) -> int:
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    root = make_repo(tmp_path / "r")
+    data = disk_bytes(22, 6)
+    with open_repo(root, passphrase=PASS) as repo:
+        point = write_point(repo, data)
+    monkeypatch.setattr(repository, "_open_direct", no_direct)
+    with open_repo(root, passphrase=PASS) as repo:
+        assert read_disk(repo, point.id) == data
+        assert not repo._direct_reads
