@@ -98,6 +98,10 @@ def test_cluster_fault_during_a_run_has_its_documented_outcome(tmp_path: Path, f
     with lab(tmp_path) as L:
         vm, _disk, ledger = _setup(L)
         live = ledger.live_hashes()
+        # Tasks take a moment, as on a real cluster: the simulator decides a task's
+        # outcome when it is due, so a fault injected at the snapshot POST must land
+        # before that whatever the machine's load (5 ms was a race under CI load).
+        L.sim.faults.task_delay(0.25)
         watcher = _inject_at_snapshot(L, inject)
         res = cli(L.env, "job", "run", "nightly")
         watcher.join(timeout=5)
