@@ -23,7 +23,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from image import HOLE, REGION, _Bytes, changed_writes, region_kinds
-from measure import run_measured
+from measure import parse_size, run_measured
 
 from hcbak.config import Config, JobConfig, RepoConfig, save_config
 from hcbak.repo import init_repo
@@ -32,15 +32,6 @@ from hcbak.sim import Simulator
 
 MiB = 1 << 20
 HCBAK = [sys.executable, "-m", "hcbak"]
-
-
-def parse_size(text: str) -> int:
-    units = {"MIB": MiB, "M": MiB, "GIB": 1 << 30, "G": 1 << 30}
-    upper = text.strip().upper()
-    for unit, factor in units.items():
-        if upper.endswith(unit):
-            return int(float(upper[: -len(unit)]) * factor)
-    return int(upper)
 
 
 def fill_disk(sim: Simulator, disk: str, size: int, seed: int = 42) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import compileall
+import hashlib
 import os
 import subprocess
 import time
@@ -63,3 +64,21 @@ def dir_size(path: str) -> int:
             except FileNotFoundError:
                 pass
     return total
+
+
+def parse_size(text: str) -> int:
+    """A size argument: bytes, or with a k/m/g unit (K, MiB, 4GiB, 1.5G...)."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    if t and t[-1] in units:
+        return int(float(t[:-1]) * units[t[-1]])
+    return int(t)
+
+
+def sha256_file(path: Path) -> str:
+    """sha256 of a file, read in 8 MiB chunks (identity checks of restored images)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(8 << 20):
+            h.update(chunk)
+    return h.hexdigest()

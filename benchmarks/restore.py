@@ -13,7 +13,6 @@ Target (issue 7): 4 GiB to file in <= 6.3 s (half of restic 0.14's 12.4-12.9 s).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import sys
 import tempfile
@@ -27,21 +26,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from image import write_image
-from measure import run_measured
+from measure import parse_size, run_measured, sha256_file
 
 from hcbak.config import Config, RepoConfig, save_config
 from hcbak.repo import BlockMap, DiskImage, Point, init_repo, open_repo
 
 MiB = 1 << 20
 HCBAK = [sys.executable, "-m", "hcbak"]
-
-
-def parse_size(text: str) -> int:
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    t = text.strip().lower().removesuffix("ib").removesuffix("b")
-    if t and t[-1] in units:
-        return int(float(t[:-1]) * units[t[-1]])
-    return int(t)
 
 
 def store_image(repo_path: Path, image: Path, size: int, block_size: int) -> str:
@@ -76,14 +67,6 @@ def store_image(repo_path: Path, image: Path, size: int, block_size: int) -> str
         )
         repo.save_point(point)
         return point.id
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(8 * MiB):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def bench_file(

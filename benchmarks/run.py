@@ -22,7 +22,6 @@ It prints one table and the targets of issue 8 as ratios hcbak / peer, met or mi
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -41,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import lz4.frame
 import xxhash
-from backup import HCBAK, one_run, parse_size, setup
+from backup import HCBAK, one_run, setup
 from image import (
     HOLE,
     REGION,
@@ -51,7 +50,7 @@ from image import (
     region_kinds,
     write_image,
 )
-from measure import dir_size, run_measured
+from measure import dir_size, parse_size, run_measured, sha256_file
 from peers import available, run_peer
 
 from hcbak import __version__
@@ -159,21 +158,13 @@ def run_hcbak(work: Path, size: int, changed_image: Path) -> HcbakRun:
     rows.append(
         Row("hcbak", "restore", m.seconds, size / MiB / m.seconds, m.peak_rss_mib, allocated)
     )
-    identical = _sha256(out) == _sha256(changed_image)
+    identical = sha256_file(out) == sha256_file(changed_image)
     out.unlink()
     return HcbakRun(rows, len(changed_regions(size)) * REGION, allocated, identical)
 
 
 def _row(step: str, run: dict[str, float], repo_bytes: int) -> Row:
     return Row("hcbak", step, run["seconds"], run["mib_s"], run["rss_mib"], repo_bytes)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(8 * MiB):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # --- 3. peers ---------------------------------------------------------------------------

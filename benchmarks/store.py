@@ -24,18 +24,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from image import HOLE, RANDOM, REGION, _Bytes, region_kinds
-from measure import dir_size, run_measured
+from measure import dir_size, parse_size, run_measured
 
 from hcbak.repo import init_repo, open_repo
 from hcbak.secrets import Secret
 
 PASS = Secret("benchmark passphrase")
-
-
-def parse_size(text: str) -> int:
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    t = text.lower().removesuffix("ib").removesuffix("b")
-    return int(float(t[:-1]) * units[t[-1]]) if t[-1] in units else int(t)
 
 
 def child(size: int, threads: int, mode: str, workdir: Path) -> None:
