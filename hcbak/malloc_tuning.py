@@ -3,9 +3,9 @@
 glibc serves allocations over its mmap threshold (128 KiB, raised on the fly only up to
 the largest freed chunk) with a fresh mmap, and returns freed heap tops to the kernel.
 Every 1 MiB block buffer then costs 256 page faults and zeroing: on a 4 GiB restore
-that was a third of the time (docs/internals.md). A higher threshold keeps block
-buffers in the heap, where freed ones are reused; the heap stays bounded by the
-pipeline's bounded windows, so RSS does not grow with disk size.
+that was a third of the time (docs/operations.md, "Performance and tuning"). A higher
+threshold keeps block buffers in the heap, where freed ones are reused; the heap stays
+bounded by the pipeline's bounded windows, so RSS does not grow with disk size.
 """
 
 from __future__ import annotations

@@ -417,8 +417,12 @@ class _Session:
                     self._delete_snapshot_quietly(snap.uuid, report)
                 raise
             report.point_id = point_id
-            if previous is not None and previous.snapshot_uuid != snap.uuid:
-                old = self.snapshots.get(previous.snapshot_uuid or "")
+            if (
+                previous is not None
+                and previous.snapshot_uuid
+                and previous.snapshot_uuid != snap.uuid
+            ):
+                old = self.snapshots.get(previous.snapshot_uuid)
                 if old is not None and label_point_id(old.label, self.job.name) is not None:
                     self._delete_snapshot_quietly(old.uuid, report, warn=True)
         finally:
