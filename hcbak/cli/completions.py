@@ -36,11 +36,11 @@ class Node:
 
 def command_tree(app: typer.Typer | None = None) -> Node:
     """The visible command tree of the app (hidden commands left out)."""
-    if app is None:
-        from hcbak.cli.main import app as main_app
+    if app is not None:
+        return _walk(typer.main.get_command(app), ())
+    from hcbak.cli.main import root_command
 
-        app = main_app
-    return _walk(typer.main.get_command(app), ())
+    return _walk(root_command(load_all=True), ())
 
 
 def iter_nodes(node: Node) -> list[Node]:

@@ -2,26 +2,82 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+from typer.core import TyperGroup
 
 from hcbak import __version__
-from hcbak.cli import cluster, config_cmd, demo, job, mount, notify, points, repo, restore, sim
+from hcbak.cli import demo, mount
 from hcbak.cli.context import OPTIONS
 from hcbak.errors import ExitCode, HcbakError
+
+if TYPE_CHECKING:
+    from typer._click import Command, Context  # typer vendors click without public aliases
 
 EXIT_CODES_EPILOG = (
     "Exit codes: 0 ok, 1 warnings, 2 usage/config error, 3 partial (some VMs failed), "
     "4 failed, 5 busy/locked, 6 integrity error, 130 interrupted. See docs/exit-codes.md."
 )
 
+# Command groups, in `hcbak --help` order, by the module that defines each one's `app`.
+GROUPS = {
+    "cluster": "hcbak.cli.cluster",
+    "repo": "hcbak.cli.repo",
+    "job": "hcbak.cli.job",
+    "config": "hcbak.cli.config_cmd",
+    "points": "hcbak.cli.points",
+    "restore": "hcbak.cli.restore",
+    "notify": "hcbak.cli.notify",
+    "sim": "hcbak.cli.sim",
+}
+
+
+class LazyGroup(TyperGroup):
+    """The root group; it imports and builds a command group only when it is used.
+
+    A cron run of `hcbak job run` used to import and build all eight groups first:
+    about 50 ms more on a 2-core VM (benchmarks/RESULTS.md). `--help`, "did you mean"
+    and the command tree still see every group.
+    """
+
+    def list_commands(self, ctx: Context) -> list[str]:
+        own = [name for name in super().list_commands(ctx) if name not in GROUPS]
+        return [*own[:1], *GROUPS, *own[1:]]  # version, the groups, demo, mount
+
+    def get_command(self, ctx: Context, cmd_name: str) -> Command | None:
+        if cmd_name in GROUPS and cmd_name not in self.commands:
+            self.add_command(_build_group(cmd_name), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    def resolve_command(
+        self, ctx: Context, args: list[str]
+    ) -> tuple[str | None, Command | None, list[str]]:
+        if args and args[0] not in self.commands and args[0] not in GROUPS:
+            self.load_all()  # an unknown name: "did you mean" looks at every command
+        return super().resolve_command(ctx, args)
+
+    def load_all(self) -> LazyGroup:
+        for name in GROUPS:
+            self.get_command(typer.Context(self), name)
+        return self
+
+
+def _build_group(name: str) -> Command:
+    module = importlib.import_module(GROUPS[name])
+    group = typer.main.get_group(module.app)  # a group even when it has one command
+    group.name = name
+    return group
+
+
 app = typer.Typer(
+    cls=LazyGroup,
     name="hcbak",
     help="Back up and restore Scale Computing SC//HyperCore VMs into open, deduplicated, "
     "optionally encrypted repositories.",
@@ -69,14 +125,6 @@ def version(
         typer.echo(f"hcbak {__version__}")
 
 
-app.add_typer(cluster.app, name="cluster")
-app.add_typer(repo.app, name="repo")
-app.add_typer(job.app, name="job")
-app.add_typer(config_cmd.app, name="config")
-app.add_typer(points.app, name="points")
-app.add_typer(restore.app, name="restore")
-app.add_typer(notify.app, name="notify")
-app.add_typer(sim.app, name="sim")
 demo.register(app)
 mount.register(app)
 
@@ -88,7 +136,7 @@ def _debug_requested(argv: list[str]) -> bool:
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return the exit code (tests call this in-process)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    command = typer.main.get_command(app)
+    command = root_command()
     try:
         result = command.main(args=args, prog_name="hcbak", standalone_mode=False)
     except HcbakError as exc:
@@ -121,6 +169,13 @@ def run(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"error: internal error ({name}); rerun with --debug for details\n")
         return int(ExitCode.FAILED)
     return int(result) if isinstance(result, int) else int(ExitCode.OK)
+
+
+def root_command(*, load_all: bool = False) -> LazyGroup:
+    """The click command of the app; `load_all` builds every group (tree walkers)."""
+    command = typer.main.get_command(app)
+    assert isinstance(command, LazyGroup)
+    return command.load_all() if load_all else command
 
 
 def main() -> None:

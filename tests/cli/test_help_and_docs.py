@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -60,3 +61,28 @@ def test_exit_code_table_documents_every_code() -> None:
     text = (DOCS / "exit-codes.md").read_text()
     for code in ExitCode:
         assert re.search(rf"^\| {int(code)} \| `{code.name}` \|", text, re.M), code
+
+
+def test_a_command_imports_only_its_own_group(hcbak_env: dict[str, str]) -> None:
+    """`hcbak job list` (and `job run` from cron) must not import the other groups."""
+    code = (
+        "import sys\n"
+        "from hcbak.cli.main import run\n"
+        "run(['job', 'list'])\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('hcbak.cli.'))))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=hcbak_env, capture_output=True, text=True, timeout=60
+    )
+    loaded = set(proc.stdout.split())
+    assert "hcbak.cli.job" in loaded, proc.stderr
+    others = {"hcbak.cli.cluster", "hcbak.cli.repo", "hcbak.cli.restore", "hcbak.cli.points"}
+    assert not loaded & others
+
+
+def test_a_mistyped_group_still_gets_a_suggestion(
+    run_inproc: Callable[..., subprocess.CompletedProcess[str]],
+) -> None:
+    proc = run_inproc("restroe", "disk")
+    assert proc.returncode == 2
+    assert "Did you mean 'restore'?" in proc.stderr

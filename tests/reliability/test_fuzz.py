@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import typer
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hcbak.cli.main import app
+from hcbak.cli.main import root_command
 from hcbak.config import Config, load_config
 from hcbak.errors import ConfigError
 
@@ -149,7 +148,7 @@ def _leaf_commands() -> dict[tuple[str, ...], Any]:
         elif path not in NEVER_ENDING:
             out[path] = cmd
 
-    walk(typer.main.get_command(app), ())
+    walk(root_command(load_all=True), ())
     return out
 
 
