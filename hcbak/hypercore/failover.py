@@ -9,8 +9,9 @@ case is known in advance and stated in the error.
 
 Whether a failed request may be repeated on the next node depends on whether it can
 have reached the API:
-- refused, connect timeout, TLS handshake failure, 502/503 (the node's front end says
-  its API backend is not running): the API never saw it -> any request may move on;
+- refused, connect timeout, TLS handshake failure or timeout, 502/503 (the node's front
+  end says its API backend is not running): the API never saw it -> any request may
+  move on;
 - read timeout, connection reset after sending, 500/504 and other 5xx: the API may have
   acted -> idempotent requests move on, mutations raise `MaybeProcessedError` so the
   caller can check the effect (e.g. look for the snapshot label) before repeating.
@@ -20,20 +21,25 @@ so it did nothing).
 
 from __future__ import annotations
 
-import http.cookiejar
+import json as jsonlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-
-import requests
-import urllib3
-from urllib3.exceptions import InsecureRequestWarning, NewConnectionError
+from urllib.parse import urlencode
 
 from hcbak.errors import APIError, ClusterUnreachableError
 from hcbak.hypercore import tls
+from hcbak.hypercore.connection import (
+    MaybeSent,
+    NodeConnection,
+    NotSent,
+    PinMismatch,
+    Response,
+    tls_context,
+)
 
 log = logging.getLogger("hcbak.hypercore")
 
@@ -67,16 +73,12 @@ def backoff_delay(round_index: int) -> float:
     return float(min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(round_index - 1, 16)))
 
 
-class _RejectAllCookies(http.cookiejar.DefaultCookiePolicy):
-    """The session cookie is sent explicitly to every node: cookie jars scope cookies by
-    host, and each node is a different host, so jar storage would be wrong."""
-
-    def set_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
-        return False
-
-
 class NodePool:
-    """The nodes of one cluster and a `requests.Session` with per-node TLS trust."""
+    """The nodes of one cluster, each with its own TLS trust and kept-alive connections.
+
+    The session cookie is sent explicitly to every node (each node is a different
+    host, so a cookie jar would scope it wrongly); nothing else is kept between calls.
+    """
 
     def __init__(
         self,
@@ -98,11 +100,10 @@ class NodePool:
         self.rounds = max(1, int(rounds))
         self._sleep = sleep
         self._clock = clock
-        self.session = requests.Session()
-        self.session.cookies.set_policy(_RejectAllCookies())
-        self.session.trust_env = False  # no proxies from the environment for node IPs
         self.addresses: list[str] = []
         self.trust: dict[str, tls.NodeTrust] = {}
+        self.connections: dict[str, NodeConnection] = {}
+        self._contexts: dict[tuple[str, str | None], Any] = {}
         self.session_cookie: str | None = None
         self.relogin: Callable[[], None] | None = None
         self._login_lock = threading.Lock()
@@ -114,14 +115,20 @@ class NodePool:
     # --- membership -------------------------------------------------------------------
     def _add(self, address: str) -> None:
         trust = tls.trust_for(address, self.tls_config)
+        key = (trust.mode, trust.ca_file)
+        if key not in self._contexts:
+            self._contexts[key] = tls_context(trust.mode, trust.ca_file)
+        host, port = tls.split_address(address)
         self.addresses.append(address)
         self.trust[address] = trust
-        if trust.mode == "pin" and trust.fingerprint:
-            self.session.mount(tls.base_url(address) + "/", tls.PinnedAdapter(trust.fingerprint))
-        if trust.mode == "insecure":
-            # hcbak warns itself, once per run and loudly; urllib3's per-request warning
-            # would only add noise.
-            urllib3.disable_warnings(InsecureRequestWarning)
+        self.connections[address] = NodeConnection(
+            host,
+            port,
+            self._contexts[key],
+            pin=trust.fingerprint if trust.mode == "pin" else None,
+            connect_timeout=self.timeout[0],
+            read_timeout=self.timeout[1],
+        )
 
     def add_discovered(self, lan_ips: list[str]) -> list[str]:
         """Add `GET /Node` lanIPs to the rotation when their host is not known yet.
@@ -171,7 +178,7 @@ class NodePool:
         rest: bool = True,
         auth: bool = True,
         rounds: int | None = None,
-    ) -> requests.Response:
+    ) -> Response:
         """Send one request to the first node that answers; see the module docstring.
 
         Returns any response that is the API's own answer (2xx-4xx, and 5xx other than
@@ -237,42 +244,29 @@ class NodePool:
         params: Mapping[str, str] | None,
         rest: bool,
         auth: bool,
-    ) -> requests.Response:
-        url = tls.base_url(address) + (REST_PREFIX if rest else "") + path
+    ) -> Response:
+        target = (REST_PREFIX if rest else "") + path
+        if params:
+            target += "?" + urlencode(params)
         all_headers = {"Accept": "application/json"}
         if auth and self.session_cookie:
             all_headers["Cookie"] = f"sessionID={self.session_cookie}"
+        body = data
+        if json is not None:
+            body = jsonlib.dumps(json).encode()
+            all_headers["Content-Type"] = "application/json"
+        elif body is not None and not isinstance(body, bytes | bytearray):
+            all_headers["Content-Length"] = str(len(body))  # a sized stream, never chunked
         all_headers.update(headers or {})
-        trust = self.trust[address]
         try:
-            resp = self.session.request(
-                method,
-                url,
-                json=json,
-                data=data,
-                headers=all_headers,
-                params=params,
-                timeout=self.timeout,
-                verify=trust.verify,
-                allow_redirects=False,
-            )
-        except requests.exceptions.SSLError as exc:
-            if trust.mode == "pin" and tls.is_fingerprint_mismatch(exc):
-                # Never fail over past a wrong certificate silently: someone must look.
-                raise tls.mismatch_error(address, trust.fingerprint or "", exc, self.timeout[0])
-            raise _NodeFailure(f"TLS handshake failed ({_short(exc)})", delivered=False)
-        except requests.exceptions.ConnectTimeout:
-            raise _NodeFailure(f"connect timed out after {self.timeout[0]:g} s", False)
-        except requests.exceptions.ReadTimeout:
-            # Also raised when a TLS handshake hangs; we cannot tell it from a hung
-            # response, so a mutation counts as possibly delivered.
-            raise _NodeFailure(f"timed out after {self.timeout[1]:g} s", True)
-        except requests.exceptions.ConnectionError as exc:
-            if _is_refused(exc):
-                raise _NodeFailure("refused", False)
-            raise _NodeFailure(f"connection failed ({_short(exc)})", True)
-        except requests.exceptions.RequestException as exc:
-            raise _NodeFailure(f"failed ({type(exc).__name__})", True)
+            resp = self.connections[address].request(method, target, all_headers, body)
+        except PinMismatch as exc:
+            # Never fail over past a wrong certificate silently: someone must look.
+            raise tls.mismatch_error(address, self.trust[address].fingerprint or "", exc.presented)
+        except NotSent as exc:
+            raise _NodeFailure(exc.reason, delivered=False)
+        except MaybeSent as exc:
+            raise _NodeFailure(exc.reason, delivered=True)
         code = resp.status_code
         if code in NOT_DELIVERED_STATUSES:
             kind = " (HTML)" if _is_html(resp) else ""
@@ -282,27 +276,10 @@ class NodePool:
         return resp
 
     def close(self) -> None:
-        self.session.close()
+        for connection in self.connections.values():
+            connection.close()
 
 
-def _is_html(resp: requests.Response) -> bool:
+def _is_html(resp: Response) -> bool:
     ctype = resp.headers.get("Content-Type", "")
     return "html" in ctype or resp.text.lstrip()[:1] == "<"
-
-
-def _is_refused(exc: requests.exceptions.ConnectionError) -> bool:
-    reason = getattr(exc.args[0], "reason", None) if exc.args else None
-    if isinstance(reason, NewConnectionError):
-        return True
-    return "refused" in str(exc).lower()
-
-
-def _short(exc: BaseException) -> str:
-    """A one-line, URL-free description of a requests exception for error messages."""
-    inner: BaseException = exc
-    reason = getattr(exc.args[0], "reason", None) if exc.args else None
-    if isinstance(reason, BaseException):
-        inner = reason
-    text = str(inner.args[0]) if inner.args else type(inner).__name__
-    text = text.split(" (Caused by")[0]
-    return " ".join(text.split())[:160]

@@ -2,9 +2,9 @@
 
 Clusters ship a self-signed certificate per node, so there are three explicit choices
 (per node, from `TLSConfig`):
-- *pin*: the SHA-256 of the node certificate's DER bytes. urllib3 checks it on the
-  connection itself (`assert_fingerprint`), after the handshake and before any request
-  byte is sent, so a mismatch never leaks the session cookie or password.
+- *pin*: the SHA-256 of the node certificate's DER bytes, checked on each connection
+  right after the handshake and before any request byte is sent (connection.py), so a
+  mismatch never leaks the session cookie or password.
 - *ca*: a CA bundle file (which may simply be the node's own PEM).
 - *insecure*: no verification; callers warn about it on every run.
 Without any of these, the system CA store is used.
@@ -19,12 +19,9 @@ import ssl
 from dataclasses import dataclass
 from typing import Any
 
-from requests.adapters import HTTPAdapter
-
 from hcbak.errors import ClusterUnreachableError, TLSError, UsageError
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_GOT = re.compile(r'got "?([0-9a-fA-F:]{40,})"?')
 
 
 def normalize_fingerprint(text: str) -> str:
@@ -90,15 +87,6 @@ class NodeTrust:
     fingerprint: str | None = None
     ca_file: str | None = None
 
-    @property
-    def verify(self) -> bool | str:
-        """The `verify=` argument requests needs for this node."""
-        if self.mode == "ca" and self.ca_file:
-            return self.ca_file
-        # pin: urllib3 checks the fingerprint itself; CA validation must be off because
-        # the certificate is self-signed. insecure: nothing is checked.
-        return self.mode == "system"
-
     def describe(self) -> str:
         if self.mode == "pin":
             return f"pinned sha256 {self.fingerprint}"
@@ -127,35 +115,11 @@ def trust_for(address: str, tls: Any) -> NodeTrust:
     return NodeTrust("system")
 
 
-class PinnedAdapter(HTTPAdapter):
-    """An HTTPAdapter whose connections must present exactly one certificate."""
-
-    def __init__(self, fingerprint: str) -> None:
-        self.fingerprint = fingerprint
-        super().__init__(max_retries=0)
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["assert_fingerprint"] = self.fingerprint
-        super().init_poolmanager(*args, **kwargs)
-
-
-def mismatch_error(address: str, expected: str, exc: BaseException, timeout: float) -> TLSError:
+def mismatch_error(address: str, expected: str, presented: str) -> TLSError:
     """A TLSError naming the node and both fingerprints (the pinned and the presented)."""
-    match = _GOT.search(str(exc))
-    if match:
-        got = match.group(1).lower().replace(":", "")
-    else:
-        try:
-            got = fetch_fingerprint(address, timeout)
-        except (TLSError, ClusterUnreachableError):
-            got = "unknown"
     return TLSError(
         f"certificate of node {address} does not match the pinned fingerprint: "
-        f"expected {expected}, node presented {got}",
+        f"expected {expected}, node presented {presented}",
         hint="if the node certificate was replaced on purpose, update the fingerprint with "
         "`hcbak cluster add ... --fingerprint` or --trust-on-first-use",
     )
-
-
-def is_fingerprint_mismatch(exc: BaseException) -> bool:
-    return "Fingerprints did not match" in str(exc)

@@ -10,7 +10,7 @@ Nouns:
 - point: a restore point, one manifest per VM per run with the block map of every disk.
 - lock: a lease file under locks/ (shared for backup/restore, exclusive for prune).
 
-This package never prints and never imports typer, rich or requests.
+This package never prints and never imports typer, rich or a network client.
 """
 
 from hcbak.repo.blockmap import ZERO_BLOCK, BlockMap

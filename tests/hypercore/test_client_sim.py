@@ -6,6 +6,7 @@ Each test names the failure it survives; timing asserts use the configured timeo
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from typing import Any
@@ -15,7 +16,7 @@ import pytest
 from hcbak.config import TLSConfig
 from hcbak.errors import ClusterBusyError, ClusterUnreachableError, TaskFailedError, TLSError
 from hcbak.hypercore.client import hypercore_session
-from hcbak.hypercore.failover import backoff_delay
+from hcbak.hypercore.failover import NodePool, backoff_delay
 
 from .conftest import CANARY
 from .simfix import requests_to, sim_client, sim_cluster
@@ -255,4 +256,54 @@ def test_parallel_workers_share_one_re_login_after_session_expiry(sim: Any) -> N
     assert all(results)
     # the first login plus at most one per racing thread that saw the old session
     assert 2 <= len(requests_to(sim, "POST", "/rest/v1/login")) <= 5
+    hc.logout()
+
+
+def test_a_hung_tls_handshake_is_not_sent_so_a_mutation_moves_on(sim: Any) -> None:
+    """The handshake is bounded by the connect timeout and nothing was sent: a
+    mutation goes to the next node instead of ending in MaybeProcessedError."""
+    vm_uuid = sim.create_vm("web01", [4 << 20])
+    cookie = sim_client(sim).pool.session_cookie
+    sim.faults.node_hang(0)  # new connections: TCP accepted, no handshake
+    cfg = sim_cluster(sim, connect_timeout=0.3, read_timeout=5.0, retries=1)
+    pool = NodePool(
+        cfg.name, list(sim.node_addresses), cfg.tls, connect_timeout=0.3, read_timeout=5.0, rounds=1
+    )
+    pool.session_cookie = cookie
+    started = time.monotonic()
+    resp = pool.send(
+        "PATCH", f"/VirDomain/{vm_uuid}", json={"description": "moved on"}, idempotent=False
+    )
+    elapsed = time.monotonic() - started
+    pool.close()
+    assert resp.status_code == 200, resp.text
+    assert 0.25 < elapsed < 2.0, elapsed  # one connect timeout, not the read timeout
+    patches = requests_to(sim, "PATCH", f"/rest/v1/VirDomain/{vm_uuid}")
+    assert [r[0] for r in patches] == [1]
+
+
+def test_an_idle_connection_the_node_closed_is_replaced_before_a_mutation(sim: Any) -> None:
+    """Keep-alive sockets go stale when a node restarts its front end; a mutation sent
+    on one would end in MaybeProcessedError although the node never saw it."""
+    vm_uuid = sim.create_vm("web01", [4 << 20])
+    hc = sim_client(sim)
+    hc.list_vms()
+    node = sim.node_addresses.index(hc.pool.rotation()[0])
+    sim.faults.node_tls_error(node)  # drops every open connection of that node...
+    sim.faults.node_ok(node)  # ...which then serves normally again
+    hc.update_vm(vm_uuid, {"description": "after reconnect"})
+    patches = requests_to(sim, "PATCH", f"/rest/v1/VirDomain/{vm_uuid}")
+    assert [r[0] for r in patches] == [node]
+    hc.logout()
+
+
+def test_connections_send_without_waiting_for_delayed_acks(sim: Any) -> None:
+    """http.client writes headers and body separately; with Nagle on, each mutation's
+    body waited for the node's delayed ACK (40 ms a call: 2x slower snapshots)."""
+    hc = sim_client(sim)
+    hc.list_vms()
+    idle = [c for node in hc.pool.connections.values() for c in node._idle]
+    assert idle, "no kept-alive connection to inspect"
+    for conn in idle:
+        assert conn.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
     hc.logout()

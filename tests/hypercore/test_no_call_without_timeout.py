@@ -33,6 +33,31 @@ def network_calls(tree: ast.AST) -> list[ast.Call]:
     return calls
 
 
+def connection_constructions(tree: ast.AST) -> list[ast.Call]:
+    """`HTTPConnection(...)` and subclasses built in hcbak (http.client's default: none)."""
+    return [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and ast.unparse(node.func).split(".")[-1].endswith(("Connection", "_Connection"))
+        and ast.unparse(node.func) != "NodeConnection"
+    ]
+
+
+def timeouts_cleared(tree: ast.AST) -> list[ast.Call]:
+    """`x.settimeout(None)`: a socket that waits forever."""
+    return [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "settimeout"
+        and (
+            not node.args or (isinstance(node.args[0], ast.Constant) and node.args[0].value is None)
+        )
+    ]
+
+
 def has_timeout(call: ast.Call) -> bool:
     return any(k.arg == "timeout" for k in call.keywords)
 
@@ -53,3 +78,24 @@ def test_the_inspection_catches_a_call_without_timeout() -> None:
     bad = ast.parse("import requests\nrequests.get('https://x')\nself.session.request('GET', u)\n")
     calls = network_calls(bad)
     assert len(calls) == 2 and not any(has_timeout(c) for c in calls)
+
+
+def test_every_http_connection_is_built_with_a_timeout_and_none_is_cleared() -> None:
+    built = 0
+    offenders = []
+    for path in sorted(PKG.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for call in connection_constructions(tree):
+            built += 1
+            if not has_timeout(call):
+                offenders.append(f"{path.name}:{call.lineno}: {ast.unparse(call)[:80]}")
+        offenders += [f"{path.name}:{c.lineno}: settimeout(None)" for c in timeouts_cleared(tree)]
+    assert built >= 1, "the inspection found no connection: it no longer looks right"
+    assert offenders == []
+
+
+def test_the_inspection_catches_connections_without_timeouts() -> None:
+    bad = ast.parse("c = _Connection(h, p)\nhttp.client.HTTPSConnection(h)\ns.settimeout(None)\n")
+    assert len(connection_constructions(bad)) == 2
+    assert not any(has_timeout(c) for c in connection_constructions(bad))
+    assert len(timeouts_cleared(bad)) == 1

@@ -10,6 +10,7 @@ import pytest
 
 from hcbak.config import TLSConfig
 from hcbak.errors import AuthError, ClusterUnreachableError, NotFoundError, TransportError
+from hcbak.hypercore import connection
 from hcbak.hypercore.client import HyperCoreClient, SizedStream
 from hcbak.hypercore.failover import NodePool
 from hcbak.hypercore.tls import fetch_fingerprint
@@ -91,23 +92,34 @@ def test_find_vm_by_name_or_uuid_and_missing_is_not_found(sim: Any) -> None:
     hc.logout()
 
 
-def test_every_request_of_a_workflow_carries_connect_and_read_timeouts(sim: Any) -> None:
+def test_every_connection_of_a_workflow_has_connect_and_read_timeouts(
+    sim: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     vm_uuid = sim.create_vm("web01", [1 << 20])
+    connects: list[Any] = []
+    real_connect = connection.socket.create_connection
+
+    def recording_connect(address: Any, timeout: Any = None, *args: Any) -> Any:
+        connects.append(timeout)
+        return real_connect(address, timeout, *args)
+
+    monkeypatch.setattr(connection.socket, "create_connection", recording_connect)
     hc = sim_client(sim)
-    seen: list[Any] = []
-    original = hc.pool.session.request
+    read_timeouts: list[Any] = []
+    for node in hc.pool.connections.values():
 
-    def checked(*args: Any, **kwargs: Any) -> Any:
-        seen.append(kwargs.get("timeout"))
-        return original(*args, **kwargs)
+        def checked(*args: Any, _node: Any = node, _request: Any = node.request) -> Any:
+            answer = _request(*args)
+            read_timeouts.extend(c.sock.gettimeout() for c in _node._idle)
+            return answer
 
-    hc.pool.session.request = checked  # type: ignore[method-assign]
+        monkeypatch.setattr(node, "request", checked)
     snap = hc.create_snapshot(vm_uuid, "t")
     hc.update_status()
     hc.delete_snapshot(snap.uuid)
     hc.logout()
-    assert len(seen) >= 5
-    assert all(t == (1.0, 1.0) for t in seen), seen
+    assert connects and all(t == 1.0 for t in connects), connects
+    assert len(read_timeouts) >= 5 and all(t == 1.0 for t in read_timeouts), read_timeouts
 
 
 def test_wrong_password_error_and_logs_never_show_it(

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ssl
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from hcbak.config import TLSConfig
 from hcbak.errors import UsageError
+from hcbak.hypercore.connection import tls_context
 from hcbak.hypercore.tls import base_url, normalize_fingerprint, split_address, trust_for
 
 FP = "ab" * 32
@@ -42,7 +45,17 @@ def test_pin_is_found_by_address_then_by_host() -> None:
 
 
 def test_ca_file_and_insecure_modes() -> None:
-    assert trust_for("h", TLSConfig(ca_file="/ca.pem")).verify == "/ca.pem"
+    ca = trust_for("h", TLSConfig(ca_file="/ca.pem"))
+    assert (ca.mode, ca.ca_file) == ("ca", "/ca.pem")
     insecure = trust_for("h", TLSConfig(insecure=True))
-    assert insecure.mode == "insecure" and insecure.verify is False
+    assert insecure.mode == "insecure"
     assert "NOT verified" in insecure.describe()
+
+
+def test_tls_contexts_check_what_their_mode_promises() -> None:
+    for mode in ("pin", "insecure"):  # self-signed node certificates: the pin decides
+        ctx = tls_context(mode)
+        assert ctx.verify_mode == ssl.CERT_NONE and not ctx.check_hostname
+    system = tls_context("system")
+    assert system.verify_mode == ssl.CERT_REQUIRED and system.check_hostname
+    assert all(c.minimum_version >= ssl.TLSVersion.TLSv1_2 for c in (tls_context("pin"), system))
