@@ -95,6 +95,10 @@ def run_jobs(
             raise UsageError("no jobs configured", hint="hcbak job create NAME ...")
     else:
         jobs = [config.job(name) for name in dict.fromkeys(names)]
+    if jobs:
+        from hcbak.engine.background import derive_repository_key_early
+
+        derive_repository_key_early(config, jobs[0])
     report = RunReport()
     log_file = _start_log(sdir)
     previous = _sigterm_as_interrupt()

@@ -6,28 +6,32 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 
 @contextmanager
 def entered_in_background(
-    cm: AbstractContextManager[T], name: str = "hcbak-open"
+    make: Callable[[], AbstractContextManager[T]], name: str = "hcbak-open"
 ) -> Iterator[Callable[[], T]]:
-    """Start entering `cm` now; the body gets a function that waits for its value.
+    """Build (`make()`) and enter a context in a helper thread; the body gets a function
+    that waits for its value.
 
-    Opening an encrypted repository costs a scrypt (~0.15 s) that a backup can spend
-    logging in to the cluster instead. However the body ends, `cm` is exited here,
-    with the body's exception, once its entering has finished (and only if it
-    succeeded), so a lock it took is always released.
+    Opening an encrypted repository costs its imports and a scrypt (~0.2 s together)
+    that a backup can spend logging in to the cluster instead. However the body ends,
+    the context is exited here, with the body's exception, once its entering has
+    finished (and only if it succeeded), so a lock it took is always released.
     """
     box: dict[str, object] = {}
     done = threading.Event()
+    held: list[AbstractContextManager[T]] = []
 
     def enter() -> None:
         try:
+            cm = make()
             box["value"] = cm.__enter__()
+            held.append(cm)
         except BaseException as exc:  # handed to whoever waits for the value
             box["error"] = exc
         finally:
@@ -45,9 +49,30 @@ def entered_in_background(
         yield value
     except BaseException:
         done.wait()
-        if "value" in box and cm.__exit__(*sys.exc_info()):
+        if held and held[0].__exit__(*sys.exc_info()):
             return
         raise
     done.wait()
-    if "value" in box:
-        cm.__exit__(None, None, None)
+    if held:
+        held[0].__exit__(None, None, None)
+
+
+def derive_repository_key_early(config: Any, job: Any) -> None:
+    """Start the scrypt of `job`'s repository now, before the engine is even imported.
+
+    Skipped when a pre-hook must run first (it may mount the repository) and for
+    passphrase commands (they would run twice). Any problem is left for the real open
+    to report.
+    """
+    from hcbak.errors import HcbakError
+
+    try:
+        repo_cfg = config.repo(job.repo)
+        ref = repo_cfg.passphrase
+        if job.pre_hook or ref is None or ref.command:
+            return
+        from hcbak.repo.kdf import derive_early
+
+        derive_early(repo_cfg.path, ref.resolve())
+    except HcbakError:
+        return

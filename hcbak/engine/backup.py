@@ -179,8 +179,6 @@ class _Session:
 
     # --- the run ------------------------------------------------------------------------
     def run(self) -> None:
-        from hcbak.repo import open_repo
-
         self.emit("job_start", message=f"cluster {self.job.cluster}, repo {self.job.repo}")
         if self.job.pre_hook and not self.report.dry_run:
             try:
@@ -189,11 +187,15 @@ class _Session:
             except HookError as exc:
                 raise HookError(f"job skipped: {exc.message}")
         passphrase = self.repo_cfg.passphrase.resolve() if self.repo_cfg.passphrase else None
-        # The repository opens (scrypt, lock, index) while this thread imports the
-        # cluster client, logs in and lists the VMs.
-        repo_cm = open_repo(
-            self.repo_cfg.path, passphrase=passphrase, lock="shared", command="job run"
-        )
+
+        # The repository opens (its imports, scrypt, lock, index) while this thread
+        # imports the cluster client, logs in and lists the VMs.
+        def repo_cm() -> Any:
+            from hcbak.repo import open_repo
+
+            path = self.repo_cfg.path
+            return open_repo(path, passphrase=passphrase, lock="shared", command="job run")
+
         with entered_in_background(repo_cm) as opened_repo:
             self._run_with(opened_repo)
         if (self.job.prune or "") == "after_run" and self.report.forgotten:

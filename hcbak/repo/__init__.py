@@ -13,9 +13,30 @@ Nouns:
 This package never prints and never imports typer, rich or a network client.
 """
 
-from hcbak.repo.blockmap import ZERO_BLOCK, BlockMap
-from hcbak.repo.points import DiskImage, Point, PointSummary
-from hcbak.repo.repository import RepoSettings, Repository, init_repo, is_repo, open_repo
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hcbak.repo.blockmap import ZERO_BLOCK, BlockMap
+    from hcbak.repo.points import DiskImage, Point, PointSummary
+    from hcbak.repo.repository import RepoSettings, Repository, init_repo, is_repo, open_repo
+
+# Loaded on first use (PEP 562): `job run` imports `hcbak.repo.locks` and starts the
+# key derivation (`kdf`) long before it needs the codecs and `cryptography`.
+_EXPORTS = {
+    "ZERO_BLOCK": "blockmap",
+    "BlockMap": "blockmap",
+    "DiskImage": "points",
+    "Point": "points",
+    "PointSummary": "points",
+    "RepoSettings": "repository",
+    "Repository": "repository",
+    "init_repo": "repository",
+    "is_repo": "repository",
+    "open_repo": "repository",
+}
 
 __all__ = [
     "ZERO_BLOCK",
@@ -29,3 +50,12 @@ __all__ = [
     "is_repo",
     "open_repo",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value

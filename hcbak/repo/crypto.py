@@ -9,7 +9,6 @@ blocks. The passphrase only wraps the master key, so `repo passwd` rewrites one 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import struct
 from dataclasses import dataclass
@@ -18,25 +17,12 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from hcbak.errors import IntegrityError, PassphraseError
+from hcbak.repo.kdf import KEY_LEN, KdfParams, derive_kek
 from hcbak.secrets import Secret
 
 NONCE_LEN = 12
 TAG_LEN = 16
-KEY_LEN = 32
-# scrypt cost: N=2^15, r=8, p=1 (~32 MiB, ~0.1 s): the interactive-login parameters
-# of the scrypt paper, applied once per open.
-SCRYPT_N = 1 << 15
-SCRYPT_R = 8
-SCRYPT_P = 1
 _KEY_AD = b"hcbak-master-key-v1:"
-
-
-@dataclass(frozen=True)
-class KdfParams:
-    n: int
-    r: int
-    p: int
-    salt: bytes
 
 
 @dataclass(frozen=True)
@@ -58,23 +44,6 @@ class KeyMaterial:
     @classmethod
     def generate(cls) -> KeyMaterial:
         return cls(os.urandom(KEY_LEN), struct.unpack("<Q", os.urandom(8))[0])
-
-
-def new_kdf_params(n: int = SCRYPT_N) -> KdfParams:
-    return KdfParams(n=n, r=SCRYPT_R, p=SCRYPT_P, salt=os.urandom(16))
-
-
-def derive_kek(passphrase: Secret, params: KdfParams) -> bytes:
-    maxmem = 256 * params.n * params.r + (1 << 20)
-    return hashlib.scrypt(
-        passphrase.reveal().encode("utf-8"),
-        salt=params.salt,
-        n=params.n,
-        r=params.r,
-        p=params.p,
-        maxmem=maxmem,
-        dklen=KEY_LEN,
-    )
 
 
 def wrap_key(material: KeyMaterial, passphrase: Secret, params: KdfParams, repo_id: str) -> bytes:

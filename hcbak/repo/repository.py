@@ -32,7 +32,7 @@ from hcbak.malloc_tuning import tune_for_blocks
 from hcbak.repo import fsio
 from hcbak.repo.blockmap import ZERO_BLOCK
 from hcbak.repo.codec import ENVELOPE, FLAG_ENCRYPTED, Envelope, codec_id, compress, decompress
-from hcbak.repo.crypto import SCRYPT_N, KeyMaterial, Sealer, new_kdf_params
+from hcbak.repo.crypto import KeyMaterial, Sealer
 from hcbak.repo.index import (
     CompactIndex,
     Location,
@@ -41,6 +41,7 @@ from hcbak.repo.index import (
     read_segment_raw,
 )
 from hcbak.repo.index import write_segment as _write_segment
+from hcbak.repo.kdf import SCRYPT_N, new_kdf_params
 from hcbak.repo.locks import RepoLock
 from hcbak.repo.pack import PackWriter, frame_parts, pack_path, parse_blob
 from hcbak.repo.points import (

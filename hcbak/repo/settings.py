@@ -10,12 +10,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hcbak.errors import PassphraseError, RepoError
 from hcbak.repo import fsio
-from hcbak.repo.crypto import KdfParams, KeyMaterial, unwrap_key, wrap_key
+from hcbak.repo.kdf import KdfParams
 from hcbak.secrets import Secret
+
+if TYPE_CHECKING:
+    from hcbak.repo.crypto import KeyMaterial
 
 FORMAT_NAME = "hcbak-repository"
 FORMAT_VERSION = 1
@@ -59,6 +62,8 @@ def encode_config(
     if passphrase is None or kdf is None:
         doc["id_seed"] = material.id_seed
     else:
+        from hcbak.repo.crypto import wrap_key  # cryptography: imported when needed
+
         doc["encryption"] = {
             "cipher": "aes-256-gcm",
             "kdf": "scrypt",
@@ -136,6 +141,8 @@ def load_settings(
             f"repository {root} is encrypted and no passphrase was given",
             hint="set the repository's passphrase reference in the config",
         )
+    from hcbak.repo.crypto import unwrap_key  # cryptography: imported when needed
+
     material = unwrap_key(wrapped, passphrase, kdf, settings.repo_id)
     return settings, material, material.id_seed
 
