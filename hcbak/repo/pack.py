@@ -85,7 +85,11 @@ class PackWriter:
         self._fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         self.entries: list[tuple[bytes, int, int, int]] = []  # id, offset, length, plain
         self.size = 0
-        self._write([PACK_HEADER.pack(PACK_MAGIC, PACK_VERSION, 0)])
+        try:
+            self._write([PACK_HEADER.pack(PACK_MAGIC, PACK_VERSION, 0)])
+        except BaseException:  # a full disk can refuse even the header
+            self.abort()
+            raise
 
     def _write(self, parts: list[bytes]) -> None:
         self.size += fsio.write_all(self._fd, parts)

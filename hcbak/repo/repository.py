@@ -75,6 +75,10 @@ DIRECT_ALIGN = 4096  # O_DIRECT offsets, lengths and buffers: the largest common
 # threads that fill packs go on compressing meanwhile; past this many, the thread that
 # filled a pack seals it itself, which bounds the dirty data a slow disk can pile up.
 SEAL_BEHIND = 2
+# Packs filled at once. Copying a block into the page cache is most of an append and
+# the filesystem serialises writes to one file, so two cores copy into two packs; more
+# writers would only leave more partly filled packs at every flush.
+WRITERS = 2
 
 
 def is_repo(path: Path) -> bool:
@@ -181,7 +185,9 @@ class Repository:
         self.pack_target = pack_target
         self._cv = threading.Condition()
         self._inflight: set[bytes] = set()
-        self._writer: PackWriter | None = None
+        self._idle: list[PackWriter] = []  # open packs no thread is appending to
+        self._busy: set[PackWriter] = set()  # open packs a thread is appending to
+        self._seal_when_done: set[PackWriter] = set()  # busy packs a flush must seal
         self._open: dict[bytes, tuple[PackWriter, int, int]] = {}
         self._new: dict[bytes, Location] = {}
         self._unindexed: list[SegmentEntry] = []
@@ -263,22 +269,41 @@ class Repository:
                 self._cv.notify_all()
 
     def _append(self, block_id: bytes, frame: list[bytes], plain_len: int) -> PackWriter | None:
-        """Append under the lock; returns the writer to finish when it reached target."""
-        with self._cv:
-            writer = self._writer
-            try:
-                if writer is None:
-                    writer = self._writer = PackWriter(self.root)
-                offset, length = writer.append(block_id, frame, plain_len)
-            except OSError as exc:
+        """Append to a pack no other thread is writing (the copy runs outside the lock);
+        returns the writer to seal when it reached its target or a flush asked for it."""
+        writer = self._take_writer()
+        try:
+            offset, length = writer.append(block_id, frame, plain_len)
+        except OSError as exc:
+            with self._cv:
+                self._busy.discard(writer)
+                self._seal_when_done.discard(writer)
                 self._fail_writer(writer, exc)
-                fsio.raise_os_error(exc, "a pack file")
-                raise  # unreachable; raise_os_error always raises
+                self._cv.notify_all()
+            fsio.raise_os_error(exc, "a pack file")
+            raise  # unreachable; raise_os_error always raises
+        with self._cv:
+            self._busy.discard(writer)
+            self._cv.notify_all()
             self._open[block_id] = (writer, offset, length)
-            if writer.size < self.pack_target:
+            if writer.size < self.pack_target and writer not in self._seal_when_done:
+                self._idle.append(writer)
                 return None
-            self._writer = None
+            self._seal_when_done.discard(writer)
             self._finishing.add(writer)
+            return writer
+
+    def _take_writer(self) -> PackWriter:
+        with self._cv:
+            self._cv.wait_for(lambda: self._idle or len(self._busy) < WRITERS)
+            writer = self._idle.pop() if self._idle else None
+            if writer is None:
+                try:
+                    writer = PackWriter(self.root)
+                except OSError as exc:
+                    fsio.raise_os_error(exc, "a pack file")
+                    raise  # unreachable; raise_os_error always raises
+            self._busy.add(writer)
             return writer
 
     def _fail_writer(self, writer: PackWriter | None, exc: BaseException) -> None:
@@ -288,8 +313,8 @@ class Repository:
             for entry in writer.entries:
                 self._open.pop(entry[0], None)
                 self._lost.add(entry[0])
-            if self._writer is writer:
-                self._writer = None
+            if writer in self._idle:
+                self._idle.remove(writer)
 
     def _seal(self, writer: PackWriter) -> None:
         """Seal a full pack, in the background while fewer than SEAL_BEHIND are."""
@@ -369,16 +394,17 @@ class Repository:
         with self._cv:
             pending = set(self._inflight)
             self._cv.wait_for(lambda: pending.isdisjoint(self._inflight))
-            # Every pending block is now in the open pack, in a pack being sealed, or
-            # already durable: seal the open pack here and wait for the others.
-            writer, self._writer = self._writer, None
-            sealing = set(self._finishing)
-            if writer is not None:
-                self._finishing.add(writer)
-        if writer is not None:
+            # Every pending block is now in an open pack, in a pack being sealed, or
+            # already durable: seal the idle open packs here, have the threads appending
+            # to the others seal them when their append is done, and wait for them all.
+            idle, self._idle = self._idle, []
+            self._finishing.update(idle)
+            self._seal_when_done |= self._busy
+            sealing = self._finishing | self._busy
+        for writer in idle:
             self._finish(writer)
         with self._cv:
-            self._cv.wait_for(lambda: sealing.isdisjoint(self._finishing))
+            self._cv.wait_for(lambda: sealing.isdisjoint(self._finishing | self._busy))
         self._write_index()
 
     def locate(self, block_id: bytes) -> Location | None:
@@ -589,11 +615,11 @@ class Repository:
 
     def close(self) -> None:
         with self._cv:
-            writer, self._writer = self._writer, None
+            idle, self._idle = self._idle, []
             sealer, self._sealer = self._sealer, None
         if sealer is not None:
             sealer.shutdown(wait=True)
-        if writer is not None:  # left open by an error: never commit half a pack
+        for writer in idle:  # left open by an error: never commit half a pack
             writer.abort()
         for key in ("packs", "direct"):
             cache = getattr(self._local, key, None)
