@@ -401,11 +401,22 @@ class Repository:
             self._finishing.update(idle)
             self._seal_when_done |= self._busy
             sealing = self._finishing | self._busy
-        for writer in idle:
-            self._finish(writer)
+        self._finish_all(idle)
         with self._cv:
             self._cv.wait_for(lambda: sealing.isdisjoint(self._finishing | self._busy))
         self._write_index()
+
+    def _finish_all(self, writers: list[PackWriter]) -> None:
+        """Seal the packs at the same time: their fsyncs overlap (a commit waits for them)."""
+        if len(writers) < 2:
+            for writer in writers:
+                self._finish(writer)
+            return
+        with ThreadPoolExecutor(len(writers) - 1, thread_name_prefix="hcbak-seal") as pool:
+            others = [pool.submit(self._finish, writer) for writer in writers[1:]]
+            self._finish(writers[0])
+            for sealed in others:
+                sealed.result()
 
     def locate(self, block_id: bytes) -> Location | None:
         with self._cv:

@@ -328,3 +328,45 @@ def test_a_full_disk_at_the_pack_header_leaves_no_temp_file(
     with pytest.raises(OSError):
         pack_mod.PackWriter(tmp_path)
     assert list((tmp_path / "packs").iterdir()) == []
+
+
+def test_a_flush_seals_its_open_packs_at_the_same_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit waits for the fsync of every open pack; two packs must not queue."""
+    import time
+
+    from hcbak.repo import pack as pack_mod
+
+    root = make_repo(tmp_path / "r")
+    real_finish = pack_mod.PackWriter.finish
+    sealing: list[int] = []
+    most = [0]
+    lock = threading.Lock()
+
+    def slow_finish(self: pack_mod.PackWriter) -> str:
+        with lock:
+            sealing.append(1)
+            most[0] = max(most[0], len(sealing))
+        time.sleep(0.1)
+        with lock:
+            sealing.pop()
+        return real_finish(self)
+
+    _slow_appends(monkeypatch, 0.02)  # two threads: two open packs
+    monkeypatch.setattr(pack_mod.PackWriter, "finish", slow_finish)
+    blocks = [os.urandom(256 * 1024) for _ in range(8)]
+    with open_repo(root, passphrase=PASS) as repo:
+        threads = [
+            threading.Thread(
+                target=lambda part=part: [repo.put_block(repo.block_id(b), b) for b in part]
+            )
+            for part in (blocks[:4], blocks[4:])
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        repo.flush()
+        assert all(repo.get_block(repo.block_id(b)) == b for b in blocks)
+    assert most[0] == 2
