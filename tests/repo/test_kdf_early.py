@@ -29,12 +29,19 @@ def scrypt_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return calls
 
 
-def test_the_open_takes_the_early_derivation_instead_of_a_second_scrypt(
-    tmp_path: Path, scrypt_calls: list[str]
-) -> None:
+@pytest.fixture
+def started(tmp_path: Path, scrypt_calls: list[str]) -> Path:
+    """An encrypted repository whose key derivation was started early."""
     root = make_repo(tmp_path / "r")
     scrypt_calls.clear()  # init_repo's own
     kdf.derive_early(root, PASS)
+    return root
+
+
+def test_the_open_takes_the_early_derivation_instead_of_a_second_scrypt(
+    started: Path, scrypt_calls: list[str]
+) -> None:
+    root = started
     with open_repo(root, passphrase=PASS, lock="shared", command="t") as repo:
         assert repo.config.encrypted
     assert scrypt_calls == ["hcbak-kdf"]
@@ -42,11 +49,9 @@ def test_the_open_takes_the_early_derivation_instead_of_a_second_scrypt(
 
 
 def test_a_different_passphrase_never_takes_the_early_result(
-    tmp_path: Path, scrypt_calls: list[str]
+    started: Path, scrypt_calls: list[str]
 ) -> None:
-    root = make_repo(tmp_path / "r")
-    scrypt_calls.clear()  # init_repo's own
-    kdf.derive_early(root, PASS)
+    root = started
     with pytest.raises(PassphraseError):
         open_repo(root, passphrase=Secret("wrong"), lock="shared", command="t").__enter__()
     assert len(scrypt_calls) == 2
