@@ -439,16 +439,17 @@ def closing_note(goals: list[Target], rows: list[Row]) -> str:
         incr = sec("hcbak", "incr 1%")
         notes.append(
             f"- 1% incremental: hcbak took {incr:.2f} s, of which {startup:.2f} s is the "
-            "interpreter and imports (`startup`). The rest, measured on this machine: the "
-            "TLS login and listing (~0.06 s) while the repository's scrypt runs beside it "
-            "(~0.16 s), three cluster tasks in a row (snapshot, clone, old snapshot delete; "
-            "~0.03 s each: the clone delete overlaps the commit), reading and storing the "
-            "changed blocks (~0.1 s), and the commit's fsyncs (~0.08 s). restic and borg "
-            "read a local file and talk to no cluster: 0.05x restic "
-            f"({0.05 * sec('restic', 'incr 1%'):.2f} s) is below hcbak's start-up plus one "
-            "login. Closing the rest: fewer and lighter imports (typer, requests and ~45 "
-            "dataclasses cost ~0.1 s), and a shorter scrypt only if the key's protection "
-            "may be weakened (it stays)."
+            "interpreter and imports (`startup`). The rest, measured on this machine: "
+            "reading the config and building the command (~0.1 s); the TLS login while the "
+            "repository's scrypt (~0.17 s, started as soon as the config is read) runs "
+            "beside it; two cluster tasks in a row (snapshot and clone, ~0.02 s each); "
+            "reading and storing the changed blocks (~0.1 s); the commit's fsyncs "
+            "(~0.1 s); the old snapshot's delete (~0.01 s). restic and borg read a local "
+            "file and talk to no cluster: 0.05x restic is "
+            f"{0.05 * sec('restic', 'incr 1%'):.2f} s. On this VM every run also pays for "
+            "the memory it touches first: a page the guest has not used for a while costs "
+            "several microseconds, so the same run varies by 0.1-0.2 s with the VM's "
+            "memory state. The scrypt stays as strong as it is."
         )
     if any(m.startswith("restore") for m in missed):
         notes.append(
