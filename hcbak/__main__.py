@@ -1,4 +1,4 @@
-from hcbak.cli.main import main
+from hcbak.cli.entry import main
 
 if __name__ == "__main__":
     main()

@@ -89,11 +89,13 @@ def derive_early(root: Path, passphrase: Secret) -> None:
         return
     if params is None:
         return
-    job = _Derivation(passphrase, params)
+    slot = _slot(passphrase, params)
     with _early_lock:
+        if slot in _early:  # already started (the console script, then `job run`)
+            return
         while len(_early) >= _EARLY_LIMIT:
             _early.pop(next(iter(_early)))
-        _early[_slot(passphrase, params)] = job
+        job = _early[slot] = _Derivation(passphrase, params)
     job.start()
 
 
