@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -66,3 +67,21 @@ def run_hcbak(hcbak_env: dict[str, str]) -> RunHcbak:
 def assert_no_traceback(proc: subprocess.CompletedProcess[str]) -> None:
     assert "Traceback" not in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stdout, proc.stdout
+
+
+@pytest.fixture
+def scrypt_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The thread names of every scrypt the repository code runs from now on (the
+    early-derivation slots start empty)."""
+    from hcbak.repo import kdf
+
+    calls: list[str] = []
+    real = kdf._scrypt
+
+    def counting(passphrase: object, params: kdf.KdfParams) -> bytes:
+        calls.append(threading.current_thread().name)
+        return real(passphrase, params)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(kdf, "_scrypt", counting)
+    monkeypatch.setattr(kdf, "_early", {})
+    return calls

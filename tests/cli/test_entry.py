@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
@@ -78,17 +77,8 @@ def config_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_one_scrypt_serves_the_script_the_job_run_and_the_open(
-    config_path: Path, monkeypatch: pytest.MonkeyPatch
+    config_path: Path, scrypt_calls: list[str]
 ) -> None:
-    calls: list[str] = []
-    real = kdf._scrypt
-
-    def counting(passphrase: Secret, params: kdf.KdfParams) -> bytes:
-        calls.append(threading.current_thread().name)
-        return real(passphrase, params)
-
-    monkeypatch.setattr(kdf, "_scrypt", counting)
-    monkeypatch.setattr(kdf, "_early", {})
     start_job_key_early(["--config", str(config_path), "job", "run", "nightly"])
     assert len(kdf._early) == 1  # started before the CLI even loads
     config = load_config(config_path)
@@ -96,7 +86,7 @@ def test_one_scrypt_serves_the_script_the_job_run_and_the_open(
     repo_path = config.repositories["main"].path
     with open_repo(repo_path, passphrase=Secret("early bird"), lock=None):
         pass
-    assert calls == ["hcbak-kdf"]  # one scrypt, in the early thread, for all three
+    assert scrypt_calls == ["hcbak-kdf"]  # one scrypt, in the early thread, for all three
 
 
 @pytest.mark.parametrize("text", ["jobs: [unclosed\n", ""])

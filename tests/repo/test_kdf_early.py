@@ -15,21 +15,6 @@ from hcbak.secrets import Secret
 
 
 @pytest.fixture
-def scrypt_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    calls: list[str] = []
-    real = kdf._scrypt
-
-    def counting(passphrase: Secret, params: kdf.KdfParams) -> bytes:
-        import threading
-
-        calls.append(threading.current_thread().name)
-        return real(passphrase, params)
-
-    monkeypatch.setattr(kdf, "_scrypt", counting)
-    return calls
-
-
-@pytest.fixture
 def started(tmp_path: Path, scrypt_calls: list[str]) -> Path:
     """An encrypted repository whose key derivation was started early."""
     root = make_repo(tmp_path / "r")
