@@ -427,11 +427,16 @@ class Repository:
         """Read, authenticate, decompress and re-hash one block."""
         if block_id == ZERO_BLOCK:
             return bytes(self.config.block_size)
+        frame: bytes | memoryview | None = None
         with self._cv:
             pending = self._open.get(block_id)
-            frame: bytes | memoryview | None = (
-                pending[0].read_frame(pending[1], pending[2]) if pending else None
-            )
+            if pending is not None:
+                try:
+                    frame = pending[0].read_frame(pending[1], pending[2])
+                except FileNotFoundError:
+                    # Its pack was just sealed (renamed) or dropped: wait until the seal
+                    # has published where the block is now, or that it was lost.
+                    self._cv.wait_for(lambda: block_id not in self._open)
         if frame is None:
             loc = self.locate(block_id)
             if loc is None:

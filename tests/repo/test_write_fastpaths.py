@@ -370,3 +370,45 @@ def test_a_flush_seals_its_open_packs_at_the_same_time(
         repo.flush()
         assert all(repo.get_block(repo.block_id(b)) == b for b in blocks)
     assert most[0] == 2
+
+
+def test_a_block_read_while_its_pack_is_being_sealed_is_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The seal renames the temp pack before it publishes the block's new place; a read
+    in between found the temp file gone (FileNotFoundError) instead of waiting."""
+    from hcbak.repo import pack as pack_mod
+
+    root = make_repo(tmp_path / "r")
+    real_finish = pack_mod.PackWriter.finish
+    renamed, release = threading.Event(), threading.Event()
+
+    def finish_then_pause(self: pack_mod.PackWriter) -> str:
+        pack_id = real_finish(self)  # the temp file is renamed now
+        renamed.set()
+        release.wait(5)
+        return pack_id
+
+    monkeypatch.setattr(pack_mod.PackWriter, "finish", finish_then_pause)
+    block = os.urandom(256 * 1024)
+    got: list[bytes | BaseException] = []
+    with open_repo(root, passphrase=PASS) as repo:
+        block_id = repo.block_id(block)
+        repo.put_block(block_id, block)
+        flusher = threading.Thread(target=repo.flush)
+        flusher.start()
+        assert renamed.wait(5)
+
+        def read() -> None:
+            try:
+                got.append(repo.get_block(block_id))
+            except BaseException as exc:  # reported by the assertion below
+                got.append(exc)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        reader.join(0.2)
+        release.set()
+        reader.join(5)
+        flusher.join(5)
+    assert got == [block]
