@@ -33,24 +33,20 @@ log = logging.getLogger("hcbak.hypercore")
 IDLE_PER_NODE = 8  # kept-alive connections per node; parallel VM workers share them
 
 
-class NotSent(Exception):
+class _Failure(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class NotSent(_Failure):
     """The connection failed before the request was sent (refused, connect timeout,
     TLS failure): the API cannot have acted on it."""
 
-    def __init__(self, reason: str, *, refused: bool = False) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.refused = refused
 
-
-class MaybeSent(Exception):
+class MaybeSent(_Failure):
     """The request may have reached the API (read timeout, connection lost after
     sending, a broken answer)."""
-
-    def __init__(self, reason: str, *, timed_out: bool = False) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.timed_out = timed_out
 
 
 class PinMismatch(Exception):
@@ -117,7 +113,7 @@ class _Connection(http.client.HTTPConnection):
         try:
             raw = socket.create_connection((self.host, self.port), timeout=connect_timeout)
         except ConnectionRefusedError:
-            raise NotSent("refused", refused=True)
+            raise NotSent("refused")
         except TimeoutError:
             raise NotSent(f"connect timed out after {connect_timeout:g} s")
         except OSError as exc:
@@ -197,7 +193,7 @@ class NodeConnection:
                 answer = conn.getresponse()
                 content = answer.read()
             except TimeoutError:
-                raise MaybeSent(f"timed out after {self.read_timeout:g} s", timed_out=True)
+                raise MaybeSent(f"timed out after {self.read_timeout:g} s")
             except (OSError, http.client.HTTPException) as exc:
                 raise MaybeSent(f"connection failed ({_describe(exc)})")
         except BaseException:

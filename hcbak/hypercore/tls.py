@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hcbak.errors import ClusterUnreachableError, TLSError, UsageError
+from hcbak.hypercore.connection import tls_context
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -59,9 +60,7 @@ def fetch_fingerprint(address: str, timeout: float = 5.0) -> str:
     node presents so they can compare and trust it.
     """
     host, port = split_address(address)
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
+    ctx = tls_context("insecure")
     try:
         with (
             socket.create_connection((host, port), timeout=timeout) as raw,
