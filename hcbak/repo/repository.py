@@ -276,9 +276,7 @@ class Repository:
             offset, length = writer.append(block_id, frame, plain_len)
         except OSError as exc:
             with self._cv:
-                self._busy.discard(writer)
-                self._seal_when_done.discard(writer)
-                self._fail_writer(writer, exc)
+                self._fail_writer(writer)
                 self._cv.notify_all()
             fsio.raise_os_error(exc, "a pack file")
             raise  # unreachable; raise_os_error always raises
@@ -306,15 +304,16 @@ class Repository:
             self._busy.add(writer)
             return writer
 
-    def _fail_writer(self, writer: PackWriter | None, exc: BaseException) -> None:
+    def _fail_writer(self, writer: PackWriter) -> None:
         """A pack could not be written: drop it; its blocks are lost (see _lost)."""
-        if writer is not None:
-            writer.abort()
-            for entry in writer.entries:
-                self._open.pop(entry[0], None)
-                self._lost.add(entry[0])
-            if writer in self._idle:
-                self._idle.remove(writer)
+        writer.abort()
+        for entry in writer.entries:
+            self._open.pop(entry[0], None)
+            self._lost.add(entry[0])
+        if writer in self._idle:
+            self._idle.remove(writer)
+        self._busy.discard(writer)
+        self._seal_when_done.discard(writer)
 
     def _seal(self, writer: PackWriter) -> None:
         """Seal a full pack, in the background while fewer than SEAL_BEHIND are."""
@@ -350,7 +349,7 @@ class Repository:
             pack_id = writer.finish()
         except BaseException as exc:
             with self._cv:
-                self._fail_writer(writer, exc)
+                self._fail_writer(writer)
                 self._finishing.discard(writer)
                 self._cv.notify_all()
             if isinstance(exc, OSError):
