@@ -144,12 +144,9 @@ class PackWriter:
         fsio.remove_quietly(self.tmp)
 
 
-def _sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
+def _sha256_file(path: Path) -> str:
     with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def read_trailer(path: Path) -> list[tuple[bytes, int, int, int]]:

@@ -127,11 +127,8 @@ def sha256(data: bytes) -> str:
 
 
 def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def point_sha(repo_path: Path, point_id: str, disk_uuid: str) -> str:
