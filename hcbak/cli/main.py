@@ -185,7 +185,7 @@ def main() -> None:
 def exit_now(code: int) -> None:
     """Exit without the interpreter's module teardown.
 
-    With cryptography, requests and the rest loaded, that teardown takes 0.1-0.2 s,
+    With cryptography, typer and the rest loaded, that teardown takes 0.1-0.2 s,
     which every cron run and every scripted call would pay after its work is done.
     Commands close what they open themselves; the atexit handlers (logging, thread
     pools) still run, and the output is flushed, before the process ends.

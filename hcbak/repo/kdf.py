@@ -1,7 +1,7 @@
 """The passphrase's key-encryption key: scrypt, and starting it before it is needed.
 
-A backup run knows its repository and passphrase ~0.1 s before it opens the
-repository (it still imports the engine and logs in to the cluster). `derive_early`
+A backup run knows its repository and passphrase ~0.2 s before it opens the
+repository (it still imports the CLI and the engine, and logs in). `derive_early`
 starts the scrypt then, in a helper thread (hashlib releases the GIL), and
 `derive_kek` takes that result instead of computing it again. Only stdlib imports
 here, so starting it costs no import time.
