@@ -188,6 +188,7 @@ class Repository:
         self._idle: list[PackWriter] = []  # open packs no thread is appending to
         self._busy: set[PackWriter] = set()  # open packs a thread is appending to
         self._seal_when_done: set[PackWriter] = set()  # busy packs a flush must seal
+        self._drop_when_done: set[PackWriter] = set()  # busy packs a full disk dropped
         self._open: dict[bytes, tuple[PackWriter, int, int]] = {}
         self._new: dict[bytes, Location] = {}
         self._unindexed: list[SegmentEntry] = []
@@ -198,7 +199,7 @@ class Repository:
         # checked before it is committed (see _check_point_blocks). A failure costs the
         # VMs whose blocks were lost, never the whole run.
         self._lost: set[bytes] = set()
-        self._lost_error: RepoError | None = None  # why, when a background seal failed
+        self._lost_error: RepoError | None = None  # why: a failed seal, a full disk
         self._sealer: ThreadPoolExecutor | None = None
         self._sealing_behind = 0
         self._local = threading.local()
@@ -277,12 +278,16 @@ class Repository:
         except OSError as exc:
             with self._cv:
                 self._fail_writer(writer)
+                self._after_write_error(exc)
                 self._cv.notify_all()
             fsio.raise_os_error(exc, "a pack file")
             raise  # unreachable; raise_os_error always raises
         with self._cv:
             self._busy.discard(writer)
             self._cv.notify_all()
+            if writer in self._drop_when_done:  # another append found the disk full
+                self._fail_writer(writer)
+                fsio.raise_os_error(OSError(errno.ENOSPC, "disk full"), "a pack file")
             self._open[block_id] = (writer, offset, length)
             if writer.size < self.pack_target and writer not in self._seal_when_done:
                 self._idle.append(writer)
@@ -299,6 +304,7 @@ class Repository:
                 try:
                     writer = PackWriter(self.root)
                 except OSError as exc:
+                    self._after_write_error(exc)
                     fsio.raise_os_error(exc, "a pack file")
                     raise  # unreachable; raise_os_error always raises
             self._busy.add(writer)
@@ -314,6 +320,22 @@ class Repository:
             self._idle.remove(writer)
         self._busy.discard(writer)
         self._seal_when_done.discard(writer)
+        self._drop_when_done.discard(writer)
+
+    def _after_write_error(self, exc: BaseException) -> None:
+        """A full disk drops every open pack, not only the one that hit it.
+
+        The other open pack holds blocks of the same VMs, which fail with this error or
+        at their commit (see _lost); kept, its space would make the VMs that run after
+        them fail too, while dropped, it lets them fit. A pack being appended to is
+        dropped when its append ends. Packs already being sealed keep their space."""
+        if not (isinstance(exc, OSError) and exc.errno in fsio.NO_SPACE_ERRNOS):
+            return
+        for writer in list(self._idle):
+            self._fail_writer(writer)
+        self._drop_when_done |= self._busy
+        if self._lost_error is None:
+            self._lost_error = fsio.typed_os_error(exc, "a pack file")
 
     def _seal(self, writer: PackWriter) -> None:
         """Seal a full pack, in the background while fewer than SEAL_BEHIND are."""
@@ -350,6 +372,7 @@ class Repository:
         except BaseException as exc:
             with self._cv:
                 self._fail_writer(writer)
+                self._after_write_error(exc)
                 self._finishing.discard(writer)
                 self._cv.notify_all()
             if isinstance(exc, OSError):

@@ -412,3 +412,94 @@ def test_a_block_read_while_its_pack_is_being_sealed_is_found(
         reader.join(5)
         flusher.join(5)
     assert got == [block]
+
+
+def _gate_appends(
+    monkeypatch: pytest.MonkeyPatch, full: set[bytes]
+) -> dict[bytes, tuple[threading.Event, threading.Event]]:
+    """PackWriter.append pauses for the ids given gates and raises ENOSPC for `full`
+    (injected: a disk that fills at exactly one append cannot be arranged otherwise)."""
+    from hcbak.repo import pack as pack_mod
+
+    real_append = pack_mod.PackWriter.append
+    gates: dict[bytes, tuple[threading.Event, threading.Event]] = {}
+
+    def gated(self: pack_mod.PackWriter, block_id: bytes, *args: object) -> tuple[int, int]:
+        if block_id in gates:
+            entered, release = gates[block_id]
+            entered.set()
+            release.wait(5)
+        if block_id in full:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_append(self, block_id, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pack_mod.PackWriter, "append", gated)
+    return gates
+
+
+def _temp_packs(root: Path) -> list[str]:
+    return [p.name for p in (root / "packs").rglob("*") if p.is_file() and p.name.startswith(".")]
+
+
+def test_a_full_disk_drops_the_other_open_pack_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by CI: after a VM failed on a full disk, the second open pack still held
+    part of its blocks, so the VM after it found the disk full as well. Dropping every
+    open pack frees that space at once (the single pack of before did the same)."""
+    root = make_repo(tmp_path / "r")
+    early, kept, fails = (os.urandom(256 * 1024) for _ in range(3))
+    with open_repo(root, passphrase=PASS) as repo:
+        ids = [repo.block_id(b) for b in (early, kept, fails)]
+        gates = _gate_appends(monkeypatch, full={ids[2]})
+        gates[ids[0]] = (threading.Event(), threading.Event())
+        first = threading.Thread(target=repo.put_block, args=(ids[0], early))
+        first.start()  # pack 1, held mid-append
+        assert gates[ids[0]][0].wait(5)
+        repo.put_block(ids[1], kept)  # pack 2
+        gates[ids[0]][1].set()
+        first.join(5)  # both packs are open and idle now
+        assert len(_temp_packs(root)) == 2
+        with pytest.raises(NoSpaceError):
+            repo.put_block(ids[2], fails)
+        assert _temp_packs(root) == []  # both packs dropped, their space free
+        assert not any(repo.has_block(i) for i in ids)
+        monkeypatch.undo()  # the disk has room again: the blocks are stored anew
+        for block_id, block in zip(ids, (early, kept, fails), strict=True):
+            assert repo.put_block(block_id, block) > 0
+        repo.flush()
+        assert [repo.get_block(i) for i in ids] == [early, kept, fails]
+
+
+def test_a_full_disk_drops_the_pack_another_thread_is_appending_to(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other open pack may be mid-append when the disk fills: that append ends with
+    the same error and its pack is dropped; a retry stores the block again."""
+    root = make_repo(tmp_path / "r")
+    busy, fails = os.urandom(256 * 1024), os.urandom(256 * 1024)
+    errors: list[BaseException] = []
+    with open_repo(root, passphrase=PASS) as repo:
+        ids = [repo.block_id(b) for b in (busy, fails)]
+        gates = _gate_appends(monkeypatch, full={ids[1]})
+        gates[ids[0]] = (threading.Event(), threading.Event())
+
+        def put_busy() -> None:
+            try:
+                repo.put_block(ids[0], busy)
+            except BaseException as exc:  # checked below
+                errors.append(exc)
+
+        first = threading.Thread(target=put_busy)
+        first.start()
+        assert gates[ids[0]][0].wait(5)
+        with pytest.raises(NoSpaceError):
+            repo.put_block(ids[1], fails)
+        gates[ids[0]][1].set()
+        first.join(5)
+        assert [type(e) for e in errors] == [NoSpaceError]
+        assert _temp_packs(root) == []
+        assert not repo.has_block(ids[0])
+        monkeypatch.undo()
+        point = write_point(repo, busy, vm="vm1")
+        assert read_disk(repo, point.id) == busy
