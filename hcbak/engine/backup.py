@@ -49,6 +49,7 @@ from hcbak.engine.report import (
 from hcbak.engine.selection import VmTarget, select_vms
 from hcbak.engine.state import (
     JobLock,
+    WorkerLock,
     forget_clone,
     journal_clone,
     journaled_clones,
@@ -161,7 +162,7 @@ class _Session:
         self.hc: Any = None
         self.repo: Any = None
         self.worker_uuid: str | None = None
-        self.worker_lock = threading.Lock()  # one hot-add/remove on the worker at a time
+        self.worker_lock = WorkerLock(state_dir)  # one hot-add/remove at a time
         self.snapshots: dict[str, Any] = {}  # uuid -> Snapshot, at run start
         self.latest: dict[str, Any] = {}  # vm uuid -> PointSummary of this job
         self.cancel = threading.Event()
@@ -298,6 +299,20 @@ class _Session:
         worker). Snapshots: only labels `hcbak:<job>:<point>`; kept is the one the
         VM's latest committed point was taken from (the next base).
         """
+        with self.worker_lock:  # a live run's clone in progress is not an orphan
+            self._clean_orphan_clones()
+        keep = {s.snapshot_uuid for s in self.latest.values() if s.snapshot_uuid}
+        for snap in list(self.snapshots.values()):
+            if label_point_id(snap.label, self.job.name) is None or snap.uuid in keep:
+                continue
+            try:
+                self.hc.delete_snapshot(snap.uuid)
+                self.snapshots.pop(snap.uuid, None)
+                log.info("removed orphaned snapshot %s (%s)", snap.uuid, snap.label)
+            except HcbakError as exc:
+                self.warn(f"could not remove orphaned snapshot {snap.label}: {exc.one_line()}")
+
+    def _clean_orphan_clones(self) -> None:
         for entry in journaled_clones(self.state_dir, self.job.cluster):
             uuids = [str(entry.get("clone_uuid"))]
             if entry.get("pending"):
@@ -312,16 +327,6 @@ class _Session:
                     self.warn(f"could not remove orphaned clone {uuid}: {exc.one_line()}")
                     continue
             forget_clone(self.state_dir, str(entry.get("clone_uuid")))
-        keep = {s.snapshot_uuid for s in self.latest.values() if s.snapshot_uuid}
-        for snap in list(self.snapshots.values()):
-            if label_point_id(snap.label, self.job.name) is None or snap.uuid in keep:
-                continue
-            try:
-                self.hc.delete_snapshot(snap.uuid)
-                self.snapshots.pop(snap.uuid, None)
-                log.info("removed orphaned snapshot %s (%s)", snap.uuid, snap.label)
-            except HcbakError as exc:
-                self.warn(f"could not remove orphaned snapshot {snap.label}: {exc.one_line()}")
 
     def _pending_clone_candidates(self, entry: dict[str, Any]) -> list[str]:
         """Disks that appeared on the worker after a crashed run's pending clone call:

@@ -13,9 +13,12 @@ holder's pid is checked for liveness (a lock left by kill -9 is taken over).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
+import logging
 import os
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -25,6 +28,8 @@ from typing import Any
 
 from hcbak.errors import LockedError, UsageError
 from hcbak.repo.locks import holder_identity, holder_provably_dead, pid_alive
+
+log = logging.getLogger(__name__)
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -188,6 +193,48 @@ def rpo_overdue(history: JobHistory, alert_after: str, now: datetime) -> bool:
 
 
 # --- clone journal ----------------------------------------------------------------------
+class WorkerLock:
+    """One hot-add or removal on the worker VM at a time: across the VM threads of a run
+    and across runs of other jobs on this host (they share the state dir).
+
+    HyperCore answers 500 to a mutation of a VM that has a task running, and a new
+    clone's device and a crashed run's clone are told apart from the disks present
+    before the call. The worker is this host, so a local flock is enough; it goes away
+    with the process that held it, however that process ended.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = Path(state_dir) / "worker.lock"
+        self._threads = threading.Lock()
+        self._fd = -1
+
+    def __enter__(self) -> None:
+        self._threads.acquire()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    log.info("waiting for another run's hot-add or removal on the worker VM")
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+            except BaseException:
+                os.close(fd)
+                raise
+        except BaseException:
+            self._threads.release()
+            raise
+        self._fd = fd
+
+    def __exit__(self, *exc: object) -> None:
+        fd, self._fd = self._fd, -1
+        try:
+            os.close(fd)  # releases the flock
+        finally:
+            self._threads.release()
+
+
 def clone_journal_dir(state_dir: Path) -> Path:
     return Path(state_dir) / "clones"
 

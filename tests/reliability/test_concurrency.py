@@ -49,6 +49,27 @@ def test_two_concurrent_jobs_into_one_repo_both_commit_restorable_points(tmp_pat
         assert res.code == 0, res.err
 
 
+def test_two_jobs_hot_add_to_the_shared_worker_one_at_a_time(tmp_path: Path) -> None:
+    """Found by CI: two jobs run at once clone onto the same worker VM, and HyperCore
+    answers 500 to a mutation of a VM that has a task running. Slow tasks make the two
+    clones overlap in every run unless hcbak serialises them across processes."""
+    with lab(tmp_path) as L:
+        a = L.sim.create_vm("web01", [2 * MiB], tags=["nightly"])
+        b = L.sim.create_vm("db01", [2 * MiB], tags=["weekly"])
+        for i, vm in enumerate((a, b)):
+            L.sim.fill(L.sim.disk_uuids(vm)[0], seed=60 + i)
+        L.config.jobs["weekly"] = JobConfig(
+            name="weekly", cluster="lab", repo="main", tags=["weekly"]
+        )
+        save_config(L.config)
+        L.sim.faults.task_delay(0.4)
+        procs = [spawn(L.env, "job", "run", job) for job in ("nightly", "weekly")]
+        for proc in procs:
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err.decode()
+        assert sorted(p.vm_name for p in L.points()) == ["db01", "web01"]
+
+
 def test_prune_during_a_backup_exits_5_or_waits_and_loses_nothing(tmp_path: Path) -> None:
     with lab(tmp_path) as L:
         vm = L.sim.create_vm("web01", [4 * MiB], tags=["nightly"])
