@@ -10,12 +10,10 @@ are not preserved (documented), hand edits are welcome.
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import os
 import re
 import stat
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +76,8 @@ class TLSConfig:
 
 @dataclass
 class ClusterConfig:
+    """A cluster entry: how to reach and trust its nodes, and the worker VM hcbak runs on."""
+
     name: str
     nodes: list[str]
     username: str
@@ -94,6 +94,8 @@ class ClusterConfig:
 
 @dataclass
 class RepoConfig:
+    """A repository entry; the format settings themselves live in the repository."""
+
     name: str
     path: str
     compression: str = "lz4"
@@ -107,6 +109,8 @@ class RepoConfig:
 
 @dataclass
 class Retention:
+    """keep_* rules of a job; a point is kept when any rule keeps it."""
+
     keep_last: int | None = None
     keep_daily: int | None = None
     keep_weekly: int | None = None
@@ -130,12 +134,16 @@ RETENTION_KEYS = (
 
 @dataclass
 class EmailNotify:
+    """Who gets a job's report, and for which outcomes."""
+
     to: list[str]
     on: list[str] = field(default_factory=lambda: ["failure", "warning"])
 
 
 @dataclass
 class JobConfig:
+    """What one job backs up, where to, and how it runs (as written in the YAML)."""
+
     name: str
     cluster: str
     repo: str
@@ -157,6 +165,8 @@ class JobConfig:
 
 @dataclass
 class SMTPConfig:
+    """The one mail server every job's notification goes through."""
+
     host: str
     sender: str
     port: int = 25
@@ -167,6 +177,8 @@ class SMTPConfig:
 
 @dataclass
 class Config:
+    """The whole config file, parsed and checked; `save_config` writes it back."""
+
     path: Path
     clusters: dict[str, ClusterConfig] = field(default_factory=dict)
     repositories: dict[str, RepoConfig] = field(default_factory=dict)
@@ -197,8 +209,7 @@ def _lookup(table: dict[str, T], name: str, kind: str, list_cmd: str) -> T:
     try:
         return table[name]
     except KeyError:
-        close = difflib.get_close_matches(name, list(table), n=1)
-        hint = f"did you mean {close[0]!r}?" if close else f"see `{list_cmd}`"
+        hint = _did_you_mean(name, table) or f"see `{list_cmd}`"
         raise NotFoundError(f"no {kind} named {name!r}", hint=hint) from None
 
 
@@ -812,6 +823,8 @@ def _show(value: Any) -> str:
 
 
 def _did_you_mean(word: str, candidates: Any) -> str | None:
+    import difflib  # only for a mistake: every run would pay for its import
+
     close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
     return f"did you mean {close[0]!r}?" if close else None
 
@@ -836,6 +849,8 @@ def _write_atomic(path: Path, text: str) -> None:
     # the temp file is complete and fsynced before the rename replaces the old file.
     directory = path.parent
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    import tempfile  # only commands that edit the config write it
+
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:

@@ -46,6 +46,8 @@ _SEARCH_DAYS = 366 * 28
 
 @dataclass(frozen=True)
 class _Field:
+    """One cron field: its range and, for months and weekdays, the names it accepts."""
+
     name: str
     low: int
     high: int

@@ -8,6 +8,8 @@ from pathlib import Path
 
 @dataclass
 class GlobalOptions:
+    """Options of the root command that every subcommand needs."""
+
     config_path: Path | None = None
     debug: bool = False
 

@@ -28,6 +28,8 @@ _PROGRESS_EVERY = 8  # blocks between progress callbacks per thread
 
 @dataclass
 class DiskResult:
+    """What backing up one disk produced: the point's block map and the disk's report."""
+
     block_map: Any  # hcbak.repo BlockMap
     report: DiskReport
     timings: Timings = field(default_factory=Timings)

@@ -31,6 +31,8 @@ def iso(dt: datetime | None) -> str | None:
 
 @dataclass
 class DiskReport:
+    """One disk of one VM in a run: what was read and stored, and why CBT was or was not used."""
+
     uuid: str
     slot: int
     type: str
@@ -82,6 +84,8 @@ class Timings:
 
 @dataclass
 class VmReport:
+    """One VM in a run: its outcome, its point and its disks."""
+
     name: str
     uuid: str | None
     status: str = VM_OK
@@ -102,6 +106,8 @@ class VmReport:
 
 @dataclass
 class JobReport:
+    """One job in a run: every VM's outcome, totals and the retention it applied."""
+
     job: str
     cluster: str
     repo: str

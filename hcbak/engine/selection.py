@@ -48,6 +48,8 @@ class JobLike(Protocol):
 
 @dataclass
 class SkippedDisk:
+    """A disk left out of a VM's backup, with the reason the report gives."""
+
     uuid: str
     slot: int
     type: str
@@ -74,6 +76,8 @@ class VmTarget:
 
 @dataclass
 class Selection:
+    """The VMs a job resolves to at run time, and what it could not resolve."""
+
     targets: list[VmTarget]
     missing: list[str]  # VMs named in the job that the cluster does not have
     warnings: list[str]

@@ -132,6 +132,8 @@ class JobLock:
 # --- last runs (for --due and alert_after) --------------------------------------------
 @dataclass
 class JobHistory:
+    """When a job last ran and last succeeded (for --due and the RPO alert)."""
+
     last_run: datetime | None = None
     last_success: datetime | None = None
     last_status: str | None = None

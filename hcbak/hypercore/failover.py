@@ -61,6 +61,8 @@ class MaybeProcessedError(APIError):
 
 @dataclass(frozen=True)
 class _NodeFailure(Exception):
+    """Why one node failed a request, and whether the API may have seen it."""
+
     reason: str
     delivered: bool  # may the API have seen the request?
     status: int | None = None

@@ -59,6 +59,8 @@ def split_tags(value: Any) -> list[str]:
 
 @dataclass(frozen=True)
 class ClusterInfo:
+    """GET /Cluster: the version is pinned per run."""
+
     uuid: str
     name: str
     version: str
@@ -71,6 +73,8 @@ class ClusterInfo:
 
 @dataclass(frozen=True)
 class Node:
+    """A cluster node from GET /Node (failover learns its peers from it)."""
+
     uuid: str
     lan_ip: str
 
@@ -81,6 +85,8 @@ class Node:
 
 @dataclass(frozen=True)
 class Disk:
+    """A VM block device as GET /VirDomain embeds it."""
+
     uuid: str
     type: str
     capacity: int
@@ -110,6 +116,8 @@ class Disk:
 
 @dataclass(frozen=True)
 class NetDev:
+    """A VM NIC as GET /VirDomain embeds it (restore recreates it)."""
+
     uuid: str
     type: str
     vlan: int
@@ -129,6 +137,8 @@ class NetDev:
 
 @dataclass(frozen=True)
 class VM:
+    """A VM from GET /VirDomain, with what a backup records and a restore recreates."""
+
     uuid: str
     name: str
     description: str
@@ -189,6 +199,8 @@ class DeviceSnapshot:
 
 @dataclass(frozen=True)
 class Snapshot:
+    """A VM snapshot from GET /VirDomainSnapshot; its serials feed snapDiff."""
+
     uuid: str
     vm_uuid: str
     label: str
@@ -243,6 +255,8 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class VirtualDisk:
+    """An uploaded image from GET /VirtualDisk (restore attaches it)."""
+
     uuid: str
     name: str
     capacity: int
@@ -259,6 +273,8 @@ class VirtualDisk:
 
 @dataclass(frozen=True)
 class UpdateStatus:
+    """Whether the cluster is idle or updating; any doubt counts as updating."""
+
     idle: bool
     detail: str
 
@@ -282,6 +298,8 @@ TERMINAL_FAILED = frozenset({"ERROR", "UNINITIALIZED"})
 
 @dataclass(frozen=True)
 class Task:
+    """A task's state from GET /TaskTag."""
+
     tag: str
     state: str
     message: str

@@ -18,6 +18,8 @@ RESTORE_ROLES = frozenset({"VM Create/Edit", "VM Delete", "VM Power Controls"})
 
 @dataclass(frozen=True)
 class RoleCheck:
+    """Whether the account's roles allow backups and restores, and what is missing."""
+
     roles: list[str]
     backup_ok: bool
     restore_ok: bool

@@ -27,6 +27,8 @@ _PACK_ID_LEN = 32  # raw sha256
 
 @dataclass(frozen=True)
 class Location:
+    """Where a block's frame is: pack, offset and length."""
+
     pack: str
     offset: int
     length: int
@@ -34,6 +36,8 @@ class Location:
 
 @dataclass(frozen=True)
 class SegmentEntry:
+    """One index record: a block id, its place and its plain size."""
+
     id: bytes
     pack: str
     offset: int

@@ -28,6 +28,8 @@ _EARLY_LIMIT = 4  # derivations started and not (yet) used, kept at most
 
 @dataclass(frozen=True)
 class KdfParams:
+    """scrypt parameters as the repository config stores them."""
+
     n: int
     r: int
     p: int

@@ -41,6 +41,8 @@ RETRY_INTERVAL = 0.5
 
 @dataclass(frozen=True)
 class LockInfo:
+    """What a lock file says about its holder (to name it, and to tell a dead one)."""
+
     name: str
     host: str
     pid: int

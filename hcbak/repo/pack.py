@@ -35,6 +35,8 @@ FOOTER = struct.Struct("<QIIQ8s")
 
 @dataclass(frozen=True)
 class BlobFrame:
+    """A parsed blob frame of a pack; the payload is still sealed and compressed."""
+
     id: bytes
     flags: int
     codec: int

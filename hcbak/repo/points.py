@@ -24,6 +24,8 @@ MANIFEST_VERSION = 1
 
 @dataclass
 class DiskImage:
+    """One disk in a point: its definition and the block map to restore it from."""
+
     uuid: str
     slot: int
     type: str
@@ -37,6 +39,8 @@ class DiskImage:
 
 @dataclass
 class Point:
+    """A restore point: one VM's definition and disks at one snapshot."""
+
     id: str
     job: str
     cluster: str
@@ -53,6 +57,8 @@ class Point:
 
 @dataclass(frozen=True)
 class PointSummary:
+    """The header of a point manifest: enough to list and select points without block maps."""
+
     id: str
     job: str
     cluster: str

@@ -28,6 +28,8 @@ MAX_BLOCK = 4 * 1024 * 1024
 
 @dataclass(frozen=True)
 class RepoSettings:
+    """The repository's format settings, read from its `config` file."""
+
     repo_id: str
     block_size: int
     compression: str

@@ -167,6 +167,24 @@ def test_a_damaged_lz4_frame_is_an_integrity_error_never_a_crash(where: int, xor
     assert len(out) == 64 * 1024
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 10_000), st.integers(1, 255))
+def test_a_damaged_zstd_frame_is_an_integrity_error_never_a_crash(where: int, xor: int) -> None:
+    """zstandard is imported on first use, and its own error must still be translated."""
+    from hcbak.errors import IntegrityError
+    from hcbak.repo.codec import CODEC_ZSTD
+
+    codec, out = compress(TEXT[: 64 * 1024], CODEC_ZSTD)
+    assert codec == CODEC_ZSTD
+    frame = bytearray(out)
+    frame[where % len(frame)] ^= xor
+    try:
+        plain = decompress(bytes(frame), CODEC_ZSTD, 64 * 1024, "test")
+    except IntegrityError:
+        return
+    assert len(plain) == 64 * 1024  # the block id check after decompress refuses it
+
+
 def _filesystem(path: Path) -> str:
     import subprocess
 
