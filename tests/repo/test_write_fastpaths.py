@@ -278,15 +278,13 @@ def test_two_threads_append_to_two_packs_at_once_and_every_block_commits(
             assert read_disk(repo, point.id) == data[i]
 
 
-def test_a_flush_seals_the_pack_another_thread_is_appending_to(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A flush waits for the puts already under way; meanwhile another VM's thread may
-    start appending to the pack that holds this point's block. The flush must have that
-    thread seal the pack when its append ends, and wait for it: not skip it."""
+def _gate_appends(
+    monkeypatch: pytest.MonkeyPatch, full: set[bytes]
+) -> dict[bytes, tuple[threading.Event, threading.Event]]:
+    """PackWriter.append pauses for the ids given gates and raises ENOSPC for `full`
+    (injected: a disk that fills at exactly one append cannot be arranged otherwise)."""
     from hcbak.repo import pack as pack_mod
 
-    root = make_repo(tmp_path / "r")
     real_append = pack_mod.PackWriter.append
     gates: dict[bytes, tuple[threading.Event, threading.Event]] = {}
 
@@ -295,9 +293,22 @@ def test_a_flush_seals_the_pack_another_thread_is_appending_to(
             entered, release = gates[block_id]
             entered.set()
             release.wait(5)
+        if block_id in full:
+            raise OSError(errno.ENOSPC, "No space left on device")
         return real_append(self, block_id, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(pack_mod.PackWriter, "append", gated)
+    return gates
+
+
+def test_a_flush_seals_the_pack_another_thread_is_appending_to(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flush waits for the puts already under way; meanwhile another VM's thread may
+    start appending to the pack that holds this point's block. The flush must have that
+    thread seal the pack when its append ends, and wait for it: not skip it."""
+    root = make_repo(tmp_path / "r")
+    gates = _gate_appends(monkeypatch, full=set())
     mine, pending, later = (os.urandom(256 * 1024) for _ in range(3))
     with open_repo(root, passphrase=PASS) as repo:
         ids = {name: repo.block_id(b) for name, b in (("p", pending), ("q", later))}
@@ -430,29 +441,6 @@ def test_a_block_read_while_its_pack_is_being_sealed_is_found(
         reader.join(5)
         flusher.join(5)
     assert got == [block]
-
-
-def _gate_appends(
-    monkeypatch: pytest.MonkeyPatch, full: set[bytes]
-) -> dict[bytes, tuple[threading.Event, threading.Event]]:
-    """PackWriter.append pauses for the ids given gates and raises ENOSPC for `full`
-    (injected: a disk that fills at exactly one append cannot be arranged otherwise)."""
-    from hcbak.repo import pack as pack_mod
-
-    real_append = pack_mod.PackWriter.append
-    gates: dict[bytes, tuple[threading.Event, threading.Event]] = {}
-
-    def gated(self: pack_mod.PackWriter, block_id: bytes, *args: object) -> tuple[int, int]:
-        if block_id in gates:
-            entered, release = gates[block_id]
-            entered.set()
-            release.wait(5)
-        if block_id in full:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_append(self, block_id, *args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(pack_mod.PackWriter, "append", gated)
-    return gates
 
 
 def _temp_packs(root: Path) -> list[str]:
