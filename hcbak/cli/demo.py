@@ -4,6 +4,9 @@ Everything runs for real: an HTTPS simulator with three nodes in this process, t
 real commands through `hcbak.cli.main.run([...])` with a config in a temp folder, an
 encrypted repository, a full and an incremental backup, and a restore compared byte by
 byte with the snapshot. Only the cluster is simulated.
+
+Every `hcbak` run loads this module to register the command, so the demo's own stdlib
+imports (random, shutil, tempfile) are made where they are used.
 """
 
 from __future__ import annotations
@@ -13,9 +16,6 @@ import importlib.util
 import io
 import json
 import os
-import random
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -81,6 +81,9 @@ def demo_environment(folder: Path, password: str) -> Iterator[None]:
 
 
 def run_demo(*, keep: bool = False) -> None:
+    import shutil
+    import tempfile
+
     from hcbak.sim import Simulator
     from hcbak.sim.seed import seed_demo
 
@@ -105,6 +108,8 @@ def run_demo(*, keep: bool = False) -> None:
 
 
 def _tour(sim: Any, folder: Path, user: str) -> None:
+    import random
+
     step(2, "Register the cluster: every node, pinned TLS fingerprints, a backup user")
     pins = [
         f"--fingerprint={a}={f}" for a, f in zip(sim.node_addresses, sim.fingerprints, strict=True)
