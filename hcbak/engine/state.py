@@ -194,7 +194,7 @@ def rpo_overdue(history: JobHistory, alert_after: str, now: datetime) -> bool:
     return now - reference > limit
 
 
-# --- clone journal ----------------------------------------------------------------------
+# --- worker lock ----------------------------------------------------------------------
 class WorkerLock:
     """One hot-add or removal on the worker VM at a time: across the VM threads of a run
     and across runs of other jobs on this host (they share the state dir).
@@ -237,6 +237,7 @@ class WorkerLock:
             self._threads.release()
 
 
+# --- clone journal ----------------------------------------------------------------------
 def clone_journal_dir(state_dir: Path) -> Path:
     return Path(state_dir) / "clones"
 
