@@ -26,6 +26,7 @@ TMP_PREFIX = ".tmp-"
 
 # Indirection points so tests can make them raise (see tests/repo/test_fsio.py).
 _fsync = os.fsync
+_fdatasync = os.fdatasync
 _chmod = os.chmod
 
 

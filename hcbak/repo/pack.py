@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,6 +32,11 @@ BLOB_HEADER = struct.Struct("<16sBBHIII")
 TABLE_ENTRY = struct.Struct("<16sQIII")
 # Footer: table offset | blob count | table crc32 | pack length | magic
 FOOTER = struct.Struct("<QIIQ8s")
+# A pack being filled is fdatasynced in the background after every this many bytes.
+# Flushing a disk's write cache costs about as long as writing the data did, so a seal
+# that flushed a whole 20-64 MiB pack at once waited ~2 ms per MiB (0.08 s of a 0.7 s
+# incremental); flushed as it grows, the seal waits only for the last few MiB.
+EARLY_FLUSH_EVERY = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,7 @@ class PackWriter:
         self._fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         self.entries: list[tuple[bytes, int, int, int]] = []  # id, offset, length, plain
         self.size = 0
+        self._flusher = _EarlyFlush(self._fd)
         try:
             self._write([PACK_HEADER.pack(PACK_MAGIC, PACK_VERSION, 0)])
         except BaseException:  # a full disk can refuse even the header
@@ -95,6 +102,7 @@ class PackWriter:
 
     def _write(self, parts: list[bytes]) -> None:
         self.size += fsio.write_all(self._fd, parts)
+        self._flusher.grew_to(self.size)
 
     def append(
         self, block_id: bytes, frame: bytes | list[bytes], plain_len: int
@@ -124,6 +132,7 @@ class PackWriter:
         # (both release the GIL): the last pack of a run is on its critical path.
         with ThreadPoolExecutor(1, thread_name_prefix="hcbak-sha") as hasher:
             digest = hasher.submit(_sha256_file, self.tmp)
+            self._flusher.wait()
             fsio._fsync(self._fd)
             pack_id = digest.result()
         fsio.drop_cache(self._fd)
@@ -136,7 +145,12 @@ class PackWriter:
     def _close(self) -> None:
         fd, self._fd = self._fd, -1
         if fd >= 0:
-            os.close(fd)
+            try:
+                self._flusher.wait()  # never close (or reuse) an fd a flush still uses
+            except OSError:
+                pass  # the pack is being dropped anyway
+            finally:
+                os.close(fd)
 
     def abort(self) -> None:
         try:
@@ -144,6 +158,49 @@ class PackWriter:
         except OSError:
             pass
         fsio.remove_quietly(self.tmp)
+
+
+class _EarlyFlush:
+    """fdatasync of a growing pack in a helper thread, one at a time.
+
+    Only ever early: the seal still fsyncs the whole file before the rename. A failed
+    early flush is kept and raised by the next append or the seal, because Linux reports
+    a writeback error to one fsync caller only, and the seal's fsync could then succeed
+    on data that never reached the disk.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._flushed = 0  # file size when the last flush started
+        self._thread: threading.Thread | None = None
+        self._error: OSError | None = None
+
+    def grew_to(self, size: int) -> None:
+        if self._error is not None:
+            raise self._error
+        if size - self._flushed < EARLY_FLUSH_EVERY:
+            return
+        if self._thread is not None:
+            if self._thread.is_alive():
+                return  # the disk is behind: the next append starts the next flush
+            self._thread.join()
+        self._flushed = size
+        self._thread = threading.Thread(target=self._flush, name="hcbak-flush", daemon=True)
+        self._thread.start()
+
+    def _flush(self) -> None:
+        try:
+            fsio._fdatasync(self._fd)
+        except OSError as exc:
+            self._error = exc
+
+    def wait(self) -> None:
+        """Wait for the flush under way; raise the error of any early flush."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            raise self._error
 
 
 def _sha256_file(path: Path) -> str:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from isal.isal_zlib import crc32 as isal_crc32
 from repo_helpers import PASS, disk_bytes, make_repo, read_disk, write_point
 
-from hcbak.errors import NoSpaceError
+from hcbak.errors import NoSpaceError, RepoError
 from hcbak.repo import open_repo
 from hcbak.repo.codec import (
     CODEC_LZ4,
@@ -509,3 +509,73 @@ def test_a_full_disk_drops_the_pack_another_thread_is_appending_to(
         monkeypatch.undo()
         point = write_point(repo, busy, vm="vm1")
         assert read_disk(repo, point.id) == busy
+
+
+def _record_early_flushes(
+    monkeypatch: pytest.MonkeyPatch, fail: OSError | None = None
+) -> list[tuple[str, int]]:
+    """Early flushes every 512 KiB, recorded as (thread, file size); `fail` makes the
+    first one raise (injected: a writeback error cannot be caused on a healthy disk)."""
+    from hcbak.repo import fsio
+    from hcbak.repo import pack as pack_mod
+
+    monkeypatch.setattr(pack_mod, "EARLY_FLUSH_EVERY", 512 * 1024)
+    seen: list[tuple[str, int]] = []
+    real = fsio._fdatasync
+
+    def fdatasync(fd: int) -> None:
+        seen.append((threading.current_thread().name, os.fstat(fd).st_size))
+        if fail is not None and len(seen) == 1:
+            raise fail
+        real(fd)
+
+    monkeypatch.setattr(fsio, "_fdatasync", fdatasync)
+    return seen
+
+
+def test_a_growing_pack_is_flushed_in_the_background_before_its_seal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A seal that flushes a whole pack waits ~2 ms per MiB on a disk with a write cache:
+    the pack must be flushed behind the appends while it grows, and still read back."""
+    seen = _record_early_flushes(monkeypatch)
+    root = make_repo(tmp_path / "r")
+    data = b"".join(os.urandom(256 * 1024) for _ in range(12))
+    with open_repo(root, passphrase=PASS) as repo:
+        point = write_point(repo, data)
+        assert read_disk(repo, point.id) == data
+    assert seen and all(name == "hcbak-flush" for name, _ in seen)
+    assert max(size for _, size in seen) >= 1024 * 1024  # flushed while growing
+
+
+def test_a_failed_early_flush_refuses_the_point_although_the_seal_fsync_succeeds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Linux reports a writeback error to one fsync caller only: after the early flush
+    saw it, the seal's own fsync succeeds on data that never reached the disk. The pack
+    must be dropped and the point refused, and a retry must store the blocks again."""
+    seen = _record_early_flushes(monkeypatch, fail=OSError(errno.EIO, "Input/output error"))
+    root = make_repo(tmp_path / "r")
+    data = b"".join(os.urandom(256 * 1024) for _ in range(8))
+    with open_repo(root, passphrase=PASS) as repo:
+        with pytest.raises(RepoError, match="Input/output error"):
+            write_point(repo, data)
+        assert len(seen) >= 1
+        assert _temp_packs(root) == []
+        assert repo.list_points() == []
+        retried = write_point(repo, data)
+        assert read_disk(repo, retried.id) == data
+    with open_repo(root, passphrase=PASS) as repo:
+        assert [p.id for p in repo.list_points()] == [retried.id]
+
+
+def test_a_full_disk_seen_by_an_early_flush_is_the_typed_no_space_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NFS reports a full disk or quota at flush time, not at write time."""
+    _record_early_flushes(monkeypatch, fail=OSError(errno.EDQUOT, "Disk quota exceeded"))
+    root = make_repo(tmp_path / "r")
+    with open_repo(root, passphrase=PASS) as repo:
+        with pytest.raises(NoSpaceError):
+            write_point(repo, b"".join(os.urandom(256 * 1024) for _ in range(8)))
+        assert _temp_packs(root) == []
