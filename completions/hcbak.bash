@@ -13,7 +13,7 @@ _hcbak_complete() {
         --alert-after|--as|--block-size|--ca-file|--cluster|--compression|--config|--device-root|--disk|--exclude|--fingerprint|--format|--job|--keep-daily|--keep-last|--keep-monthly|--keep-weekly|--keep-within|--keep-yearly|--network-map|--node|--nodes|--notify-email|--notify-on|--parallel|--passphrase-command|--passphrase-env|--passphrase-file|--password-command|--password-env|--password-file|--path|--port-base|--post-hook|--pre-hook|--prune|--repo|--retries|--retry-wait|--schedule|--state|--tag|--task-delay|--to|--username|--vm|--wait|--worker-vm|-c|-n|-u) COMPREPLY=(); return 0 ;;
     esac
     case "$path" in
-        "") opts="--config -c --debug --help -h"; subs="cluster config demo job mount notify points repo restore sim version" ;;
+        "") opts="--config -c --debug --version -V --help -h"; subs="cluster config demo job mount notify points repo restore sim version" ;;
         "/cluster") opts="--help -h"; subs="add list remove show test" ;;
         "/cluster/add") opts="--node -n --username -u --password-env --password-file --password-command --worker-vm --device-root --fingerprint --trust-on-first-use --ca-file --insecure --force --help -h"; subs="" ;;
         "/cluster/list") opts="--json --help -h"; subs="" ;;

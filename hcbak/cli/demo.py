@@ -5,8 +5,8 @@ real commands through `hcbak.cli.main.run([...])` with a config in a temp folder
 encrypted repository, a full and an incremental backup, and a restore compared byte by
 byte with the snapshot. Only the cluster is simulated.
 
-Every `hcbak` run loads this module to register the command, so the demo's own stdlib
-imports (random, shutil, tempfile) are made where they are used.
+The root app loads this module only for `hcbak demo` (and --help); its heavier stdlib
+imports (random, shutil, tempfile) are made where they are used all the same.
 """
 
 from __future__ import annotations
@@ -29,15 +29,17 @@ BLOCK = 256 << 10
 DEMO_ENV = ("HCBAK_CONFIG", "HCBAK_STATE_DIR", "HCBAK_DEMO_PASSWORD", "HCBAK_DEMO_PASSPHRASE")
 
 
-def register(app: typer.Typer) -> None:
-    @app.command()
-    def demo(
-        keep: Annotated[
-            bool, typer.Option("--keep", help="Keep the temp folder (config, repo, logs).")
-        ] = False,
-    ) -> None:
-        """Run the main job end to end against the built-in HyperCore simulator."""
-        run_demo(keep=keep)
+app = typer.Typer(add_completion=False)  # one command, built by the root app on use
+
+
+@app.command()
+def demo(
+    keep: Annotated[
+        bool, typer.Option("--keep", help="Keep the temp folder (config, repo, logs).")
+    ] = False,
+) -> None:
+    """Run the main job end to end against the built-in HyperCore simulator."""
+    run_demo(keep=keep)
 
 
 def say(text: str = "") -> None:

@@ -14,7 +14,6 @@ import typer
 from typer.core import TyperGroup
 
 from hcbak import __version__
-from hcbak.cli import demo, mount
 from hcbak.cli.context import OPTIONS
 from hcbak.errors import ExitCode, HcbakError
 
@@ -37,43 +36,50 @@ GROUPS = {
     "notify": "hcbak.cli.notify",
     "sim": "hcbak.cli.sim",
 }
+# Single top-level commands, also built on use, by the module whose `app` holds it.
+COMMANDS = {
+    "demo": "hcbak.cli.demo",
+    "mount": "hcbak.cli.mount",
+}
+LAZY = {**GROUPS, **COMMANDS}
 
 
 class LazyGroup(TyperGroup):
-    """The root group; it imports and builds a command group only when it is used.
+    """The root group; it imports and builds a command (group) only when it is used.
 
     A cron run of `hcbak job run` used to import and build all eight groups first:
     about 50 ms more on a 2-core VM (benchmarks/RESULTS.md). `--help`, "did you mean"
-    and the command tree still see every group.
+    and the command tree still see every command.
     """
 
     def list_commands(self, ctx: Context) -> list[str]:
-        own = [name for name in super().list_commands(ctx) if name not in GROUPS]
-        return [*own[:1], *GROUPS, *own[1:]]  # version, the groups, demo, mount
+        own = [name for name in super().list_commands(ctx) if name not in LAZY]
+        return [*own, *LAZY]  # version, the groups, demo, mount
 
     def get_command(self, ctx: Context, cmd_name: str) -> Command | None:
-        if cmd_name in GROUPS and cmd_name not in self.commands:
-            self.add_command(_build_group(cmd_name), cmd_name)
+        if cmd_name in LAZY and cmd_name not in self.commands:
+            self.add_command(_build(cmd_name), cmd_name)
         return super().get_command(ctx, cmd_name)
 
     def resolve_command(
         self, ctx: Context, args: list[str]
     ) -> tuple[str | None, Command | None, list[str]]:
-        if args and args[0] not in self.commands and args[0] not in GROUPS:
+        if args and args[0] not in self.commands and args[0] not in LAZY:
             self.load_all()  # an unknown name: "did you mean" looks at every command
         return super().resolve_command(ctx, args)
 
     def load_all(self) -> LazyGroup:
-        for name in GROUPS:
+        for name in LAZY:
             self.get_command(typer.Context(self), name)
         return self
 
 
-def _build_group(name: str) -> Command:
-    module = importlib.import_module(GROUPS[name])
-    group = typer.main.get_group(module.app)  # a group even when it has one command
-    group.name = name
-    return group
+def _build(name: str) -> Command:
+    app = importlib.import_module(LAZY[name]).app
+    # a group even when it has one command; a single command stays a command
+    command = typer.main.get_group(app) if name in GROUPS else typer.main.get_command(app)
+    command.name = name
+    return command
 
 
 app = typer.Typer(
@@ -90,6 +96,12 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"hcbak {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def root(
     config: Annotated[
@@ -104,6 +116,17 @@ def root(
     ] = None,
     debug: Annotated[
         bool, typer.Option("--debug", help="Show tracebacks and debug logs on stderr.")
+    ] = False,
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            "-V",
+            help="Print the hcbak version and exit.",
+            callback=_print_version,
+            is_eager=True,
+            expose_value=False,
+        ),
     ] = False,
 ) -> None:
     OPTIONS.config_path = config
@@ -123,10 +146,6 @@ def version(
         emit_json({"version": __version__, "python": sys.version.split()[0]})
     else:
         typer.echo(f"hcbak {__version__}")
-
-
-demo.register(app)
-mount.register(app)
 
 
 def _debug_requested(argv: list[str]) -> bool:

@@ -33,11 +33,10 @@ if TYPE_CHECKING:
     from hcbak.repo import Point
 
 
-def register(app: typer.Typer) -> None:
-    """Add `hcbak mount` to the root app."""
-    app.command("mount")(mount_command)
+app = typer.Typer(add_completion=False)  # one command, built by the root app on use
 
 
+@app.command("mount")
 def mount_command(
     point_spec: Annotated[
         str,
@@ -53,8 +52,10 @@ def mount_command(
         typer.Option("--repo", help="Repository name (default: search all configured ones)."),
     ] = None,
 ) -> None:
-    """Mount a restore point read-only (one directory per disk with disk.raw); Ctrl-C
-    unmounts."""
+    """Mount a restore point read-only: one directory per disk, with disk.raw.
+
+    The command stays in the foreground; Ctrl-C unmounts.
+    """
     fuse = _import_fuse()
     if not mountpoint.is_dir():
         raise UsageError(f"mount point {mountpoint} is not a directory")

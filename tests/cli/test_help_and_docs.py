@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from hcbak import __version__
 from hcbak.cli.completions import Node, command_tree, iter_nodes
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -80,9 +81,19 @@ def test_a_command_imports_only_its_own_group(hcbak_env: dict[str, str]) -> None
     loaded = set(proc.stdout.split())
     assert "hcbak.cli.job" in loaded, proc.stderr
     others = {"hcbak.cli.cluster", "hcbak.cli.repo", "hcbak.cli.restore", "hcbak.cli.points"}
+    others |= {"hcbak.cli.demo", "hcbak.cli.mount"}  # single commands load on use too
     assert not loaded & others
     # Nor what only some runs need (zstd repositories; config edits and the demo).
     assert not loaded & {"zstandard", "tempfile"}
+
+
+def test_version_flag_prints_the_version_before_any_command(
+    run_inproc: Callable[..., subprocess.CompletedProcess[str]],
+) -> None:
+    """`hcbak --version` is what an operator types first; it must not need a config."""
+    for flag in ("--version", "-V"):
+        proc = run_inproc(flag, "job", "run", "no-such-job")
+        assert (proc.returncode, proc.stdout) == (0, f"hcbak {__version__}\n"), proc.stderr
 
 
 def test_a_mistyped_group_still_gets_a_suggestion(
