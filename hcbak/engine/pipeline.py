@@ -96,7 +96,7 @@ def _split_by_holes(
     reader: DiskReader, plan: ReadPlan, block_size: int
 ) -> tuple[list[int], list[int]]:
     """Blocks to read, and blocks of the plan lying wholly in holes (not read)."""
-    ranges = reader.data_ranges()
+    ranges = reader.data_ranges([(a * block_size, b * block_size) for a, b in plan.ranges])
     planned = list(plan.iter_blocks())
     if ranges is None:
         return planned, []

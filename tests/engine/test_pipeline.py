@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from hcbak.engine.cbt import full_plan, incremental_plan
@@ -17,7 +17,7 @@ from hcbak.engine.report import DiskReport
 from hcbak.errors import Interrupted, TransportError
 from hcbak.repo import ZERO_BLOCK, init_repo, open_repo
 from hcbak.transport.device import by_id_path, locate_device
-from hcbak.transport.reader import DiskReader
+from hcbak.transport.reader import DiskReader, blocks_with_data
 
 BS = 4096
 
@@ -123,3 +123,35 @@ def test_locate_device_by_id_then_by_new_device_of_matching_size(tmp_path: Path)
     assert locate_device(tmp_path, "other-uuid", 200, before=before, timeout=0) == tmp_path / "vdc"
     with pytest.raises(TransportError, match="did not appear"):
         locate_device(tmp_path, "missing", 999, before=before, timeout=0.05)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    written=st.lists(st.tuples(st.integers(0, 63), st.integers(1, 3 * BS)), max_size=8),
+    spans=st.lists(st.tuples(st.integers(0, 64), st.integers(0, 8)), max_size=6),
+)
+def test_hole_probing_within_the_plan_finds_what_a_whole_device_walk_finds(
+    tmp_path: Path, written: list[tuple[int, int]], spans: list[tuple[int, int]]
+) -> None:
+    """An incremental probes only the spans it reads: the blocks with data inside them
+    must be exactly those a walk over every extent of the device finds there."""
+    disk = tmp_path / "probe-disk"
+    disk.unlink(missing_ok=True)
+    with open(disk, "wb") as fh:
+        fh.truncate(64 * BS)
+        for block, length in written:
+            os.pwrite(fh.fileno(), b"d" * min(length, 64 * BS - block * BS), block * BS)
+    with DiskReader(disk) as reader:
+        whole = reader.data_ranges()
+        byte_spans = [(a * BS, min(a + n, 64) * BS) for a, n in sorted(spans)]
+        within = reader.data_ranges(byte_spans)
+    assume(whole is not None)
+    assert within is not None
+
+    def blocks(ranges: list[tuple[int, int]]) -> set[int]:
+        return {i for a, b in blocks_with_data(ranges, BS) for i in range(a, b)}
+
+    in_spans = {i for a, b in byte_spans for i in range(a // BS, b // BS)}
+    assert blocks(within) == blocks(whole) & in_spans
