@@ -215,7 +215,6 @@ def _due_jobs(config: Any, sdir: Path, now: datetime) -> list[Any]:
 
 def _after_job(config: Any, sdir: Path, job: Any, job_report: Any) -> None:
     """Record the run for --due / the RPO watch, then mail the report if asked to."""
-    from hcbak.engine.notify import render_body, render_subject, should_notify
     from hcbak.engine.state import load_history, save_history
 
     if job_report.dry_run or job_report.status == "locked":
@@ -227,7 +226,11 @@ def _after_job(config: Any, sdir: Path, job: Any, job_report: Any) -> None:
     if code in (ExitCode.OK, ExitCode.WARNINGS):
         history.last_success = job_report.started
     save_history(sdir, job.name, history)
-    if job.notify and should_notify(job_report, job.notify.on):
+    if not job.notify:
+        return  # smtplib and the templates load only for jobs that mail
+    from hcbak.engine.notify import render_body, render_subject, should_notify
+
+    if should_notify(job_report, job.notify.on):
         _send(config, job.notify.to, render_subject(job_report), render_body(job_report))
 
 
@@ -304,7 +307,7 @@ def _start_log(sdir: Path) -> _RunLog | None:
 
 
 def _print_summary(report: Any) -> None:
-    from hcbak.engine.notify import human_bytes
+    from hcbak.engine.report import human_bytes
 
     rows = []
     for job in report.jobs:

@@ -196,6 +196,8 @@ def show(name: NameArg, json_out: JsonOpt = False) -> None:
     if json_out:
         emit_json(doc)
         return
+    from hcbak.engine.report import human_bytes
+
     lv = doc["last_verify"]
     print_fields(
         [
@@ -208,7 +210,7 @@ def show(name: NameArg, json_out: JsonOpt = False) -> None:
             ("points", doc["points"]),
             ("blocks", doc["blocks"]),
             ("packs", doc["packs"]),
-            ("size", _human(doc["size"])),
+            ("size", human_bytes(doc["size"])),
             ("dedup ratio", doc["dedup_ratio"]),
             ("compression ratio", doc["compression_ratio"]),
             ("locks", len(locks)),
@@ -416,12 +418,3 @@ def _last_verify(config: Config, repo_id: str) -> dict[str, Any] | None:
         return doc
     except (OSError, ValueError):
         return None
-
-
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.1f} {unit}" if unit != "B" else f"{n} B"
-        size /= 1024
-    return f"{n} B"

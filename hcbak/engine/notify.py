@@ -15,18 +15,10 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Any
 
-from hcbak.engine.report import VM_OK, JobReport, job_to_dict, status_word
+from hcbak.engine.report import VM_OK, JobReport, human_bytes, job_to_dict, status_word
 from hcbak.errors import HcbakError
 
 SEND_TIMEOUT = 30.0
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def event_for(job: JobReport) -> str:

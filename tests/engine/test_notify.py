@@ -9,7 +9,7 @@ import pytest
 
 from hcbak.config import SMTPConfig
 from hcbak.engine.notify import render_body, render_subject, send_email, should_notify
-from hcbak.engine.report import DiskReport, JobReport, VmReport
+from hcbak.engine.report import DiskReport, JobReport, VmReport, human_bytes
 from hcbak.errors import HcbakError
 from hcbak.secrets import Secret, SecretRef
 
@@ -78,3 +78,11 @@ def test_unreachable_server_is_a_one_line_error() -> None:
     cfg = SMTPConfig(host="127.0.0.1", port=port, security="starttls", sender="a@b.c")
     with pytest.raises(HcbakError, match="failed"):
         send_email(cfg, ["ops@example.com"], "s", "b")
+
+
+@pytest.mark.parametrize(
+    ("n", "text"),
+    [(0, "0 B"), (1023, "1023 B"), (1536, "1.5 KiB"), (41 << 20, "41.0 MiB"), (3 << 40, "3.0 TiB")],
+)
+def test_sizes_read_the_same_in_mails_summaries_and_repo_show(n: int, text: str) -> None:
+    assert human_bytes(n) == text
