@@ -248,3 +248,33 @@ def test_failed_save_reports_a_config_error_and_leaves_no_temp_file(tmp_path: Pa
         save_config(config)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "taken"]
     assert (target / "keep").read_text() == "x"
+
+
+def test_a_second_read_of_the_same_file_reuses_its_yaml_but_builds_a_new_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`job run` reads the config twice; composing the YAML is nearly all of a read.
+    An edit in between must be seen, and each read must get its own Config (commands
+    change the one they loaded)."""
+    import yaml
+
+    composed: list[str] = []
+    real = yaml.compose
+
+    def counting(text: str, **kwargs: object) -> object:
+        composed.append(text)
+        return real(text, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(yaml, "compose", counting)
+    monkeypatch.setenv("SMTP_PW", "x")
+    text = FULL + f"# {tmp_path}\n"  # not read by any other test of this process
+    path = write(tmp_path, text)
+    first, second = load_config(path), load_config(path)
+    assert len(composed) == 1
+    assert first == second and first is not second
+    first.jobs.clear()
+    assert second.jobs and load_config(path).jobs
+    path.write_text(text.replace("keep_last: 7", "keep_last: 9"))
+    third = load_config(path)
+    assert len(composed) == 2
+    assert [j.retention.keep_last for j in third.jobs.values()] == [9]
