@@ -544,8 +544,43 @@ def test_a_growing_pack_is_flushed_in_the_background_before_its_seal(
     with open_repo(root, passphrase=PASS) as repo:
         point = write_point(repo, data)
         assert read_disk(repo, point.id) == data
+    # The seal fsyncs with os.fsync: every fdatasync seen was an early flush. (How many
+    # there were depends on how fast this disk flushes: one under way is never doubled.)
     assert seen and all(name == "hcbak-flush" for name, _ in seen)
-    assert max(size for _, size in seen) >= 1024 * 1024  # flushed while growing
+
+
+def test_early_flushes_start_every_interval_one_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flush schedule itself, made deterministic: a flush starts once the file grew
+    by the interval since the last one started, never while one is under way."""
+    from hcbak.repo import fsio
+    from hcbak.repo.pack import _EarlyFlush
+
+    monkeypatch.setattr("hcbak.repo.pack.EARLY_FLUSH_EVERY", 1000)
+    started: list[int] = []
+    release = threading.Event()
+
+    def fdatasync(fd: int) -> None:
+        started.append(fd)
+        assert release.wait(5)
+
+    monkeypatch.setattr(fsio, "_fdatasync", fdatasync)
+    with open(tmp_path / "f", "wb") as fh:
+        flusher = _EarlyFlush(fh.fileno())
+        flusher.grew_to(999)
+        assert started == []
+        flusher.grew_to(1000)  # starts a flush, which now waits for `release`
+        flusher.grew_to(2500)  # due, but one is under way: not doubled
+        release.set()
+        flusher.wait()
+        assert started == [fh.fileno()]
+        flusher.grew_to(1999)  # measured from where the last one started (1000)
+        flusher.wait()
+        assert len(started) == 1
+        flusher.grew_to(2000)
+        flusher.wait()
+        assert started == [fh.fileno()] * 2
 
 
 def test_a_failed_early_flush_refuses_the_point_although_the_seal_fsync_succeeds(
