@@ -5,8 +5,6 @@ self-signed certificates, so silently trusting "whatever answers" would make the
 stored password available to anyone on the path.
 """
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated, Any
 

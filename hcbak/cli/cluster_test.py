@@ -1,7 +1,5 @@
 """`hcbak cluster test NAME`: is this cluster ready for backups and restores?"""
 
-from __future__ import annotations
-
 import sys
 from typing import TYPE_CHECKING, Annotated
 
@@ -41,7 +39,7 @@ def cluster_test(
         raise ClusterError(f"cluster {name} is not ready: " + "; ".join(report.reasons))
 
 
-def _print_report(report: Readiness) -> None:
+def _print_report(report: "Readiness") -> None:
     rows = [
         (n.address, "yes" if n.reachable else "no", n.version or "-", n.tls, n.error or "")
         for n in report.nodes
@@ -66,13 +64,13 @@ def _print_report(report: Readiness) -> None:
     sys.stdout.flush()
 
 
-def _worker(report: Readiness) -> str:
+def _worker(report: "Readiness") -> str:
     if report.worker_vm_uuid:
         return f"{report.worker_vm} ({report.worker_vm_uuid})"
     return f"NOT FOUND ({report.worker_hint})"
 
 
-def _yes_no(ok: bool, missing: list[str], report: Readiness) -> str:
+def _yes_no(ok: bool, missing: list[str], report: "Readiness") -> str:
     if not report.roles_known:
         return "unknown"
     return "sufficient" if ok else "missing " + ", ".join(missing)

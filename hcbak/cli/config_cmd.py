@@ -1,7 +1,5 @@
 """`hcbak config show|check`: print the effective config, validate it before cron does."""
 
-from __future__ import annotations
-
 from typing import Annotated, Any
 
 import typer

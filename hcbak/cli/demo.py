@@ -9,8 +9,6 @@ The root app loads this module only for `hcbak demo` (and --help); its heavier s
 imports (random, shutil, tempfile) are made where they are used all the same.
 """
 
-from __future__ import annotations
-
 import contextlib
 import importlib.util
 import io

@@ -5,8 +5,6 @@ Passing an empty string to a text option (`--schedule ""`) clears it; a list opt
 given on `edit` replaces the whole list.
 """
 
-from __future__ import annotations
-
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -251,7 +249,7 @@ def _keep(
     return {k: v for k, v in values.items() if v is not None}
 
 
-def _apply(job: JobConfig, opts: JobOptions, config: Config) -> None:
+def _apply(job: JobConfig, opts: "JobOptions", config: Config) -> None:
     """Set the given options on `job`, validating each (UsageError/NotFoundError: exit 2)."""
     if opts.cluster is not None:
         job.cluster = config.cluster(opts.cluster).name
@@ -297,7 +295,7 @@ def _check_prune(value: str) -> str:
     return value
 
 
-def _apply_notify(job: JobConfig, opts: JobOptions, config: Config) -> None:
+def _apply_notify(job: JobConfig, opts: "JobOptions", config: Config) -> None:
     if opts.notify_on is not None:
         for event in opts.notify_on:
             if event not in NOTIFY_EVENTS:

@@ -6,8 +6,6 @@ the run report with --json (schema: docs/run-report.md). Every run also writes a
 file under <state dir>/logs/. The exit code follows docs/exit-codes.md.
 """
 
-from __future__ import annotations
-
 import logging
 import os
 import signal
@@ -287,7 +285,7 @@ class _RunLog:
         self.handler.close()
 
 
-def _start_log(sdir: Path) -> _RunLog | None:
+def _start_log(sdir: Path) -> "_RunLog | None":
     """A log file per run in <state>/logs (what happened, for later, not for the TTY)."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     path = sdir / "logs" / f"run-{stamp}-{os.getpid()}.log"
@@ -335,7 +333,7 @@ def _print_summary(report: Any) -> None:
 class PlainDisplay:
     """One timestamped line per VM event on stderr (no per-block noise)."""
 
-    def __enter__(self) -> PlainDisplay:
+    def __enter__(self) -> "PlainDisplay":
         return self
 
     def __exit__(self, *exc: object) -> None:

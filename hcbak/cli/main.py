@@ -1,7 +1,5 @@
 """Root Typer app and the single exception -> exit code edge."""
 
-from __future__ import annotations
-
 import importlib
 import logging
 import os
@@ -52,29 +50,29 @@ class LazyGroup(TyperGroup):
     and the command tree still see every command.
     """
 
-    def list_commands(self, ctx: Context) -> list[str]:
+    def list_commands(self, ctx: "Context") -> list[str]:
         own = [name for name in super().list_commands(ctx) if name not in LAZY]
         return [*own, *LAZY]  # version, the groups, demo, mount
 
-    def get_command(self, ctx: Context, cmd_name: str) -> Command | None:
+    def get_command(self, ctx: "Context", cmd_name: str) -> "Command | None":
         if cmd_name in LAZY and cmd_name not in self.commands:
             self.add_command(_build(cmd_name), cmd_name)
         return super().get_command(ctx, cmd_name)
 
     def resolve_command(
-        self, ctx: Context, args: list[str]
-    ) -> tuple[str | None, Command | None, list[str]]:
+        self, ctx: "Context", args: list[str]
+    ) -> "tuple[str | None, Command | None, list[str]]":
         if args and args[0] not in self.commands and args[0] not in LAZY:
             self.load_all()  # an unknown name: "did you mean" looks at every command
         return super().resolve_command(ctx, args)
 
-    def load_all(self) -> LazyGroup:
+    def load_all(self) -> "LazyGroup":
         for name in LAZY:
             self.get_command(typer.Context(self), name)
         return self
 
 
-def _build(name: str) -> Command:
+def _build(name: str) -> "Command":
     app = importlib.import_module(LAZY[name]).app
     # a group even when it has one command; a single command stays a command
     command = typer.main.get_group(app) if name in GROUPS else typer.main.get_command(app)
@@ -190,7 +188,7 @@ def run(argv: list[str] | None = None) -> int:
     return int(result) if isinstance(result, int) else int(ExitCode.OK)
 
 
-def root_command(*, load_all: bool = False) -> LazyGroup:
+def root_command(*, load_all: bool = False) -> "LazyGroup":
     """The click command of the app; `load_all` builds every group (tree walkers)."""
     command = typer.main.get_command(app)
     assert isinstance(command, LazyGroup)

@@ -12,8 +12,6 @@ compiler needed, pure-Python wheel). It is an optional extra (`pip install
 was chosen over pyfuse3 (needs trio + compiled libfuse3 headers) and llfuse.
 """
 
-from __future__ import annotations
-
 import errno
 import json
 import os
@@ -71,7 +69,7 @@ def mount_command(
     info(f"unmounted {mountpoint}")
 
 
-def disk_readers(repository: Any, point: Point) -> dict[str, DiskReader]:
+def disk_readers(repository: Any, point: "Point") -> "dict[str, DiskReader]":
     """Directory name -> reader, one per disk of the point."""
     from hcbak.engine.restore import DiskReader
 
@@ -95,7 +93,7 @@ def _import_fuse() -> Any:
     return mfusepy
 
 
-def _make_operations(fuse: Any, point: Point, readers: dict[str, DiskReader]) -> Any:
+def _make_operations(fuse: Any, point: "Point", readers: "dict[str, DiskReader]") -> Any:
     """A read-only FUSE filesystem over the point's disks."""
     meta = (
         json.dumps(

@@ -1,7 +1,5 @@
 """`hcbak notify`: check that report emails reach their recipients."""
 
-from __future__ import annotations
-
 from typing import Annotated
 
 import typer

@@ -4,8 +4,6 @@ POINT is an id, a unique id prefix, `VM@latest` or `VM@YYYY-MM-DD`. Without --re
 every configured repository is searched; a POINT found in two is an error.
 """
 
-from __future__ import annotations
-
 from typing import Annotated, Any
 
 import typer

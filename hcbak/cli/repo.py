@@ -4,8 +4,6 @@ The repository folder is the source of truth for its format (block size, compres
 encryption); the config only names it, says where it is and how to get the passphrase.
 """
 
-from __future__ import annotations
-
 import json
 import re
 from collections.abc import Iterator

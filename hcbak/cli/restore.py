@@ -7,8 +7,6 @@ rather than a guess. The repository stays open with a shared lock for the whole
 restore, so a prune cannot remove the point's blocks under it.
 """
 
-from __future__ import annotations
-
 import sys
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
@@ -164,8 +162,8 @@ def parse_network_map(items: list[str]) -> dict[int, int]:
 
 @contextmanager
 def opened_point(
-    config: Config, spec: str, repo_name: str | None
-) -> Iterator[tuple[Repository, Point]]:
+    config: "Config", spec: str, repo_name: str | None
+) -> "Iterator[tuple[Repository, Point]]":
     """Open the repository holding POINT (shared lock) and load the point."""
     candidates = [config.repo(repo_name)] if repo_name else list(config.repositories.values())
     if not candidates:
@@ -197,14 +195,14 @@ def opened_point(
         yield repository, repository.load_point(point_id)
 
 
-def _open(repo_cfg: RepoConfig, lock: str | None) -> AbstractContextManager[Repository]:
+def _open(repo_cfg: "RepoConfig", lock: str | None) -> "AbstractContextManager[Repository]":
     from hcbak.repo import open_repo
 
     passphrase = repo_cfg.passphrase.resolve() if repo_cfg.passphrase else None
     return open_repo(Path(repo_cfg.path), passphrase=passphrase, lock=lock)
 
 
-def _target_cluster(config: Config, name: str | None, point: Point) -> ClusterConfig:
+def _target_cluster(config: "Config", name: str | None, point: "Point") -> "ClusterConfig":
     if name:
         return config.cluster(name)
     if point.cluster in config.clusters:
@@ -218,7 +216,7 @@ def _target_cluster(config: Config, name: str | None, point: Point) -> ClusterCo
 
 
 @contextmanager
-def _progress(quiet: bool) -> Iterator[Progress]:
+def _progress(quiet: bool) -> "Iterator[Progress]":
     """Per-disk progress on stderr: a bar on a TTY, start/finish lines otherwise."""
     if quiet:
         yield lambda label, done, total: None

@@ -1,7 +1,5 @@
 """`hcbak sim`: run the built-in HyperCore simulator (demo, tests, development)."""
 
-from __future__ import annotations
-
 import signal
 import threading
 from pathlib import Path
