@@ -51,9 +51,12 @@ from hcbak.engine.state import (
     JobLock,
     WorkerLock,
     forget_clone,
+    forget_task,
     journal_clone,
+    journal_task,
     journaled_clones,
     live_clone_uuids,
+    tasks_of_dead_runs,
 )
 from hcbak.errors import (
     ClusterBusyError,
@@ -220,6 +223,7 @@ class _Session:
                 self.report.vms.append(vm_report)
                 self.emit("vm_done", vm=name, message=f"failed: {vm_report.reason}")
             self.repo = opened_repo()
+            self._await_dead_runs_tasks()
             self._load_bases()
             if self.report.dry_run:
                 self.report.vms.extend(self._dry_run(t) for t in selection.targets)
@@ -312,11 +316,34 @@ class _Session:
             except HcbakError as exc:
                 self.warn(f"could not remove orphaned snapshot {snap.label}: {exc.one_line()}")
 
+    def _create_snapshot(self, vm: Any, label: str) -> Any:
+        """The snapshot task is journaled while it runs (see tasks_of_dead_runs); a
+        failed one stays journaled, as it may still be running."""
+        started: list[str] = []
+
+        def accepted(task: str) -> None:
+            journal_task(self.state_dir, task, self.job.cluster)
+            started.append(task)
+
+        snap = self.hc.create_snapshot(vm.uuid, label, accepted=accepted)
+        for task in started:
+            forget_task(self.state_dir, task)
+        return snap
+
+    def _await_dead_runs_tasks(self) -> None:
+        """Before looking for what crashed runs left: their snapshot tasks may still be
+        running, and a snapshot that appears after the look stays until the next run."""
+        for task in tasks_of_dead_runs(self.state_dir, self.job.cluster):
+            self._await_dead_runs_task(task)
+            forget_task(self.state_dir, task)
+
     def _clean_orphan_clones(self) -> None:
         for entry in journaled_clones(self.state_dir, self.job.cluster):
             uuids = [str(entry.get("clone_uuid"))]
             if entry.get("pending"):
                 uuids = self._pending_clone_candidates(entry)
+            elif entry.get("task"):
+                self._await_dead_runs_task(str(entry["task"]))
             for uuid in uuids:
                 try:
                     self.hc.delete_block_device(uuid)
@@ -327,6 +354,14 @@ class _Session:
                     self.warn(f"could not remove orphaned clone {uuid}: {exc.one_line()}")
                     continue
             forget_clone(self.state_dir, str(entry.get("clone_uuid")))
+
+    def _await_dead_runs_task(self, task: str) -> None:
+        """A task a dead run started may still be running: what it creates appears only
+        when it is done, so removing it before would find nothing and leave it."""
+        try:
+            self.hc.wait_task(task, what="task of an interrupted run")
+        except HcbakError as exc:  # failed (no clone) or too slow: the delete tells
+            log.info("clone task %s of an interrupted run: %s", task, exc.one_line())
 
     def _pending_clone_candidates(self, entry: dict[str, Any]) -> list[str]:
         """Disks that appeared on the worker after a crashed run's pending clone call:
@@ -406,7 +441,7 @@ class _Session:
             snap = self._newest_replica_snapshot(vm)
             created = False
         else:
-            snap = self.hc.create_snapshot(vm.uuid, snapshot_label(self.job.name, point_id))
+            snap = self._create_snapshot(vm, snapshot_label(self.job.name, point_id))
             created = True
         report.snapshot_uuid = snap.uuid
         # Clones are removed in the background while the point commits; every removal
@@ -718,23 +753,28 @@ class _Clone:
             "capacity": self.capacity,
             "worker": s.worker_uuid,
         }
-        # The clone's uuid is known only once the task is done. A "pending" entry with
-        # the worker's disks before the call lets the next run find a clone whose run
-        # died while the task ran (the only disk that appeared and has this capacity).
+        # A "pending" entry with the worker's disks before the call lets the next run
+        # find a clone whose run died before the cluster answered (the only disk that
+        # appeared and has this capacity). Once it answers, the entry names the clone and
+        # its task: the device appears only when the task is done, possibly after this
+        # run died and the next one looked, so the next run waits for that task first.
         pending = f"pending-{secrets.token_hex(8)}"
+
+        def accepted(clone_uuid: str, task: str) -> None:
+            journal_clone(s.state_dir, clone_uuid, {**info, "task": task})
+            forget_clone(s.state_dir, pending)
+
         with s.worker_lock:
             before = list_devices(root)
             worker_disks = [d.uuid for d in s.hc.get_vm(s.worker_uuid).disks]
             journal_clone(
                 s.state_dir, pending, {**info, "pending": True, "worker_disks": worker_disks}
             )
-            # On failure the pending entry stays: a POST whose answer was lost may still
-            # have created the clone, and the next run removes it.
+            # On failure the entry stays: a POST whose answer was lost may still have
+            # created the clone, and the next run removes it.
             self.clone_uuid = s.hc.clone_snapshot_disk(
-                self.disk.uuid, self.snap.uuid, s.worker_uuid, self.capacity
+                self.disk.uuid, self.snap.uuid, s.worker_uuid, self.capacity, accepted=accepted
             )
-            journal_clone(s.state_dir, self.clone_uuid, info)
-            forget_clone(s.state_dir, pending)
         try:
             return locate_device(root, self.clone_uuid, self.capacity, before=before)
         except BaseException:

@@ -17,6 +17,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -253,8 +254,11 @@ def forget_clone(state_dir: Path, clone_uuid: str) -> None:
 
 def journaled_clones(state_dir: Path, cluster: str) -> list[dict[str, Any]]:
     """Clones hcbak created on this cluster by processes that are no longer running."""
+    return _entries_of_dead_runs(clone_journal_dir(state_dir), cluster)
+
+
+def _entries_of_dead_runs(folder: Path, cluster: str) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
-    folder = clone_journal_dir(state_dir)
     if not folder.is_dir():
         return out
     for path in sorted(folder.glob("*.json")):
@@ -266,6 +270,31 @@ def journaled_clones(state_dir: Path, cluster: str) -> list[dict[str, Any]]:
             continue  # another live run (other job) owns it
         out.append(entry)
     return out
+
+
+def task_journal_dir(state_dir: Path) -> Path:
+    return Path(state_dir) / "tasks"
+
+
+def _task_file(state_dir: Path, task: str) -> Path:
+    return task_journal_dir(state_dir) / (re.sub(r"[^A-Za-z0-9_.-]", "_", task) + ".json")
+
+
+def journal_task(state_dir: Path, task: str, cluster: str) -> None:
+    """A snapshot task this run started: what it creates appears only when it ends."""
+    entry = {"task": task, "cluster": cluster, "created": time.time(), "pid": os.getpid()}
+    _write_json_atomic(_task_file(state_dir, task), entry)
+
+
+def forget_task(state_dir: Path, task: str) -> None:
+    _task_file(state_dir, task).unlink(missing_ok=True)
+
+
+def tasks_of_dead_runs(state_dir: Path, cluster: str) -> list[str]:
+    """Snapshot tasks started on this cluster by runs that are gone. A run killed while
+    one ran leaves its snapshot to appear later, possibly after the next run looked for
+    leftovers: that run waits for these tasks first."""
+    return [str(e["task"]) for e in _entries_of_dead_runs(task_journal_dir(state_dir), cluster)]
 
 
 def live_clone_uuids(state_dir: Path) -> set[str]:

@@ -177,10 +177,24 @@ class HyperCoreClient:
             raise APIError(f"GET {path} answered {type(data).__name__}, not a list")
         return [x for x in data if isinstance(x, dict)]
 
-    def _mutate(self, method: str, path: str, body: Any, *, what: str) -> dict[str, Any]:
-        """A mutation + its task wait; returns the `{taskTag, createdUUID}` answer."""
+    def _mutate(
+        self,
+        method: str,
+        path: str,
+        body: Any,
+        *,
+        what: str,
+        accepted: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """A mutation + its task wait; returns the `{taskTag, createdUUID}` answer.
+
+        `accepted` sees that answer before the wait: what the task will create is known
+        from then on, and a caller that dies during the wait must have recorded it.
+        """
         data = self._call(method, path, json=body, idempotent=False)
         result = data if isinstance(data, dict) else {}
+        if accepted is not None:
+            accepted(result)
         self.wait_task(result.get("taskTag"), what=what)
         return result
 
@@ -312,13 +326,16 @@ class HyperCoreClient:
     def find_snapshot(self, vm_uuid: str, label: str) -> Snapshot | None:
         return next((s for s in self.list_snapshots(vm_uuid) if s.label == label), None)
 
-    def create_snapshot(self, vm_uuid: str, label: str) -> Snapshot:
+    def create_snapshot(
+        self, vm_uuid: str, label: str, *, accepted: Callable[[str], None] | None = None
+    ) -> Snapshot:
         """A USER snapshot with a run-unique label; never two with the same label.
 
         The label is the idempotency key: it is looked up before the first POST, and
         again whenever a POST's outcome is unknown (lost response, 5xx) before POSTing
         again. `replication: false` always: the API default true would ship the
-        snapshot to the replication target.
+        snapshot to the replication target. `accepted(task tag)` runs once the cluster
+        took the request, before the task (and so the snapshot) is done.
         """
         existing = self.find_snapshot(vm_uuid, label)
         if existing:
@@ -338,6 +355,8 @@ class HyperCoreClient:
                     return found
                 continue
             result = data if isinstance(data, dict) else {}
+            if accepted is not None and result.get("taskTag"):
+                accepted(str(result["taskTag"]))
             self.wait_task(result.get("taskTag"), what=f"snapshot {label!r} of VM {vm_uuid}")
             uuid = str(result.get("createdUUID") or "")
             snap = self.get_snapshot(uuid) if uuid else self.find_snapshot(vm_uuid, label)
@@ -384,12 +403,28 @@ class HyperCoreClient:
 
     # --- block devices ----------------------------------------------------------------
     def clone_snapshot_disk(
-        self, disk_uuid: str, snapshot_uuid: str, worker_vm_uuid: str, capacity: int
+        self,
+        disk_uuid: str,
+        snapshot_uuid: str,
+        worker_vm_uuid: str,
+        capacity: int,
+        *,
+        accepted: Callable[[str, str], None] | None = None,
     ) -> str:
-        """Hot-add a copy-on-write clone of a snapshot disk to the worker VM."""
+        """Hot-add a copy-on-write clone of a snapshot disk to the worker VM.
+
+        `accepted(clone uuid, task tag)` runs once the cluster took the request, before
+        the clone exists: the device appears only when the task is done.
+        """
         body = clone_body(snapshot_uuid, worker_vm_uuid, capacity)
         path = f"/VirDomainBlockDevice/{quote(disk_uuid)}/clone"
-        result = self._mutate("POST", path, body, what=f"clone of disk {disk_uuid}")
+
+        def created(result: dict[str, Any]) -> None:
+            if accepted is not None:
+                accepted(_created(result, f"POST {path}"), str(result.get("taskTag") or ""))
+
+        what = f"clone of disk {disk_uuid}"
+        result = self._mutate("POST", path, body, what=what, accepted=created)
         return _created(result, f"POST {path}")
 
     def delete_block_device(self, uuid: str) -> None:

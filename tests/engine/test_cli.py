@@ -152,9 +152,21 @@ def test_running_job_gives_exit_5_naming_the_holder(tmp_path: Path, run_hcbak: R
         assert_no_traceback(proc)
 
 
-@pytest.mark.parametrize("moment", ["pending-*.json", "[!p]*.json"], ids=["clone-task", "attached"])
+def _worker_clones(L: Any) -> list[dict[str, Any]]:
+    """Snapshot clones hot-added to the worker VM."""
+    return [
+        d
+        for d in L.sim.block_devices()
+        if d["vm"] == L.sim.worker_vm_uuid and d.get("sourceSnapshotUUID")
+    ]
+
+
+# When to kill: after the first clone journal entry appears (the pending one, written
+# just before the clone request) plus a delay. The clone task and its removal take 0.4 s
+# each here, so 0.1 s lands in the clone task and 0.55 s while the clone is attached.
+@pytest.mark.parametrize("delay", [0.1, 0.55], ids=["clone-task", "attached"])
 def test_kill_9_mid_run_then_next_run_cleans_orphans_and_succeeds(
-    tmp_path: Path, run_hcbak: RunHcbak, hcbak_env: dict[str, str], moment: str
+    tmp_path: Path, run_hcbak: RunHcbak, hcbak_env: dict[str, str], delay: float
 ) -> None:
     with lab(tmp_path) as L:
         vm = L.sim.create_vm("web01", [2 * MiB], tags=["nightly"])
@@ -169,32 +181,63 @@ def test_kill_9_mid_run_then_next_run_cleans_orphans_and_succeeds(
         )
         journal = tmp_path / "state" / "clones"
         deadline = time.monotonic() + 30
-        while not list(journal.glob(moment)) and time.monotonic() < deadline:
+        while not list(journal.glob("*.json")) and time.monotonic() < deadline:
             time.sleep(0.005)
-        if moment.startswith("pending"):
-            time.sleep(0.1)  # inside the 0.4 s clone task
+        time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert list(journal.glob("*.json")), "the run was killed before it attached a clone"
         L.sim.faults.task_delay(0.005)
         L.sim.wait_idle()  # tasks the dead run started still finish on the cluster
-        clones = [
-            d
-            for d in L.sim.block_devices()
-            if d["vm"] == L.sim.worker_vm_uuid and d.get("sourceSnapshotUUID")
-        ]
+        clones = _worker_clones(L)
         # the killed run's snapshot (uncommitted) and, when killed in the clone task, its clone
         assert len(L.hcbak_snapshots(vm)) == 1
-        assert clones or not moment.startswith("pending")
+        assert clones or delay > 0.4
         again = run_hcbak("job", "run", "nightly", "--json", env=L.env)
         assert again.returncode == 0, again.stderr
         point = json.loads(again.stdout)["jobs"][0]["vms"][0]
         assert [s["uuid"] for s in L.hcbak_snapshots(vm)] == [point["snapshot_uuid"]]
-        assert not [
-            d
-            for d in L.sim.block_devices()
-            if d["vm"] == L.sim.worker_vm_uuid and d.get("sourceSnapshotUUID")
-        ]
+        assert not _worker_clones(L)
+        assert not list(journal.glob("*.json"))
+
+
+@pytest.mark.parametrize("folder", ["tasks", "clones"], ids=["snapshot-task", "clone-task"])
+def test_a_run_killed_in_a_task_leaves_nothing_when_the_next_run_comes_first(
+    tmp_path: Path, run_hcbak: RunHcbak, hcbak_env: dict[str, str], folder: str
+) -> None:
+    """Found by the SIGKILL test: a snapshot or clone appears only when its task is done.
+    A run killed during that task, followed at once by the next run (cron, a retry),
+    left it behind: the next run looked before it existed (and forgot the clone for
+    good). The next run must wait for the dead run's task, then remove what it made."""
+    with lab(tmp_path) as L:
+        vm = L.sim.create_vm("web01", [2 * MiB], tags=["nightly"])
+        L.sim.fill(L.sim.disk_uuids(vm)[0], seed=4)
+        L.sim.faults.task_delay(1.0)
+        env = {**hcbak_env, **L.env}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hcbak", "job", "run", "nightly"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        journal = tmp_path / "state" / folder
+        deadline = time.monotonic() + 30
+        while not list(journal.glob("*.json")) and time.monotonic() < deadline:
+            time.sleep(0.005)  # written as the task starts
+        time.sleep(0.2)  # inside the 1 s task
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert list(journal.glob("*.json")), "the kill did not land in the task"
+        assert not _worker_clones(L), "the clone exists already"
+        if folder == "tasks":
+            assert not L.hcbak_snapshots(vm), "the snapshot exists already"
+        L.sim.faults.task_delay(0.005)
+        again = run_hcbak("job", "run", "nightly", "--json", env=L.env)  # no wait_idle
+        assert again.returncode == 0, again.stderr
+        L.sim.wait_idle()
+        point = json.loads(again.stdout)["jobs"][0]["vms"][0]
+        assert [s["uuid"] for s in L.hcbak_snapshots(vm)] == [point["snapshot_uuid"]]
+        assert not _worker_clones(L)
         assert not list(journal.glob("*.json"))
 
 
@@ -288,11 +331,7 @@ def test_sigterm_mid_run_removes_the_new_snapshot_and_clone_and_exits_130(
         assert "interrupted" in err
         L.sim.wait_idle()
         assert L.hcbak_snapshots(vm) == []
-        assert not [
-            d
-            for d in L.sim.block_devices()
-            if d["vm"] == L.sim.worker_vm_uuid and d.get("sourceSnapshotUUID")
-        ]
+        assert not _worker_clones(L)
         assert not (tmp_path / "state" / "locks" / "job-nightly.lock").exists()
 
 
