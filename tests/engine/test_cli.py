@@ -161,6 +161,25 @@ def _worker_clones(L: Any) -> list[dict[str, Any]]:
     ]
 
 
+def _kill_job_run(
+    L: Any, env: dict[str, str], journal: Path, *, task_delay: float, after: float
+) -> None:
+    """SIGKILL `hcbak job run nightly` `after` seconds after its first entry in `journal`."""
+    L.sim.faults.task_delay(task_delay)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hcbak", "job", "run", "nightly"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while not list(journal.glob("*.json")) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(after)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 # When to kill: after the first clone journal entry appears (the pending one, written
 # just before the clone request) plus a delay. The clone task and its removal take 0.4 s
 # each here, so 0.1 s lands in the clone task and 0.55 s while the clone is attached.
@@ -171,21 +190,9 @@ def test_kill_9_mid_run_then_next_run_cleans_orphans_and_succeeds(
     with lab(tmp_path) as L:
         vm = L.sim.create_vm("web01", [2 * MiB], tags=["nightly"])
         L.sim.fill(L.sim.disk_uuids(vm)[0], seed=4)
-        L.sim.faults.task_delay(0.4)  # slow tasks: the kill lands while a clone is attached
-        env = {**hcbak_env, **L.env}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "hcbak", "job", "run", "nightly"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
         journal = tmp_path / "state" / "clones"
-        deadline = time.monotonic() + 30
-        while not list(journal.glob("*.json")) and time.monotonic() < deadline:
-            time.sleep(0.005)
-        time.sleep(delay)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        # slow tasks: the kill lands in the clone task or while the clone is attached
+        _kill_job_run(L, {**hcbak_env, **L.env}, journal, task_delay=0.4, after=delay)
         assert list(journal.glob("*.json")), "the run was killed before it attached a clone"
         L.sim.faults.task_delay(0.005)
         L.sim.wait_idle()  # tasks the dead run started still finish on the cluster
@@ -212,21 +219,8 @@ def test_a_run_killed_in_a_task_leaves_nothing_when_the_next_run_comes_first(
     with lab(tmp_path) as L:
         vm = L.sim.create_vm("web01", [2 * MiB], tags=["nightly"])
         L.sim.fill(L.sim.disk_uuids(vm)[0], seed=4)
-        L.sim.faults.task_delay(1.0)
-        env = {**hcbak_env, **L.env}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "hcbak", "job", "run", "nightly"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        journal = tmp_path / "state" / folder
-        deadline = time.monotonic() + 30
-        while not list(journal.glob("*.json")) and time.monotonic() < deadline:
-            time.sleep(0.005)  # written as the task starts
-        time.sleep(0.2)  # inside the 1 s task
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        journal = tmp_path / "state" / folder  # written as the task starts
+        _kill_job_run(L, {**hcbak_env, **L.env}, journal, task_delay=1.0, after=0.2)
         assert list(journal.glob("*.json")), "the kill did not land in the task"
         assert not _worker_clones(L), "the clone exists already"
         if folder == "tasks":
