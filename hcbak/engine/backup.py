@@ -331,19 +331,20 @@ class _Session:
         return snap
 
     def _await_dead_runs_tasks(self) -> None:
-        """Before looking for what crashed runs left: their snapshot tasks may still be
-        running, and a snapshot that appears after the look stays until the next run."""
+        """Before looking for what crashed runs left: their snapshot and clone tasks may
+        still be running, and what such a task makes appears only when it is done."""
         for task in tasks_of_dead_runs(self.state_dir, self.job.cluster):
-            self._await_dead_runs_task(task)
-            forget_task(self.state_dir, task)
+            try:
+                self.hc.wait_task(task, what="task of an interrupted run")
+            except HcbakError as exc:  # failed (nothing made) or too slow: cleanup tells
+                log.info("task %s of an interrupted run: %s", task, exc.one_line())
+            forget_task(self.state_dir, task)  # a clone's task: its entry stays
 
     def _clean_orphan_clones(self) -> None:
         for entry in journaled_clones(self.state_dir, self.job.cluster):
             uuids = [str(entry.get("clone_uuid"))]
             if entry.get("pending"):
                 uuids = self._pending_clone_candidates(entry)
-            elif entry.get("task"):
-                self._await_dead_runs_task(str(entry["task"]))
             for uuid in uuids:
                 try:
                     self.hc.delete_block_device(uuid)
@@ -354,14 +355,6 @@ class _Session:
                     self.warn(f"could not remove orphaned clone {uuid}: {exc.one_line()}")
                     continue
             forget_clone(self.state_dir, str(entry.get("clone_uuid")))
-
-    def _await_dead_runs_task(self, task: str) -> None:
-        """A task a dead run started may still be running: what it creates appears only
-        when it is done, so removing it before would find nothing and leave it."""
-        try:
-            self.hc.wait_task(task, what="task of an interrupted run")
-        except HcbakError as exc:  # failed (no clone) or too slow: the delete tells
-            log.info("clone task %s of an interrupted run: %s", task, exc.one_line())
 
     def _pending_clone_candidates(self, entry: dict[str, Any]) -> list[str]:
         """Disks that appeared on the worker after a crashed run's pending clone call:

@@ -291,10 +291,12 @@ def forget_task(state_dir: Path, task: str) -> None:
 
 
 def tasks_of_dead_runs(state_dir: Path, cluster: str) -> list[str]:
-    """Snapshot tasks started on this cluster by runs that are gone. A run killed while
-    one ran leaves its snapshot to appear later, possibly after the next run looked for
-    leftovers: that run waits for these tasks first."""
-    return [str(e["task"]) for e in _entries_of_dead_runs(task_journal_dir(state_dir), cluster)]
+    """Snapshot and clone tasks started on this cluster by runs that are gone. A run
+    killed while one ran leaves its snapshot or clone to appear later, possibly after
+    the next run looked for leftovers: that run waits for these tasks first."""
+    entries = _entries_of_dead_runs(task_journal_dir(state_dir), cluster)
+    entries += journaled_clones(state_dir, cluster)  # a clone's entry names its task
+    return [str(e["task"]) for e in entries if e.get("task")]
 
 
 def live_clone_uuids(state_dir: Path) -> set[str]:
