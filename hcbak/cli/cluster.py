@@ -21,7 +21,8 @@ from hcbak.cli.common import (
     secret_ref_json,
     stdin_is_tty,
 )
-from hcbak.cli.output import JsonOpt, emit_json, info, print_fields, print_table
+from hcbak.cli.options import JsonOpt
+from hcbak.cli.output import emit_json, info, print_fields, print_table
 from hcbak.config import (
     ClusterConfig,
     TLSConfig,

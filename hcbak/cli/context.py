@@ -15,3 +15,13 @@ class GlobalOptions:
 
 
 OPTIONS = GlobalOptions()
+
+
+def apply_root_options(config: Path | None, debug: bool) -> None:
+    """What `hcbak [--config P] [--debug]` sets up, whichever way the command runs."""
+    OPTIONS.config_path = config
+    OPTIONS.debug = debug
+    if debug:
+        import logging
+
+        logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(name)s %(message)s")

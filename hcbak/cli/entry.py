@@ -1,69 +1,154 @@
-"""The `hcbak` console script: start a backup's key derivation before the CLI loads.
+"""The `hcbak` console script: `job run` without loading Typer, and its scrypt started first.
 
-`hcbak job run` spends its first ~0.2 s importing typer and building the command
-before it reads the config, and the repository's scrypt (~0.17 s) then lies on the
-run's critical path. For `job run NAME` and `job run --all`, this reads the config
-first and starts that scrypt (engine/background.py), then hands over to the CLI, which
-parses and checks everything itself. A wrong guess (an option this does not know, a
-typo) costs only that scrypt's CPU on the other core: the repository open derives its
-own key when no early result matches.
+`hcbak job run` is what cron runs, every few minutes on every backup host, and a
+small incremental is over in well under a second. Typer and its click took 60 ms of
+that to import and build (benchmarks/RESULTS.md). So the common forms of `job run`
+are read here and handed to the same `run_jobs` the Typer command calls. Anything
+else (another command, --help, an option or form not listed in `parse_job_run`) goes
+to Typer, which parses, checks and reports everything itself. A test holds the two
+to the same result for every argument list this accepts.
+
+Before either, the repository's scrypt (~0.16 s) is started on the other core for
+`job run NAME` and `job run --all` (engine/background.py). A wrong guess costs only
+that scrypt's CPU: the repository open derives its own key when no early result
+matches.
 """
 
-from __future__ import annotations
-
+import os
 import sys
 from pathlib import Path
+from typing import NamedTuple
+
+# `job run` flags this reads, by option name -> run_jobs keyword.
+_FLAGS = {
+    "--all": "all_jobs",
+    "--due": "due",
+    "--json": "json_out",
+    "--dry-run": "dry_run",
+    "--full": "full",
+}
+
+
+class JobRun(NamedTuple):
+    """`[--config P] [--debug] job run ...` as Typer would pass it on."""
+
+    config: Path | None
+    debug: bool
+    names: list[str]
+    all_jobs: bool = False
+    due: bool = False
+    json_out: bool = False
+    dry_run: bool = False
+    full: bool = False
+    parallel: int | None = None
 
 
 def main() -> None:
-    start_job_key_early(sys.argv[1:])
-    from hcbak.cli.main import main as cli_main
+    from hcbak.cli.exits import exit_now
 
-    cli_main()
+    call = parse_job_run(sys.argv[1:])
+    if call is None:
+        from hcbak.cli.main import main as cli_main
 
-
-def start_job_key_early(argv: list[str]) -> None:
-    """Best effort, never an error: the real parse reports every problem."""
-    target = job_run_target(argv)
-    if target is None:
+        cli_main()
         return
-    config_path, name = target
+    start_job_key_early(call)
+    exit_now(run_job_run(call, sys.argv[1:]))
+
+
+def run_job_run(call: JobRun, argv: list[str]) -> int:
+    """What Typer's `job run` command does with these arguments, without Typer."""
+    from hcbak.cli.context import apply_root_options
+    from hcbak.cli.exits import guarded
+    from hcbak.cli.job_run import run_jobs
+
+    def run() -> int:
+        apply_root_options(call.config, call.debug)
+        return int(
+            run_jobs(
+                call.names,
+                all_jobs=call.all_jobs,
+                due=call.due,
+                json_out=call.json_out,
+                dry_run=call.dry_run,
+                full=call.full,
+                parallel=call.parallel,
+            )
+        )
+
+    return guarded(run, argv)
+
+
+def parse_job_run(argv: list[str]) -> JobRun | None:
+    """The arguments of `hcbak [--config P] [--debug] job run ...`, or None for
+    anything this does not read exactly as Typer would (Typer then runs it)."""
+    if os.environ.get("_HCBAK_COMPLETE"):  # a shell completion request, not a run
+        return None
+    config: Path | None = None
+    debug = False
+    seen: set[str] = set()
+    i = 0
+    while i < len(argv) and argv[i] != "job":
+        arg = argv[i]
+        if arg in seen:
+            return None
+        if arg == "--debug":
+            debug = True
+        elif arg in ("--config", "-c") or arg.startswith("--config="):
+            value = arg[len("--config=") :] if "=" in arg else _value(argv, i)
+            if value is None or "--config" in seen:
+                return None
+            config = Path(value)
+            seen.add("--config")
+            i += 0 if "=" in arg else 1
+        else:
+            return None
+        seen.add(arg)
+        i += 1
+    if argv[i : i + 2] != ["job", "run"]:
+        return None
+    names: list[str] = []
+    flags: dict[str, bool] = {}
+    parallel: int | None = None
+    rest = argv[i + 2 :]
+    k = 0
+    while k < len(rest):
+        arg = rest[k]
+        if arg in _FLAGS and _FLAGS[arg] not in flags:
+            flags[_FLAGS[arg]] = True
+        elif (arg == "--parallel" or arg.startswith("--parallel=")) and parallel is None:
+            value = arg.partition("=")[2] if "=" in arg else _value(rest, k)
+            if value is None or not value.isdigit() or not value.isascii() or int(value) < 1:
+                return None
+            parallel = int(value)
+            k += 0 if "=" in arg else 1
+        elif arg and not arg.startswith("-"):
+            names.append(arg)
+        else:  # --help, --, an unknown option, a repeated one, an empty name
+            return None
+        k += 1
+    return JobRun(config, debug, names, parallel=parallel, **flags)
+
+
+def _value(argv: list[str], i: int) -> str | None:
+    """The value after option `argv[i]`, if it is a plain one."""
+    if i + 1 >= len(argv) or not argv[i + 1] or argv[i + 1].startswith("-"):
+        return None
+    return argv[i + 1]
+
+
+def start_job_key_early(call: JobRun) -> None:
+    """Best effort, never an error: the real run reports every problem."""
+    if call.due or not (call.names or call.all_jobs):
+        return
     try:
         from hcbak.config import load_config
         from hcbak.engine.background import derive_repository_key_early
 
-        config = load_config(Path(config_path) if config_path else None)
+        config = load_config(call.config)
         jobs = list(config.jobs.values())
-        job = config.jobs.get(name) if name else (jobs[0] if jobs else None)
+        job = config.jobs.get(call.names[0]) if call.names else (jobs[0] if jobs else None)
         if job is not None:
             derive_repository_key_early(config, job)
     except Exception:  # a guess must never break the command it runs ahead of
         return
-
-
-def job_run_target(argv: list[str]) -> tuple[str | None, str | None] | None:
-    """(config path or None, first job name or None for --all) of `[--config P] job run`,
-    else None (other commands, --due, --help)."""
-    config: str | None = None
-    i = 0
-    while i < len(argv) and argv[i].startswith("-"):
-        if argv[i] in ("--config", "-c") and i + 1 < len(argv):
-            config = argv[i + 1]
-            i += 2
-            continue
-        if argv[i].startswith("--config="):
-            config = argv[i].partition("=")[2]
-        i += 1
-    if argv[i : i + 2] != ["job", "run"]:
-        return None
-    rest = argv[i + 2 :]
-    if any(arg in ("--due", "--help", "-h") for arg in rest):
-        return None
-    names = [
-        arg
-        for k, arg in enumerate(rest)
-        if not arg.startswith("-") and (k == 0 or rest[k - 1] != "--parallel")
-    ]
-    if names:
-        return config, names[0]
-    return (config, None) if "--all" in rest else None

@@ -13,7 +13,8 @@ import typer
 from hcbak.cli import job_run
 from hcbak.cli.common import check_name, check_value, load_config, load_config_for_edit
 from hcbak.cli.common import save_config as save_checked
-from hcbak.cli.output import JsonOpt, emit_json, info, print_fields, print_table
+from hcbak.cli.options import JsonOpt
+from hcbak.cli.output import emit_json, info, print_fields, print_table
 from hcbak.config import (
     NOTIFY_EVENTS,
     PRUNE_MODES,

@@ -12,17 +12,23 @@ import signal
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
-
-import typer
+from typing import TYPE_CHECKING, Annotated, Any
 
 from hcbak.cli.common import load_config
 from hcbak.cli.output import emit_json, info, is_tty, print_table, warn
 from hcbak.errors import ExitCode, HcbakError, LockedError, UsageError
 
+if TYPE_CHECKING:
+    import typer
 
-def register(app: typer.Typer) -> None:
-    """Add the `run` command to the `job` group."""
+
+def register(app: "typer.Typer") -> None:
+    """Add the `run` command to the `job` group.
+
+    Typer loads here, not with the module: `hcbak job run` usually runs without it
+    (hcbak/cli/entry.py), calling `run_jobs` directly.
+    """
+    import typer
 
     @app.command("run")
     def run(

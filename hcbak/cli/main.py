@@ -1,10 +1,7 @@
 """Root Typer app and the single exception -> exit code edge."""
 
 import importlib
-import logging
-import os
 import sys
-import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -12,8 +9,9 @@ import typer
 from typer.core import TyperGroup
 
 from hcbak import __version__
-from hcbak.cli.context import OPTIONS
-from hcbak.errors import ExitCode, HcbakError
+from hcbak.cli.context import apply_root_options
+from hcbak.cli.exits import exit_now, guarded, interrupted
+from hcbak.errors import ExitCode
 
 if TYPE_CHECKING:
     from typer._click import Command, Context  # typer vendors click without public aliases
@@ -127,10 +125,7 @@ def root(
         ),
     ] = False,
 ) -> None:
-    OPTIONS.config_path = config
-    OPTIONS.debug = debug
-    if debug:
-        logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(name)s %(message)s")
+    apply_root_options(config, debug)
 
 
 @app.command()
@@ -146,29 +141,22 @@ def version(
         typer.echo(f"hcbak {__version__}")
 
 
-def _debug_requested(argv: list[str]) -> bool:
-    return "--debug" in argv or os.environ.get("HCBAK_DEBUG") == "1"
-
-
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return the exit code (tests call this in-process)."""
     args = list(sys.argv[1:] if argv is None else argv)
     command = root_command()
+    return guarded(lambda: _run_typer(command, args), args)
+
+
+def _run_typer(command: "LazyGroup", args: list[str]) -> int:
+    """The command's exit code; Typer's own exits and usage errors become codes here,
+    everything else is left to `guarded`."""
     try:
         result = command.main(args=args, prog_name="hcbak", standalone_mode=False)
-    except HcbakError as exc:
-        if _debug_requested(args):
-            traceback.print_exc()
-        sys.stderr.write(f"error: {exc.one_line()}\n")
-        return int(exc.exit_code)
     except typer.Exit as exc:
         return int(exc.exit_code)
     except typer.Abort:
-        sys.stderr.write("interrupted\n")
-        return int(ExitCode.INTERRUPTED)
-    except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
-        return int(ExitCode.INTERRUPTED)
+        return interrupted()
     except typer.TyperException as exc:  # click-style usage errors (vendored click)
         show = getattr(exc, "show", None)
         if callable(show):
@@ -177,14 +165,6 @@ def run(argv: list[str] | None = None) -> int:
             sys.stderr.write(f"error: {exc.format_message()}\n")
         code = int(getattr(exc, "exit_code", ExitCode.USAGE))
         return code if code != 1 else int(ExitCode.USAGE)
-    except BrokenPipeError:
-        return int(ExitCode.OK)
-    except Exception as exc:  # a bug: keep it one line unless --debug
-        if _debug_requested(args):
-            traceback.print_exc()
-        name = type(exc).__name__
-        sys.stderr.write(f"error: internal error ({name}); rerun with --debug for details\n")
-        return int(ExitCode.FAILED)
     return int(result) if isinstance(result, int) else int(ExitCode.OK)
 
 
@@ -197,22 +177,3 @@ def root_command(*, load_all: bool = False) -> "LazyGroup":
 
 def main() -> None:
     exit_now(run())
-
-
-def exit_now(code: int) -> None:
-    """Exit without the interpreter's module teardown.
-
-    With cryptography, typer and the rest loaded, that teardown takes 0.1-0.2 s,
-    which every cron run and every scripted call would pay after its work is done.
-    Commands close what they open themselves; the atexit handlers (logging, thread
-    pools) still run, and the output is flushed, before the process ends.
-    """
-    import atexit
-
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed pipe: nothing left to tell
-            pass
-    os._exit(code)

@@ -9,12 +9,7 @@ import json
 import sys
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Annotated, Any
-
-import typer
-
-# The --json option of every command that reports something (one definition, one help).
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (stable keys, docs/cli.md).")]
+from typing import Any
 
 
 def is_tty(stream: Any = None) -> bool:

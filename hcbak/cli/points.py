@@ -9,7 +9,8 @@ from typing import Annotated, Any
 import typer
 
 from hcbak.cli.common import load_config
-from hcbak.cli.output import JsonOpt, emit_json, info, print_fields, print_table, warn
+from hcbak.cli.options import JsonOpt
+from hcbak.cli.output import emit_json, info, print_fields, print_table, warn
 from hcbak.cli.repo import open_configured
 from hcbak.config import Config, RepoConfig
 from hcbak.errors import HcbakError, NotFoundError, UsageError

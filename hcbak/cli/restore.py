@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from hcbak.cli.common import load_config
-from hcbak.cli.output import JsonOpt, emit_json, info, is_tty, print_fields, warn
+from hcbak.cli.options import JsonOpt
+from hcbak.cli.output import emit_json, info, is_tty, print_fields, warn
 from hcbak.errors import HcbakError, NotFoundError, UsageError
 
 if TYPE_CHECKING:
