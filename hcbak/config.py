@@ -10,7 +10,6 @@ are not preserved (documented), hand edits are welcome.
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import os
 import re
@@ -844,6 +843,8 @@ def _show(value: Any) -> str:
 
 
 def _did_you_mean(word: str, candidates: Any) -> str | None:
+    import difflib  # only a misspelt name needs it
+
     close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
     return f"did you mean {close[0]!r}?" if close else None
 

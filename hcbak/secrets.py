@@ -8,7 +8,6 @@ an environment variable, a file, or a command whose stdout is the secret.
 from __future__ import annotations
 
 import os
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,6 +94,8 @@ def _read_secret_file(path: Path) -> str:
 
 
 def _run_secret_command(command: str) -> str:
+    import subprocess  # only passphrase commands need it; `job run` starts faster without
+
     try:
         proc = subprocess.run(
             command, shell=True, capture_output=True, text=True, timeout=60, check=False

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -83,7 +82,7 @@ def write_all(fd: int, parts: list[bytes]) -> int:
 
 
 def tmp_path_for(final: Path) -> Path:
-    return final.parent / f"{TMP_PREFIX}{final.name[:24]}-{secrets.token_hex(6)}"
+    return final.parent / f"{TMP_PREFIX}{final.name[:24]}-{os.urandom(6).hex()}"
 
 
 def typed_os_error(exc: OSError, what: str) -> RepoError:
