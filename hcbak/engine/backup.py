@@ -222,13 +222,20 @@ class _Session:
                 vm_report.reason = f"VM {name} not found on cluster {self.job.cluster}"
                 self.report.vms.append(vm_report)
                 self.emit("vm_done", vm=name, message=f"failed: {vm_report.reason}")
-            self.repo = opened_repo()
+            # What needs only the cluster and the state dir comes first: the
+            # repository's scrypt is often still running on the other core.
             self._await_dead_runs_tasks()
-            self._load_bases()
+            self.snapshots = {s.uuid: s for s in hc.list_snapshots()}
+            if not self.report.dry_run:
+                with self.worker_lock:  # a live run's clone in progress is not an orphan
+                    self._clean_orphan_clones()
+            self.repo = opened_repo()
+            for summary in self.repo.list_points(job=self.job.name):  # oldest first
+                self.latest[summary.vm_uuid] = summary
             if self.report.dry_run:
                 self.report.vms.extend(self._dry_run(t) for t in selection.targets)
                 return
-            self._clean_orphans()
+            self._clean_orphan_snapshots()
             self.report.vms.extend(self._back_up_all(selection.targets))
             self._apply_retention()
 
@@ -290,21 +297,13 @@ class _Session:
                 return str(vm.uuid)
         raise NotFoundError(f"worker VM {name} not found on cluster {self.job.cluster}")
 
-    def _load_bases(self) -> None:
-        for summary in self.repo.list_points(job=self.job.name):  # sorted oldest first
-            self.latest[summary.vm_uuid] = summary
-        self.snapshots = {s.uuid: s for s in self.hc.list_snapshots()}
-
     # --- cleanup of a crashed run ---------------------------------------------------------
-    def _clean_orphans(self) -> None:
-        """Remove clones and hcbak snapshots a crashed run of this job left behind.
-
-        Clones: only those in our journal (never a disk someone else attached to the
-        worker). Snapshots: only labels `hcbak:<job>:<point>`; kept is the one the
-        VM's latest committed point was taken from (the next base).
+    def _clean_orphan_snapshots(self) -> None:
+        """Remove the hcbak snapshots a crashed run of this job left behind: only labels
+        `hcbak:<job>:<point>`, and kept is the one the VM's latest committed point was
+        taken from (the next base). Its clones went first (`_clean_orphan_clones`:
+        only those in our journal, never a disk someone else attached to the worker).
         """
-        with self.worker_lock:  # a live run's clone in progress is not an orphan
-            self._clean_orphan_clones()
         keep = {s.snapshot_uuid for s in self.latest.values() if s.snapshot_uuid}
         for snap in list(self.snapshots.values()):
             if label_point_id(snap.label, self.job.name) is None or snap.uuid in keep:

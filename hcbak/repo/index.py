@@ -104,15 +104,20 @@ def list_segments(root: Path) -> list[str]:
 
 
 def read_segment(root: Path, seg_id: str, envelope: Envelope) -> list[SegmentEntry]:
-    return decode_segment(_read_checked(root, seg_id), envelope, seg_id)
+    return decode_segment(_checked(seg_id, read_segment_file(root, seg_id)), envelope, seg_id)
 
 
-def read_segment_raw(root: Path, seg_id: str, envelope: Envelope) -> tuple[list[str], bytes]:
-    return decode_segment_raw(_read_checked(root, seg_id), envelope, seg_id)
+def read_segment_file(root: Path, seg_id: str) -> bytes:
+    """A segment's bytes, unchecked (`decode_checked_segment` checks them)."""
+    return fsio.read_file(root / "index" / seg_id, "index segment")
 
 
-def _read_checked(root: Path, seg_id: str) -> bytes:
-    data = fsio.read_file(root / "index" / seg_id, "index segment")
+def decode_checked_segment(seg_id: str, data: bytes, envelope: Envelope) -> tuple[list[str], bytes]:
+    """`decode_segment_raw` of a segment file's bytes, once they match its name."""
+    return decode_segment_raw(_checked(seg_id, data), envelope, seg_id)
+
+
+def _checked(seg_id: str, data: bytes) -> bytes:
     if hashlib.sha256(data).hexdigest() != seg_id:
         raise IntegrityError(f"index segment {seg_id} content does not match its name")
     return data

@@ -37,8 +37,9 @@ from hcbak.repo.index import (
     CompactIndex,
     Location,
     SegmentEntry,
+    decode_checked_segment,
     list_segments,
-    read_segment_raw,
+    read_segment_file,
 )
 from hcbak.repo.index import write_segment as _write_segment
 from hcbak.repo.kdf import SCRYPT_N, new_kdf_params
@@ -204,28 +205,72 @@ class Repository:
         self._sealing_behind = 0
         self._local = threading.local()
         self._direct_reads = hasattr(os, "O_DIRECT")  # see _read_direct
+        self._index_loader: threading.Thread | None = None
         self.reload_index()
 
     def reload_index(self) -> None:
-        """(Re)build the in-memory index from the segments on disk."""
+        """(Re)build the in-memory index from the segments on disk.
+
+        The files are read here, so a repository whose index cannot be read fails to
+        open as before. Checking, decrypting and inserting them (~5 us per block, 13 ms
+        for a 4 GiB disk) runs in a helper thread: a backup takes its snapshot and
+        clone meanwhile, and the first use of the index waits for it.
+        """
+        if self._index_loader is not None:
+            self._index_loader.join()  # never two loads at once
         root = self.root
-        self.index = CompactIndex()
         self.segments = list_segments(root)
-        # A damaged segment only costs dedup hits (blocks get stored again) and makes
-        # points that need it fail verify; it must not make the repository unusable.
-        self.bad_segments: dict[str, str] = {}
-        decoded: list[tuple[list[str], bytes]] = []
-        for seg in self.segments:
-            try:
-                decoded.append(read_segment_raw(root, seg, self.envelope))
-            except IntegrityError as exc:
-                self.bad_segments[seg] = str(exc)
-        # Raw records are 32 bytes each: holding them all briefly lets the table be
-        # sized once (no rehash) - the peak at open is ~70 bytes per entry.
-        self.index.reserve(sum(len(raw) for _, raw in decoded) // 32)
-        while decoded:
-            packs, raw = decoded.pop()
-            self.index.add_segment(packs, raw)
+        files = [(seg, read_segment_file(root, seg)) for seg in self.segments]
+        loader = threading.Thread(
+            target=self._load_index, args=(files,), name="hcbak-index", daemon=True
+        )
+        self._index_loader = loader
+        self._index_failure: BaseException | None = None
+        loader.start()
+
+    def _load_index(self, files: list[tuple[str, bytes]]) -> None:
+        try:
+            index = CompactIndex()
+            # A damaged segment only costs dedup hits (blocks get stored again) and
+            # makes points that need it fail verify; it must not make the repository
+            # unusable.
+            bad: dict[str, str] = {}
+            decoded: list[tuple[list[str], bytes]] = []
+            while files:
+                seg, data = files.pop(0)
+                try:
+                    decoded.append(decode_checked_segment(seg, data, self.envelope))
+                except IntegrityError as exc:
+                    bad[seg] = str(exc)
+            # Raw records are 32 bytes each: holding them all briefly lets the table be
+            # sized once (no rehash) - the peak at open is ~70 bytes per entry.
+            index.reserve(sum(len(raw) for _, raw in decoded) // 32)
+            while decoded:
+                packs, raw = decoded.pop()
+                index.add_segment(packs, raw)
+            self._index, self._bad_segments = index, bad
+        except BaseException as exc:  # MemoryError and the like: raised at first use
+            self._index_failure = exc
+
+    def _await_index(self) -> None:
+        loader = self._index_loader
+        if loader is not None:
+            loader.join()
+            if self._index_failure is not None:
+                raise self._index_failure
+            self._index_loader = None
+
+    @property
+    def index(self) -> CompactIndex:
+        if self._index_loader is not None:
+            self._await_index()
+        return self._index
+
+    @property
+    def bad_segments(self) -> dict[str, str]:
+        """Segments that failed their checks, by id: why."""
+        self._await_index()
+        return self._bad_segments
 
     # --- blocks ---------------------------------------------------------------------
     def block_id(self, data: bytes) -> bytes:

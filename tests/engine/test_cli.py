@@ -235,6 +235,28 @@ def test_a_run_killed_in_a_task_leaves_nothing_when_the_next_run_comes_first(
         assert not list(journal.glob("*.json"))
 
 
+def test_a_dead_runs_clone_is_removed_even_when_the_repository_cannot_open(
+    tmp_path: Path, run_hcbak: RunHcbak, hcbak_env: dict[str, str]
+) -> None:
+    """Orphan clones need only the cluster and the state dir, so they are removed while
+    the repository opens: a run that then fails on the repository (moved, locked, a
+    wrong passphrase) still frees the worker of what a dead run attached."""
+    with lab(tmp_path) as L:
+        vm = L.sim.create_vm("web01", [2 * MiB], tags=["nightly"])
+        L.sim.fill(L.sim.disk_uuids(vm)[0], seed=4)
+        journal = tmp_path / "state" / "clones"
+        _kill_job_run(L, {**hcbak_env, **L.env}, journal, task_delay=0.4, after=0.1)
+        L.sim.faults.task_delay(0.005)
+        L.sim.wait_idle()
+        assert _worker_clones(L), "the kill did not leave a clone behind"
+        (tmp_path / "repo").rename(tmp_path / "repo-moved")
+        failed = run_hcbak("job", "run", "nightly", "--json", env=L.env)
+        assert failed.returncode == 4, failed.stderr
+        assert "is not an hcbak repository" in failed.stderr
+        assert not _worker_clones(L)
+        assert not list(journal.glob("*.json"))
+
+
 def test_due_runs_a_never_run_scheduled_job_once(tmp_path: Path, run_hcbak: RunHcbak) -> None:
     with lab(tmp_path, schedule="0 3 * * *") as L:
         L.sim.create_vm("web01", [1 * MiB], tags=["nightly"])

@@ -285,3 +285,68 @@ def test_point_referencing_a_lost_block_is_not_committed(tmp_path: Path) -> None
         with pytest.raises(RepoError, match="blocks were lost"):
             repo.save_point(point)
         assert repo.list_points() == []
+
+
+def test_the_index_is_built_after_open_and_its_first_use_waits_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backup takes its snapshot and clone while the index is built; a block lookup
+    before the build is done waits for it and then sees every stored block."""
+    from hcbak.repo.index import CompactIndex
+
+    root = make_repo(tmp_path / "r")
+    data = disk_bytes(3, 6)
+    with open_repo(root, passphrase=PASS) as repo:
+        write_point(repo, data)
+    release = threading.Event()
+    real = CompactIndex.add_segment
+
+    def held(self: CompactIndex, packs: list[str], raw: bytes) -> None:
+        assert release.wait(10), "the test never let the build go on"
+        real(self, packs, raw)
+
+    monkeypatch.setattr(CompactIndex, "add_segment", held)
+    with open_repo(root, passphrase=PASS) as repo:  # returns with the build held
+        seen: list[bool] = []
+        lookup = threading.Thread(
+            target=lambda: seen.append(repo.has_block(repo.block_id(data[:BS])))
+        )
+        lookup.start()
+        lookup.join(0.2)
+        assert lookup.is_alive() and not seen  # waits for the index
+        release.set()
+        lookup.join(10)
+        assert seen == [True]
+        assert read_disk(repo, repo.list_points()[0].id) == data
+
+
+def test_a_failed_index_build_fails_the_first_use_not_silently(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hcbak.repo.index import CompactIndex
+
+    root = make_repo(tmp_path / "r")
+    with open_repo(root, passphrase=PASS) as repo:
+        write_point(repo, disk_bytes(4, 3))
+
+    def broken(self: CompactIndex, n: int) -> None:
+        raise MemoryError
+
+    monkeypatch.setattr(CompactIndex, "reserve", broken)  # the build's first step
+    with open_repo(root, passphrase=PASS, lock=None) as repo:
+        with pytest.raises(MemoryError):
+            repo.has_block(b"\x01" * 16)
+        with pytest.raises(MemoryError):  # every later use, too
+            len(repo.index)
+
+
+def test_an_unreadable_index_segment_still_fails_the_open(tmp_path: Path) -> None:
+    root = make_repo(tmp_path / "r")
+    with open_repo(root, passphrase=PASS) as repo:
+        write_point(repo, disk_bytes(5, 3))
+    segment = next((root / "index").iterdir())
+    segment.unlink()
+    segment.mkdir()  # EISDIR on read: an OS error, not damage
+    with pytest.raises(RepoError):
+        with open_repo(root, passphrase=PASS, lock=None):
+            pass
