@@ -4,7 +4,8 @@
 run"). Per VM, in `parallel` threads:
 
 1. snapshot `hcbak:<job>:<point id>` (replication false) - or, for a replication
-   target, its newest replicated snapshot (we never snapshot or delete those);
+   target, its newest replicated snapshot (we never snapshot or delete those) - while
+   the repository opens; the rest waits for it;
 2. per disk, the base is the disk's serial in this VM's latest point of this job; if
    that snapshot still exists and nothing forbids it, snapDiff(base -> new) gives the
    changed blocks, else a full read with the reason (cbt.py);
@@ -169,6 +170,7 @@ class _Session:
         self.snapshots: dict[str, Any] = {}  # uuid -> Snapshot, at run start
         self.latest: dict[str, Any] = {}  # vm uuid -> PointSummary of this job
         self.cancel = threading.Event()
+        self.bases_ready = threading.Event()  # repository open, dead run's snapshots gone
 
     def emit(self, kind: str, **kw: Any) -> None:
         try:
@@ -229,35 +231,66 @@ class _Session:
             if not self.report.dry_run:
                 with self.worker_lock:  # a live run's clone in progress is not an orphan
                     self._clean_orphan_clones()
-            self.repo = opened_repo()
-            for summary in self.repo.list_points(job=self.job.name):  # oldest first
-                self.latest[summary.vm_uuid] = summary
             if self.report.dry_run:
+                self._open_bases(opened_repo)
                 self.report.vms.extend(self._dry_run(t) for t in selection.targets)
                 return
-            self._clean_orphan_snapshots()
-            self.report.vms.extend(self._back_up_all(selection.targets))
+            self.report.vms.extend(self._back_up_all(selection.targets, opened_repo))
             self._apply_retention()
 
-    def _back_up_all(self, targets: list[VmTarget]) -> list[VmReport]:
+    def _open_bases(self, opened_repo: Callable[[], Any]) -> None:
+        """The open repository, and each VM's latest point of this job in it."""
+        self.repo = opened_repo()
+        for summary in self.repo.list_points(job=self.job.name):  # oldest first
+            self.latest[summary.vm_uuid] = summary
+
+    def _back_up_all(
+        self, targets: list[VmTarget], opened_repo: Callable[[], Any]
+    ) -> list[VmReport]:
         """`parallel` VMs at a time. Ctrl-C/SIGTERM (KeyboardInterrupt in this thread)
         cancels: running VMs stop at their next block and remove their new snapshot and
-        clone, VMs not started are not started, and the run ends with Interrupted."""
+        clone, VMs not started are not started, and the run ends with Interrupted.
+
+        The VMs take their snapshots while this thread waits for the repository (its
+        scrypt often still runs) and removes a dead run's snapshots; they wait for that
+        (`_await_bases`) before anything else. Should the repository fail to open, they
+        remove their snapshots and the run fails with the repository's error.
+        """
         pool = ThreadPoolExecutor(self.parallel, thread_name_prefix="hcbak-vm")
         futures = [pool.submit(self._back_up_vm, t) for t in targets]
         try:
+            try:
+                self._open_bases(opened_repo)
+                self._clean_orphan_snapshots()
+            except BaseException:
+                self.cancel.set()  # before the VMs wake: no retry of a lost cause
+                raise
+            finally:
+                self.bases_ready.set()
             results = [f.result() for f in futures]
         except KeyboardInterrupt:
-            self.cancel.set()
-            for f in futures:
-                f.cancel()
-            wait(futures)
+            self._stop_all(futures)
             raise Interrupted(
                 "interrupted: the snapshots and clones of unfinished VMs were removed"
             )
+        except BaseException:
+            self._stop_all(futures)
+            raise
         finally:
             pool.shutdown(wait=True)
         return results
+
+    def _stop_all(self, futures: list[Future[VmReport]]) -> None:
+        self.cancel.set()
+        for f in futures:
+            f.cancel()
+        wait(futures)
+
+    def _await_bases(self) -> None:
+        """Wait until the repository is open and a dead run's snapshots are removed."""
+        self.bases_ready.wait()
+        if self.cancel.is_set():
+            raise Interrupted("the run stopped before this VM's backup began")
 
     def _wait_for_update(self) -> None:
         """Do not start snapshots while the cluster updates; wait (bounded), then skip.
@@ -425,10 +458,11 @@ class _Session:
 
     def _attempt(self, target: VmTarget, report: VmReport) -> None:
         vm = target.vm
+        from hcbak.repo.points import new_point_id  # no need to wait for the repository
+
         report.disks = []
         report.timings = type(report.timings)()
-        previous = self._previous_point(vm.uuid)
-        point_id = self.repo.new_point_id()
+        point_id = new_point_id()
         if target.replica:
             snap = self._newest_replica_snapshot(vm)
             created = False
@@ -441,6 +475,8 @@ class _Session:
         removals: list[Future[None]] = []
         try:
             try:
+                self._await_bases()
+                previous = self._previous_point(vm.uuid)
                 images = [
                     self._back_up_disk(vm, disk, snap, previous, report, removals)
                     for disk in target.disks

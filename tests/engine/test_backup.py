@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from hcbak.engine.backup import run_job
 from hcbak.engine.report import JobReport
@@ -236,3 +237,72 @@ def test_uefi_vm_keeps_nvram_and_vtpm_disks_with_partial_last_block(tmp_path: Pa
         assert win.status == "ok", win.reason
         assert {d.type for d in win.disks} >= {"VIRTIO_DISK", "NVRAM"}
         _assert_point_matches_snapshot(L, report, "win01")
+
+
+def _gated_open(monkeypatch: Any, gate: threading.Event, fail: Exception | None = None) -> None:
+    """Hold the real repository open until `gate` is set (then fail it, if asked): a
+    stand-in for a slow scrypt or a slow NFS mount, nothing more."""
+    from hcbak import repo as repo_pkg
+
+    real = repo_pkg.open_repo
+
+    def held(*args: Any, **kw: Any) -> Any:
+        assert gate.wait(20), "the test never opened the gate"
+        if fail is not None:
+            raise fail
+        return real(*args, **kw)
+
+    monkeypatch.setattr(repo_pkg, "open_repo", held)
+
+
+def test_vms_take_their_snapshots_while_the_repository_opens(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    gate = threading.Event()
+    _gated_open(monkeypatch, gate)
+    with lab(tmp_path) as L:
+        vms = [L.sim.create_vm(f"web0{i}", [2 * MiB], tags=["nightly"]) for i in (1, 2)]
+        for vm in vms:
+            L.sim.fill(L.sim.disk_uuids(vm)[0], seed=3)
+        result: list[JobReport] = []
+        run = threading.Thread(target=lambda: result.append(_run(L, parallel=2)))
+        run.start()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not all(L.hcbak_snapshots(vm) for vm in vms):
+            time.sleep(0.01)
+        taken = [len(L.hcbak_snapshots(vm)) for vm in vms]
+        gate.set()
+        run.join(30)
+        assert taken == [1, 1]  # both snapshots exist while the repository is still held
+        assert result and result[0].exit_code() == ExitCode.OK
+        for name in ("web01", "web02"):
+            _assert_point_matches_snapshot(L, result[0], name)
+
+
+def test_a_repository_that_fails_to_open_leaves_no_new_snapshot(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The snapshots were taken while the repository opened; its failure fails the
+    job with the repository's error, and every new snapshot is removed, unretried."""
+    from hcbak.errors import LockedError
+
+    gate = threading.Event()
+    _gated_open(monkeypatch, gate, LockedError("repository is locked by prune (pid 1)"))
+    with lab(tmp_path, retries=2) as L:
+        vms = [L.sim.create_vm(f"web0{i}", [2 * MiB], tags=["nightly"]) for i in (1, 2)]
+        result: list[JobReport] = []
+        run = threading.Thread(target=lambda: result.append(_run(L, parallel=2)))
+        run.start()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not all(L.hcbak_snapshots(vm) for vm in vms):
+            time.sleep(0.01)
+        taken = [len(L.hcbak_snapshots(vm)) for vm in vms]
+        gate.set()
+        run.join(30)
+        assert taken == [1, 1]  # the path under test: snapshots taken, then the failure
+        report = result[0]
+        assert (report.status, report.exit_code()) == ("failed", ExitCode.FAILED)
+        assert "locked by prune" in report.reason
+        L.sim.wait_idle()
+        assert [L.hcbak_snapshots(vm) for vm in vms] == [[], []]
+        assert not list((tmp_path / "state" / "clones").glob("*.json"))

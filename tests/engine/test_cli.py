@@ -249,10 +249,13 @@ def test_a_dead_runs_clone_is_removed_even_when_the_repository_cannot_open(
         L.sim.faults.task_delay(0.005)
         L.sim.wait_idle()
         assert _worker_clones(L), "the kill did not leave a clone behind"
+        snapshots = L.hcbak_snapshots(vm)  # the dead run's: it takes the repository
         (tmp_path / "repo").rename(tmp_path / "repo-moved")
         failed = run_hcbak("job", "run", "nightly", "--json", env=L.env)
         assert failed.returncode == 4, failed.stderr
         assert "is not an hcbak repository" in failed.stderr
+        L.sim.wait_idle()
+        assert L.hcbak_snapshots(vm) == snapshots  # and the failed run's own is gone
         assert not _worker_clones(L)
         assert not list(journal.glob("*.json"))
 
