@@ -7,7 +7,6 @@ exits the same whichever way it came. Nothing here imports Typer.
 
 import os
 import sys
-import traceback
 from collections.abc import Callable
 
 from hcbak.errors import ExitCode, HcbakError
@@ -29,7 +28,7 @@ def guarded(call: Callable[[], int], argv: list[str]) -> int:
         return call()
     except HcbakError as exc:
         if debug_requested(argv):
-            traceback.print_exc()
+            _print_traceback()
         sys.stderr.write(f"error: {exc.one_line()}\n")
         return int(exc.exit_code)
     except KeyboardInterrupt:
@@ -38,10 +37,16 @@ def guarded(call: Callable[[], int], argv: list[str]) -> int:
         return int(ExitCode.OK)
     except Exception as exc:  # a bug: keep it one line unless --debug
         if debug_requested(argv):
-            traceback.print_exc()
+            _print_traceback()
         name = type(exc).__name__
         sys.stderr.write(f"error: internal error ({name}); rerun with --debug for details\n")
         return int(ExitCode.FAILED)
+
+
+def _print_traceback() -> None:
+    import traceback  # --debug only: it costs 6 ms to import
+
+    traceback.print_exc()
 
 
 def exit_now(code: int) -> None:

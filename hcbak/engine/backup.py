@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -35,7 +34,6 @@ from typing import Any
 from hcbak import __version__
 from hcbak.engine import cbt
 from hcbak.engine.background import entered_in_background
-from hcbak.engine.hooks import run_hook
 from hcbak.engine.pipeline import DEFAULT_THREADS, back_up_disk
 from hcbak.engine.report import (
     VM_FAILED,
@@ -188,6 +186,8 @@ class _Session:
         self.emit("job_start", message=f"cluster {self.job.cluster}, repo {self.job.repo}")
         if self.job.pre_hook and not self.report.dry_run:
             try:
+                from hcbak.engine.hooks import run_hook  # subprocess: jobs with hooks only
+
                 output = run_hook(self.job.pre_hook, "pre", self._hook_values())
                 log.info("pre-hook output: %s", output.strip())
             except HookError as exc:
@@ -712,6 +712,8 @@ class _Session:
             "vms_failed": totals["vms_failed"],
             "points": " ".join(v.point_id for v in self.report.vms if v.point_id),
         }
+        from hcbak.engine.hooks import run_hook
+
         try:
             output = run_hook(self.job.post_hook, "post", values)
             log.info("post-hook output: %s", output.strip())
@@ -786,7 +788,7 @@ class _Clone:
         # appeared and has this capacity). Once it answers, the entry names the clone and
         # its task: the device appears only when the task is done, possibly after this
         # run died and the next one looked, so the next run waits for that task first.
-        pending = f"pending-{secrets.token_hex(8)}"
+        pending = f"pending-{os.urandom(8).hex()}"
 
         def accepted(clone_uuid: str, task: str) -> None:
             journal_clone(s.state_dir, clone_uuid, {**info, "task": task})

@@ -34,7 +34,6 @@ from hcbak.hypercore.records import (
     UpdateStatus,
     VirtualDisk,
 )
-from hcbak.hypercore.roles import role_names_from_api
 from hcbak.secrets import Secret
 
 if TYPE_CHECKING:
@@ -223,6 +222,8 @@ class HyperCoreClient:
         """Role names of the logged-in account (GET /User + /Role)."""
         users = self._get_list("/User")
         roles = self._get_list("/Role")
+        from hcbak.hypercore.roles import role_names_from_api  # `cluster test` only
+
         return role_names_from_api(self.cluster.username, users, roles)
 
     def update_status(self) -> UpdateStatus:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import socket
 import sys
 import threading
@@ -194,7 +193,7 @@ class RepoLock:
             raise ValueError(kind)
         self.root = root
         self.kind = kind
-        self.name = secrets.token_hex(16)
+        self.name = os.urandom(16).hex()
         self.path = root / "locks" / self.name
         self.command = command or " ".join(os.path.basename(a) for a in sys.argv[:3])
         self.refresh_interval = refresh_interval
@@ -260,7 +259,7 @@ class RepoLock:
                     hint="wait for it to finish; if that process is gone, run "
                     "`hcbak repo unlock NAME` (stale locks) or `--force`",
                 )
-            time.sleep(RETRY_INTERVAL + secrets.randbelow(250) / 1000)
+            time.sleep(RETRY_INTERVAL + int.from_bytes(os.urandom(1)) % 250 / 1000)
         self._thread = threading.Thread(target=self._refresh_loop, name="hcbak-lock", daemon=True)
         self._thread.start()
 

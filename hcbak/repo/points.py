@@ -9,7 +9,7 @@ all disks concatenated in the order of the header's `disks`. Sealing binds the p
 from __future__ import annotations
 
 import json
-import secrets
+import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -87,7 +87,7 @@ class PointSummary:
 
 def new_point_id() -> str:
     """128 random bits as 32 hex digits; short unique prefixes resolve too."""
-    return secrets.token_hex(16)
+    return os.urandom(16).hex()
 
 
 def _header(point: Point) -> dict[str, Any]:

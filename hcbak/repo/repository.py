@@ -15,7 +15,6 @@ from __future__ import annotations
 import errno
 import mmap
 import os
-import secrets
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -110,7 +109,7 @@ def init_repo(
                 hint="choose an empty or new folder",
             )
     settings = RepoSettings(
-        repo_id=secrets.token_hex(16),
+        repo_id=os.urandom(16).hex(),
         block_size=block_size,
         compression=compression,
         encrypted=passphrase is not None,

@@ -260,6 +260,24 @@ def test_a_dead_runs_clone_is_removed_even_when_the_repository_cannot_open(
         assert not list(journal.glob("*.json"))
 
 
+def test_a_backup_loads_only_what_it_uses(tmp_path: Path, run_hcbak: RunHcbak) -> None:
+    """Every module a cron run imports costs every run (docs/operations.md, "a run
+    imports only what it uses"); `-X importtime` lists what a real backup imported."""
+    with lab(tmp_path) as L:
+        vm = L.sim.create_vm("web01", [2 * MiB], tags=["nightly"])
+        L.sim.fill(L.sim.disk_uuids(vm)[0], seed=4)
+        proc = run_hcbak("job", "run", "nightly", env={**L.env, "PYTHONPROFILEIMPORTTIME": "1"})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        imported = {
+            line.rpartition("|")[2].strip()
+            for line in proc.stderr.splitlines()
+            if line.startswith("import time:")
+        }
+        assert "hcbak.engine.backup" in imported  # the list is real
+        unused = {"typer", "rich", "subprocess", "smtplib", "difflib", "hcbak.hypercore.roles"}
+        assert not unused & imported
+
+
 def test_due_runs_a_never_run_scheduled_job_once(tmp_path: Path, run_hcbak: RunHcbak) -> None:
     with lab(tmp_path, schedule="0 3 * * *") as L:
         L.sim.create_vm("web01", [1 * MiB], tags=["nightly"])
