@@ -473,16 +473,27 @@ class _Session:
         # Clones are removed in the background while the point commits; every removal
         # has ended before this attempt returns (or is retried).
         removals: list[Future[None]] = []
+        early: _Clone | None = None
         try:
             try:
+                if target.disks and not self.bases_ready.is_set():
+                    # The repository still opens: clone the first disk meanwhile.
+                    first = target.disks[0]
+                    capacity = self._snapshot_capacity(snap, first)
+                    early = self._clone(first, snap, capacity, removals)
+                    early.open()
                 self._await_bases()
                 previous = self._previous_point(vm.uuid)
                 images = [
-                    self._back_up_disk(vm, disk, snap, previous, report, removals)
-                    for disk in target.disks
+                    self._back_up_disk(
+                        vm, disk, snap, previous, report, removals, early if i == 0 else None
+                    )
+                    for i, disk in enumerate(target.disks)
                 ]
                 self._commit(vm, snap, point_id, images, report)
             except BaseException:
+                if early is not None and not early.handed_over:
+                    early.__exit__(None, None, None)
                 if created:
                     self._delete_snapshot_quietly(snap.uuid, report)
                 raise
@@ -558,7 +569,9 @@ class _Session:
         previous: Any | None,
         report: VmReport,
         removals: list[Future[None]] | None = None,
+        clone: _Clone | None = None,
     ) -> Any:
+        """One disk into the repository; `clone` is its clone when already made."""
         from hcbak.repo import DiskImage
 
         block_size = int(self.repo.config.block_size)
@@ -577,7 +590,8 @@ class _Session:
         )
         t0 = time.monotonic()
         prev_map = base.block_map if base is not None and base.capacity == capacity else None
-        with self._clone(disk, snap, capacity, removals) as path, DiskReader(path) as reader:
+        clone = clone if clone is not None else self._clone(disk, snap, capacity, removals)
+        with clone as path, DiskReader(path) as reader:
             result = back_up_disk(
                 reader,
                 self.repo,
@@ -770,8 +784,15 @@ class _Clone:
         self.capacity = capacity
         self.removals = removals  # when given: remove in the background, future here
         self.clone_uuid: str | None = None
+        self.path: Path | None = None
+        self.handed_over = False  # entered by a `with`, whose end removes the clone
 
     def __enter__(self) -> Path:
+        self.handed_over = True
+        return self.path if self.path is not None else self.open()
+
+    def open(self) -> Path:
+        """Make the clone and find its device (before a `with` that uses it, or by it)."""
         s = self.s
         root = Path(s.cluster_cfg.device_root)
         assert s.worker_uuid is not None
@@ -806,10 +827,11 @@ class _Clone:
                 self.disk.uuid, self.snap.uuid, s.worker_uuid, self.capacity, accepted=accepted
             )
         try:
-            return locate_device(root, self.clone_uuid, self.capacity, before=before)
+            self.path = locate_device(root, self.clone_uuid, self.capacity, before=before)
         except BaseException:
             self._remove()
             raise
+        return self.path
 
     def __exit__(self, *exc: object) -> None:
         if self.removals is None or self.clone_uuid is None:

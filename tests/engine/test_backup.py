@@ -255,7 +255,22 @@ def _gated_open(monkeypatch: Any, gate: threading.Event, fail: Exception | None 
     monkeypatch.setattr(repo_pkg, "open_repo", held)
 
 
-def test_vms_take_their_snapshots_while_the_repository_opens(
+def _clones(L: Lab) -> list[str]:
+    """Snapshot clones hot-added to the worker VM."""
+    return [
+        d["uuid"]
+        for d in L.sim.block_devices()
+        if d["vm"] == L.sim.worker_vm_uuid and d.get("sourceSnapshotUUID")
+    ]
+
+
+def _wait_for(what: Any, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not what():
+        time.sleep(0.01)
+
+
+def test_vms_take_their_snapshots_and_first_clones_while_the_repository_opens(
     tmp_path: Path, monkeypatch: Any
 ) -> None:
     gate = threading.Event()
@@ -267,14 +282,15 @@ def test_vms_take_their_snapshots_while_the_repository_opens(
         result: list[JobReport] = []
         run = threading.Thread(target=lambda: result.append(_run(L, parallel=2)))
         run.start()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not all(L.hcbak_snapshots(vm) for vm in vms):
-            time.sleep(0.01)
+        _wait_for(lambda: all(L.hcbak_snapshots(vm) for vm in vms) and len(_clones(L)) == 2)
         taken = [len(L.hcbak_snapshots(vm)) for vm in vms]
+        cloned = len(_clones(L))
         gate.set()
         run.join(30)
-        assert taken == [1, 1]  # both snapshots exist while the repository is still held
+        # both snapshots and both clones exist while the repository is still held
+        assert (taken, cloned) == ([1, 1], 2)
         assert result and result[0].exit_code() == ExitCode.OK
+        assert not _clones(L)
         for name in ("web01", "web02"):
             _assert_point_matches_snapshot(L, result[0], name)
 
@@ -290,19 +306,22 @@ def test_a_repository_that_fails_to_open_leaves_no_new_snapshot(
     _gated_open(monkeypatch, gate, LockedError("repository is locked by prune (pid 1)"))
     with lab(tmp_path, retries=2) as L:
         vms = [L.sim.create_vm(f"web0{i}", [2 * MiB], tags=["nightly"]) for i in (1, 2)]
+        for vm in vms:
+            L.sim.fill(L.sim.disk_uuids(vm)[0], seed=5)
         result: list[JobReport] = []
         run = threading.Thread(target=lambda: result.append(_run(L, parallel=2)))
         run.start()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not all(L.hcbak_snapshots(vm) for vm in vms):
-            time.sleep(0.01)
+        _wait_for(lambda: all(L.hcbak_snapshots(vm) for vm in vms) and len(_clones(L)) == 2)
         taken = [len(L.hcbak_snapshots(vm)) for vm in vms]
+        cloned = len(_clones(L))
         gate.set()
         run.join(30)
-        assert taken == [1, 1]  # the path under test: snapshots taken, then the failure
+        # the path under test: snapshots and clones made, then the failure
+        assert (taken, cloned) == ([1, 1], 2)
         report = result[0]
         assert (report.status, report.exit_code()) == ("failed", ExitCode.FAILED)
         assert "locked by prune" in report.reason
         L.sim.wait_idle()
         assert [L.hcbak_snapshots(vm) for vm in vms] == [[], []]
+        assert not _clones(L)
         assert not list((tmp_path / "state" / "clones").glob("*.json"))
