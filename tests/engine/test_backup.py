@@ -270,29 +270,37 @@ def _wait_for(what: Any, timeout: float = 20) -> None:
         time.sleep(0.01)
 
 
+def _run_two_vms_with_the_repository_held(
+    L: Lab, gate: threading.Event
+) -> tuple[list[Any], tuple[list[int], int], JobReport]:
+    """Back up two VMs while the repository open is held at `gate`: the VMs, (their
+    snapshots, clones attached) once both exist or 20 s passed, and the run's report."""
+    vms = [L.sim.create_vm(f"web0{i}", [2 * MiB], tags=["nightly"]) for i in (1, 2)]
+    for vm in vms:
+        L.sim.fill(L.sim.disk_uuids(vm)[0], seed=3)
+    result: list[JobReport] = []
+    run = threading.Thread(target=lambda: result.append(_run(L, parallel=2)))
+    run.start()
+    _wait_for(lambda: all(L.hcbak_snapshots(vm) for vm in vms) and len(_clones(L)) == 2)
+    seen = ([len(L.hcbak_snapshots(vm)) for vm in vms], len(_clones(L)))
+    gate.set()
+    run.join(30)
+    return vms, seen, result[0]
+
+
 def test_vms_take_their_snapshots_and_first_clones_while_the_repository_opens(
     tmp_path: Path, monkeypatch: Any
 ) -> None:
     gate = threading.Event()
     _gated_open(monkeypatch, gate)
     with lab(tmp_path) as L:
-        vms = [L.sim.create_vm(f"web0{i}", [2 * MiB], tags=["nightly"]) for i in (1, 2)]
-        for vm in vms:
-            L.sim.fill(L.sim.disk_uuids(vm)[0], seed=3)
-        result: list[JobReport] = []
-        run = threading.Thread(target=lambda: result.append(_run(L, parallel=2)))
-        run.start()
-        _wait_for(lambda: all(L.hcbak_snapshots(vm) for vm in vms) and len(_clones(L)) == 2)
-        taken = [len(L.hcbak_snapshots(vm)) for vm in vms]
-        cloned = len(_clones(L))
-        gate.set()
-        run.join(30)
+        _vms, seen, report = _run_two_vms_with_the_repository_held(L, gate)
         # both snapshots and both clones exist while the repository is still held
-        assert (taken, cloned) == ([1, 1], 2)
-        assert result and result[0].exit_code() == ExitCode.OK
+        assert seen == ([1, 1], 2)
+        assert report.exit_code() == ExitCode.OK
         assert not _clones(L)
         for name in ("web01", "web02"):
-            _assert_point_matches_snapshot(L, result[0], name)
+            _assert_point_matches_snapshot(L, report, name)
 
 
 def test_a_repository_that_fails_to_open_leaves_no_new_snapshot(
@@ -305,23 +313,12 @@ def test_a_repository_that_fails_to_open_leaves_no_new_snapshot(
     gate = threading.Event()
     _gated_open(monkeypatch, gate, LockedError("repository is locked by prune (pid 1)"))
     with lab(tmp_path, retries=2) as L:
-        vms = [L.sim.create_vm(f"web0{i}", [2 * MiB], tags=["nightly"]) for i in (1, 2)]
-        for vm in vms:
-            L.sim.fill(L.sim.disk_uuids(vm)[0], seed=5)
-        result: list[JobReport] = []
-        run = threading.Thread(target=lambda: result.append(_run(L, parallel=2)))
-        run.start()
-        _wait_for(lambda: all(L.hcbak_snapshots(vm) for vm in vms) and len(_clones(L)) == 2)
-        taken = [len(L.hcbak_snapshots(vm)) for vm in vms]
-        cloned = len(_clones(L))
-        gate.set()
-        run.join(30)
-        # the path under test: snapshots and clones made, then the failure
-        assert (taken, cloned) == ([1, 1], 2)
-        report = result[0]
+        vms, seen, report = _run_two_vms_with_the_repository_held(L, gate)
+        assert seen == ([1, 1], 2)  # the path under test: made, then the failure
         assert (report.status, report.exit_code()) == ("failed", ExitCode.FAILED)
         assert "locked by prune" in report.reason
+        assert report.vms == []  # the job failed as a whole, as before the change
         L.sim.wait_idle()
         assert [L.hcbak_snapshots(vm) for vm in vms] == [[], []]
         assert not _clones(L)
-        assert not list((tmp_path / "state" / "clones").glob("*.json"))
+        assert not list((L.tmp / "state" / "clones").glob("*.json"))
