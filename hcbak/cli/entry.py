@@ -86,24 +86,19 @@ def parse_job_run(argv: list[str]) -> JobRun | None:
         return None
     config: Path | None = None
     debug = False
-    seen: set[str] = set()
     i = 0
     while i < len(argv) and argv[i] != "job":
         arg = argv[i]
-        if arg in seen:
-            return None
-        if arg == "--debug":
+        if arg == "--debug" and not debug:
             debug = True
-        elif arg in ("--config", "-c") or arg.startswith("--config="):
+        elif (arg in ("--config", "-c") or arg.startswith("--config=")) and config is None:
             value = arg[len("--config=") :] if "=" in arg else _value(argv, i)
-            if value is None or "--config" in seen:
+            if value is None:
                 return None
             config = Path(value)
-            seen.add("--config")
             i += 0 if "=" in arg else 1
-        else:
+        else:  # --version, --help, an unknown option, a repeated one
             return None
-        seen.add(arg)
         i += 1
     if argv[i : i + 2] != ["job", "run"]:
         return None

@@ -1,4 +1,5 @@
-"""Root Typer app and the single exception -> exit code edge."""
+"""Root Typer app: builds each command group on use; errors become exit codes in
+`cli/exits.py`."""
 
 import importlib
 import sys

@@ -457,9 +457,9 @@ class _Session:
         return report
 
     def _attempt(self, target: VmTarget, report: VmReport) -> None:
-        vm = target.vm
         from hcbak.repo.points import new_point_id  # no need to wait for the repository
 
+        vm = target.vm
         report.disks = []
         report.timings = type(report.timings)()
         point_id = new_point_id()
