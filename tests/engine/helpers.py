@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,22 @@ class Lab:
         return [
             s for s in self.sim.snapshots(vm_uuid) if str(s["label"]).startswith(f"hcbak:{job}:")
         ]
+
+    def worker_clones(self) -> list[dict[str, Any]]:
+        """Snapshot clones hot-added to the worker VM."""
+        return [
+            d
+            for d in self.sim.block_devices()
+            if d["vm"] == self.sim.worker_vm_uuid and d.get("sourceSnapshotUUID")
+        ]
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.01)
 
 
 @contextmanager

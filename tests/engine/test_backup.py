@@ -12,7 +12,7 @@ from hcbak.engine.report import JobReport
 from hcbak.errors import ExitCode
 from hcbak.hypercore.client import hypercore_session
 
-from .helpers import BLOCK, Lab, MiB, lab
+from .helpers import BLOCK, Lab, MiB, lab, wait_for
 
 
 def _run(L: Lab, **kw: object) -> JobReport:
@@ -255,21 +255,6 @@ def _gated_open(monkeypatch: Any, gate: threading.Event, fail: Exception | None 
     monkeypatch.setattr(repo_pkg, "open_repo", held)
 
 
-def _clones(L: Lab) -> list[str]:
-    """Snapshot clones hot-added to the worker VM."""
-    return [
-        d["uuid"]
-        for d in L.sim.block_devices()
-        if d["vm"] == L.sim.worker_vm_uuid and d.get("sourceSnapshotUUID")
-    ]
-
-
-def _wait_for(what: Any, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not what():
-        time.sleep(0.01)
-
-
 def _run_two_vms_with_the_repository_held(
     L: Lab, gate: threading.Event
 ) -> tuple[list[Any], tuple[list[int], int], JobReport]:
@@ -281,8 +266,8 @@ def _run_two_vms_with_the_repository_held(
     result: list[JobReport] = []
     run = threading.Thread(target=lambda: result.append(_run(L, parallel=2)))
     run.start()
-    _wait_for(lambda: all(L.hcbak_snapshots(vm) for vm in vms) and len(_clones(L)) == 2)
-    seen = ([len(L.hcbak_snapshots(vm)) for vm in vms], len(_clones(L)))
+    wait_for(lambda: all(L.hcbak_snapshots(vm) for vm in vms) and len(L.worker_clones()) == 2)
+    seen = ([len(L.hcbak_snapshots(vm)) for vm in vms], len(L.worker_clones()))
     gate.set()
     run.join(30)
     return vms, seen, result[0]
@@ -298,7 +283,7 @@ def test_vms_take_their_snapshots_and_first_clones_while_the_repository_opens(
         # both snapshots and both clones exist while the repository is still held
         assert seen == ([1, 1], 2)
         assert report.exit_code() == ExitCode.OK
-        assert not _clones(L)
+        assert not L.worker_clones()
         for name in ("web01", "web02"):
             _assert_point_matches_snapshot(L, report, name)
 
@@ -320,5 +305,5 @@ def test_a_repository_that_fails_to_open_leaves_no_new_snapshot(
         assert report.vms == []  # the job failed as a whole, as before the change
         L.sim.wait_idle()
         assert [L.hcbak_snapshots(vm) for vm in vms] == [[], []]
-        assert not _clones(L)
+        assert not L.worker_clones()
         assert not list((L.tmp / "state" / "clones").glob("*.json"))

@@ -152,15 +152,6 @@ def test_running_job_gives_exit_5_naming_the_holder(tmp_path: Path, run_hcbak: R
         assert_no_traceback(proc)
 
 
-def _worker_clones(L: Any) -> list[dict[str, Any]]:
-    """Snapshot clones hot-added to the worker VM."""
-    return [
-        d
-        for d in L.sim.block_devices()
-        if d["vm"] == L.sim.worker_vm_uuid and d.get("sourceSnapshotUUID")
-    ]
-
-
 def _kill_job_run(
     L: Any, env: dict[str, str], journal: Path, *, task_delay: float, after: float
 ) -> None:
@@ -196,7 +187,7 @@ def test_kill_9_mid_run_then_next_run_cleans_orphans_and_succeeds(
         assert list(journal.glob("*.json")), "the run was killed before it attached a clone"
         L.sim.faults.task_delay(0.005)
         L.sim.wait_idle()  # tasks the dead run started still finish on the cluster
-        clones = _worker_clones(L)
+        clones = L.worker_clones()
         # the killed run's snapshot (uncommitted) and, when killed in the clone task, its clone
         assert len(L.hcbak_snapshots(vm)) == 1
         assert clones or delay > 0.4
@@ -204,7 +195,7 @@ def test_kill_9_mid_run_then_next_run_cleans_orphans_and_succeeds(
         assert again.returncode == 0, again.stderr
         point = json.loads(again.stdout)["jobs"][0]["vms"][0]
         assert [s["uuid"] for s in L.hcbak_snapshots(vm)] == [point["snapshot_uuid"]]
-        assert not _worker_clones(L)
+        assert not L.worker_clones()
         assert not list(journal.glob("*.json"))
 
 
@@ -222,7 +213,7 @@ def test_a_run_killed_in_a_task_leaves_nothing_when_the_next_run_comes_first(
         journal = tmp_path / "state" / folder  # written as the task starts
         _kill_job_run(L, {**hcbak_env, **L.env}, journal, task_delay=1.0, after=0.2)
         assert list(journal.glob("*.json")), "the kill did not land in the task"
-        assert not _worker_clones(L), "the clone exists already"
+        assert not L.worker_clones(), "the clone exists already"
         if folder == "tasks":
             assert not L.hcbak_snapshots(vm), "the snapshot exists already"
         L.sim.faults.task_delay(0.005)
@@ -231,7 +222,7 @@ def test_a_run_killed_in_a_task_leaves_nothing_when_the_next_run_comes_first(
         L.sim.wait_idle()
         point = json.loads(again.stdout)["jobs"][0]["vms"][0]
         assert [s["uuid"] for s in L.hcbak_snapshots(vm)] == [point["snapshot_uuid"]]
-        assert not _worker_clones(L)
+        assert not L.worker_clones()
         assert not list(journal.glob("*.json"))
 
 
@@ -248,7 +239,7 @@ def test_a_dead_runs_clone_is_removed_even_when_the_repository_cannot_open(
         _kill_job_run(L, {**hcbak_env, **L.env}, journal, task_delay=0.4, after=0.1)
         L.sim.faults.task_delay(0.005)
         L.sim.wait_idle()
-        assert _worker_clones(L), "the kill did not leave a clone behind"
+        assert L.worker_clones(), "the kill did not leave a clone behind"
         snapshots = L.hcbak_snapshots(vm)  # the dead run's: it takes the repository
         (tmp_path / "repo").rename(tmp_path / "repo-moved")
         failed = run_hcbak("job", "run", "nightly", "--json", env=L.env)
@@ -256,7 +247,7 @@ def test_a_dead_runs_clone_is_removed_even_when_the_repository_cannot_open(
         assert "is not an hcbak repository" in failed.stderr
         L.sim.wait_idle()
         assert L.hcbak_snapshots(vm) == snapshots  # and the failed run's own is gone
-        assert not _worker_clones(L)
+        assert not L.worker_clones()
         assert not list(journal.glob("*.json"))
 
 
@@ -368,7 +359,7 @@ def test_sigterm_mid_run_removes_the_new_snapshot_and_clone_and_exits_130(
         assert "interrupted" in err
         L.sim.wait_idle()
         assert L.hcbak_snapshots(vm) == []
-        assert not _worker_clones(L)
+        assert not L.worker_clones()
         assert not (tmp_path / "state" / "locks" / "job-nightly.lock").exists()
 
 

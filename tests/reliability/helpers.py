@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.helpers import Lab
+from engine.helpers import Lab, wait_for  # noqa: F401  (the reliability tests' helper too)
 
 from hcbak.cli.main import run as cli_run
 from hcbak.errors import ExitCode
@@ -203,11 +203,3 @@ def guest_writes(lab: Lab, disk: str, rnd: random.Random, count: int = 4) -> Non
         offset = rnd.randrange(0, capacity - size)
         data = rnd.randbytes(size) if rnd.random() < 0.5 else bytes([rnd.randrange(256)]) * size
         lab.sim.write(disk, offset, data)
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.01)

@@ -44,15 +44,6 @@ def _verify_clean(env: dict[str, str]) -> None:
     assert res.code == 0, res.err
 
 
-def _worker_clones(L: object) -> list[dict[str, object]]:
-    sim = L.sim  # type: ignore[attr-defined]
-    return [
-        d
-        for d in sim.block_devices()
-        if d["vm"] == sim.worker_vm_uuid and d.get("sourceSnapshotUUID")
-    ]
-
-
 def test_sigkill_during_job_run_loses_no_committed_point(tmp_path: Path) -> None:
     rnd = random.Random(SEED)
     with lab(tmp_path) as L:
@@ -79,7 +70,7 @@ def test_sigkill_during_job_run_loses_no_committed_point(tmp_path: Path) -> None
             assert again.code == 0, (delay, again.err)
             ledger.record_new(live)
             assert ledger.check() == len(ledger.expected)
-            assert _worker_clones(L) == [], f"orphan clone after kill at {delay:.2f}s"
+            assert L.worker_clones() == [], f"orphan clone after kill at {delay:.2f}s"
             assert len(L.hcbak_snapshots(vm)) == 1, "exactly the newest base snapshot remains"
             _verify_clean(L.env)
 
