@@ -235,8 +235,9 @@ class Repository:
             # unusable.
             bad: dict[str, str] = {}
             decoded: list[tuple[list[str], bytes]] = []
+            files.reverse()  # popped from the end (each file's bytes freed once decoded)
             while files:
-                seg, data = files.pop(0)
+                seg, data = files.pop()
                 try:
                     decoded.append(decode_checked_segment(seg, data, self.envelope))
                 except IntegrityError as exc:
