@@ -7,7 +7,9 @@ enough that generating 4 GiB takes seconds, not minutes.
 
 `changed_copy` makes the "1% changed" image for incremental runs: it keeps the base's hole
 map byte-for-byte (so fixed-chunk peers see the same chunk boundaries) and overwrites a
-seeded 1% of the written regions.
+seeded 1% of the written regions. Repeated incrementals chain steps: step k overwrites
+another seeded 1% of the same written regions (`apply_changes`), so every run after the
+first sees 1% changed since the one before it, and the hole map never moves.
 """
 
 from __future__ import annotations
@@ -100,28 +102,35 @@ def write_image(path: Path, size: int, seed: int = 42) -> dict[str, int]:
     return counts
 
 
-def changed_regions(size: int, seed: int = 42, fraction: float = 0.01) -> list[int]:
-    """Indexes of the written regions the 'changed' image overwrites (seeded)."""
+def changed_regions(size: int, seed: int = 42, fraction: float = 0.01, step: int = 0) -> list[int]:
+    """Indexes of the written regions change step `step` overwrites (seeded; step 0 is
+    the 'changed' image of a single incremental)."""
     written = [i for i, k in enumerate(region_kinds(size, seed)) if k != HOLE]
-    rng = random.Random(seed + 1)
+    rng = random.Random(seed + 1 + 7919 * step)
     count = max(1, int(len(written) * fraction / (1 - Mix().hole)))
     return sorted(rng.sample(written, min(count, len(written))))
 
 
-def changed_writes(size: int, seed: int = 42) -> Iterator[tuple[int, bytes]]:
-    """(offset, data) guest writes that turn the base image into the changed one."""
-    src = _Bytes(seed + 1000)
-    for i in changed_regions(size, seed):
+def changed_writes(size: int, seed: int = 42, step: int = 0) -> Iterator[tuple[int, bytes]]:
+    """(offset, data) guest writes of change step `step` (step 0: base -> changed)."""
+    src = _Bytes(seed + 1000 + 7919 * step)
+    for i in changed_regions(size, seed, step=step):
         yield i * REGION, src.random(REGION)
 
 
+def apply_changes(path: Path, size: int, seed: int = 42, step: int = 0) -> None:
+    """Apply change step `step` to an image file in place."""
+    with open(path, "r+b") as out:
+        for offset, data in changed_writes(size, seed, step):
+            os.pwrite(out.fileno(), data, offset)
+
+
 def changed_copy(base: Path, dest: Path, size: int, seed: int = 42) -> None:
-    """Copy `base` keeping its hole map exactly, then apply `changed_writes`."""
+    """Copy `base` keeping its hole map exactly, then apply change step 0."""
     kinds = region_kinds(size, seed)
     with open(base, "rb") as src, open(dest, "wb") as out:
         out.truncate(size)
         for i, kind in enumerate(kinds):
             if kind != HOLE:
                 os.pwrite(out.fileno(), os.pread(src.fileno(), REGION, i * REGION), i * REGION)
-        for offset, data in changed_writes(size, seed):
-            os.pwrite(out.fileno(), data, offset)
+    apply_changes(dest, size, seed)

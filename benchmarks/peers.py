@@ -1,8 +1,8 @@
 """restic and borg on the same images, for honest comparisons (skipped when not installed).
 
-Each peer backs up `<dir>/disk.img` twice: the base image, then the 1%-changed image
-renamed into the same path (so restic/borg find their parent by path, as a VM-image
-backup would). Borg runs twice: its default chunker, and fixed 4 MiB chunks with
+Each peer backs up `<dir>/disk.img`: the base image, then `incr_runs` times a copy with
+another 1% changed, renamed into the same path (so restic/borg find their parent by
+path, as a VM-image backup would). Borg runs twice: its default chunker, and fixed 4 MiB chunks with
 --sparse (its VM-image mode, the fastest peer).
 """
 
@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import statistics
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from measure import Measured, dir_size, run_measured
@@ -25,6 +26,7 @@ class PeerRow:
     mib_s: float
     rss_mib: float
     repo_bytes: int
+    samples: list[float] = field(default_factory=list)  # every run of a repeated step
 
 
 def available() -> dict[str, bool]:
@@ -41,10 +43,13 @@ def run_peer(
     name: str,
     work: Path,
     base: Path,
-    make_changed: Callable[[Path], None],
+    change: Callable[[Path, int], None],
     size: int,
+    incr_runs: int = 1,
 ) -> list[PeerRow]:
-    """Full, incremental and restore for one peer configuration."""
+    """Full, `incr_runs` incrementals (the row has their median) and a restore of the last.
+
+    `change(path, step)` applies change step `step` to the image file at `path`."""
     repo = work / f"{name}-repo"
     data = work / f"{name}-data"
     out = work / f"{name}-restore"
@@ -70,18 +75,27 @@ def run_peer(
             name, "full", m.seconds, size / m.seconds / 2**20, m.peak_rss_mib, dir_size(str(repo))
         )
     )
-    before = dir_size(str(repo))
-    make_changed(data / "disk.img.new")
-    os.replace(data / "disk.img.new", img)
-    m = _check(run_measured(backup, env=env, cwd=str(data)), f"{name} incremental")
+    seconds, rss, growth = [], [], []
+    for step in range(incr_runs):
+        before = dir_size(str(repo))
+        new = data / "disk.img.new"
+        _sparse_copy(img, new)
+        change(new, step)
+        os.replace(new, img)
+        m = _check(run_measured(backup, env=env, cwd=str(data)), f"{name} incremental")
+        seconds.append(m.seconds)
+        rss.append(m.peak_rss_mib)
+        growth.append(dir_size(str(repo)) - before)
+    median = statistics.median(seconds)
     rows.append(
         PeerRow(
             name,
             "incr 1%",
-            m.seconds,
-            size / m.seconds / 2**20,
-            m.peak_rss_mib,
-            dir_size(str(repo)) - before,
+            median,
+            size / median / 2**20,
+            max(rss),
+            int(statistics.median(growth)),
+            seconds,
         )
     )
     m = _check(run_measured(restore, env=env, cwd=str(out)), f"{name} restore")
