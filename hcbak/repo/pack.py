@@ -13,7 +13,6 @@ import os
 import struct
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,6 +92,10 @@ class PackWriter:
         self._fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         self.entries: list[tuple[bytes, int, int, int]] = []  # id, offset, length, plain
         self.size = 0
+        # The pack id (sha256 of the file) grows with the file, in the appending thread
+        # and outside the repository lock: reading the pack back at the seal cost a
+        # second copy of every byte, and its hash sat on the last pack's seal.
+        self._digest = hashlib.sha256()
         self._flusher = _EarlyFlush(self._fd)
         try:
             self._write([PACK_HEADER.pack(PACK_MAGIC, PACK_VERSION, 0)])
@@ -102,6 +105,8 @@ class PackWriter:
 
     def _write(self, parts: list[bytes]) -> None:
         self.size += fsio.write_all(self._fd, parts)
+        for part in parts:  # only what is now in the file (write_all raises otherwise)
+            self._digest.update(part)
         self._flusher.grew_to(self.size)
 
     def append(
@@ -127,14 +132,9 @@ class PackWriter:
         total = self.size + len(table) + FOOTER.size
         footer = FOOTER.pack(table_offset, len(self.entries), crc32(table), total, PACK_END_MAGIC)
         self._write([table, footer])
-        # Hash by reading back (page cache) outside the repository lock, so appends of
-        # other threads do not wait for sha256, and while the fsync waits for the disk
-        # (both release the GIL): the last pack of a run is on its critical path.
-        with ThreadPoolExecutor(1, thread_name_prefix="hcbak-sha") as hasher:
-            digest = hasher.submit(_sha256_file, self.tmp)
-            self._flusher.wait()
-            fsio._fsync(self._fd)
-            pack_id = digest.result()
+        pack_id = self._digest.hexdigest()
+        self._flusher.wait()
+        fsio._fsync(self._fd)
         fsio.drop_cache(self._fd)
         self._close()
         final = pack_path(self.root, pack_id)
@@ -201,11 +201,6 @@ class _EarlyFlush:
             self._thread = None
         if self._error is not None:
             raise self._error
-
-
-def _sha256_file(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def read_trailer(path: Path) -> list[tuple[bytes, int, int, int]]:
