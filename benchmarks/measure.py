@@ -66,6 +66,26 @@ def dir_size(path: str) -> int:
     return total
 
 
+def evict_from_cache(path: Path) -> None:
+    """Drop the files below path from the page cache (written back first).
+
+    For restores: a restore reads a repository written long before, and hcbak drops its
+    packs from the cache as it writes them while restic and borg leave theirs there, so
+    a restore straight after the backups read from memory for the peers and from the
+    disk for hcbak. Every tool's repository is evicted before its restore instead."""
+    os.sync()
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
 def parse_size(text: str) -> int:
     """A size argument: bytes, or with a k/m/g unit (K, MiB, 4GiB, 1.5G...)."""
     units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}

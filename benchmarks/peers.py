@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from measure import Measured, dir_size, run_measured
+from measure import Measured, dir_size, evict_from_cache, run_measured
 
 
 @dataclass
@@ -98,6 +98,7 @@ def run_peer(
             seconds,
         )
     )
+    evict_from_cache(repo)
     m = _check(run_measured(restore, env=env, cwd=str(out)), f"{name} restore")
     rows.append(
         PeerRow(
