@@ -10,6 +10,8 @@ import stat
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hcbak.config import (
     Config,
@@ -58,6 +60,17 @@ jobs:
     notify: {email: {to: [ops@example.com], on: [failure, warning]}}
     hooks: {pre: /usr/local/bin/pre.sh, post: /usr/local/bin/post.sh}
 """.replace("FINGERPRINT", ":".join(["AB", "12"] * 16))
+
+
+def _documents() -> st.SearchStrategy[object]:
+    """Config-like YAML data: nested mappings and lists of text, numbers, bools, None."""
+    keys = st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), max_size=12)
+    scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | keys
+    return st.recursive(
+        scalars,
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(keys, inner, max_size=4),
+        max_leaves=20,
+    )
 
 
 def write(tmp_path: Path, text: str, mode: int = 0o600) -> Path:
@@ -121,6 +134,78 @@ def test_broken_yaml_reports_its_line(tmp_path: Path) -> None:
     err = error_of(write(tmp_path, "clusters:\n  prod:\n    nodes: [1.2.3.4\n    username: x\n"))
     assert err.line is not None and err.line >= 3
     assert f"config.yaml:{err.line}: invalid YAML" in err.one_line()
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "words"),
+    [
+        ("jobs:\n  a: &x 1\n  b: *y\n", 3, "undefined alias 'y'"),
+        ("jobs:\n  a: @b\n", 2, "character '@'"),
+        ("jobs: {a: 1\n", 2, "expected ',' or '}'"),
+        ("jobs:\n  - a\n  b: 1\n", 3, "expected <block end>"),
+    ],
+)
+def test_broken_yaml_is_explained_as_the_python_parser_does(
+    tmp_path: Path, text: str, line: int, words: str
+) -> None:
+    """libyaml composes the config when PyYAML has it; a document it refuses is read
+    again by the Python parser, whose messages say which alias, character or token."""
+    err = error_of(write(tmp_path, text))
+    assert err.line == line, err.one_line()
+    assert f"config.yaml:{line}: invalid YAML" in err.one_line()
+    assert words in err.one_line()
+
+
+def test_libyaml_and_python_compose_the_example_config_alike(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from hcbak import config as config_module
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "config.yaml"
+    text = example.read_text(encoding="utf-8")
+    fast = config_module.parse_config(text, example)
+    monkeypatch.setattr(config_module, "_LIBYAML_LOADER", None)
+    monkeypatch.setattr(config_module, "_last_document", None)
+    slow = config_module.parse_config(text, example)
+    assert fast == slow and fast.jobs
+
+
+@settings(max_examples=150, deadline=None)
+@given(document=_documents(), flow=st.booleans())
+def test_libyaml_nodes_match_the_python_parser(document: object, flow: bool) -> None:
+    """Same tags, values and line/column marks, whatever the layout."""
+    import yaml
+
+    from hcbak import config as config_module
+
+    if config_module._LIBYAML_LOADER is None:
+        pytest.skip("PyYAML without libyaml: only the Python parser is used")
+    text = yaml.safe_dump(document, default_flow_style=flow, allow_unicode=True)
+    _same_node(config_module._compose_fast(text), yaml.compose(text, Loader=yaml.SafeLoader))
+
+
+def _same_node(a: object, b: object) -> None:
+    import yaml
+
+    assert type(a) is type(b)
+    if a is None:
+        return
+    assert isinstance(a, yaml.Node) and isinstance(b, yaml.Node)
+    assert (a.tag, a.start_mark.line, a.start_mark.column) == (
+        b.tag,
+        b.start_mark.line,
+        b.start_mark.column,
+    )
+    if isinstance(a, yaml.ScalarNode):
+        assert a.value == b.value
+        return
+    assert len(a.value) == len(b.value)
+    for x, y in zip(a.value, b.value, strict=True):
+        if isinstance(x, tuple):
+            _same_node(x[0], y[0])
+            _same_node(x[1], y[1])
+        else:
+            _same_node(x, y)
 
 
 def test_unknown_key_names_line_and_suggests_the_right_one(tmp_path: Path) -> None:
