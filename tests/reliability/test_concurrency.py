@@ -13,6 +13,7 @@ from engine.helpers import MiB, lab
 
 from hcbak.config import JobConfig, RepoConfig, save_config
 from hcbak.repo import init_repo
+from hcbak.repo.locks import read_locks
 
 from .helpers import Ledger, cli, guest_writes, spawn, wait_for
 
@@ -83,8 +84,14 @@ def test_prune_during_a_backup_exits_5_or_waits_and_loses_nothing(tmp_path: Path
         live = ledger.live_hashes()
         L.sim.faults.task_delay(0.5)  # the backup holds its shared lock for a while
         backup = spawn(L.env, "job", "run", "nightly")
-        locks = L.repo_path / "locks"
-        wait_for(lambda: any(locks.iterdir()) or backup.poll() is not None)
+        # A lock is written under a temp name and then linked into place: wait for the
+        # lock itself (a prune started on seeing the temp file could win the race).
+        wait_for(
+            lambda: (
+                any(lk.pid == backup.pid for lk in read_locks(L.repo_path))
+                or backup.poll() is not None
+            )
+        )
         assert backup.poll() is None, "the backup ended before prune could race it"
         busy = cli(L.env, "repo", "prune", "main", "--json")
         busy.assert_clean()
