@@ -26,6 +26,7 @@ It prints one table and the targets of issue 8 as ratios hcbak / peer, met or mi
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -248,9 +249,13 @@ def rss_scaling(work: Path, sizes: list[int], say: Callable[[str], None]) -> lis
 
 
 # --- targets and output -----------------------------------------------------------------
+def seconds_of(rows: list[Row], tool: str, step: str) -> float | None:
+    """The seconds of one row of the table, when that step was measured."""
+    return next((r.seconds for r in rows if r.tool == tool and r.step == step), None)
+
+
 def targets(rows: list[Row], run: HcbakRun | None, size: int) -> list[Target]:
-    def sec(tool: str, step: str) -> float | None:
-        return next((r.seconds for r in rows if r.tool == tool and r.step == step), None)
+    sec = functools.partial(seconds_of, rows)
 
     def ratio(a: float | None, b: float | None) -> float | None:
         return a / b if a is not None and b else None
@@ -333,10 +338,7 @@ def render(rows: list[Row], goals: list[Target], size: int) -> str:
 
 def reference_table(rows: list[Row]) -> list[str]:
     """The same targets against issue 6's reference peer times instead of this run's."""
-
-    def sec(tool: str, step: str) -> float | None:
-        return next((r.seconds for r in rows if r.tool == tool and r.step == step), None)
-
+    sec = functools.partial(seconds_of, rows)
     lines = [
         "The same targets against the peer times issue 6 quotes (not measured here):",
         "",
@@ -484,7 +486,7 @@ def closing_note(goals: list[Target], rows: list[Row]) -> str:
         return "All measured targets met."
 
     def sec(tool: str, step: str) -> float:
-        return next((r.seconds for r in rows if r.tool == tool and r.step == step), 0.0)
+        return seconds_of(rows, tool, step) or 0.0
 
     def speed(tool: str, step: str) -> float:
         return next((r.mib_s for r in rows if r.tool == tool and r.step == step), 0.0)
