@@ -2,8 +2,8 @@
 
 Each peer backs up `<dir>/disk.img`: the base image, then `incr_runs` times a copy with
 another 1% changed, renamed into the same path (so restic/borg find their parent by
-path, as a VM-image backup would). Borg runs twice: its default chunker, and fixed 4 MiB chunks with
---sparse (its VM-image mode, the fastest peer).
+path, as a VM-image backup would). Borg runs twice: its default chunker, and fixed
+4 MiB chunks with --sparse (its VM-image mode, the fastest peer).
 """
 
 from __future__ import annotations

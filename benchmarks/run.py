@@ -9,12 +9,12 @@ Steps (all in this run, so the numbers share one machine state):
    of the last point to a sparse raw file, repository growth per incremental;
 3. peers when installed (restic, borg with its default chunker, borg with fixed 4 MiB
    chunks and --sparse) on the same base and changed images (benchmarks/peers.py);
+4. optionally (--rss-scaling) hcbak's peak RSS for full backups of 1, 4 and 16 GiB
+   sparse disks, to show memory is flat with disk size.
 
 The incremental is repeated (--incr-runs, default 3), each run after another 1% of the
 written regions changed, and its row is the median, for hcbak and every peer alike: a
 single 0.5 s run next to a single 10 s run made the ratio swing with either's noise.
-4. optionally (--rss-scaling) hcbak's peak RSS for full backups of 1, 4 and 16 GiB
-   sparse disks, to show memory is flat with disk size.
 
 It prints one table and the targets of issue 8 as ratios hcbak / peer, met or missed;
 --write-results also writes benchmarks/RESULTS.md with the machine and tool versions.
@@ -74,7 +74,7 @@ STARTUP = "startup (imports)"
 STARTUP_IMPORTS = "import hcbak.cli.main, hcbak.engine.backup, hcbak.engine.restore"
 # The peers' times that issue 6 quotes for "this kind of machine" (4 GiB image, seconds,
 # low-high). The targets are ratios to the peers measured in the same run; these are
-# shown beside them, because the peers measured here have been 1.5-2.3x slower.
+# shown beside them, because the peers measured here have been 1.4-2.4x slower.
 REFERENCE = {
     ("restic", "full"): (13.0, 14.0),
     ("restic", "incr 1%"): (4.7, 5.4),
