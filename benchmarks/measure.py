@@ -5,12 +5,51 @@ from __future__ import annotations
 import compileall
 import hashlib
 import os
+import statistics
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "hcbak"
+
+
+MiB = 1 << 20
+
+
+@dataclass
+class Row:
+    """One line of the results table: a tool's step, its time and memory."""
+
+    tool: str
+    step: str
+    seconds: float
+    mib_s: float
+    rss_mib: float | None = None
+    repo_bytes: int | None = None  # repository size (full), growth (incr), allocated (restore)
+    samples: list[float] = field(default_factory=list)  # every run of a repeated step
+
+    @classmethod
+    def repeated(
+        cls,
+        tool: str,
+        step: str,
+        size: int,
+        seconds: list[float],
+        rss: list[float],
+        growth: list[int],
+    ) -> Row:
+        """A step run several times: the median time and growth, the highest RSS."""
+        median = statistics.median(seconds)
+        return cls(
+            tool,
+            step,
+            median,
+            size / MiB / median,
+            max(rss),
+            int(statistics.median(growth)),
+            seconds,
+        )
 
 
 @dataclass

@@ -10,23 +10,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import statistics
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from measure import Measured, dir_size, evict_from_cache, run_measured
-
-
-@dataclass
-class PeerRow:
-    tool: str
-    step: str
-    seconds: float
-    mib_s: float
-    rss_mib: float
-    repo_bytes: int
-    samples: list[float] = field(default_factory=list)  # every run of a repeated step
+from measure import Measured, Row, dir_size, evict_from_cache, run_measured
 
 
 def available() -> dict[str, bool]:
@@ -46,7 +33,7 @@ def run_peer(
     change: Callable[[Path, int], None],
     size: int,
     incr_runs: int = 1,
-) -> list[PeerRow]:
+) -> list[Row]:
     """Full, `incr_runs` incrementals (the row has their median) and a restore of the last.
 
     `change(path, step)` applies change step `step` to the image file at `path`."""
@@ -71,9 +58,7 @@ def run_peer(
     rows = []
     m = _check(run_measured(backup, env=env, cwd=str(data)), f"{name} full")
     rows.append(
-        PeerRow(
-            name, "full", m.seconds, size / m.seconds / 2**20, m.peak_rss_mib, dir_size(str(repo))
-        )
+        Row(name, "full", m.seconds, size / m.seconds / 2**20, m.peak_rss_mib, dir_size(str(repo)))
     )
     seconds, rss, growth = [], [], []
     for step in range(incr_runs):
@@ -86,22 +71,11 @@ def run_peer(
         seconds.append(m.seconds)
         rss.append(m.peak_rss_mib)
         growth.append(dir_size(str(repo)) - before)
-    median = statistics.median(seconds)
-    rows.append(
-        PeerRow(
-            name,
-            "incr 1%",
-            median,
-            size / median / 2**20,
-            max(rss),
-            int(statistics.median(growth)),
-            seconds,
-        )
-    )
+    rows.append(Row.repeated(name, "incr 1%", size, seconds, rss, growth))
     evict_from_cache(repo)
     m = _check(run_measured(restore, env=env, cwd=str(out)), f"{name} restore")
     rows.append(
-        PeerRow(
+        Row(
             name, "restore", m.seconds, size / m.seconds / 2**20, m.peak_rss_mib, dir_size(str(out))
         )
     )

@@ -31,13 +31,12 @@ import json
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -57,7 +56,7 @@ from image import (
     region_kinds,
     write_image,
 )
-from measure import dir_size, evict_from_cache, parse_size, run_measured, sha256_file
+from measure import Row, dir_size, evict_from_cache, parse_size, run_measured, sha256_file
 from peers import available, run_peer
 
 from hcbak import __version__
@@ -81,17 +80,6 @@ REFERENCE = {
     ("borg-fixed", "full"): (7.2, 7.7),
     ("borg-fixed", "incr 1%"): (2.3, 2.3),
 }
-
-
-@dataclass
-class Row:
-    tool: str
-    step: str
-    seconds: float
-    mib_s: float
-    rss_mib: float | None = None
-    repo_bytes: int | None = None  # repository size (full), growth (incr), allocated (restore)
-    samples: list[float] = field(default_factory=list)  # every run of a repeated step
 
 
 @dataclass
@@ -168,11 +156,8 @@ def run_hcbak(work: Path, size: int, changed_image: Path, incr_runs: int) -> Hcb
             runs.append(one_run(env, "incremental 1%", size, threads=3))
             growth.append(dir_size(str(repo)) - before)
         seconds = [r["seconds"] for r in runs]
-        median = statistics.median(seconds)
-        rows.append(
-            Row("hcbak", "incr 1%", median, size / MiB / median,
-                max(r["rss_mib"] for r in runs), int(statistics.median(growth)), seconds)
-        )  # fmt: skip
+        rss = [r["rss_mib"] for r in runs]
+        rows.append(Row.repeated("hcbak", "incr 1%", size, seconds, rss, growth))
     out = work / "hcbak-restored.raw"
     out.unlink(missing_ok=True)
     argv = [*HCBAK, "restore", "disk", "bench01@latest", "--disk", "0", "--to", str(out)]
@@ -211,8 +196,7 @@ def run_peers(
         def change(path: Path, step: int) -> None:
             apply_changes(path, size, step=step)  # the hole map never moves (fair fixed chunks)
 
-        for r in run_peer(name, peer_work, base, change, size, incr_runs):
-            rows.append(Row(r.tool, r.step, r.seconds, r.mib_s, r.rss_mib, r.repo_bytes, r.samples))
+        rows += run_peer(name, peer_work, base, change, size, incr_runs)
         shutil.rmtree(peer_work / f"{name}-repo", ignore_errors=True)
         shutil.rmtree(peer_work / f"{name}-data", ignore_errors=True)
     return rows
