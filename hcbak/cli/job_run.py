@@ -114,14 +114,16 @@ def run_jobs(
     try:
         with display:
             for job in jobs:
+                # One job named, no report asked for: "already running" is the whole story.
+                single = len(jobs) == 1 and not json_out
                 job_report = _run_one(
-                    config, job, sdir, display, dry_run, full, parallel, single=len(jobs) == 1
+                    config, job, sdir, display, dry_run, full, parallel, single=single
                 )
                 job_report.log_file = str(log_file.path) if log_file else None
                 report.jobs.append(job_report)
                 _after_job(config, sdir, job, job_report)
         if due:
-            _rpo_watch(config, sdir, now)
+            report.alerts = _rpo_watch(config, sdir, now)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -144,6 +146,9 @@ def _error_lines(report: Any) -> list[str]:
 
     lines = []
     for job in report.jobs:
+        if job.status == "locked":
+            lines.append(job.reason)
+            continue
         if job.status == "failed":
             lines.append(f"job {job.job} failed: {job.reason}")
             continue
@@ -186,8 +191,7 @@ def _run_one(
             raise
         locked = JobReport(job.name, job.cluster, job.repo, dry_run=dry_run, full=full)
         locked.status, locked.reason, locked.finished = "locked", exc.one_line(), utcnow()
-        warn(f"job {job.name}: {exc.one_line()}")
-        return locked
+        return locked  # its error line comes with the others at the end
 
 
 def _sigterm_as_interrupt() -> Any:
@@ -238,10 +242,12 @@ def _after_job(config: Any, sdir: Path, job: Any, job_report: Any) -> None:
         _send(config, job.notify.to, render_subject(job_report), render_body(job_report))
 
 
-def _rpo_watch(config: Any, sdir: Path, now: datetime) -> None:
-    """Alert (once per alert_after window) on jobs without a recent successful point."""
+def _rpo_watch(config: Any, sdir: Path, now: datetime) -> list[str]:
+    """Alert (once per alert_after window) on jobs without a recent successful point;
+    returns the alerts (each is a warning of the run: exit 1)."""
     from hcbak.engine.state import load_history, parse_duration, rpo_overdue, save_history
 
+    alerts = []
     for job in config.jobs.values():
         if not job.alert_after:
             continue
@@ -256,12 +262,14 @@ def _rpo_watch(config: Any, sdir: Path, now: datetime) -> None:
             f"job {job.name} has no successful point for longer than {job.alert_after} "
             f"(last success: {last})"
         )
+        alerts.append(message)
         warn(message)
         logging.getLogger("hcbak.engine").warning(message)
         if job.notify:
             _send(config, job.notify.to, f"[hcbak] {job.name}: RPO ALERT", message + "\n")
         history.last_alert = now
         save_history(sdir, job.name, history)
+    return alerts
 
 
 def _send(config: Any, to: list[str], subject: str, body: str) -> None:
@@ -346,20 +354,5 @@ class PlainDisplay:
         pass
 
     def event(self, ev: Any) -> None:
-        if ev.kind == "disk_progress":
-            return
-        where = f"{ev.job}"
-        if ev.vm:
-            where += f"/{ev.vm}"
-        if ev.disk:
-            where += f" {ev.disk}"
-        text = {
-            "job_start": "job started",
-            "vm_start": "backing up",
-            "disk_start": "reading",
-            "disk_done": "done",
-            "vm_done": "finished",
-            "vm_retry": "retry",
-            "warning": "warning",
-        }.get(ev.kind, ev.kind)
-        info(f"{where}: {text}{': ' + ev.message if ev.message else ''}")
+        if ev.kind != "disk_progress":
+            info(ev.line())

@@ -64,4 +64,5 @@ class LiveDisplay:
                 self.progress.update(task, completed=total)
             elif ev.kind in ("vm_done", "vm_retry", "warning", "job_start"):
                 label = f"{ev.job}/{ev.vm}" if ev.vm else ev.job
-                self.progress.console.print(escape(f"{label}: {ev.message}"))
+                what = "warning: " if ev.kind == "warning" else ""
+                self.progress.console.print(escape(f"{label}: {what}{ev.message}"))

@@ -97,6 +97,24 @@ class ProgressEvent:
     done: int = 0  # bytes processed (disk_progress: since the last event)
     total: int = 0  # bytes to process on this disk
 
+    def line(self) -> str:
+        """`job/vm disk: what: message`, as the plain display and the run log show it."""
+        where = self.job + (f"/{self.vm}" if self.vm else "")
+        where += f" {self.disk}" if self.disk else ""
+        what = _EVENT_WORDS.get(self.kind, self.kind)
+        return f"{where}: {what}{': ' + self.message if self.message else ''}"
+
+
+_EVENT_WORDS = {
+    "job_start": "job started",
+    "vm_start": "backing up",
+    "disk_start": "reading",
+    "disk_done": "done",
+    "vm_done": "finished",
+    "vm_retry": "retry",
+    "warning": "warning",
+}
+
 
 ProgressFn = Callable[[ProgressEvent], None]
 
@@ -171,8 +189,11 @@ class _Session:
         self.bases_ready = threading.Event()  # repository open, dead run's snapshots gone
 
     def emit(self, kind: str, **kw: Any) -> None:
+        event = ProgressEvent(kind, self.job.name, **kw)
+        if kind not in ("disk_progress", "warning"):  # warnings are logged as warnings
+            log.info("%s", event.line())  # the run log tells what the display showed
         try:
-            self.progress(ProgressEvent(kind, self.job.name, **kw))
+            self.progress(event)
         except Exception:  # a display problem must never fail a backup
             log.debug("progress callback failed", exc_info=True)
 
@@ -180,6 +201,14 @@ class _Session:
         self.report.warnings.append(message)
         log.warning("%s: %s", self.job.name, message)
         self.emit("warning", message=message)
+
+    def warn_vm(self, report: VmReport, message: str) -> None:
+        """A VM's warning: in its report (exit 1), the run log and the display, once."""
+        if message in report.warnings:
+            return  # the same disk on a retried attempt
+        report.warnings.append(message)
+        log.warning("%s: %s", report.name, message)
+        self.emit("warning", vm=report.name, message=message)
 
     # --- the run ------------------------------------------------------------------------
     def run(self) -> None:
@@ -411,10 +440,10 @@ class _Session:
         vm = target.vm
         report = VmReport(vm.name, vm.uuid, started=utcnow())
         report.source = "replica snapshot" if target.replica else "snapshot"
+        self.emit("vm_start", vm=vm.name, message=f"{len(target.disks)} disk(s)")
         for skipped in target.skipped:
             if skipped.warning:
-                report.warnings.append(f"disk slot {skipped.slot}: {skipped.reason}")
-        self.emit("vm_start", vm=vm.name, message=f"{len(target.disks)} disk(s)")
+                self.warn_vm(report, f"disk slot {skipped.slot}: {skipped.reason}")
         t0 = time.monotonic()
         attempts = 1 + max(0, int(self.job.retries))
         for attempt in range(1, attempts + 1):
@@ -525,13 +554,15 @@ class _Session:
         try:
             self.hc.delete_snapshot(uuid)
             self.snapshots.pop(uuid, None)
+            log.info("%s: deleted snapshot %s", report.name, uuid)
         except NotFoundError:
             pass
         except HcbakError as exc:
             message = f"could not delete snapshot {uuid}: {exc.one_line()} (removed next run)"
-            log.warning("%s: %s", report.name, message)
             if warn:
-                report.warnings.append(message)
+                self.warn_vm(report, message)
+            else:
+                log.warning("%s: %s", report.name, message)
 
     def _commit(
         self, vm: Any, snap: Any, point_id: str, images: list[Any], report: VmReport
@@ -581,6 +612,8 @@ class _Session:
         base = _find_disk(previous, disk.uuid)
         plan = self._plan(disk, snap, previous, base, capacity, block_size)
         label = f"slot {disk.slot}"
+        if plan.reason in cbt.UNEXPECTED_FALLBACKS:
+            self.warn_vm(report, f"disk {label}: full read, {plan.reason}")
         self.emit(
             "disk_start",
             vm=vm.name,

@@ -22,6 +22,9 @@ REASON_OUT_OF_RANGE = "snapDiff interval out of range"
 REASON_FORCED_FULL = "--full"
 REASON_BLOCK_SIZE = "block size changed"
 REASON_NO_SERIAL = "no snapshot serial"
+# Fallbacks nobody asked for and that cost a full read every time they happen: the run
+# warns (exit 1) so an operator looks. A first run, --full or a resize are expected.
+UNEXPECTED_FALLBACKS = frozenset({REASON_BASE_DELETED, REASON_SNAPDIFF_ERROR, REASON_OUT_OF_RANGE})
 
 BlockRange = tuple[int, int]  # [first block, end block) on the block grid
 

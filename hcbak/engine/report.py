@@ -216,9 +216,11 @@ class RunReport:
     jobs: list[JobReport] = field(default_factory=list)
     started: datetime = field(default_factory=utcnow)
     finished: datetime | None = None
+    alerts: list[str] = field(default_factory=list)  # --due: jobs overdue per alert_after
 
     def exit_code(self) -> ExitCode:
-        return combine_exit_codes([j.exit_code() for j in self.jobs])
+        code = combine_exit_codes([j.exit_code() for j in self.jobs])
+        return ExitCode.WARNINGS if self.alerts and code == ExitCode.OK else code
 
     def to_dict(self) -> dict[str, Any]:
         code = self.exit_code()
@@ -228,6 +230,7 @@ class RunReport:
             "finished": iso(self.finished),
             "exit_code": int(code),
             "status": status_word(code),
+            "alerts": list(self.alerts),
             "jobs": [job_to_dict(j) for j in self.jobs],
         }
 

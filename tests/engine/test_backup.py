@@ -99,6 +99,7 @@ def test_base_snapshot_deleted_by_a_human_falls_back_to_full_read_but_stores_not
         vm = L.sim.create_vm("web01", [4 * MiB], tags=["nightly"])
         L.sim.fill(L.sim.disk_uuids(vm)[0], seed=5)
         first = _run(L)
+        assert first.exit_code() == ExitCode.OK  # no base on a first run: expected
         with hypercore_session(L.config.cluster("lab")) as hc:
             hc.delete_snapshot(_vm(first, "web01").snapshot_uuid)
         second = _run(L)
@@ -106,6 +107,11 @@ def test_base_snapshot_deleted_by_a_human_falls_back_to_full_read_but_stores_not
         assert (disk.cbt_used, disk.cbt_reason) == (False, "base snapshot deleted")
         assert disk.blocks_read > 0 and disk.blocks_new == 0 and disk.bytes_stored == 0
         _assert_point_matches_snapshot(L, second, "web01")
+        # Nobody asked for that full read: the run says so (exit 1), once per disk.
+        assert _vm(second, "web01").warnings == ["disk slot 0: full read, base snapshot deleted"]
+        assert second.exit_code() == ExitCode.WARNINGS
+        assert _run(L, full=True).exit_code() == ExitCode.OK  # asked for: no warning
+        assert _run(L).exit_code() == ExitCode.OK  # and the next incremental is clean
 
 
 def test_one_vm_failing_lets_the_others_succeed_with_exit_3(tmp_path: Path) -> None:

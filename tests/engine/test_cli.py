@@ -144,12 +144,21 @@ def test_running_job_gives_exit_5_naming_the_holder(tmp_path: Path, run_hcbak: R
         try:
             assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
             proc = run_hcbak("job", "run", "nightly", env=L.env)
+            as_json = run_hcbak("job", "run", "nightly", "--json", env=L.env)
         finally:
             holder.kill()
             holder.wait()
         assert proc.returncode == 5
         assert f"pid {holder.pid}" in proc.stderr
         assert_no_traceback(proc)
+        # --json: the report is complete for every exit code (docs/exit-codes.md).
+        assert as_json.returncode == 5
+        assert f"pid {holder.pid}" in as_json.stderr
+        report = json.loads(as_json.stdout)
+        _validate(report, _schema())
+        (job,) = report["jobs"]
+        assert (report["status"], job["status"], job["exit_code"]) == ("locked", "locked", 5)
+        assert f"pid {holder.pid}" in job["reason"]
 
 
 def _kill_job_run(
@@ -377,10 +386,40 @@ def test_due_alerts_once_when_no_successful_point_within_alert_after(
         save_config(L.config)
         two_hours_ago = datetime.now(UTC) - timedelta(hours=2)
         save_history(tmp_path / "state", "nightly", JobHistory(two_hours_ago, two_hours_ago))
-        first = run_hcbak("job", "run", "--due", env=L.env)
+        first = run_hcbak("job", "run", "--due", "--json", env=L.env)
         second = run_hcbak("job", "run", "--due", env=L.env)
-    assert first.returncode == 0, first.stderr  # the watch warns; it runs nothing
+    assert first.returncode == 1, first.stderr  # the watch warns; it runs nothing
     assert "no successful point for longer than 1h" in first.stderr
+    report = json.loads(first.stdout)
+    _validate(report, _schema())
+    assert report["status"] == "warning" and report["jobs"] == []
+    (alert,) = report["alerts"]
+    assert alert.startswith("job nightly has no successful point for longer than 1h")
     assert "no successful point" not in second.stderr  # once per alert_after window
+    assert second.returncode == 0, second.stderr
     (msg,) = inbox.messages
     assert msg["Subject"] == "[hcbak] nightly: RPO ALERT"
+
+
+def test_plain_output_and_run_log_tell_every_event_and_warning(
+    tmp_path: Path, run_hcbak: RunHcbak
+) -> None:
+    """Not on a TTY (cron): a VM's warning is on stderr, not only in --json, and the
+    run log holds what stderr showed plus the snapshot deletions."""
+    with lab(tmp_path) as L:
+        vm = L.sim.create_vm("web01", [1 * MiB, 1 * MiB], tags=["nightly"])
+        L.sim.fill(L.sim.disk_uuids(vm)[0], seed=7)
+        L.sim.set_disable_snapshotting(L.sim.disk_uuids(vm)[1])
+        first = run_hcbak("job", "run", "nightly", env=L.env)
+        second = run_hcbak("job", "run", "nightly", env=L.env)
+    assert first.returncode == 1, first.stderr
+    warning = "nightly/web01: warning: disk slot 1: snapshots disabled"
+    assert warning in first.stderr
+    logs = sorted((tmp_path / "state" / "logs").glob("run-*.log"))
+    assert len(logs) == 2
+    text = logs[1].read_text(encoding="utf-8")
+    for line in ("nightly/web01: backing up", "nightly/web01 slot 0: reading",
+                 "nightly/web01: finished: point ", "web01: disk slot 1: snapshots disabled",
+                 "web01: deleted snapshot "):  # fmt: skip
+        assert line in text, f"{line!r} not in the run log:\n{text}"
+    assert second.returncode == 1
