@@ -35,12 +35,25 @@ def guarded(call: Callable[[], int], argv: list[str]) -> int:
         return interrupted()
     except BrokenPipeError:
         return int(ExitCode.OK)
-    except Exception as exc:  # a bug: keep it one line unless --debug
-        if debug_requested(argv):
+    except OSError as exc:  # the system said no (a full disk, permissions, a missing path)
+        debug = debug_requested(argv)
+        if debug:
             _print_traceback()
-        name = type(exc).__name__
-        sys.stderr.write(f"error: internal error ({name}); rerun with --debug for details\n")
+        sys.stderr.write(f"error: {describe_os_error(exc)}\n")
         return int(ExitCode.FAILED)
+    except Exception as exc:  # a bug: keep it one line unless --debug
+        debug = debug_requested(argv)
+        if debug:
+            _print_traceback()
+        more = "" if debug else "; rerun with --debug for details"
+        sys.stderr.write(f"error: internal error ({type(exc).__name__}){more}\n")
+        return int(ExitCode.FAILED)
+
+
+def describe_os_error(exc: OSError) -> str:
+    """`No space left on device: /path` rather than "internal error (OSError)"."""
+    what = exc.strerror or type(exc).__name__
+    return f"{what}: {exc.filename}" if exc.filename else what
 
 
 def _print_traceback() -> None:

@@ -119,7 +119,7 @@ def disk_command(
     json_out: JsonOpt = False,
 ) -> None:
     """Write one disk of a restore point to a file (no cluster needed)."""
-    from hcbak.engine.restore import FORMATS, restore_disk
+    from hcbak.engine.restore import FORMATS, check_destination, restore_disk
 
     if fmt not in FORMATS:
         raise UsageError(f"unknown --format {fmt!r}", hint="use raw, qcow2, vmdk or vhdx")
@@ -127,6 +127,8 @@ def disk_command(
         raise UsageError("--json cannot be combined with --to - (stdout carries the disk)")
     if to == "-" and is_tty(sys.stdout):
         raise UsageError("refusing to write a disk image to a terminal", hint="pipe or redirect it")
+    if to != "-":
+        check_destination(Path(to))
     config = load_config()
     with ExitStack() as stack:
         repository, point = stack.enter_context(opened_point(config, point_spec, repo))

@@ -32,6 +32,7 @@ from hcbak.errors import (
     TransportError,
     UsageError,
 )
+from hcbak.repo.fsio import pwrite_all
 from hcbak.repo.locks import pid_alive
 from hcbak.transport.qcow2 import Qcow2Layout, choose_cluster_size, plan_qcow2, stream_qcow2
 
@@ -151,12 +152,27 @@ def restore_disk(
     )
 
 
-def _write_file(repo: Repository, disk: DiskImage, dest: Path, fmt: str, report: Progress) -> int:
-    is_device = dest.exists() and stat.S_ISBLK(dest.stat().st_mode)
-    if is_device:  # a device is written in place; it cannot be renamed into
-        return _write_raw_file(repo, disk, dest, report, is_device=True)
-    if dest.exists():
+def check_destination(dest: Path) -> bool:
+    """Whether `dest` is a block device (written in place); else it must be a new file
+    in a folder we can write to. Checked before the repository opens, so a typo in
+    --to costs no scrypt and no read."""
+    try:
+        if stat.S_ISBLK(dest.stat().st_mode):
+            return True
         raise UsageError(f"{dest} already exists", hint="remove it or choose another path")
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    folder = dest.parent
+    if not folder.is_dir():
+        raise UsageError(f"folder {folder} does not exist", hint="create it first")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write to folder {folder}: permission denied")
+    return False
+
+
+def _write_file(repo: Repository, disk: DiskImage, dest: Path, fmt: str, report: Progress) -> int:
+    if check_destination(dest):  # a device is written in place; it cannot be renamed into
+        return _write_raw_file(repo, disk, dest, report, is_device=True)
     _remove_dead_partials(dest)
     # Everything is written under a name that says "partial" and only linked to `dest`
     # once complete: a killed restore never leaves a file that looks whole. No fsync (as
@@ -176,6 +192,11 @@ def _write_file(repo: Repository, disk: DiskImage, dest: Path, fmt: str, report:
         except FileExistsError:
             raise UsageError(f"{dest} already exists", hint="remove it or choose another path")
         return written
+    except OSError as exc:
+        if exc.filename not in (None, str(partial)):
+            raise
+        # Name the file the operator asked for, not our temp name or nothing (pwrite).
+        raise OSError(exc.errno, exc.strerror, str(dest)) from exc
     finally:
         partial.unlink(missing_ok=True)
 
@@ -206,7 +227,7 @@ def _write_raw_file(
         written = 0
         for index, data in fetch_blocks(repo, disk, indexes):
             offset = index * disk.block_size
-            os.pwrite(fd, _clip(data, disk.capacity - offset), offset)
+            pwrite_all(fd, _clip(data, disk.capacity - offset), offset)
             written += len(data) if data is not _zero_block(disk.block_size) else 0
             report(_label(disk), min(disk.capacity, offset + disk.block_size), disk.capacity)
         report(_label(disk), disk.capacity, disk.capacity)

@@ -81,6 +81,15 @@ def write_all(fd: int, parts: list[bytes]) -> int:
     return total
 
 
+def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    """pwrite every byte: a nearly full disk writes part of a block and says so only in
+    the count; the next call then raises ENOSPC instead of the data silently missing."""
+    view = memoryview(data)
+    while view:
+        done = os.pwrite(fd, view, offset)
+        view, offset = view[done:], offset + done
+
+
 def tmp_path_for(final: Path) -> Path:
     return final.parent / f"{TMP_PREFIX}{final.name[:24]}-{os.urandom(6).hex()}"
 

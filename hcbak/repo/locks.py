@@ -227,7 +227,7 @@ class RepoLock:
         with fsio.translate_os_errors(f"lock file {self.path}"):
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
-                os.write(fd, self._content())
+                fsio.write_all(fd, [self._content()])
                 fsio._fsync(fd)
             finally:
                 os.close(fd)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -182,6 +183,19 @@ def test_cli_restores_by_vm_at_latest_and_reports_json(
     assert out.read_bytes() == source.read_bytes()
 
 
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_cli_missing_destination_folder_exits_2_naming_it(
+    run_hcbak: RunHcbak, tmp_path: Path, configured: tuple[str, Path], fmt: str
+) -> None:
+    out = tmp_path / "no-such-folder" / "x.img"
+    proc = run_hcbak("restore", "disk", "web01@latest", "--disk", "0", "--to", str(out),
+                     "--format", fmt)  # fmt: skip
+    assert_no_traceback(proc)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == f"error: folder {out.parent} does not exist (create it first)"
+    assert not out.parent.exists()
+
+
 def test_cli_unknown_point_exits_2_with_one_line(
     run_hcbak: RunHcbak, tmp_path: Path, configured: tuple[str, Path]
 ) -> None:
@@ -265,3 +279,49 @@ def test_cli_restores_from_an_encrypted_repository_with_the_passphrase_from_env(
     assert proc.returncode == 0, proc.stderr
     if QEMU_IMG:
         qemu_compare(source, out, "qcow2")
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_cli_full_destination_disk_exits_4_naming_it_and_leaves_nothing(
+    run_hcbak: RunHcbak, tmp_path: Path, configured: tuple[str, Path], fmt: str
+) -> None:
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)],
+                             capture_output=True, text=True)  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a size-limited tmpfs here (needs root): {mounted.stderr}")
+    try:
+        out = small / "x.img"
+        proc = run_hcbak("restore", "disk", "web01@latest", "--disk", "0", "--to", str(out),
+                         "--format", fmt)  # fmt: skip
+        left = sorted(p.name for p in small.iterdir())
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+    assert_no_traceback(proc)
+    assert proc.returncode == 4, proc.stderr
+    assert proc.stderr.splitlines()[-1] == f"error: No space left on device: {out}"
+    assert left == [], "a failed restore leaves no partial file"
+
+
+def test_a_short_write_on_a_nearly_full_disk_fails_the_restore(tmp_path: Path) -> None:
+    """pwrite may write only part of a block when the disk is nearly full and report
+    it by its return value, not an error: the restore must not call that a success."""
+    source = tmp_path / "one-block.raw"
+    source.write_bytes(os.urandom(MiB))
+    with open_repo(_repo(tmp_path), lock="shared") as repo:
+        point = make_point(repo, [SourceDisk(source, "disk-bbbb-2222", 0)])
+        small = tmp_path / "small"
+        small.mkdir()
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)],
+                                 capture_output=True, text=True)  # fmt: skip
+        if mounted.returncode != 0:
+            pytest.skip(f"cannot mount a size-limited tmpfs here (needs root): {mounted.stderr}")
+        try:
+            (small / "filler").write_bytes(bytes(2 * MiB - 512 * 1024))  # 512 KiB stay free
+            with pytest.raises(OSError, match="No space left"):
+                restore_disk(repo, point, "0", small / "x.raw", "raw")
+            left = sorted(p.name for p in small.iterdir())
+        finally:
+            subprocess.run(["umount", "-l", str(small)], check=False)
+    assert left == ["filler"]
