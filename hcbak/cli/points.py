@@ -13,7 +13,7 @@ from hcbak.cli.options import JsonOpt
 from hcbak.cli.output import emit_json, info, print_fields, print_table, warn
 from hcbak.cli.repo import open_configured
 from hcbak.config import Config, RepoConfig
-from hcbak.errors import HcbakError, NotFoundError, UsageError
+from hcbak.errors import ExitCode, HcbakError, NotFoundError, UsageError
 
 app = typer.Typer(help="List, inspect and forget restore points.", no_args_is_help=True)
 
@@ -40,17 +40,33 @@ def list_(
     """List restore points, oldest first."""
     config = load_config()
     rows: list[dict[str, Any]] = []
+    damaged: list[dict[str, str]] = []
+    skipped = False
     for cfg in _repos(config, repo):
         try:
             with open_configured(cfg, lock=None) as r:
                 rows += [{**p.to_json(), "repo": cfg.name} for p in r.list_points(vm=vm, job=job)]
+                damaged += [
+                    {"repo": cfg.name, "id": pid, "reason": why}
+                    for pid, why in r.unreadable_points.items()
+                ]
         except HcbakError as exc:
             if repo:
                 raise
+            skipped = True
             warn(f"repository {cfg.name}: {exc.one_line()}")
+    for d in damaged:
+        warn(f"repository {d['repo']}: {d['reason']} (left out; run `hcbak repo verify`)")
     if json_out:
-        emit_json({"points": rows})
-        return
+        emit_json({"points": rows, "damaged": damaged})
+    else:
+        _print_points(rows)
+    # Incomplete output is never exit 0: a damaged point is 6, an unreadable repository 1.
+    if damaged or skipped:
+        raise typer.Exit(int(ExitCode.INTEGRITY if damaged else ExitCode.WARNINGS))
+
+
+def _print_points(rows: list[dict[str, Any]]) -> None:
     print_table(
         ["ID", "REPO", "JOB", "VM", "CREATED", "DISKS", "SIZE"],
         [
@@ -68,32 +84,51 @@ def list_(
     )
 
 
-def _find(config: Config, spec: str, repo: str | None) -> tuple[RepoConfig, str]:
+def find_point(config: Config, spec: str, repo: str | None) -> tuple[RepoConfig, str, list[str]]:
+    """(repository, point id, warnings) for POINT, searching every configured
+    repository unless --repo names one.
+
+    A repository that cannot be opened is a warning when others are searched, the
+    error itself when it is the only one. A `VM@...` spec is resolved among the points
+    that can be read; damaged manifests are named in the warnings, as the newest point
+    of that VM may be among them.
+    """
+    candidates = _repos(config, repo)
     found: list[tuple[RepoConfig, str]] = []
-    for cfg in _repos(config, repo):
+    warnings: list[str] = []
+    for cfg in candidates:
         try:
             with open_configured(cfg, lock=None) as r:
-                found.append((cfg, r.resolve_point(spec)))
+                try:
+                    found.append((cfg, r.resolve_point(spec)))
+                finally:
+                    warnings += [
+                        f"repository {cfg.name}: {why}" for why in r.unreadable_points.values()
+                    ]
         except NotFoundError:
             continue
         except HcbakError as exc:
-            if repo:
-                raise
-            warn(f"repository {cfg.name}: {exc.one_line()}")
+            if len(candidates) == 1:
+                raise  # nothing else to search: the real reason is the answer
+            warnings.append(f"repository {cfg.name}: {exc.one_line()}")
+    for line in warnings:
+        warn(line)
     if not found:
-        raise NotFoundError(f"no restore point matches {spec!r}")
+        where = f"repository {repo}" if repo else "any configured repository"
+        raise NotFoundError(f"no restore point {spec!r} in {where}")
     if len(found) > 1:
+        names = ", ".join(f"{r.name} ({pid[:12]})" for r, pid in found)
         raise UsageError(
-            f"point {spec!r} matches in several repositories", hint="choose one with --repo"
+            f"point {spec!r} exists in several repositories: {names}", hint="choose one with --repo"
         )
-    return found[0]
+    return found[0][0], found[0][1], warnings
 
 
 @app.command("show")
 def show(spec: PointArg, repo: RepoOpt = None, json_out: JsonOpt = False) -> None:
     """Details of one restore point: VM, snapshot, disks, stats."""
     config = load_config()
-    cfg, pid = _find(config, spec, repo)
+    cfg, pid, warnings = find_point(config, spec, repo)
     with open_configured(cfg, lock=None) as r:
         p = r.load_point(pid)
     disks = [
@@ -128,7 +163,13 @@ def show(spec: PointArg, repo: RepoOpt = None, json_out: JsonOpt = False) -> Non
     }
     if json_out:
         emit_json(doc)
-        return
+    else:
+        _print_point(doc, disks)
+    if warnings:
+        raise typer.Exit(int(ExitCode.WARNINGS))
+
+
+def _print_point(doc: dict[str, Any], disks: list[dict[str, Any]]) -> None:
     print_fields(
         [
             (k.replace("_", " "), doc[k])
@@ -165,7 +206,9 @@ def show(spec: PointArg, repo: RepoOpt = None, json_out: JsonOpt = False) -> Non
 def forget(spec: PointArg, repo: RepoOpt = None) -> None:
     """Forget one restore point (its data is freed by `hcbak repo prune`)."""
     config = load_config()
-    cfg, pid = _find(config, spec, repo)
+    cfg, pid, warnings = find_point(config, spec, repo)
     with open_configured(cfg) as r:
         r.forget_points([pid])
     info(f"forgot point {pid} in repository {cfg.name}; run `hcbak repo prune {cfg.name}`")
+    if warnings:
+        raise typer.Exit(int(ExitCode.WARNINGS))

@@ -18,7 +18,7 @@ import typer
 from hcbak.cli.common import load_config
 from hcbak.cli.options import JsonOpt
 from hcbak.cli.output import emit_json, info, is_tty, print_fields, warn
-from hcbak.errors import HcbakError, NotFoundError, UsageError
+from hcbak.errors import ExitCode, UsageError
 
 if TYPE_CHECKING:
     from hcbak.config import ClusterConfig, Config, RepoConfig
@@ -82,18 +82,29 @@ def vm_command(
         replace=replace,
     )
     config = load_config()
+    warnings: list[str] = []
     with ExitStack() as stack:
-        repository, point = stack.enter_context(opened_point(config, point_spec, repo))
+        repository, point = stack.enter_context(opened_point(config, point_spec, repo, warnings))
         cluster_cfg = _target_cluster(config, cluster, point)
         client = stack.enter_context(hypercore_session(cluster_cfg))
         progress = stack.enter_context(_progress(json_out))
         info(f"restoring point {point.id[:12]} ({point.vm_name}) to cluster {cluster_cfg.name}")
         result = restore_vm(repository, point, client, options, progress)
     for disk in result.not_restored:
-        warn(f"not restored (no data in the point): {disk}")
+        if "CDROM" in disk:  # a CD-ROM never has data: expected, not a warning
+            info(f"not restored (no data in the point): {disk}")
+            continue
+        warnings.append(f"not restored (no data in the point): {disk}")
+        warn(warnings[-1])
     if json_out:
         emit_json(result.to_dict())
-        return
+    else:
+        _print_vm_result(result, replace)
+    if warnings:
+        raise typer.Exit(int(ExitCode.WARNINGS))
+
+
+def _print_vm_result(result: Any, replace: bool) -> None:
     print_fields(
         [
             ("vm", result.vm_name),
@@ -130,8 +141,9 @@ def disk_command(
     if to != "-":
         check_destination(Path(to))
     config = load_config()
+    warnings: list[str] = []
     with ExitStack() as stack:
-        repository, point = stack.enter_context(opened_point(config, point_spec, repo))
+        repository, point = stack.enter_context(opened_point(config, point_spec, repo, warnings))
         progress = stack.enter_context(_progress(json_out or to == "-"))
         dest: Any = sys.stdout.buffer if to == "-" else Path(to)
         result = restore_disk(repository, point, disk, dest, fmt, progress)
@@ -148,6 +160,8 @@ def disk_command(
                 ("seconds", f"{result.seconds:.1f}"),
             ]
         )
+    if warnings:
+        raise typer.Exit(int(ExitCode.WARNINGS))
 
 
 def parse_network_map(items: list[str]) -> dict[int, int]:
@@ -165,35 +179,15 @@ def parse_network_map(items: list[str]) -> dict[int, int]:
 
 @contextmanager
 def opened_point(
-    config: "Config", spec: str, repo_name: str | None
+    config: "Config", spec: str, repo_name: str | None, warnings: list[str] | None = None
 ) -> "Iterator[tuple[Repository, Point]]":
-    """Open the repository holding POINT (shared lock) and load the point."""
-    candidates = [config.repo(repo_name)] if repo_name else list(config.repositories.values())
-    if not candidates:
-        raise NotFoundError("no repository is configured", hint="add one with `hcbak repo init`")
-    found: list[tuple[RepoConfig, str]] = []
-    skipped: list[str] = []
-    for repo_cfg in candidates:
-        try:
-            with _open(repo_cfg, lock=None) as repository:
-                found.append((repo_cfg, repository.resolve_point(spec)))
-        except NotFoundError:
-            continue
-        except HcbakError as exc:
-            if len(candidates) == 1:
-                raise  # nothing else to search: the real reason is the answer
-            skipped.append(f"{repo_cfg.name}: {exc.one_line()}")
-    for line in skipped:
-        warn(f"repository {line}")
-    if not found:
-        where = f"repository {repo_name}" if repo_name else "any configured repository"
-        raise NotFoundError(f"no restore point {spec!r} in {where}")
-    if len(found) > 1:
-        names = ", ".join(f"{r.name} ({pid[:12]})" for r, pid in found)
-        raise UsageError(
-            f"point {spec!r} exists in several repositories: {names}", hint="choose one with --repo"
-        )
-    repo_cfg, point_id = found[0]
+    """Open the repository holding POINT (shared lock) and load the point; what was
+    warned about on the way (a repository skipped, damaged points) goes to `warnings`."""
+    from hcbak.cli.points import find_point
+
+    repo_cfg, point_id, found_warnings = find_point(config, spec, repo_name)
+    if warnings is not None:
+        warnings += found_warnings
     with _open(repo_cfg, lock="shared") as repository:
         yield repository, repository.load_point(point_id)
 

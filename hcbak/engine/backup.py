@@ -272,6 +272,11 @@ class _Session:
         self.repo = opened_repo()
         for summary in self.repo.list_points(job=self.job.name):  # oldest first
             self.latest[summary.vm_uuid] = summary
+        unreadable = self.repo.unreadable_points
+        if unreadable:  # whose VM it is cannot be known: a full read is the safe way on
+            why = next(iter(unreadable.values()))
+            more = f" and {len(unreadable) - 1} more" if len(unreadable) > 1 else ""
+            self.warn(f"{why}{more}: such points are left out (run `hcbak repo verify`)")
 
     def _back_up_all(
         self, targets: list[VmTarget], opened_repo: Callable[[], Any]
@@ -367,8 +372,10 @@ class _Session:
         only those in our journal, never a disk someone else attached to the worker).
         """
         keep = {s.snapshot_uuid for s in self.latest.values() if s.snapshot_uuid}
+        unreadable = self.repo.unreadable_points  # their snapshots may be all that is left
         for snap in list(self.snapshots.values()):
-            if label_point_id(snap.label, self.job.name) is None or snap.uuid in keep:
+            point_id = label_point_id(snap.label, self.job.name)
+            if point_id is None or point_id in unreadable or snap.uuid in keep:
                 continue
             try:
                 self.hc.delete_snapshot(snap.uuid)

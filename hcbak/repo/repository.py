@@ -199,6 +199,9 @@ class Repository:
         # checked before it is committed (see _check_point_blocks). A failure costs the
         # VMs whose blocks were lost, never the whole run.
         self._lost: set[bytes] = set()
+        # Manifests list_points could not read (id -> why): left out of every listing
+        # so one damaged point hides no other; `repo verify` reports them (exit 6).
+        self.unreadable_points: dict[str, str] = {}
         self._lost_error: RepoError | None = None  # why: a failed seal, a full disk
         self._sealer: ThreadPoolExecutor | None = None
         self._sealing_behind = 0
@@ -644,13 +647,17 @@ class Repository:
         return summary_from_header(header)
 
     def list_points(self, vm: str | None = None, job: str | None = None) -> list[PointSummary]:
-        """Points sorted by creation time; `vm` matches name or uuid."""
+        """Points sorted by creation time; `vm` matches name or uuid. A damaged
+        manifest is left out and named in `unreadable_points`."""
         out = []
         for pid in self.point_ids():
             try:
                 s = self.read_summary(pid)
             except FileNotFoundError:
                 continue  # forgotten meanwhile
+            except IntegrityError as exc:
+                self.unreadable_points[pid] = exc.one_line()
+                continue
             if vm is not None and vm not in (s.vm_name, s.vm_uuid):
                 continue
             if job is not None and s.job != job:

@@ -423,3 +423,48 @@ def test_plain_output_and_run_log_tell_every_event_and_warning(
                  "web01: deleted snapshot "):  # fmt: skip
         assert line in text, f"{line!r} not in the run log:\n{text}"
     assert second.returncode == 1
+
+
+def test_a_damaged_point_hides_no_other_point_from_listing_restore_or_backup(
+    tmp_path: Path, run_hcbak: RunHcbak
+) -> None:
+    """One manifest with a bit flip: the other points are listed (exit 6, naming it),
+    restored by VM@latest (exit 1, naming it), and the job still backs up (exit 1),
+    keeping the snapshot of the point it cannot read."""
+    with lab(tmp_path) as L:
+        web = L.sim.create_vm("web01", [2 * MiB], tags=["nightly"])
+        db = L.sim.create_vm("db01", [2 * MiB], tags=["nightly"])
+        for i, vm in enumerate((web, db)):
+            L.sim.fill(L.sim.disk_uuids(vm)[0], seed=80 + i)
+        first = json.loads(run_hcbak("job", "run", "nightly", "--json", env=L.env).stdout)
+        damaged = next(v for v in first["jobs"][0]["vms"] if v["name"] == "web01")["point_id"]
+        db_point = next(v for v in first["jobs"][0]["vms"] if v["name"] == "db01")
+        disk = L.sim.disk_uuids(db)[0]
+        expected = L.snapshot_content(db_point["snapshot_uuid"], disk, 2 * MiB)
+        manifest = L.repo_path / "points" / damaged
+        data = bytearray(manifest.read_bytes())
+        data[100:104] = bytes(b ^ 0xFF for b in data[100:104])
+        manifest.write_bytes(bytes(data))
+
+        listed = run_hcbak("points", "list", "--json", env=L.env)
+        out = tmp_path / "db01.raw"
+        restored = run_hcbak("restore", "disk", "db01@latest", "--disk", "0", "--to", str(out),
+                             env=L.env)  # fmt: skip
+        second = run_hcbak("job", "run", "nightly", "--json", env=L.env)
+        web_snapshots = [s["label"] for s in L.hcbak_snapshots(web)]
+    for proc in (listed, restored, second):
+        assert_no_traceback(proc)
+    assert listed.returncode == 6, listed.stderr
+    doc = json.loads(listed.stdout)
+    assert [p["vm_name"] for p in doc["points"]] == ["db01"]
+    assert [d["id"] for d in doc["damaged"]] == [damaged]
+    assert damaged in listed.stderr
+    assert restored.returncode == 1, restored.stderr
+    assert damaged in restored.stderr
+    assert out.read_bytes() == expected
+    assert second.returncode == 1, second.stderr
+    report = json.loads(second.stdout)
+    statuses = {v["name"]: v["status"] for v in report["jobs"][0]["vms"]}
+    assert statuses == {"web01": "ok", "db01": "ok"}
+    assert any(damaged in w for w in report["jobs"][0]["warnings"])
+    assert f"hcbak:nightly:{damaged}" in web_snapshots, "the unreadable point's snapshot stays"

@@ -218,3 +218,24 @@ def test_repo_forget_applies_each_jobs_retention_and_dry_run_explains(
     run_hcbak("repo", "forget", "main", check=True)
     left = json.loads(run_hcbak("points", "list", "--json", check=True).stdout)["points"]
     assert [p["id"] for p in left] == [ids[2]]
+
+
+def test_points_list_with_a_repository_it_cannot_open_lists_the_others_and_exits_1(
+    run_hcbak: RunHcbak, tmp_path: Path
+) -> None:
+    from repo_helpers import make_repo, write_point
+
+    from hcbak.repo import open_repo
+
+    root = make_repo(tmp_path / "good", encrypted=False)
+    with open_repo(root) as repo:
+        kept = write_point(repo, b"\x01" * 4096, vm="web").id
+    run_hcbak("repo", "add", "good", "--path", str(root), check=True)
+    gone = make_repo(tmp_path / "gone", encrypted=False)
+    run_hcbak("repo", "add", "gone", "--path", str(gone), check=True)
+    shutil.rmtree(gone)
+    proc = run_hcbak("points", "list", "--json")
+    assert_no_traceback(proc)
+    assert proc.returncode == 1, proc.stderr  # output incomplete: never exit 0
+    assert [p["id"] for p in json.loads(proc.stdout)["points"]] == [kept]
+    assert "warning: repository gone:" in proc.stderr

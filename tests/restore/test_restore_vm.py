@@ -70,6 +70,21 @@ def run_cli(lab: RestoreLab, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def test_a_disk_left_out_of_the_point_makes_the_restore_exit_1_naming_it(
+    lab: RestoreLab,
+) -> None:
+    original = make_vm(lab)
+    skipped = lab.sim.disk_uuids(original)[1]
+    lab.sim.set_disable_snapshotting(skipped)
+    lab.back_up()
+    proc = run_cli(lab, "restore", "vm", "web01@latest", "--as", "web01-partial")
+    assert "Traceback" not in proc.stderr
+    assert proc.returncode == 1, proc.stderr  # restored, but not the whole VM
+    assert f"warning: not restored (no data in the point): slot 1 VIRTIO_DISK {skipped}" in (
+        proc.stderr
+    )
+
+
 def test_restore_as_new_vm_matches_point_content_and_definition(lab: RestoreLab) -> None:
     original = make_vm(lab, uefi=True, cdrom=True)
     point = lab.back_up()
