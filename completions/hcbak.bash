@@ -47,7 +47,7 @@ _hcbak_complete() {
         "/repo/remove") opts="--help -h"; subs="" ;;
         "/repo/show") opts="--json --help -h"; subs="" ;;
         "/repo/unlock") opts="--force --no-force --help -h"; subs="" ;;
-        "/repo/verify") opts="--json --help -h"; subs="" ;;
+        "/repo/verify") opts="--read-data --json --help -h"; subs="" ;;
         "/restore") opts="--help -h"; subs="disk vm" ;;
         "/restore/disk") opts="--disk --to --format --repo --json --help -h"; subs="" ;;
         "/restore/vm") opts="--as --cluster --power-on --network-map --keep-macs --replace --repo --json --help -h"; subs="" ;;

@@ -1,7 +1,7 @@
 """`hcbak cluster test NAME`: is this cluster ready for backups and restores?"""
 
 import sys
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -32,7 +32,7 @@ def cluster_test(
 
     report = check_cluster(cfg, password, warn=warn)
     if json_out:
-        emit_json(report.to_json())
+        emit_json(_nulls(report.to_json()))
     else:
         _print_report(report)
     if not report.ready:
@@ -64,9 +64,20 @@ def _print_report(report: "Readiness") -> None:
     sys.stdout.flush()
 
 
+def _nulls(value: Any) -> Any:
+    """The report with "" (not known, not checked) as null, as docs/cli.md promises."""
+    if isinstance(value, dict):
+        return {k: _nulls(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nulls(v) for v in value]
+    return None if value == "" else value
+
+
 def _worker(report: "Readiness") -> str:
     if report.worker_vm_uuid:
         return f"{report.worker_vm} ({report.worker_vm_uuid})"
+    if not report.login_ok:
+        return "not checked (login failed)"
     return f"NOT FOUND ({report.worker_hint})"
 
 

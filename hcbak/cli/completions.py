@@ -58,7 +58,7 @@ def _walk(command: Any, path: tuple[str, ...]) -> Node:
             continue
         names = [*param.opts, *param.secondary_opts]
         node.options += names
-        if not param.is_flag:
+        if not param.is_flag and not _optional_value(param):
             node.value_options += names
         for name in names:
             node.option_help[name] = _first_line(param.help or "")
@@ -70,6 +70,12 @@ def _walk(command: Any, path: tuple[str, ...]) -> Node:
         if not getattr(sub, "hidden", False):
             node.children.append(_walk(sub, (*path, name)))
     return node
+
+
+def _optional_value(param: Any) -> bool:
+    """An option whose value may be left out (`--read-data[=PERCENT]`, metavar
+    `[PERCENT]`): the word after it is completed as usual, not left to the shell."""
+    return str(param.metavar or "").startswith("[")
 
 
 def _first_line(text: str) -> str:

@@ -72,13 +72,20 @@ def check(
         raise SecretError(
             f"{first['where']}: {first['error']}",
             path=str(config.path),
-            hint=f"{len(problems)} secret reference(s) could not be resolved",
+            hint=f"{_count(len(problems), 'secret reference')} could not be resolved",
         )
     if not json_out:
-        typer.echo(
-            f"{config.path}: ok ({len(config.clusters)} cluster(s), "
-            f"{len(config.repositories)} repositor(y/ies), {len(config.jobs)} job(s))"
+        counts = (
+            f"{_count(len(config.clusters), 'cluster')}, "
+            f"{_count(len(config.repositories), 'repository', 'repositories')}, "
+            f"{_count(len(config.jobs), 'job')}"
         )
+        typer.echo(f"{config.path}: ok ({counts})")
+
+
+def _count(n: int, one: str, many: str = "") -> str:
+    """`1 repository`, `2 repositories`: the line an operator reads in cron mail."""
+    return f"{n} {one if n == 1 else many or one + 's'}"
 
 
 def _secret_refs(config: Config) -> list[tuple[str, SecretRef]]:

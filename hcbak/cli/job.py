@@ -30,8 +30,10 @@ from hcbak.schedule import CronSchedule, parse_duration
 app = typer.Typer(help="Manage and run backup jobs.", no_args_is_help=True)
 
 NameArg = Annotated[str, typer.Argument(help="Job name (letters, digits, - and _).")]
-ClusterOpt = Annotated[str | None, typer.Option(help="Cluster to back up from (cluster list).")]
-RepoOpt = Annotated[str | None, typer.Option(help="Repository to store into (repo list).")]
+CLUSTER_HELP = "Cluster to back up from (cluster list)."
+REPO_HELP = "Repository to store into (repo list)."
+ClusterOpt = Annotated[str | None, typer.Option(help=CLUSTER_HELP)]
+RepoOpt = Annotated[str | None, typer.Option(help=REPO_HELP)]
 VmOpt = Annotated[list[str] | None, typer.Option("--vm", help="VM name to back up (repeat).")]
 TagOpt = Annotated[
     list[str] | None, typer.Option("--tag", help="Back up every VM with this tag (repeat).")
@@ -94,8 +96,8 @@ class JobOptions:
 @app.command("create")
 def create(
     name: NameArg,
-    cluster: ClusterOpt = None,
-    repo: RepoOpt = None,
+    cluster: Annotated[str, typer.Option(help=CLUSTER_HELP)],
+    repo: Annotated[str, typer.Option(help=REPO_HELP)],
     vm: VmOpt = None,
     tag: TagOpt = None,
     exclude: ExcludeOpt = None,
@@ -123,8 +125,6 @@ def create(
     Retention, schedule, retries, notification and hooks are optional.
     """
     check_name(name, "job name")
-    if cluster is None or repo is None:
-        raise UsageError("job create needs --cluster and --repo")
     config = load_config_for_edit()
     if name in config.jobs and not force:
         raise UsageError(f"job {name!r} already exists", hint="use --force to replace it")

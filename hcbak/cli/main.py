@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from typer._click.exceptions import NoArgsIsHelpError
+from typer._click.exceptions import UsageError as ClickUsageError
 from typer.core import TyperGroup
 
 from hcbak import __version__
@@ -158,15 +160,24 @@ def _run_typer(command: "LazyGroup", args: list[str]) -> int:
         return int(exc.exit_code)
     except typer.Abort:
         return interrupted()
+    except NoArgsIsHelpError as exc:  # `hcbak repo`: the group's help, exit 2
+        exc.show()
+        return int(ExitCode.USAGE)
     except typer.TyperException as exc:  # click-style usage errors (vendored click)
-        show = getattr(exc, "show", None)
-        if callable(show):
-            show()
-        else:
-            sys.stderr.write(f"error: {exc.format_message()}\n")
-        code = int(getattr(exc, "exit_code", ExitCode.USAGE))
-        return code if code != 1 else int(ExitCode.USAGE)
+        sys.stderr.write(f"error: {usage_line(exc)}\n")
+        return int(ExitCode.USAGE)
     return int(result) if isinstance(result, int) else int(ExitCode.OK)
+
+
+def usage_line(exc: "typer.TyperException") -> str:
+    """Click's usage error as one line, with where to look: its own block (usage,
+    "Try ...", blank, "Error: ...") breaks the one-line `error:` promise of
+    docs/exit-codes.md that scripts and cron mail rely on."""
+    text = " ".join(exc.format_message().split()).rstrip(".")
+    ctx = exc.ctx if isinstance(exc, ClickUsageError) else None
+    if ctx is None:
+        return text
+    return f"{text} (see '{ctx.command_path} {ctx.help_option_names[0]}')"
 
 
 def root_command(*, load_all: bool = False) -> "LazyGroup":

@@ -10,9 +10,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from typer.core import TyperCommand
 
 from hcbak.cli.common import (
     check_name,
@@ -36,6 +37,9 @@ from hcbak.config import (
 )
 from hcbak.errors import IntegrityError, UsageError
 from hcbak.secrets import SecretRef
+
+if TYPE_CHECKING:
+    from typer._click import Context  # typer vendors click without public aliases
 
 app = typer.Typer(
     help="Manage backup repositories: create, inspect, verify, forget and prune.",
@@ -349,23 +353,61 @@ def prune(
         )
 
 
-_READ_DATA = re.compile(r"^--read-data(?:=(\d+(?:\.\d+)?)%?)?$")
+_PERCENT_LIKE = re.compile(r"^-?[\d.]+%?$")
 
 
-@app.command("verify", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def verify(ctx: typer.Context, name: NameArg, json_out: JsonOpt = False) -> None:
-    """Check the structure; `--read-data[=PERCENT]` also reads, decrypts and re-hashes
-    that share of the packs (default 100). Exit 6 when anything is wrong."""
+def _percent(text: str) -> float:
+    """The --read-data value: 0..100, a trailing % allowed."""
+    try:
+        value = float(text.removesuffix("%"))
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 100:  # NaN fails this too
+        raise typer.BadParameter(f"{text!r} is not a percentage from 0 to 100")
+    return value
+
+
+class _VerifyCommand(TyperCommand):
+    """`--read-data` alone means 100%. Typer options cannot have an optional value,
+    so a bare one (not followed by a number) gets its 100 here, before parsing."""
+
+    def parse_args(self, ctx: "Context", args: list[str]) -> list[str]:
+        return super().parse_args(ctx, _bare_read_data(args))
+
+
+def _bare_read_data(args: list[str]) -> list[str]:
+    out: list[str] = []
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return out + args[i:]
+        following = args[i + 1] if i + 1 < len(args) else ""
+        bare = arg == "--read-data" and not _PERCENT_LIKE.match(following)
+        out.append("--read-data=100" if bare else arg)
+    return out
+
+
+@app.command("verify", cls=_VerifyCommand)
+def verify(
+    name: NameArg,
+    read_data: Annotated[
+        float | None,
+        typer.Option(
+            "--read-data",
+            parser=_percent,
+            metavar="[PERCENT]",
+            help="Also read, decrypt and re-hash this share of the packs (0-100; alone: 100).",
+            show_default=False,
+        ),
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Check the structure; with --read-data, also read, decrypt and re-hash packs.
+
+    Exit 6 when anything is wrong.
+    """
     from hcbak.repo.verify import verify as _verify
 
-    percent = 0.0
-    for arg in ctx.args:
-        m = _READ_DATA.match(arg)
-        if not m:
-            raise UsageError(f"unknown option {arg!r}", hint="see `hcbak repo verify --help`")
-        percent = float(m.group(1)) if m.group(1) else 100.0
-    if not 0 <= percent <= 100:
-        raise UsageError("--read-data percentage must be 0..100")
+    percent = read_data or 0.0
     config = load_config()
     with open_configured(config.repo(name)) as repo:
         report = _verify(repo, read_data_percent=percent, progress=info)

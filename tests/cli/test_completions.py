@@ -41,6 +41,9 @@ def test_bash_completes_groups_commands_and_options() -> None:
     assert _bash_complete(["hcbak", "--config", "f.yaml", "config", "ch"]) == ["check"]
     # After an option that takes a value, the script leaves it to file completion.
     assert _bash_complete(["hcbak", "cluster", "add", "x", "--node", ""]) == []
+    # --read-data is an option; its value is optional, so what follows completes as usual.
+    assert _bash_complete(["hcbak", "repo", "verify", "main", "--re"]) == ["--read-data"]
+    assert _bash_complete(["hcbak", "repo", "verify", "main", "--read-data", "--j"]) == ["--json"]
 
 
 def test_bad_usage_of_the_generator_exits_2(capsys: pytest.CaptureFixture[str]) -> None:

@@ -64,7 +64,7 @@ def test_config_show_json_and_check_report_the_config(
     assert shown["repositories"]["main"]["block_size"] == "1MiB"
     expect(run_inproc("config", "check"), 2, "HCBAK_TEST_PW is not set")
     ok = run_inproc("config", "check", env={"HCBAK_TEST_PW": "x"}, check=True)
-    assert "ok (1 cluster(s), 1 repositor(y/ies), 0 job(s))" in ok.stdout
+    assert "ok (1 cluster, 1 repository, 0 jobs)" in ok.stdout
     report = json.loads(run_inproc("config", "check", "--no-secrets", "--json", check=True).stdout)
     assert report["ok"] is True and report["clusters"] == 1
 

@@ -112,3 +112,39 @@ def test_command_modules_keep_their_annotations_evaluated() -> None:
     assert len(defining) >= 10
     postponed = [p.name for p in defining if "from __future__ import annotations" in p.read_text()]
     assert postponed == []
+
+
+def _synopses() -> dict[str, str]:
+    """`hcbak repo prune` -> its synopsis in docs/cli.md (the code span that starts
+    with the command, right under its heading)."""
+    text = (DOCS / "cli.md").read_text()
+    found = re.findall(r"^### (hcbak [\w -]+?)\s*\n`(hcbak [^`]*)`", text, flags=re.M)
+    return {heading: " ".join(span.split()) for heading, span in found if span.startswith(heading)}
+
+
+def test_docs_cli_md_shows_options_as_the_parser_reads_them() -> None:
+    """`[--wait]` for an option that takes seconds, `[--seed S]` for a flag and
+    `[--state DIR]` for a required option are all wrong in the same way: a reader
+    copies the synopsis and gets exit 2."""
+    from hcbak.cli.main import root_command
+
+    synopses = _synopses()
+    assert len(synopses) >= 20
+    tree = root_command(load_all=True)
+    for node in NODES:
+        text = synopses.get(f"hcbak {' '.join(node.path)}")
+        if text is None:
+            continue
+        command = tree
+        for name in node.path:
+            command = command.commands[name]
+        required = {o for p in command.params if p.required for o in getattr(p, "opts", [])}
+        for option in re.findall(r"--[a-z][\w-]*", text):
+            assert option in node.options, f"{_id(node)}: no option {option}"
+        for option in re.findall(r"\[(--[a-z][\w-]*)\]", text):
+            assert option not in node.value_options, f"{_id(node)}: {option} takes a value"
+        for option in re.findall(r"\[(--[a-z][\w-]*) [A-Z]", text):
+            assert option in node.value_options, f"{_id(node)}: {option} is a flag"
+        for option in sorted(o for o in required if o.startswith("--")):
+            unbracketed = re.search(rf"(?<!\[){option}\b", text)
+            assert unbracketed, f"{_id(node)}: show the required {option} without [ ]"

@@ -83,7 +83,7 @@ def test_edit_changes_only_the_options_given(run_inproc: RunHcbak, base_config: 
          "no cluster named 'prd' (did you mean 'prod'?)"),
         (["job", "create", "j", "--cluster", "prod", "--repo", "nope", "--vm", "x"],
          "no repository named 'nope'"),
-        (["job", "create", "j", "--repo", "main", "--vm", "x"], "needs --cluster and --repo"),
+        (["job", "create", "j", "--repo", "main", "--vm", "x"], "Missing option '--cluster'"),
         ([*CREATE], "selects no VMs"),
         ([*CREATE, "--vm", "x", "--schedule", "0 24 * * *"], "--schedule: cron hour: 24"),
         ([*CREATE, "--vm", "x", "--keep-within", "2 days"], "--keep-within: bad duration"),
