@@ -145,6 +145,8 @@ def _tls_from_options(
         raise UsageError("--insecure cannot be combined with other TLS options")
     if ca_file and not Path(ca_file).expanduser().is_file():
         raise UsageError(f"--ca-file: {ca_file} is not a file")
+    if ca_file:
+        _check_ca_file(str(Path(ca_file).expanduser()))
     if tofu:
         for address in cluster.nodes:
             if address not in tls.fingerprints:
@@ -162,6 +164,17 @@ def _tls_from_options(
     if not typer.confirm("Trust these certificates?", default=False, err=True):
         raise UsageError("certificates not trusted; nothing saved", hint=TLS_CHOICES)
     return tls
+
+
+def _check_ca_file(path: str) -> None:
+    """Refuse a CA file Python cannot load now, not at the first backup."""
+    from hcbak.errors import TLSError
+    from hcbak.hypercore.connection import tls_context
+
+    try:
+        tls_context("ca", path)
+    except TLSError as exc:
+        raise UsageError(f"--ca-file: {exc.message}", hint=exc.hint)
 
 
 def _fetch(address: str, timeout: float) -> str:

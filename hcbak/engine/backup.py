@@ -149,9 +149,12 @@ def run_job(
         except Interrupted:
             raise  # exit 130; cleanup already happened on the way out
         except HcbakError as exc:
-            report.status = "failed"
+            # The error's own code: a repository held by prune is busy (5), a secret
+            # that cannot be resolved is a config error (2), as for every command.
+            report.status = "locked" if isinstance(exc, LockedError) else "failed"
+            report.error_code = exc.exit_code
             report.reason = exc.one_line()
-            log.error("job %s failed: %s", job.name, report.reason)
+            log.error("job %s %s: %s", job.name, report.status, report.reason)
         report.finished = utcnow()
         session.post_hook()
     return report
@@ -186,6 +189,7 @@ class _Session:
         self.snapshots: dict[str, Any] = {}  # uuid -> Snapshot, at run start
         self.latest: dict[str, Any] = {}  # vm uuid -> PointSummary of this job
         self.cancel = threading.Event()
+        self.stop_reason = "interrupted"  # what VMs not yet done say once cancel is set
         self.bases_ready = threading.Event()  # repository open, dead run's snapshots gone
 
     def emit(self, kind: str, **kw: Any) -> None:
@@ -296,7 +300,9 @@ class _Session:
             try:
                 self._open_bases(opened_repo)
                 self._clean_orphan_snapshots()
-            except BaseException:
+            except BaseException as exc:
+                if isinstance(exc, HcbakError):
+                    self.stop_reason = f"not backed up: {exc.one_line()}"
                 self.cancel.set()  # before the VMs wake: no retry of a lost cause
                 raise
             finally:
@@ -324,7 +330,7 @@ class _Session:
         """Wait until the repository is open and a dead run's snapshots are removed."""
         self.bases_ready.wait()
         if self.cancel.is_set():
-            raise Interrupted("the run stopped before this VM's backup began")
+            raise Interrupted(self.stop_reason)
 
     def _wait_for_update(self) -> None:
         """Do not start snapshots while the cluster updates; wait (bounded), then skip.
@@ -455,7 +461,7 @@ class _Session:
         attempts = 1 + max(0, int(self.job.retries))
         for attempt in range(1, attempts + 1):
             if self.cancel.is_set():
-                report.status, report.reason = VM_FAILED, "interrupted"
+                report.status, report.reason = VM_FAILED, self.stop_reason
                 break
             report.attempts = attempt
             try:

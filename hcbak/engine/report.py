@@ -131,6 +131,9 @@ class JobReport:
     forgotten: list[str] = field(default_factory=list)
     pruned: bool = False
     log_file: str | None = None
+    # The code of the error that ended the job ("failed"): 2 for a config problem a
+    # retry cannot fix, 6 for a damaged repository, else 4.
+    error_code: ExitCode = ExitCode.FAILED
 
     def exit_code(self) -> ExitCode:
         return job_exit_code(self)
@@ -170,7 +173,7 @@ def job_exit_code(job: JobReport) -> ExitCode:
     if job.status == "locked":
         return ExitCode.BUSY
     if job.status == "failed":
-        return ExitCode.FAILED
+        return job.error_code
     ok = sum(vm.status == VM_OK for vm in job.vms)
     if job.dry_run:
         ok = sum(vm.status == VM_SKIPPED for vm in job.vms)

@@ -96,7 +96,16 @@ def tls_context(mode: str, ca_file: str | None = None) -> ssl.SSLContext:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     else:
-        ctx = ssl.create_default_context(cafile=ca_file if mode == "ca" else None)
+        try:
+            ctx = ssl.create_default_context(cafile=ca_file if mode == "ca" else None)
+        except (ssl.SSLError, OSError) as exc:  # not PEM, unreadable, gone since added
+            from hcbak.errors import TLSError
+
+            reason = getattr(exc, "reason", None) or exc.strerror or type(exc).__name__
+            raise TLSError(
+                f"cannot use CA file {ca_file}: {reason}",
+                hint="it must hold the PEM certificate(s) that signed the nodes' certificates",
+            ) from exc
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     return ctx
 

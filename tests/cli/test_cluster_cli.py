@@ -86,6 +86,8 @@ def test_duplicate_name_is_refused_unless_force(run_inproc: RunHcbak, config_pat
          "No such option"),
         (["cluster", "add", "p", "--node", "h", *CREDS, "--ca-file", "/nonexistent.pem"],
          "--ca-file: /nonexistent.pem is not a file"),
+        (["cluster", "add", "p", "--node", "h", *CREDS, "--ca-file", __file__],  # not PEM
+         f"--ca-file: cannot use CA file {__file__}:"),
         (["cluster", "show", "prd"], "did you mean 'prod'?"),
     ],
 )  # fmt: skip

@@ -306,7 +306,7 @@ def test_a_repository_that_fails_to_open_leaves_no_new_snapshot(
     with lab(tmp_path, retries=2) as L:
         vms, seen, report = _run_two_vms_with_the_repository_held(L, gate)
         assert seen == ([1, 1], 2)  # the path under test: made, then the failure
-        assert (report.status, report.exit_code()) == ("failed", ExitCode.FAILED)
+        assert (report.status, report.exit_code()) == ("locked", ExitCode.BUSY)
         assert "locked by prune" in report.reason
         assert report.vms == []  # the job failed as a whole, as before the change
         L.sim.wait_idle()

@@ -468,3 +468,81 @@ def test_a_damaged_point_hides_no_other_point_from_listing_restore_or_backup(
     assert statuses == {"web01": "ok", "db01": "ok"}
     assert any(damaged in w for w in report["jobs"][0]["warnings"])
     assert f"hcbak:nightly:{damaged}" in web_snapshots, "the unreadable point's snapshot stays"
+
+
+def test_a_cluster_with_an_unusable_ca_file_fails_its_job_only(
+    tmp_path: Path, run_hcbak: RunHcbak
+) -> None:
+    """A CA file that is not PEM (replaced after `cluster add` checked it) is that job's
+    clear failure; the other jobs of the run still back up (exit 3)."""
+    from hcbak.config import JobConfig, TLSConfig
+
+    with lab(tmp_path) as L:
+        L.sim.fill(
+            L.sim.disk_uuids(L.sim.create_vm("web01", [1 * MiB], tags=["nightly"]))[0], seed=9
+        )
+        garbage = tmp_path / "garbage.pem"
+        garbage.write_text("junk\n")
+        bad = L.sim.cluster_config("bad", password_env="HCBAK_TEST_CLUSTER_PW")
+        bad.tls = TLSConfig(ca_file=str(garbage))
+        L.config.clusters["bad"] = bad
+        L.config.jobs["other"] = JobConfig(name="other", cluster="bad", repo="main", vms=["web01"])
+        save_config(L.config)
+        proc = run_hcbak("job", "run", "other", "nightly", "--json", env=L.env)
+    assert_no_traceback(proc)
+    assert proc.returncode == 3, proc.stderr
+    jobs = {j["job"]: j for j in json.loads(proc.stdout)["jobs"]}
+    assert jobs["nightly"]["status"] == "success"
+    assert jobs["other"]["status"] == "failed"
+    assert f"cannot use CA file {garbage}" in jobs["other"]["reason"]
+    assert f"error: job other failed: cannot use CA file {garbage}" in proc.stderr
+
+
+HOLD_REPO = """
+import sys, time
+from pathlib import Path
+from hcbak.repo import open_repo
+with open_repo(Path(sys.argv[1]), lock="exclusive", command="repo prune"):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_repository_held_by_prune_makes_the_job_busy_exit_5_not_interrupted(
+    tmp_path: Path, run_hcbak: RunHcbak
+) -> None:
+    with lab(tmp_path) as L:
+        vm = L.sim.create_vm("web01", [1 * MiB], tags=["nightly"])
+        L.sim.fill(L.sim.disk_uuids(vm)[0], seed=3)
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLD_REPO, str(L.repo_path)], stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+            proc = run_hcbak("job", "run", "nightly", "--json", env=L.env)
+        finally:
+            holder.kill()
+            holder.wait()
+        L.sim.wait_idle()
+        left = L.hcbak_snapshots(vm)
+    assert_no_traceback(proc)
+    assert proc.returncode == 5, proc.stderr
+    (job,) = json.loads(proc.stdout)["jobs"]
+    assert (job["status"], job["exit_code"]) == ("locked", 5)
+    assert f"pid {holder.pid}" in job["reason"]
+    assert "interrupted" not in proc.stderr
+    assert "nightly/web01: finished: failed: not backed up: " in proc.stderr
+    assert left == [], "the snapshot taken while the repository opened is removed"
+
+
+def test_an_unresolvable_secret_in_a_job_is_a_config_error_exit_2(
+    tmp_path: Path, run_hcbak: RunHcbak
+) -> None:
+    with lab(tmp_path) as L:
+        env = {k: v for k, v in L.env.items() if k != "HCBAK_TEST_CLUSTER_PW"}
+        proc = run_hcbak("job", "run", "nightly", "--json", env=env)
+    assert_no_traceback(proc)
+    assert proc.returncode == 2, proc.stderr
+    (job,) = json.loads(proc.stdout)["jobs"]
+    assert (job["status"], job["exit_code"]) == ("failed", 2)
+    assert "HCBAK_TEST_CLUSTER_PW" in job["reason"]
