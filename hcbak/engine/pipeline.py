@@ -72,6 +72,7 @@ def back_up_disk(
         progress=progress,
         cancel=cancel or threading.Event(),
         zero_block=ZERO_BLOCK,
+        last=n - 1,
     )
     state.count_holes(hole_blocks)
     if progress and hole_blocks:
@@ -129,6 +130,7 @@ class _State:
         progress: ProgressFn | None,
         cancel: threading.Event,
         zero_block: bytes,
+        last: int,
     ) -> None:
         self.repo = repo
         self.reader = reader
@@ -145,11 +147,18 @@ class _State:
         self.timings = Timings()
         self.read = self.zero = self.changed = self.new = 0
         self.bytes_stored = 0
+        # How the disk's last block (possibly partial: an NVRAM disk is 528 KiB) was
+        # counted, so byte counters count only the bytes the disk has.
+        self.last = last
+        self.last_counted: set[str] = set()
 
     def count_holes(self, holes: list[int]) -> None:
         self.zero += len(holes)
         if self.previous_map is not None:
-            self.changed += sum(self.previous_map.get(i) != self.zero_block for i in holes)
+            changed = [i for i in holes if self.previous_map.get(i) != self.zero_block]
+            self.changed += len(changed)
+            if changed and changed[-1] == self.last:
+                self.last_counted.add("changed")
 
     def _next(self) -> int | None:
         with self.lock:
@@ -179,12 +188,18 @@ class _State:
                         if added:
                             new += 1
                             stored += added
+                            if i == self.last:
+                                self.last_counted.add("new")
                 t3 = time.perf_counter()
                 t.source_read += t1 - t0
                 t.hashing += t2 - t1
                 t.store += t3 - t2
                 if self.previous_map is None or self.previous_map.get(i) != bid:
                     changed += 1
+                    if i == self.last:
+                        self.last_counted.add("changed")
+                if i == self.last:
+                    self.last_counted.add("read")
                 self.new_map.set(i, bid)
                 pending += 1
                 if self.progress and pending >= _PROGRESS_EVERY:
@@ -214,9 +229,10 @@ class _State:
         report.blocks_zero = self.zero
         report.blocks_changed = self.changed
         report.blocks_new = self.new
-        report.bytes_read = self.read * bs
-        report.bytes_changed = self.changed * bs
-        report.bytes_new = self.new * bs
+        short = max(0, plan.n_blocks * bs - report.capacity)  # bytes past the disk's end
+        report.bytes_read = self.read * bs - short * ("read" in self.last_counted)
+        report.bytes_changed = self.changed * bs - short * ("changed" in self.last_counted)
+        report.bytes_new = self.new * bs - short * ("new" in self.last_counted)
         report.bytes_stored = self.bytes_stored
         report.cbt_used = plan.incremental
         report.cbt_reason = plan.reason

@@ -227,8 +227,9 @@ def _write_raw_file(
         written = 0
         for index, data in fetch_blocks(repo, disk, indexes):
             offset = index * disk.block_size
-            pwrite_all(fd, _clip(data, disk.capacity - offset), offset)
-            written += len(data) if data is not _zero_block(disk.block_size) else 0
+            chunk = _clip(data, disk.capacity - offset)
+            pwrite_all(fd, chunk, offset)
+            written += len(chunk) if data is not _zero_block(disk.block_size) else 0
             report(_label(disk), min(disk.capacity, offset + disk.block_size), disk.capacity)
         report(_label(disk), disk.capacity, disk.capacity)
         return written
@@ -241,8 +242,9 @@ def _write_raw_stream(repo: Repository, disk: DiskImage, out: BinaryIO, report: 
     written = 0
     for index, data in fetch_blocks(repo, disk, range(len(disk.block_map))):
         offset = index * disk.block_size
-        out.write(_clip(data, disk.capacity - offset))
-        written += len(data) if data is not _zero_block(disk.block_size) else 0
+        chunk = _clip(data, disk.capacity - offset)
+        out.write(chunk)
+        written += len(chunk) if data is not _zero_block(disk.block_size) else 0
         report(_label(disk), min(disk.capacity, offset + disk.block_size), disk.capacity)
     out.flush()
     return written

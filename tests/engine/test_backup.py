@@ -243,6 +243,15 @@ def test_uefi_vm_keeps_nvram_and_vtpm_disks_with_partial_last_block(tmp_path: Pa
         assert win.status == "ok", win.reason
         assert {d.type for d in win.disks} >= {"VIRTIO_DISK", "NVRAM"}
         _assert_point_matches_snapshot(L, report, "win01")
+        # Its last block is partial: byte counters count the disk's bytes, not the block's.
+        (disk,) = [d for d in win.disks if d.type == "NVRAM"]
+        tail = disk.capacity % BLOCK
+        assert tail and disk.blocks_read >= 1 and disk.blocks_new >= 1
+        assert disk.bytes_read == (disk.blocks_read - 1) * BLOCK + tail
+        assert disk.bytes_new == (disk.blocks_new - 1) * BLOCK + tail
+        L.sim.write(nvram["uuid"], nvram["capacity"] - 50, b"boot-entry")
+        (again,) = [d for d in _vm(_run(L), "win01").disks if d.type == "NVRAM"]
+        assert (again.blocks_changed, again.bytes_changed) == (1, tail)
 
 
 def _gated_open(monkeypatch: Any, gate: threading.Event, fail: Exception | None = None) -> None:
