@@ -105,6 +105,10 @@ class TaskFailedError(ClusterError):
     """A HyperCore task ended in ERROR/UNINITIALIZED or did not finish in time."""
 
 
+class TaskTimeoutError(TaskFailedError):
+    """A task did not finish in time: unlike a failed one, it may still make something."""
+
+
 class ClusterBusyError(ClusterError):
     """The cluster is updating; the run waited and gave up."""
 

@@ -64,6 +64,8 @@ from hcbak.errors import (
     Interrupted,
     LockedError,
     NotFoundError,
+    TaskFailedError,
+    TaskTimeoutError,
     TransportError,
 )
 from hcbak.transport.device import list_devices, locate_device
@@ -391,15 +393,22 @@ class _Session:
                 self.warn(f"could not remove orphaned snapshot {snap.label}: {exc.one_line()}")
 
     def _create_snapshot(self, vm: Any, label: str) -> Any:
-        """The snapshot task is journaled while it runs (see tasks_of_dead_runs); a
-        failed one stays journaled, as it may still be running."""
+        """The snapshot task is journaled while it runs (see tasks_of_dead_runs). It
+        stays journaled when we cannot know it ended (a timeout, a lost connection):
+        the next run waits for it before it looks for orphans."""
         started: list[str] = []
 
         def accepted(task: str) -> None:
             journal_task(self.state_dir, task, self.job.cluster)
             started.append(task)
 
-        snap = self.hc.create_snapshot(vm.uuid, label, accepted=accepted)
+        try:
+            snap = self.hc.create_snapshot(vm.uuid, label, accepted=accepted)
+        except TaskFailedError as exc:
+            if not isinstance(exc, TaskTimeoutError):  # it ended in ERROR: nothing to await
+                for task in started:
+                    forget_task(self.state_dir, task)
+            raise
         for task in started:
             forget_task(self.state_dir, task)
         return snap

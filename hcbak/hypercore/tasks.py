@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from hcbak.errors import TaskFailedError
+from hcbak.errors import TaskFailedError, TaskTimeoutError
 from hcbak.hypercore.records import Task
 
 # Poll quickly first, then back off to spare the API. Snapshots and clones are
@@ -63,7 +63,7 @@ def wait_for_task(
         if task.finished:
             return task
         if clock() >= deadline:
-            raise TaskFailedError(
+            raise TaskTimeoutError(
                 f"{what} did not finish within {timeout:g} s (task {norm}, state {task.state})",
                 hint="raise task_timeout in the cluster config if the cluster is just slow",
             )

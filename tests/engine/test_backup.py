@@ -123,6 +123,8 @@ def test_one_vm_failing_lets_the_others_succeed_with_exit_3(tmp_path: Path) -> N
         report = _run(L)
         assert _vm(report, "good01").status == "ok"
         assert _vm(report, "bad01").status == "failed"
+        # The failed task ended: nothing is left for the next run to wait for.
+        assert not list((L.tmp / "state" / "tasks").glob("*.json"))
         assert "snapshot" in _vm(report, "bad01").reason.lower()
         assert report.exit_code() == ExitCode.PARTIAL
 
@@ -322,3 +324,18 @@ def test_a_repository_that_fails_to_open_leaves_no_new_snapshot(
         assert [L.hcbak_snapshots(vm) for vm in vms] == [[], []]
         assert not L.worker_clones()
         assert not list((L.tmp / "state" / "clones").glob("*.json"))
+
+
+def test_a_snapshot_task_that_times_out_stays_journaled_for_the_next_run(
+    tmp_path: Path,
+) -> None:
+    """Unlike a failed task, a slow one may still make its snapshot after we gave up:
+    the next run must wait for it before looking for orphans."""
+    with lab(tmp_path) as L:
+        L.sim.create_vm("slow01", [1 * MiB], tags=["nightly"])
+        L.config.clusters["lab"].task_timeout = 0.2
+        L.sim.faults.task_delay(1.0)
+        report = _run(L)
+        assert _vm(report, "slow01").status == "failed"
+        assert "did not finish within" in _vm(report, "slow01").reason
+        assert len(list((L.tmp / "state" / "tasks").glob("*.json"))) == 1
