@@ -61,7 +61,8 @@ def unwrap_key(wrapped: bytes, passphrase: Secret, params: KdfParams, repo_id: s
     except InvalidTag:
         raise PassphraseError(
             "wrong passphrase for this encrypted repository",
-            hint="check the passphrase reference in the config (env var, file or command)",
+            hint="check the passphrase reference in the config (env var, file or command); "
+            "if it is right, the wrapped key in the repository config is damaged",
         )
     return KeyMaterial.from_bytes(plain)
 

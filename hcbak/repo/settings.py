@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hcbak.errors import PassphraseError, RepoError
+from hcbak.errors import IntegrityError, PassphraseError, RepoError
 from hcbak.repo import fsio
 from hcbak.repo.kdf import KdfParams
 from hcbak.secrets import Secret
@@ -84,8 +84,14 @@ def read_config_doc(root: Path) -> dict[str, Any]:
         doc = json.loads(path.read_bytes())
     except FileNotFoundError:
         raise RepoError(f"{root} is not an hcbak repository (no config file)")
-    except (OSError, ValueError) as exc:
-        raise RepoError(f"repository config {path} is unreadable: {exc}")
+    except OSError as exc:
+        raise RepoError(f"repository config {path} is unreadable: {exc.strerror or exc}")
+    except ValueError as exc:  # not UTF-8 or not JSON: damaged, or somebody else's file
+        what = "not UTF-8" if isinstance(exc, UnicodeDecodeError) else "not valid JSON"
+        raise IntegrityError(
+            f"repository config {path} is damaged or not an hcbak config ({what})",
+            hint="restore the config file from a copy: without it the data cannot be read",
+        )
     if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
         raise RepoError(f"{path} is not an hcbak repository config")
     version = doc.get("version")

@@ -198,6 +198,18 @@ def test_damaged_config_file_gives_a_clear_error_never_a_traceback(
     _expect_refused_or_harmless(golden, repo, env, before)
 
 
+def test_a_config_that_is_no_longer_json_is_reported_as_damage_exit_6(
+    golden: Golden, damaged_copy: tuple[Path, dict[str, str]]
+) -> None:
+    repo, env = damaged_copy
+    _truncate(repo / "config", 0.5)
+    for args in (("repo", "verify", "main"), ("points", "list", "--repo", "main")):
+        res = cli(env, *args)
+        res.assert_clean()
+        assert res.code == 6, (args, res.err)
+        assert res.err.startswith(f"error: repository config {repo / 'config'} is damaged"), res.err
+
+
 def _expect_refused_or_harmless(
     golden: Golden, repo: Path, env: dict[str, str], before: bytes
 ) -> None:
