@@ -8,6 +8,7 @@ change because the mail server was down.
 
 from __future__ import annotations
 
+import ipaddress
 import smtplib
 import ssl
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ from email.utils import formatdate, make_msgid
 from typing import Any
 
 from hcbak.engine.report import VM_OK, JobReport, human_bytes, job_to_dict, status_word
-from hcbak.errors import HcbakError
+from hcbak.errors import ConfigError, HcbakError
 
 SEND_TIMEOUT = 30.0
 
@@ -87,10 +88,25 @@ def build_message(sender: str, to: Sequence[str], subject: str, body: str) -> Em
     return msg
 
 
+def _is_loopback(host: str) -> bool:
+    """Only this machine may see a password sent in clear (a local relay)."""
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def send_email(smtp: Any, to: Sequence[str], subject: str, body: str) -> None:
     """Send through `smtp` (config SMTPConfig); HcbakError with a one-line reason."""
     msg = build_message(smtp.sender, to, subject, body)
     security = (smtp.security or "starttls").lower()
+    if security == "none" and smtp.username and not _is_loopback(smtp.host):
+        raise ConfigError(
+            f"refusing to send the SMTP password unencrypted to {smtp.host} (security: none)",
+            hint="use security: starttls or ssl, or a relay on this host without a login",
+        )
     context = ssl.create_default_context()
     if getattr(smtp, "insecure", False):
         context.check_hostname = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from hcbak.config import SMTPConfig
 from hcbak.engine.notify import render_body, render_subject, send_email, should_notify
 from hcbak.engine.report import DiskReport, JobReport, VmReport, human_bytes
-from hcbak.errors import HcbakError
+from hcbak.errors import ConfigError, HcbakError
 from hcbak.secrets import Secret, SecretRef
 
 from .smtp_server import smtp_server
@@ -70,6 +71,18 @@ def test_refused_login_is_an_error_that_does_not_contain_the_password() -> None:
             send_email(cfg, ["ops@example.com"], "s", "b")
     assert "wrong-canary" not in str(info.value)
     assert inbox.messages == []
+
+
+def test_a_password_is_never_sent_in_clear_to_another_host() -> None:
+    """security: none with a login is refused before connecting, unless the relay is on
+    this host (the aiosmtpd tests above use 127.0.0.1). 192.0.2.1 is TEST-NET: nothing
+    answers there, and nothing is tried."""
+    cfg = SMTPConfig(host="192.0.2.1", port=25, security="none", sender="a@b.c",
+                     username="u", password=SecretRef(value=Secret("clear-canary")))  # fmt: skip
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match="refusing to send the SMTP password unencrypted"):
+        send_email(cfg, ["ops@example.com"], "s", "b")
+    assert time.monotonic() - started < 1.0, "it tried to connect first"
 
 
 def test_unreachable_server_is_a_one_line_error() -> None:
