@@ -375,8 +375,14 @@ def parse_config(text: str, path: Path) -> Config:
         root = _compose(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else None
         problem = exc.problem or exc.context or "invalid YAML"
+        if exc.context_mark is not None and "end of stream" in (exc.problem or ""):
+            # An unclosed quote or bracket runs to the end of the file: the line to fix
+            # is where it opened, not the last one.
+            mark = exc.context_mark
+            what = (exc.context or "a value").removeprefix("while scanning ")
+            problem = f"{what} opened here is never closed ({exc.problem})"
+        line = mark.line + 1 if mark is not None else None
         raise ConfigError(f"invalid YAML: {problem}", path=str(path), line=line) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"invalid YAML: {exc}", path=str(path)) from None

@@ -143,6 +143,9 @@ def test_broken_yaml_reports_its_line(tmp_path: Path) -> None:
         ("jobs:\n  a: @b\n", 2, "character '@'"),
         ("jobs: {a: 1\n", 2, "expected ',' or '}'"),
         ("jobs:\n  - a\n  b: 1\n", 3, "expected <block end>"),
+        # An unclosed quote runs to the end of the file: name the line where it opened.
+        ('a: 1\nb: "unclosed\nc: 3\nd: 4\n', 2, "a quoted scalar opened here is never closed"),
+        ("a: 1\nb: 'x\n\n\n", 2, "a quoted scalar opened here is never closed"),
     ],
 )
 def test_broken_yaml_is_explained_as_the_python_parser_does(
