@@ -57,6 +57,8 @@ def mount_command(
     fuse = _import_fuse()
     if not mountpoint.is_dir():
         raise UsageError(f"mount point {mountpoint} is not a directory")
+    if any(mountpoint.iterdir()):  # FUSE refuses it, after we said "mounted"
+        raise UsageError(f"mount point {mountpoint} is not empty")
     if not os.path.exists("/dev/fuse"):
         raise UsageError("/dev/fuse is missing", hint="load the fuse module or run with FUSE")
     from hcbak.cli.restore import opened_point

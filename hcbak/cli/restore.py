@@ -86,7 +86,7 @@ def vm_command(
     with ExitStack() as stack:
         repository, point = stack.enter_context(opened_point(config, point_spec, repo, warnings))
         cluster_cfg = _target_cluster(config, cluster, point)
-        client = stack.enter_context(hypercore_session(cluster_cfg))
+        client = stack.enter_context(hypercore_session(cluster_cfg, warn=warn))
         progress = stack.enter_context(_progress(json_out))
         info(f"restoring point {point.id[:12]} ({point.vm_name}) to cluster {cluster_cfg.name}")
         result = restore_vm(repository, point, client, options, progress)

@@ -694,6 +694,8 @@ class Repository:
             return matches[0]
         if len(matches) > 1:
             raise UsageError(f"point prefix {spec!r} is ambiguous ({len(matches)} points)")
+        if len(spec) < 4 and any(i.startswith(spec.lower()) for i in ids):
+            raise UsageError(f"point prefix {spec!r} is too short: give at least 4 characters")
         raise NotFoundError(f"no restore point matches {spec!r}")
 
     def forget_points(self, ids: list[str]) -> None:

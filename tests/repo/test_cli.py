@@ -239,3 +239,21 @@ def test_points_list_with_a_repository_it_cannot_open_lists_the_others_and_exits
     assert proc.returncode == 1, proc.stderr  # output incomplete: never exit 0
     assert [p["id"] for p in json.loads(proc.stdout)["points"]] == [kept]
     assert "warning: repository gone:" in proc.stderr
+
+
+def test_a_point_prefix_under_4_characters_is_called_too_short(
+    run_hcbak: RunHcbak, tmp_path: Path
+) -> None:
+    from repo_helpers import make_repo, write_point
+
+    from hcbak.repo import open_repo
+
+    root = make_repo(tmp_path / "r", encrypted=False)
+    with open_repo(root) as repo:
+        pid = write_point(repo, b"\x02" * 4096, vm="web").id
+    run_hcbak("repo", "add", "main", "--path", str(root), check=True)
+    proc = run_hcbak("points", "show", pid[:3])
+    assert_no_traceback(proc)
+    assert proc.returncode == 2, proc.stderr
+    assert "too short: give at least 4 characters" in proc.stderr
+    assert run_hcbak("points", "show", pid[:4]).returncode == 0

@@ -88,3 +88,23 @@ def test_mounted_point_shows_each_disk_as_raw_file_and_ctrl_c_unmounts(
             proc.wait()
         if os.path.ismount(mnt):
             subprocess.run(["fusermount", "-u", "-z", str(mnt)], check=False)
+
+
+def test_mount_on_a_folder_that_is_not_empty_is_refused_before_mounting(
+    tmp_path: Path, hcbak_env: dict[str, str]
+) -> None:
+    repo_path = tmp_path / "repo"
+    init_repo(repo_path, compression="lz4", block_size=256 * 1024, passphrase=None)
+    with open_repo(repo_path, lock="shared") as repo:
+        point = make_point(repo, [SourceDisk(write_source(tmp_path / "d.raw", MiB, 7), "d", 0)])
+    config = Config(path=Path(hcbak_env["HCBAK_CONFIG"]))
+    config.repositories["main"] = RepoConfig(name="main", path=str(repo_path))
+    save_config(config)
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "someone's file").write_text("keep")
+    proc = subprocess.run([sys.executable, "-m", "hcbak", "mount", point.id, str(busy)],
+                          env=hcbak_env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == f"error: mount point {busy} is not empty\n"
+    assert sorted(os.listdir(busy)) == ["someone's file"]

@@ -85,6 +85,18 @@ def test_a_disk_left_out_of_the_point_makes_the_restore_exit_1_naming_it(
     )
 
 
+def test_an_unverified_cluster_is_a_warning_line_of_the_restore(lab: RestoreLab) -> None:
+    from hcbak.config import TLSConfig, save_config
+
+    make_vm(lab)
+    lab.back_up()
+    lab.config.clusters[next(iter(lab.config.clusters))].tls = TLSConfig(insecure=True)
+    save_config(lab.config)
+    proc = run_cli(lab, "restore", "vm", "web01@latest", "--as", "web01-insecure")
+    assert proc.returncode == 0, proc.stderr
+    assert "\nwarning: TLS certificates of cluster " in "\n" + proc.stderr, proc.stderr
+
+
 def test_restore_as_new_vm_matches_point_content_and_definition(lab: RestoreLab) -> None:
     original = make_vm(lab, uefi=True, cdrom=True)
     point = lab.back_up()
