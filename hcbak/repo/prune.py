@@ -92,6 +92,10 @@ def prune(
         report.bytes_freed += path.stat().st_size if path.exists() else 0
     report.packs_deleted, report.packs_repacked = doomed, repack
     nothing_to_do = not doomed and not repack and not report.unused_blocks
+    if dry_run and not nothing_to_do:
+        # The real run rewrites the whole index (one that comes out byte-identical
+        # keeps its name, which a dry run cannot know without writing it).
+        report.segments_replaced = len(list_segments(repo.root))
     if dry_run or nothing_to_do:
         if not dry_run:
             repo.remove_temp_files()

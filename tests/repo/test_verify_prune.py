@@ -120,6 +120,14 @@ def test_prune_dry_run_changes_nothing(tmp_path: Path) -> None:
         report = prune(repo, dry_run=True)
     assert report.packs_deleted or report.packs_repacked
     assert sorted(p for p in root.rglob("*") if p.is_file() and "locks" not in p.parts) == files
+    # What the dry run announces is what the real run then does.
+    with open_repo(root, passphrase=PASS, lock="exclusive") as repo:
+        real = prune(repo)
+    assert (real.packs_deleted, real.packs_repacked) == (
+        report.packs_deleted,
+        report.packs_repacked,
+    )
+    assert real.segments_replaced == report.segments_replaced > 0
 
 
 def test_prune_refuses_without_the_exclusive_lock(tmp_path: Path) -> None:
