@@ -10,6 +10,7 @@ are not preserved (documented), hand edits are welcome.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import re
@@ -21,7 +22,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from hcbak.errors import ConfigError, NotFoundError, UsageError
+from hcbak.errors import ConfigError, HcbakError, NotFoundError, UsageError
 from hcbak.schedule import CronSchedule, parse_duration
 from hcbak.secrets import Secret, SecretRef
 
@@ -882,6 +883,9 @@ def save_config(config: Config) -> None:
     try:
         _write_atomic(path, text)
     except OSError as exc:
+        message = f"could not save the config {path}: {exc.strerror or exc}"
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # a full disk is not a config error
+            raise HcbakError(message, hint="the config is unchanged") from None
         raise ConfigError(
             f"could not save the config: {exc.strerror or exc}", path=str(path)
         ) from None

@@ -119,6 +119,13 @@ class RepoError(HcbakError):
     exit_code = ExitCode.FAILED
 
 
+class RepoLocationError(RepoError):
+    """The folder given for a new repository cannot hold one (a file, not empty,
+    already a repository): the command's mistake, so exit 2."""
+
+    exit_code = ExitCode.USAGE
+
+
 class NoSpaceError(RepoError):
     """The repository's filesystem is full (ENOSPC/EDQUOT)."""
 

@@ -26,7 +26,13 @@ from typing import BinaryIO
 
 import xxhash
 
-from hcbak.errors import IntegrityError, NotFoundError, RepoError, UsageError
+from hcbak.errors import (
+    IntegrityError,
+    NotFoundError,
+    RepoError,
+    RepoLocationError,
+    UsageError,
+)
 from hcbak.malloc_tuning import tune_for_blocks
 from hcbak.repo import fsio
 from hcbak.repo.blockmap import ZERO_BLOCK
@@ -99,12 +105,12 @@ def init_repo(
     validate_block_size(block_size)
     if root.exists():
         if not root.is_dir():
-            raise RepoError(f"{root} exists and is not a folder")
+            raise RepoLocationError(f"{root} exists and is not a folder")
         if is_repo(root):
-            raise RepoError(f"{root} is already an hcbak repository")
+            raise RepoLocationError(f"{root} is already an hcbak repository")
         leftovers = [p for p in root.iterdir() if not (p.name in SUBDIRS and p.is_dir())]
         if leftovers or any(any(p.iterdir()) for p in root.iterdir()):
-            raise RepoError(
+            raise RepoLocationError(
                 f"{root} is not empty and is not an hcbak repository",
                 hint="choose an empty or new folder",
             )

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
+import pytest
 from conftest import RunHcbak, assert_no_traceback
 
 GOLDEN = Path(__file__).parent.parent / "data" / "golden-v1"
@@ -52,7 +54,7 @@ def test_repo_add_refuses_a_non_empty_foreign_folder(run_hcbak: RunHcbak, tmp_pa
     folder.mkdir()
     (folder / "cat.jpg").write_bytes(b"meow")
     proc = run_hcbak("repo", "add", "r", "--path", str(folder))
-    assert proc.returncode == 4 and "not empty" in proc.stderr
+    assert proc.returncode == 2 and "not empty" in proc.stderr  # a bad --path: usage
     assert_no_traceback(proc)
 
 
@@ -257,3 +259,33 @@ def test_a_point_prefix_under_4_characters_is_called_too_short(
     assert proc.returncode == 2, proc.stderr
     assert "too short: give at least 4 characters" in proc.stderr
     assert run_hcbak("points", "show", pid[:4]).returncode == 0
+
+
+def test_a_config_that_cannot_be_saved_on_a_full_disk_exits_4_and_stays_as_it_was(
+    run_hcbak: RunHcbak, tmp_path: Path
+) -> None:
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)],
+                             capture_output=True, text=True)  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a size-limited tmpfs here (needs root): {mounted.stderr}")
+    try:
+        env = {"HCBAK_CONFIG": str(small / "config.yaml")}
+        run_hcbak("repo", "add", "a", "--path", str(tmp_path / "a"), env=env, check=True)
+        before = (small / "config.yaml").read_bytes()
+        (small / "filler").write_bytes(b"\0" * 4096)
+        try:
+            while True:  # take every block left
+                with open(small / "filler", "ab") as fh:
+                    fh.write(b"\0" * 1024)
+        except OSError:
+            pass
+        proc = run_hcbak("repo", "add", "b", "--path", str(tmp_path / "b"), env=env)
+        after = (small / "config.yaml").read_bytes()
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+    assert_no_traceback(proc)
+    assert proc.returncode == 4, proc.stderr
+    assert "could not save the config" in proc.stderr and "No space left" in proc.stderr
+    assert after == before
