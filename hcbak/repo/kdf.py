@@ -81,13 +81,13 @@ def derive_early(root: Path, passphrase: Secret) -> None:
     Best effort: when the config cannot be read or the repository is not encrypted,
     nothing starts, and opening the repository reports whatever is wrong.
     """
-    from hcbak.errors import RepoError
+    from hcbak.errors import HcbakError
     from hcbak.repo.settings import kdf_from, read_config_doc
 
     try:
         enc = read_config_doc(Path(root)).get("encryption")
         params = kdf_from(enc) if isinstance(enc, dict) else None
-    except RepoError:
+    except HcbakError:  # missing, damaged, foreign: the open says which
         return
     if params is None:
         return
