@@ -272,6 +272,23 @@ def validate_name(name: str, kind: str = "name") -> str:
     return name
 
 
+# The disk types a job's disk filter can name (engine/selection.py DATA_DISK_TYPES).
+FILTER_DISK_TYPES = ("VIRTIO_DISK", "SCSI_DISK", "IDE_DISK")
+_UUID_RE = re.compile(r"^[0-9A-Fa-f]{8}(-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}$")
+
+
+def validate_disk_filter(item: str) -> str:
+    """A slot number, a data disk type or a disk uuid: a typo here would otherwise
+    leave every disk of the job's VMs out without a word."""
+    text = str(item).strip()
+    if text.isdigit() or text.upper() in FILTER_DISK_TYPES or _UUID_RE.match(text):
+        return text
+    raise ValueError(
+        f"disk {item!r} is not a slot number, a disk type ({', '.join(FILTER_DISK_TYPES)}) "
+        "or a disk uuid"
+    )
+
+
 _HOST_RE = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
 )
@@ -638,6 +655,8 @@ class _Parser:
         for attr in ("vms", "tags", "exclude", "disks"):
             if attr in m:
                 setattr(job, attr, self.string_list(m[attr], f"{where}.{attr}"))
+        for item in job.disks:
+            self.check(m["disks"], f"{where}.disks", validate_disk_filter, item)
         if not job.vms and not job.tags:
             self.error(node, where, "selects no VMs: give `vms:` and/or `tags:`")
         if "retention" in m:

@@ -23,6 +23,7 @@ from hcbak.config import (
     EmailNotify,
     JobConfig,
     Retention,
+    validate_disk_filter,
 )
 from hcbak.errors import UsageError
 from hcbak.schedule import CronSchedule, parse_duration
@@ -260,6 +261,8 @@ def _apply(job: JobConfig, opts: "JobOptions", config: Config) -> None:
         value = getattr(opts, attr)
         if value is not None:
             setattr(job, attr, [v for v in value if v])
+    for item in job.disks:
+        check_value(validate_disk_filter, item, "--disk")
     if not job.vms and not job.tags:
         raise UsageError("the job selects no VMs", hint="give --vm NAME and/or --tag TAG")
     for key, value in (opts.keep or {}).items():

@@ -10,13 +10,14 @@ snapshotting disabled cannot be captured consistently and are skipped with a war
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 DATA_DISK_TYPES = frozenset({"VIRTIO_DISK", "SCSI_DISK", "IDE_DISK"})
 # UEFI/TPM VMs do not boot the same without these (hypercore-api.md "More shape facts").
 STATE_DISK_TYPES = frozenset({"NVRAM", "VTPM"})
 REMOVABLE_TYPES = frozenset({"IDE_CDROM", "IDE_FLOPPY"})
+_FILTERED = "excluded by the job's disk filter"
 
 
 class DiskLike(Protocol):
@@ -132,9 +133,16 @@ def select_disks(vm: Any, disk_filter: Sequence[str]) -> VmTarget:
         elif getattr(disk, "disable_snapshotting", False):
             target.skipped.append(_skip(disk, "snapshots disabled on this disk", warning=True))
         elif wanted and kind in DATA_DISK_TYPES and not _filter_matches(disk, wanted):
-            target.skipped.append(_skip(disk, "excluded by the job's disk filter", warning=False))
+            target.skipped.append(_skip(disk, _FILTERED, warning=False))
         else:
             target.disks.append(disk)
+    if wanted and not any(str(d.type).upper() in DATA_DISK_TYPES for d in target.disks):
+        # The filter names no data disk this VM has: say so, never a silent empty backup.
+        why = f"excluded: the disk filter ({', '.join(sorted(wanted))}) matches no data disk"
+        target.skipped = [
+            replace(s, reason=why, warning=True) if s.reason == _FILTERED else s
+            for s in target.skipped
+        ]
     return target
 
 

@@ -90,6 +90,7 @@ def test_edit_changes_only_the_options_given(run_inproc: RunHcbak, base_config: 
         ([*CREATE, "--vm", "x", "--keep-last", "-1"], "Invalid value"),
         ([*CREATE, "--vm", "x", "--parallel", "0"], "Invalid value"),
         ([*CREATE, "--vm", "x", "--prune", "sometimes"], "not one of after_run, never"),
+        ([*CREATE, "--vm", "x", "--disk", "floppyx"], "--disk: disk 'floppyx' is not a slot"),
         ([*CREATE, "--vm", "x", "--notify-email", "ops@example.com"], "needs an `smtp:` section"),
         ([*CREATE, "--vm", "x", "--notify-on", "failure"], "--notify-on needs --notify-email"),
         (["job", "show", "nighty"], "no job named 'nighty'"),

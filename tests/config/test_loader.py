@@ -236,6 +236,7 @@ def test_unknown_key_names_line_and_suggests_the_right_one(tmp_path: Path) -> No
         ("cluster: prod\n", "cluster: prd\n", "no cluster named 'prd' (did you mean 'prod'?)"),
         ("repo: main\n", "repo: mian\n", "no repository named 'mian'"),
         ("parallel: 4", "parallel: 0", "must be >= 1"),
+        ("disks: []", "disks: [virtio]", "disk 'virtio' is not a slot number, a disk type"),
         ("parallel: 4", "parallel: four", "must be a whole number"),
         ("on: [failure, warning]", "on: [failure, sometimes]", "'sometimes' is not one of"),
         ("to: [ops@example.com]", "to: [ops]", "'ops' is not an email address"),

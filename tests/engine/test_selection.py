@@ -97,6 +97,23 @@ def test_disk_filter_by_slot_keeps_uefi_state_disks() -> None:
     assert sorted(d.uuid for d in target.disks) == ["b", "nv"]
 
 
+def test_disk_filter_naming_no_data_disk_of_a_vm_warns_for_each_disk_left_out() -> None:
+    vm = VM("u", "v", disks=[Disk("a", slot=0), Disk("b", slot=1), Disk("nv", "NVRAM", slot=-1)])
+    target = select_disks(vm, ["7"])
+    assert [d.uuid for d in target.disks] == ["nv"]
+    assert [(s.uuid, s.warning) for s in target.skipped] == [("a", True), ("b", True)]
+    assert "matches no data disk" in target.skipped[0].reason
+    partial = select_disks(vm, ["0"])  # a filter that picks some disk: the rest quietly
+    assert [(s.uuid, s.warning) for s in partial.skipped] == [("b", False)]
+
+
+@given(st.lists(st.sampled_from(["0", "1", "2", "VIRTIO_DISK", "IDE_DISK", "9"]), max_size=3))
+def test_a_vm_with_data_disks_never_loses_them_all_without_a_warning(wanted: list[str]) -> None:
+    vm = VM("u", "v", disks=[Disk("a", slot=0), Disk("b", "IDE_DISK", slot=1)])
+    target = select_disks(vm, wanted)
+    assert target.disks or all(s.warning for s in target.skipped)
+
+
 def test_replica_flag_comes_from_source_vm() -> None:
     vms = [VM("r", "replica01", disks=[Disk("x")], source_vm_uuid="src")]
     (target,) = select_vms(vms, Job(vms=["replica01"])).targets
