@@ -5,7 +5,7 @@ Passing an empty string to a text option (`--schedule ""`) clears it; a list opt
 given on `edit` replaces the whole list.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Annotated, Any
 
 import typer
@@ -178,6 +178,8 @@ def edit(
         cluster, repo, vm, tag, exclude, disk, keep, schedule, parallel, retries, retry_wait,
         notify_email, notify_on, pre_hook, post_hook, alert_after, prune,
     )  # fmt: skip
+    if all(getattr(opts, f.name) in (None, {}) for f in fields(opts)):  # keep: {} if none
+        raise UsageError("nothing to change: give the options to set", hint="hcbak job edit -h")
     _apply(job, opts, config)
     save_checked(config)
     info(f"job {name!r} updated")

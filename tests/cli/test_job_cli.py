@@ -106,6 +106,15 @@ def test_bad_job_input_exits_2_with_reason(
     assert base_config.read_bytes() == before  # nothing half-written
 
 
+def test_job_edit_without_options_changes_nothing_and_says_so(
+    run_inproc: RunHcbak, base_config: Path
+) -> None:
+    expect(run_inproc(*CREATE, "--vm", "web01"), 0, "")
+    before = base_config.read_bytes()
+    expect(run_inproc("job", "edit", "nightly"), 2, "nothing to change")
+    assert base_config.read_bytes() == before
+
+
 def test_duplicate_job_is_refused_unless_force(run_inproc: RunHcbak, base_config: Path) -> None:
     run_inproc(*CREATE, "--vm", "a", check=True)
     expect(run_inproc(*CREATE, "--vm", "b"), 2, "job 'nightly' already exists", "--force")
