@@ -272,6 +272,13 @@ def validate_name(name: str, kind: str = "name") -> str:
     return name
 
 
+def validate_email(address: str) -> str:
+    """One address, `name@domain`: the same check the config's notify.email.to gets."""
+    if not _EMAIL_RE.match(address):
+        raise ValueError(f"{address!r} is not an email address")
+    return address
+
+
 # The disk types a job's disk filter can name (engine/selection.py DATA_DISK_TYPES).
 FILTER_DISK_TYPES = ("VIRTIO_DISK", "SCSI_DISK", "IDE_DISK")
 _UUID_RE = re.compile(r"^[0-9A-Fa-f]{8}(-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}$")

@@ -4,8 +4,9 @@ from typing import Annotated
 
 import typer
 
-from hcbak.cli.common import load_config
+from hcbak.cli.common import check_value, load_config
 from hcbak.cli.output import info
+from hcbak.config import validate_email
 from hcbak.errors import ConfigError
 
 app = typer.Typer(help="Email notifications.", no_args_is_help=True)
@@ -26,7 +27,7 @@ def test(
         raise ConfigError(
             "no smtp server configured", path=str(config.path), hint="add an `smtp:` section"
         )
-    recipients = list(to or [])
+    recipients = [check_value(validate_email, address, "--to") for address in to or []]
     if not recipients:
         for job in config.jobs.values():
             if job.notify:

@@ -301,9 +301,11 @@ def test_notify_test_sends_to_the_given_address(tmp_path: Path, run_hcbak: RunHc
             host=inbox.host, port=inbox.port, security="none", sender="hcbak@example.com"
         )
         save_config(L.config)
+        bad = run_hcbak("notify", "test", "--to", "not-an-address", env=L.env)
         proc = run_hcbak("notify", "test", "--to", "me@example.com", env=L.env)
         assert proc.returncode == 0, proc.stderr
-    (msg,) = inbox.messages
+    assert bad.returncode == 2 and "--to: 'not-an-address' is not an email address" in bad.stderr
+    (msg,) = inbox.messages  # nothing was sent for the bad address
     assert msg["To"] == "me@example.com" and msg["Subject"] == "[hcbak] test message"
 
 
