@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import mounted_tmpfs
 from engine.helpers import MiB, lab
 
 from hcbak.config import JobConfig, RepoConfig, save_config
@@ -107,16 +108,9 @@ def test_prune_during_a_backup_exits_5_or_waits_and_loses_nothing(tmp_path: Path
 
 
 @pytest.fixture
-def small_fs(tmp_path: Path) -> object:
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], capture_output=True
-    )
-    if proc.returncode != 0:
-        pytest.skip("cannot mount a size-limited tmpfs here (needs root): " + proc.stderr.decode())
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    with mounted_tmpfs(tmp_path / "small", "3m") as mnt:
+        yield mnt
 
 
 def test_full_repository_disk_exits_4_with_a_clear_message_and_verifies(

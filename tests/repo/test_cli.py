@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
-import pytest
-from conftest import RunHcbak, assert_no_traceback
+from conftest import RunHcbak, assert_no_traceback, mounted_tmpfs
 
 GOLDEN = Path(__file__).parent.parent / "data" / "golden-v1"
 GOLDEN_PASS = "golden-v1 passphrase"
@@ -222,17 +220,25 @@ def test_repo_forget_applies_each_jobs_retention_and_dry_run_explains(
     assert [p["id"] for p in left] == [ids[2]]
 
 
-def test_points_list_with_a_repository_it_cannot_open_lists_the_others_and_exits_1(
-    run_hcbak: RunHcbak, tmp_path: Path
-) -> None:
+def _repo_with_one_point(run_hcbak: RunHcbak, tmp_path: Path, name: str) -> str:
+    """A plain repository `name` in the config holding one point of VM web; its id."""
     from repo_helpers import make_repo, write_point
 
     from hcbak.repo import open_repo
 
-    root = make_repo(tmp_path / "good", encrypted=False)
+    root = make_repo(tmp_path / name, encrypted=False)
     with open_repo(root) as repo:
-        kept = write_point(repo, b"\x01" * 4096, vm="web").id
-    run_hcbak("repo", "add", "good", "--path", str(root), check=True)
+        point_id = write_point(repo, name.encode() * 1024, vm="web").id
+    run_hcbak("repo", "add", name, "--path", str(root), check=True)
+    return point_id
+
+
+def test_points_list_with_a_repository_it_cannot_open_lists_the_others_and_exits_1(
+    run_hcbak: RunHcbak, tmp_path: Path
+) -> None:
+    from repo_helpers import make_repo
+
+    kept = _repo_with_one_point(run_hcbak, tmp_path, "good")
     gone = make_repo(tmp_path / "gone", encrypted=False)
     run_hcbak("repo", "add", "gone", "--path", str(gone), check=True)
     shutil.rmtree(gone)
@@ -246,14 +252,7 @@ def test_points_list_with_a_repository_it_cannot_open_lists_the_others_and_exits
 def test_a_point_prefix_under_4_characters_is_called_too_short(
     run_hcbak: RunHcbak, tmp_path: Path
 ) -> None:
-    from repo_helpers import make_repo, write_point
-
-    from hcbak.repo import open_repo
-
-    root = make_repo(tmp_path / "r", encrypted=False)
-    with open_repo(root) as repo:
-        pid = write_point(repo, b"\x02" * 4096, vm="web").id
-    run_hcbak("repo", "add", "main", "--path", str(root), check=True)
+    pid = _repo_with_one_point(run_hcbak, tmp_path, "main")
     proc = run_hcbak("points", "show", pid[:3])
     assert_no_traceback(proc)
     assert proc.returncode == 2, proc.stderr
@@ -264,13 +263,7 @@ def test_a_point_prefix_under_4_characters_is_called_too_short(
 def test_a_config_that_cannot_be_saved_on_a_full_disk_exits_4_and_stays_as_it_was(
     run_hcbak: RunHcbak, tmp_path: Path
 ) -> None:
-    small = tmp_path / "small"
-    small.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)],
-                             capture_output=True, text=True)  # fmt: skip
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a size-limited tmpfs here (needs root): {mounted.stderr}")
-    try:
+    with mounted_tmpfs(tmp_path / "small", "64k") as small:
         env = {"HCBAK_CONFIG": str(small / "config.yaml")}
         run_hcbak("repo", "add", "a", "--path", str(tmp_path / "a"), env=env, check=True)
         before = (small / "config.yaml").read_bytes()
@@ -283,8 +276,6 @@ def test_a_config_that_cannot_be_saved_on_a_full_disk_exits_4_and_stays_as_it_wa
             pass
         proc = run_hcbak("repo", "add", "b", "--path", str(tmp_path / "b"), env=env)
         after = (small / "config.yaml").read_bytes()
-    finally:
-        subprocess.run(["umount", "-l", str(small)], check=False)
     assert_no_traceback(proc)
     assert proc.returncode == 4, proc.stderr
     assert "could not save the config" in proc.stderr and "No space left" in proc.stderr

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import RunHcbak, assert_no_traceback
+from conftest import RunHcbak, assert_no_traceback, mounted_tmpfs
 from repo_helpers import BS, PASS, disk_bytes, make_repo, read_disk, write_point
 
 from hcbak.errors import NoSpaceError
@@ -149,17 +149,7 @@ def _take_free_space(path: Path) -> None:
 def test_full_disk_gives_no_space_error_and_leaves_a_consistent_repository(
     tmp_path: Path, run_hcbak: RunHcbak
 ) -> None:
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    mounted = (
-        subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mnt)], capture_output=True
-        ).returncode
-        == 0
-    )
-    if not mounted:
-        pytest.skip("cannot mount a size-limited tmpfs here (needs root)")
-    try:
+    with mounted_tmpfs(tmp_path / "small", "6m") as mnt:
         root = make_repo(mnt / "r", encrypted=True)
         with open_repo(root, passphrase=PASS, pack_target=512 * 1024) as repo:
             first = write_point(repo, disk_bytes(5, 4))
@@ -198,5 +188,3 @@ def test_full_disk_gives_no_space_error_and_leaves_a_consistent_repository(
         with open_repo(root, passphrase=PASS) as repo:
             assert read_disk(repo, first.id) == disk_bytes(5, 4)
             assert verify(repo, read_data_percent=100).errors == []
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import RunHcbak, assert_no_traceback
+from conftest import RunHcbak, assert_no_traceback, mounted_tmpfs
 
 from hcbak.config import Config, RepoConfig, save_config
 from hcbak.engine.restore import restore_disk, select_disk
@@ -286,19 +286,11 @@ def test_cli_restores_from_an_encrypted_repository_with_the_passphrase_from_env(
 def test_cli_full_destination_disk_exits_4_naming_it_and_leaves_nothing(
     run_hcbak: RunHcbak, tmp_path: Path, configured: tuple[str, Path], fmt: str
 ) -> None:
-    small = tmp_path / "small"
-    small.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)],
-                             capture_output=True, text=True)  # fmt: skip
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a size-limited tmpfs here (needs root): {mounted.stderr}")
-    try:
+    with mounted_tmpfs(tmp_path / "small", "1m") as small:
         out = small / "x.img"
         proc = run_hcbak("restore", "disk", "web01@latest", "--disk", "0", "--to", str(out),
                          "--format", fmt)  # fmt: skip
         left = sorted(p.name for p in small.iterdir())
-    finally:
-        subprocess.run(["umount", "-l", str(small)], check=False)
     assert_no_traceback(proc)
     assert proc.returncode == 4, proc.stderr
     assert proc.stderr.splitlines()[-1] == f"error: No space left on device: {out}"
@@ -312,17 +304,9 @@ def test_a_short_write_on_a_nearly_full_disk_fails_the_restore(tmp_path: Path) -
     source.write_bytes(os.urandom(MiB))
     with open_repo(_repo(tmp_path), lock="shared") as repo:
         point = make_point(repo, [SourceDisk(source, "disk-bbbb-2222", 0)])
-        small = tmp_path / "small"
-        small.mkdir()
-        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)],
-                                 capture_output=True, text=True)  # fmt: skip
-        if mounted.returncode != 0:
-            pytest.skip(f"cannot mount a size-limited tmpfs here (needs root): {mounted.stderr}")
-        try:
+        with mounted_tmpfs(tmp_path / "small", "2m") as small:
             (small / "filler").write_bytes(bytes(2 * MiB - 512 * 1024))  # 512 KiB stay free
             with pytest.raises(OSError, match="No space left"):
                 restore_disk(repo, point, "0", small / "x.raw", "raw")
             left = sorted(p.name for p in small.iterdir())
-        finally:
-            subprocess.run(["umount", "-l", str(small)], check=False)
     assert left == ["filler"]
