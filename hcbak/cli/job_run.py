@@ -289,13 +289,15 @@ def _send(config: Any, to: list[str], subject: str, body: str) -> None:
 
 
 class _RunLog:
-    def __init__(self, path: Path, handler: logging.Handler) -> None:
+    def __init__(self, path: Path, handler: logging.Handler, level: int) -> None:
         self.path = path
         self.handler = handler
+        self.level = level  # the logger's level before the run: given back at close
 
     def close(self) -> None:
         logger = logging.getLogger("hcbak")
         logger.removeHandler(self.handler)
+        logger.setLevel(self.level)
         self.handler.close()
 
 
@@ -313,9 +315,10 @@ def _start_log(sdir: Path) -> "_RunLog | None":
     handler.setLevel(logging.INFO)
     logger = logging.getLogger("hcbak")
     logger.addHandler(handler)
-    if logger.level == logging.NOTSET or logger.level > logging.INFO:
+    level = logger.level
+    if level == logging.NOTSET or level > logging.INFO:
         logger.setLevel(logging.INFO)
-    return _RunLog(path, handler)
+    return _RunLog(path, handler, level)
 
 
 def _print_summary(report: Any) -> None:

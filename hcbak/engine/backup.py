@@ -50,11 +50,14 @@ from hcbak.engine.state import (
     JobLock,
     WorkerLock,
     forget_clone,
+    forget_snapshot_request,
     forget_task,
     journal_clone,
+    journal_snapshot_request,
     journal_task,
     journaled_clones,
     live_clone_uuids,
+    snapshot_requests_of_dead_runs,
     tasks_of_dead_runs,
 )
 from hcbak.errors import (
@@ -192,6 +195,7 @@ class _Session:
         self.latest: dict[str, Any] = {}  # vm uuid -> PointSummary of this job
         self.cancel = threading.Event()
         self.stop_reason = "interrupted"  # what VMs not yet done say once cancel is set
+        self.removed_labels: set[str] = set()  # orphaned snapshots this run removed
         self.bases_ready = threading.Event()  # repository open, dead run's snapshots gone
 
     def emit(self, kind: str, **kw: Any) -> None:
@@ -272,6 +276,7 @@ class _Session:
                 return
             self.report.vms.extend(self._back_up_all(selection.targets, opened_repo))
             self._apply_retention()
+            self._remove_dead_runs_requested_snapshots()
 
     def _open_bases(self, opened_repo: Callable[[], Any]) -> None:
         """The open repository, and each VM's latest point of this job in it."""
@@ -388,6 +393,7 @@ class _Session:
             try:
                 self.hc.delete_snapshot(snap.uuid)
                 self.snapshots.pop(snap.uuid, None)
+                self.removed_labels.add(snap.label)
                 log.info("removed orphaned snapshot %s (%s)", snap.uuid, snap.label)
             except HcbakError as exc:
                 self.warn(f"could not remove orphaned snapshot {snap.label}: {exc.one_line()}")
@@ -402,16 +408,43 @@ class _Session:
             journal_task(self.state_dir, task, self.job.cluster)
             started.append(task)
 
+        def settled() -> None:
+            for task in started:
+                forget_task(self.state_dir, task)
+            forget_snapshot_request(self.state_dir, label)
+
+        journal_snapshot_request(self.state_dir, self.job.cluster, vm.uuid, label)
         try:
             snap = self.hc.create_snapshot(vm.uuid, label, accepted=accepted)
         except TaskFailedError as exc:
             if not isinstance(exc, TaskTimeoutError):  # it ended in ERROR: nothing to await
-                for task in started:
-                    forget_task(self.state_dir, task)
+                settled()
             raise
-        for task in started:
-            forget_task(self.state_dir, task)
+        settled()
         return snap
+
+    def _remove_dead_runs_requested_snapshots(self) -> None:
+        """Snapshots a killed run asked for just before it died, before it learnt their
+        task: they may appear after this run looked for orphans, so look again at the
+        end. Such a snapshot cannot be any point's base (the point commits after it)."""
+        for entry in snapshot_requests_of_dead_runs(self.state_dir, self.job.cluster):
+            label, vm_uuid = str(entry["label"]), str(entry["vm"])
+            if label_point_id(label, self.job.name) is None:
+                continue  # another job's: its own runs look after it
+            try:
+                found = self.hc.find_snapshot(vm_uuid, label)
+                if found is not None:
+                    self.hc.delete_snapshot(found.uuid)
+                    log.info("removed snapshot %s (%s) of an interrupted run", found.uuid, label)
+            except NotFoundError:
+                found = None  # the VM is gone, and its snapshots with it
+            except HcbakError as exc:
+                log.info("snapshot %s of an interrupted run: %s", label, exc.one_line())
+                continue
+            age = time.time() - float(entry.get("created") or 0)
+            gone = found is not None or label in self.removed_labels
+            if gone or age > float(self.cluster_cfg.task_timeout):
+                forget_snapshot_request(self.state_dir, label)
 
     def _await_dead_runs_tasks(self) -> None:
         """Before looking for what crashed runs left: their snapshot and clone tasks may

@@ -276,8 +276,8 @@ def task_journal_dir(state_dir: Path) -> Path:
     return Path(state_dir) / "tasks"
 
 
-def _task_file(state_dir: Path, task: str) -> Path:
-    return task_journal_dir(state_dir) / (re.sub(r"[^A-Za-z0-9_.-]", "_", task) + ".json")
+def _task_file(state_dir: Path, task: str, prefix: str = "") -> Path:
+    return task_journal_dir(state_dir) / (prefix + re.sub(r"[^A-Za-z0-9_.-]", "_", task) + ".json")
 
 
 def journal_task(state_dir: Path, task: str, cluster: str) -> None:
@@ -288,6 +288,24 @@ def journal_task(state_dir: Path, task: str, cluster: str) -> None:
 
 def forget_task(state_dir: Path, task: str) -> None:
     _task_file(state_dir, task).unlink(missing_ok=True)
+
+
+def journal_snapshot_request(state_dir: Path, cluster: str, vm_uuid: str, label: str) -> None:
+    """Written before a snapshot POST: a run killed before the cluster's answer leaves
+    a snapshot whose task nobody journaled; the next run finds it by this label."""
+    entry = {"cluster": cluster, "vm": vm_uuid, "label": label, "created": time.time(),
+             "pid": os.getpid()}  # fmt: skip
+    _write_json_atomic(_task_file(state_dir, label, "request-"), entry)
+
+
+def forget_snapshot_request(state_dir: Path, label: str) -> None:
+    _task_file(state_dir, label, "request-").unlink(missing_ok=True)
+
+
+def snapshot_requests_of_dead_runs(state_dir: Path, cluster: str) -> list[dict[str, Any]]:
+    """Snapshot POSTs of runs that died before they learnt the outcome."""
+    entries = _entries_of_dead_runs(task_journal_dir(state_dir), cluster)
+    return [e for e in entries if e.get("label") and e.get("vm")]
 
 
 def tasks_of_dead_runs(state_dir: Path, cluster: str) -> list[str]:

@@ -122,3 +122,21 @@ def test_duplicate_job_is_refused_unless_force(run_inproc: RunHcbak, base_config
     assert yaml.safe_load(base_config.read_text())["jobs"]["nightly"]["vms"] == ["b"]
     expect(run_inproc("job", "remove", "nightly"), 0, "job 'nightly' removed")
     assert json.loads(run_inproc("job", "list", "--json", check=True).stdout) == []
+
+
+def test_a_job_run_in_process_gives_the_logging_level_back(
+    run_inproc: RunHcbak, base_config: Path
+) -> None:
+    """hcbak as a library (or tests) must not keep the run log's INFO level on the
+    `hcbak` logger: a caller's DEBUG capture would lose every later record."""
+    import logging
+
+    logger = logging.getLogger("hcbak")
+    before = logger.level
+    logger.setLevel(logging.NOTSET)
+    try:
+        expect(run_inproc("job", "run", "--due"), 0, "no job is due")
+        assert logger.level == logging.NOTSET
+        assert not [h for h in logger.handlers if isinstance(h, logging.FileHandler)]
+    finally:
+        logger.setLevel(before)

@@ -332,10 +332,17 @@ def test_a_snapshot_task_that_times_out_stays_journaled_for_the_next_run(
     """Unlike a failed task, a slow one may still make its snapshot after we gave up:
     the next run must wait for it before looking for orphans."""
     with lab(tmp_path) as L:
-        L.sim.create_vm("slow01", [1 * MiB], tags=["nightly"])
+        vm = L.sim.create_vm("slow01", [1 * MiB], tags=["nightly"])
         L.config.clusters["lab"].task_timeout = 0.2
         L.sim.faults.task_delay(1.0)
         report = _run(L)
         assert _vm(report, "slow01").status == "failed"
         assert "did not finish within" in _vm(report, "slow01").reason
-        assert len(list((L.tmp / "state" / "tasks").glob("*.json"))) == 1
+        journal = L.tmp / "state" / "tasks"
+        assert [p.name for p in journal.glob("*.json") if not p.name.startswith("request-")]
+        L.config.clusters["lab"].task_timeout = 30.0
+        L.sim.faults.task_delay(0.0)
+        assert _vm(_run(L), "slow01").status == "ok"
+        # The next run waited for that task, removed what it made, and forgot it.
+        assert len(L.hcbak_snapshots(vm)) == 1
+        assert list(journal.glob("*.json")) == []
