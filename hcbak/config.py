@@ -279,7 +279,7 @@ def validate_email(address: str) -> str:
     return address
 
 
-# The disk types a job's disk filter can name (engine/selection.py DATA_DISK_TYPES).
+# The data disk types: what a job's disk filter can name, and what selection backs up.
 FILTER_DISK_TYPES = ("VIRTIO_DISK", "SCSI_DISK", "IDE_DISK")
 _UUID_RE = re.compile(r"^[0-9A-Fa-f]{8}(-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}$")
 
@@ -711,8 +711,7 @@ class _Parser:
         if not to:
             self.error(to_node, f"{where}.email.to", "needs at least one address")
         for item, addr in zip(_seq_items(to_node), to, strict=True):
-            if not _EMAIL_RE.match(addr):
-                self.error(item, f"{where}.email.to", f"{addr!r} is not an email address")
+            self.check(item, f"{where}.email.to", validate_email, addr)
         notify = EmailNotify(to=to)
         if "on" in e:
             notify.on = self.string_list(e["on"], f"{where}.email.on")
@@ -734,8 +733,7 @@ class _Parser:
             host=self.string(self.require(m, "host", node, where), "smtp.host"),
             sender=self.string(self.require(m, "sender", node, where), "smtp.sender"),
         )
-        if not _EMAIL_RE.match(smtp.sender):
-            self.error(m["sender"], "smtp.sender", f"{smtp.sender!r} is not an email address")
+        self.check(m["sender"], "smtp.sender", validate_email, smtp.sender)
         if "port" in m:
             smtp.port = self.integer(m["port"], "smtp.port", minimum=1, maximum=65535)
         if "security" in m:

@@ -58,13 +58,16 @@ PassCmd = Annotated[
 
 @contextmanager
 def open_configured(
-    cfg: RepoConfig, lock: str | None = "shared", wait: float = 0.0
+    cfg: RepoConfig,
+    lock: str | None = "shared",
+    wait: float = 0.0,
+    command: str | None = "hcbak repo",
 ) -> Iterator[Any]:
     from hcbak.repo import open_repo
 
     passphrase = cfg.passphrase.resolve() if cfg.passphrase else None
     with open_repo(
-        Path(cfg.path), passphrase=passphrase, lock=lock, lock_wait=wait, command="hcbak repo"
+        Path(cfg.path), passphrase=passphrase, lock=lock, lock_wait=wait, command=command
     ) as repo:
         yield repo
 

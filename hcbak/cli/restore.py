@@ -9,7 +9,7 @@ restore, so a prune cannot remove the point's blocks under it.
 
 import sys
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -21,7 +21,7 @@ from hcbak.cli.output import emit_json, info, is_tty, print_fields, warn
 from hcbak.errors import ExitCode, UsageError
 
 if TYPE_CHECKING:
-    from hcbak.config import ClusterConfig, Config, RepoConfig
+    from hcbak.config import ClusterConfig, Config
     from hcbak.engine.restore import Progress
     from hcbak.repo import Point, Repository
 
@@ -184,19 +184,14 @@ def opened_point(
     """Open the repository holding POINT (shared lock) and load the point; what was
     warned about on the way (a repository skipped, damaged points) goes to `warnings`."""
     from hcbak.cli.points import find_point
+    from hcbak.cli.repo import open_configured
 
     repo_cfg, point_id, found_warnings = find_point(config, spec, repo_name)
     if warnings is not None:
         warnings += found_warnings
-    with _open(repo_cfg, lock="shared") as repository:
+    # command=None: the lock names this command from argv (`hcbak restore disk`).
+    with open_configured(repo_cfg, lock="shared", command=None) as repository:
         yield repository, repository.load_point(point_id)
-
-
-def _open(repo_cfg: "RepoConfig", lock: str | None) -> "AbstractContextManager[Repository]":
-    from hcbak.repo import open_repo
-
-    passphrase = repo_cfg.passphrase.resolve() if repo_cfg.passphrase else None
-    return open_repo(Path(repo_cfg.path), passphrase=passphrase, lock=lock)
 
 
 def _target_cluster(config: "Config", name: str | None, point: "Point") -> "ClusterConfig":

@@ -13,7 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-DATA_DISK_TYPES = frozenset({"VIRTIO_DISK", "SCSI_DISK", "IDE_DISK"})
+from hcbak.config import FILTER_DISK_TYPES
+
+DATA_DISK_TYPES = frozenset(FILTER_DISK_TYPES)
 # UEFI/TPM VMs do not boot the same without these (hypercore-api.md "More shape facts").
 STATE_DISK_TYPES = frozenset({"NVRAM", "VTPM"})
 REMOVABLE_TYPES = frozenset({"IDE_CDROM", "IDE_FLOPPY"})
