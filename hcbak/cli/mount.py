@@ -67,8 +67,23 @@ def mount_command(
     with opened_point(config, point_spec, repo) as (repository, point):
         operations = _make_operations(fuse, point, disk_readers(repository, point))
         info(f"mounted point {point.id[:12]} ({point.vm_name}) on {mountpoint}; Ctrl-C unmounts")
-        fuse.FUSE(operations, str(mountpoint), foreground=True, ro=True, nothreads=False)
+        try:
+            fuse.FUSE(operations, str(mountpoint), foreground=True, ro=True, nothreads=False)
+        except RuntimeError as exc:
+            if not _ended_by_signal(exc, mountpoint):
+                raise
     info(f"unmounted {mountpoint}")
+
+
+# fuse_main's "event loop failed" code. libfuse 3.x records the signal that ended the
+# loop (SIGINT, SIGTERM, SIGHUP) as the loop's result, and fuse_main turns any nonzero
+# result into 8: a normal Ctrl-C then looks like a failure (libfuse 3.14 seen here).
+_FUSE_LOOP_ENDED = 8
+
+
+def _ended_by_signal(exc: RuntimeError, mountpoint: Path) -> bool:
+    """A loop that ended with code 8 and left nothing mounted was unmounted as asked."""
+    return exc.args[:1] == (_FUSE_LOOP_ENDED,) and not os.path.ismount(mountpoint)
 
 
 def disk_readers(repository: Any, point: "Point") -> "dict[str, DiskReader]":
