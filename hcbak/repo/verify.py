@@ -4,6 +4,10 @@ Streaming and bounded: points are loaded one at a time; per pack only its traile
 kept (8 bytes per blob, next to the 28-byte index); with --read-data packs are read
 sequentially in 1 MiB frames. Problems become a list of messages plus the points they
 affect; the CLI turns a non-empty list into exit 6.
+
+Damage found by --read-data is recorded (hcbak/repo/damaged.py), so the next backup
+stores those blocks again. Copies recorded earlier are not read again: a point that
+needs one counts it as damaged until a backup has stored a healthy copy.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 
 from hcbak.errors import HcbakError, IntegrityError
 from hcbak.repo.blockmap import ZERO_BLOCK
+from hcbak.repo.damaged import DamagedCopy
 from hcbak.repo.pack import iter_pack_frames, pack_path, read_trailer
 from hcbak.repo.repository import Repository
 
@@ -35,6 +40,7 @@ class VerifyReport:
     bytes_read: int = 0
     unindexed_packs: int = 0
     read_data_percent: float = 0.0
+    damaged_copies: int = 0  # recorded (set aside), including those found now
 
     @property
     def ok(self) -> bool:
@@ -53,6 +59,7 @@ class VerifyReport:
             "bytes_read": self.bytes_read,
             "unindexed_packs": self.unindexed_packs,
             "read_data_percent": self.read_data_percent,
+            "damaged_copies": self.damaged_copies,
         }
 
 
@@ -68,12 +75,15 @@ def verify(
     repo.flush()
     for seg, why in repo.bad_segments.items():
         report.errors.append(f"index segment {seg}: {why}")
+    for name, why in repo.damaged.unreadable.items():
+        report.errors.append(f"damaged-copy record {name}: {why}")
     say("checking packs")
     bad_packs = _check_packs(repo, report)
     bad_ids: set[bytes] = set()
     if read_data_percent > 0:
         say(f"reading {read_data_percent:g}% of the packs")
         _read_data(repo, report, read_data_percent, seed, bad_packs, bad_ids)
+    report.damaged_copies = len(repo.damaged.copies)
     say("checking points")
     _check_points(repo, report, bad_packs, bad_ids)
     return report
@@ -128,28 +138,41 @@ def _read_data(
         rnd = random.Random(seed)
         k = max(1, round(len(packs) * percent / 100))
         packs = sorted(rnd.sample(packs, k))
+    known = {(c.pack, c.offset) for c in repo.damaged.copies}
+    known_packs = {pack for pack, _ in known}
     for pack in packs:
         report.packs_read += 1
+        found: list[DamagedCopy] = []
+        path = pack_path(repo.root, pack)
         try:
-            for _offset, frame in iter_pack_frames(pack_path(repo.root, pack)):
+            # Ids from the pack's own table: a flipped bit may be in a frame's id.
+            ids = {o: i for i, o, _, _ in read_trailer(path)}
+            for offset, frame in iter_pack_frames(path):
+                if (pack, offset) in known:
+                    continue  # set aside already; its pack's checksum fails because of it
                 report.blobs_read += 1
                 report.bytes_read += len(frame)
-                block_id = frame[:16]
+                block_id = ids.get(offset, bytes(frame[:16]))
                 try:
                     repo.decode_frame(block_id, frame)
                 except IntegrityError as exc:
                     report.errors.append(f"pack {pack}: {exc}")
                     bad_ids.add(block_id)
+                    found.append(DamagedCopy(block_id, pack, offset, len(frame)))
         except IntegrityError as exc:
             # Trailer or whole-file checksum: every blob was still checked one by one
-            # above, so only the blobs that failed count against points.
-            report.errors.append(str(exc))
+            # above, so only the blobs that failed count against points. A pack with a
+            # recorded damaged copy cannot match its name; that is no news.
+            if pack not in known_packs or found:
+                report.errors.append(str(exc))
+        repo.record_damage(found)
 
 
 def _check_points(
     repo: Repository, report: VerifyReport, bad_packs: set[str], bad_ids: set[bytes]
 ) -> None:
     affected = []
+    set_aside = repo.damaged.ids()
     for pid in repo.point_ids():
         report.points += 1
         try:
@@ -164,7 +187,9 @@ def _check_points(
                 if block_id == ZERO_BLOCK:
                     continue
                 loc = repo.locate(block_id)
-                if loc is None:
+                if loc is None and block_id in set_aside:
+                    damaged += 1
+                elif loc is None:
                     missing += 1
                 elif loc.pack in bad_packs or block_id in bad_ids:
                     damaged += 1
