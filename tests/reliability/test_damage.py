@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from engine.helpers import MiB, lab
 
-from hcbak.config import Retention, save_config
-from hcbak.repo.pack import pack_path, read_trailer
+from hcbak.config import Retention
+from hcbak.repo.pack import read_trailer
 
 from .helpers import Ledger, cli, file_sha256, guest_writes
 
