@@ -62,7 +62,7 @@ class PruneReport:
     bytes_freed: int = 0
     segments_replaced: int = 0
     # Packs prune leaves alone: unindexed ones holding referenced blobs (repair indexes
-    # them) and indexed ones whose own table is unreadable.
+    # them).
     packs_kept: list[str] = field(default_factory=list)
     damaged_records_dropped: int = 0
 
@@ -119,20 +119,19 @@ def prune(
         else:
             report.unused_blocks += 1
     say("checking every pack's own table")
-    unused_unindexed, kept = _account(repo, referenced, set(total), problems)
+    unused_unindexed, kept, bad_tables = _account(repo, referenced, set(total), problems)
     if problems:
         raise PruneRefusedError(problems)
     report.packs_kept = sorted(kept)
-    damaged_packs = repo.damaged.packs()
-    doomed = sorted(unused_unindexed | {p for p in total if not live.get(p) and p not in kept})
     # Packs holding a recorded damaged copy are rewritten without it, whatever their
-    # share of live bytes: the copy is never carried over (the index skips it).
+    # share of live bytes: the copy is never carried over (the index skips it). So are
+    # indexed packs whose own table is damaged (the index locates their blobs).
+    rewrite = repo.damaged.packs() | bad_tables
+    doomed = sorted(unused_unindexed | {p for p in total if not live.get(p)})
     repack = sorted(
         p
         for p in total
-        if p not in kept
-        and live.get(p, 0) > 0
-        and (live[p] < repack_below * total[p] or p in damaged_packs)
+        if live.get(p, 0) > 0 and (live[p] < repack_below * total[p] or p in rewrite)
     )
     for p in doomed + repack:
         path = pack_path(repo.root, p)
@@ -253,25 +252,27 @@ def unreadable_metadata(repo: Repository) -> list[str]:
 
 def _account(
     repo: Repository, referenced: set[bytes], indexed: set[str], problems: list[str]
-) -> tuple[set[str], set[str]]:
+) -> tuple[set[str], set[str], set[str]]:
     """Check every pack against its own blob table, one pack at a time.
 
-    Returns (unindexed packs that are provably unused, packs to keep as they are).
-    An indexed pack that is missing, or an unindexed one whose table cannot be read,
-    is a problem (prune then refuses). An unindexed pack with a referenced blob that
-    has no other indexed copy is kept: only `repo repair` may index it.
+    Returns (unindexed packs that are provably unused, unindexed packs to keep as
+    they are, indexed packs whose table is unreadable). An indexed pack that is
+    missing, or an unindexed one whose table cannot be read, is a problem (prune then
+    refuses). An unindexed pack with a referenced blob that has no other indexed copy
+    is kept: only `repo repair` may index it.
     """
     on_disk = set(repo.pack_ids())
     damaged = repo.damaged.keys()
     problems += [f"pack {p} is missing (the index names it)" for p in sorted(indexed - on_disk)]
     unused: set[str] = set()
     kept: set[str] = set()
+    bad_tables: set[str] = set()
     for pack in sorted(on_disk):
         try:
             table = read_trailer(pack_path(repo.root, pack))
         except (IntegrityError, OSError) as exc:
             if pack in indexed:
-                kept.add(pack)  # the index still locates its blobs; nothing to delete
+                bad_tables.add(pack)  # the index still locates its blobs
             else:
                 why = exc.message if isinstance(exc, IntegrityError) else str(exc)
                 problems.append(
@@ -289,7 +290,7 @@ def _account(
                 needed = True
                 break
         (kept if needed else unused).add(pack)
-    return unused, kept
+    return unused, kept, bad_tables
 
 
 def _pack_gone(repo: Repository, copy: DamagedCopy, deleted: set[str]) -> bool:
@@ -312,7 +313,7 @@ def _with_plain_lengths(repo: Repository, entries: list[SegmentEntry]) -> list[S
             try:
                 table = read_trailer(pack_path(repo.root, e.pack))
             except (IntegrityError, OSError):
-                table = []  # a kept pack with a damaged table: plain lengths unknown (0)
+                table = []  # unreachable: such packs are repacked; plain lengths 0
             by_pack[e.pack] = {o: p for _, o, _, p in table}
         out.append(SegmentEntry(e.id, e.pack, e.offset, e.length, by_pack[e.pack].get(e.offset, 0)))
     return out

@@ -176,7 +176,7 @@ def _healthy_blobs(
     try:
         table = sorted(read_trailer(path), key=lambda e: e[1])
     except (IntegrityError, OSError):
-        table = _walk_frames(path)
+        table = walk_frames(path)
         report.packs_walked.append(pack)
     try:
         fh = open(path, "rb")  # noqa: SIM115 - closed below, around a generator
@@ -197,7 +197,7 @@ def _healthy_blobs(
             yield SegmentEntry(block_id, pack, offset, length, plain)
 
 
-def _walk_frames(path: Path) -> list[tuple[bytes, int, int, int]]:
+def walk_frames(path: Path) -> list[tuple[bytes, int, int, int]]:
     """(id, offset, length, plain_len) of the frames of a pack without a usable
     trailer, from its header to the first frame whose crc32 does not match."""
     out: list[tuple[bytes, int, int, int]] = []

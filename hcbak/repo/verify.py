@@ -23,6 +23,7 @@ from hcbak.errors import HcbakError, IntegrityError
 from hcbak.repo.blockmap import ZERO_BLOCK
 from hcbak.repo.damaged import DamagedCopy
 from hcbak.repo.pack import iter_pack_frames, pack_path, read_trailer
+from hcbak.repo.repair import walk_frames
 from hcbak.repo.repository import Repository
 
 Progress = Callable[[str], None]
@@ -106,8 +107,12 @@ def _check_packs(repo: Repository, report: VerifyReport) -> set[str]:
             table = read_trailer(pack_path(repo.root, pack))
         except (IntegrityError, OSError) as exc:
             report.errors.append(str(exc) if isinstance(exc, HcbakError) else f"pack {pack}: {exc}")
-            bad.add(pack)
-            continue
+            # Its frames describe themselves: index entries that start at a healthy
+            # frame still count (a damaged table alone loses no block).
+            table = walk_frames(pack_path(repo.root, pack))
+            if not table:
+                bad.add(pack)
+                continue
         arr = array("Q", sorted(o for _, o, _, _ in table))
         data_end = min((o for _, o, _, _ in table), default=0) + sum(n for _, _, n, _ in table)
         offsets[pack] = (arr, data_end)
