@@ -62,7 +62,8 @@ class PruneReport:
     bytes_freed: int = 0
     segments_replaced: int = 0
     # Packs prune leaves alone: unindexed ones holding referenced blobs (repair indexes
-    # them).
+    # them), indexed ones whose own table is unreadable, and those holding the only
+    # (damaged) copy of a referenced block.
     packs_kept: list[str] = field(default_factory=list)
     damaged_records_dropped: int = 0
 
@@ -119,19 +120,26 @@ def prune(
         else:
             report.unused_blocks += 1
     say("checking every pack's own table")
-    unused_unindexed, kept, bad_tables = _account(repo, referenced, set(total), problems)
+    unused_unindexed, kept = _account(repo, referenced, set(total), problems)
     if problems:
         raise PruneRefusedError(problems)
     report.packs_kept = sorted(kept)
-    # Packs holding a recorded damaged copy are rewritten without it, whatever their
-    # share of live bytes: the copy is never carried over (the index skips it). So are
-    # indexed packs whose own table is damaged (the index locates their blobs).
-    rewrite = repo.damaged.packs() | bad_tables
-    doomed = sorted(unused_unindexed | {p for p in total if not live.get(p)})
+    # A damaged copy is never carried over (the index skips it). Once a healthy copy
+    # exists (or nothing references the block), its pack is rewritten without it,
+    # whatever its share of live bytes; until then the pack stays as it is: the
+    # damaged copy is all that is left of that block.
+    unhealed = {
+        c.pack for c in repo.damaged.copies if c.id in referenced and not repo.index.contains(c.id)
+    }
+    kept |= unhealed & set(total)
+    rewrite = repo.damaged.packs() - unhealed
+    doomed = sorted(unused_unindexed | {p for p in total if not live.get(p) and p not in kept})
     repack = sorted(
         p
         for p in total
-        if live.get(p, 0) > 0 and (live[p] < repack_below * total[p] or p in rewrite)
+        if p not in kept
+        and live.get(p, 0) > 0
+        and (live[p] < repack_below * total[p] or p in rewrite)
     )
     for p in doomed + repack:
         path = pack_path(repo.root, p)
@@ -177,8 +185,14 @@ def prune(
     report.segments_replaced = len(old_segments)
     step("old-index-deleted")
     say(f"deleting {len(doomed) + len(repack)} packs")
+    # Pack names are content hashes: a repack that wrote exactly the bytes of an old
+    # pack got that pack's name (and kept the file already there). Never delete it.
+    written = set(report.packs_written)
     for p in doomed + repack:
+        if p in written:
+            continue
         fsio.remove_durably(pack_path(repo.root, p))
+    gone -= written
     step("packs-deleted")
     # Only now that their packs are gone (a repack may have found more damage).
     keep = [c for c in repo.damaged.copies if not _pack_gone(repo, c, gone)]
@@ -252,27 +266,26 @@ def unreadable_metadata(repo: Repository) -> list[str]:
 
 def _account(
     repo: Repository, referenced: set[bytes], indexed: set[str], problems: list[str]
-) -> tuple[set[str], set[str], set[str]]:
+) -> tuple[set[str], set[str]]:
     """Check every pack against its own blob table, one pack at a time.
 
-    Returns (unindexed packs that are provably unused, unindexed packs to keep as
-    they are, indexed packs whose table is unreadable). An indexed pack that is
-    missing, or an unindexed one whose table cannot be read, is a problem (prune then
-    refuses). An unindexed pack with a referenced blob that has no other indexed copy
-    is kept: only `repo repair` may index it.
+    Returns (unindexed packs that are provably unused, packs to keep as they are).
+    An indexed pack that is missing, or an unindexed one whose table cannot be read,
+    is a problem (prune then refuses). An indexed pack whose table cannot be read is
+    kept (the index still locates its blobs, but what else it holds is unknown). An
+    unindexed pack with a referenced blob that has no other indexed copy (a damaged
+    copy included: it is all there is) is kept: only `repo repair` may index it.
     """
     on_disk = set(repo.pack_ids())
-    damaged = repo.damaged.keys()
     problems += [f"pack {p} is missing (the index names it)" for p in sorted(indexed - on_disk)]
     unused: set[str] = set()
     kept: set[str] = set()
-    bad_tables: set[str] = set()
     for pack in sorted(on_disk):
         try:
             table = read_trailer(pack_path(repo.root, pack))
         except (IntegrityError, OSError) as exc:
             if pack in indexed:
-                bad_tables.add(pack)  # the index still locates its blobs
+                kept.add(pack)
             else:
                 why = exc.message if isinstance(exc, IntegrityError) else str(exc)
                 problems.append(
@@ -283,14 +296,14 @@ def _account(
             continue
         needed = False
         for block_id, _o, _n, _p in table:
-            if block_id not in referenced or (block_id, pack) in damaged:
+            if block_id not in referenced:
                 continue
             loc = repo.index.lookup(block_id)
             if loc is None or loc.pack == pack:
                 needed = True
                 break
         (kept if needed else unused).add(pack)
-    return unused, kept, bad_tables
+    return unused, kept
 
 
 def _pack_gone(repo: Repository, copy: DamagedCopy, deleted: set[str]) -> bool:
@@ -313,7 +326,7 @@ def _with_plain_lengths(repo: Repository, entries: list[SegmentEntry]) -> list[S
             try:
                 table = read_trailer(pack_path(repo.root, e.pack))
             except (IntegrityError, OSError):
-                table = []  # unreachable: such packs are repacked; plain lengths 0
+                table = []  # a kept pack with a damaged table: plain lengths unknown (0)
             by_pack[e.pack] = {o: p for _, o, _, p in table}
         out.append(SegmentEntry(e.id, e.pack, e.offset, e.length, by_pack[e.pack].get(e.offset, 0)))
     return out

@@ -75,14 +75,13 @@ def test_repair_rebuilds_a_lost_index_from_the_packs_and_dry_run_writes_nothing(
     assert _verify(root) == []
 
 
-def test_a_pack_whose_table_is_damaged_is_walked_frame_by_frame_and_prune_rewrites_it(
+def test_a_pack_whose_table_is_damaged_is_walked_frame_by_frame_and_kept_by_prune(
     tmp_path: Path,
 ) -> None:
     root, pid, data = _repo_with_point(tmp_path)
     pack = max(
         (p for p in (root / "packs").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size
     )
-    blobs = len(read_trailer(pack))
     with pack.open("r+b") as fh:  # the footer's magic: no table can be found
         fh.seek(-3, 2)
         fh.write(b"XXX")
@@ -96,10 +95,9 @@ def test_a_pack_whose_table_is_damaged_is_walked_frame_by_frame_and_prune_rewrit
     assert len(errors) == 1 and pack.name in errors[0]  # the table, and nothing lost
     with open_repo(root, passphrase=PASS, lock="exclusive") as repo:
         pruned = prune(repo)
-        assert pruned.packs_repacked == [pack.name]
+        assert pruned.packs_kept == [pack.name] and pruned.packs_deleted == []
         assert read_disk(repo, pid) == data
-    assert not pack.exists() and _verify(root) == []
-    assert blobs > 1
+    assert pack.exists()
 
 
 def test_repair_sets_a_damaged_blob_aside_and_never_deletes_a_pack(tmp_path: Path) -> None:
