@@ -264,7 +264,10 @@ class Repository:
             index.reserve(sum(len(raw) for _, raw in decoded) // 32)
             while decoded:
                 packs, raw = decoded.pop()
-                index.add_segment(packs, raw, skip)
+                if skip:
+                    index.add_segment(packs, raw, skip)
+                else:
+                    index.add_segment(packs, raw)
             self._index, self._bad_segments = index, bad
         except BaseException as exc:  # MemoryError and the like: raised at first use
             self._index_failure = exc
