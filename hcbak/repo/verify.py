@@ -15,8 +15,9 @@ from __future__ import annotations
 import random
 from array import array
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hcbak.errors import HcbakError, IntegrityError
@@ -79,19 +80,23 @@ def verify(
     for name, why in repo.damaged.unreadable.items():
         report.errors.append(f"damaged-copy record {name}: {why}")
     say("checking packs")
-    bad_packs = _check_packs(repo, report)
+    walked: dict[str, list[tuple[bytes, int, int, int]]] = {}
+    bad_packs = _check_packs(repo, report, walked)
     bad_ids: set[bytes] = set()
     if read_data_percent > 0:
         say(f"reading {read_data_percent:g}% of the packs")
-        _read_data(repo, report, read_data_percent, seed, bad_packs, bad_ids)
+        _read_data(repo, report, read_data_percent, seed, bad_packs, bad_ids, walked)
     report.damaged_copies = len(repo.damaged.copies)
     say("checking points")
     _check_points(repo, report, bad_packs, bad_ids)
     return report
 
 
-def _check_packs(repo: Repository, report: VerifyReport) -> set[str]:
-    """Trailers of every indexed pack, and every index entry against its trailer."""
+def _check_packs(
+    repo: Repository, report: VerifyReport, walked: dict[str, list[tuple[bytes, int, int, int]]]
+) -> set[str]:
+    """Trailers of every indexed pack, and every index entry against its trailer (or,
+    for a pack whose trailer is damaged, against its walked frames, kept in `walked`)."""
     on_disk = set(repo.pack_ids())
     indexed = set(repo.index.packs())
     report.unindexed_packs = len(on_disk - indexed)
@@ -113,6 +118,7 @@ def _check_packs(repo: Repository, report: VerifyReport) -> set[str]:
             if not table:
                 bad.add(pack)
                 continue
+            walked[pack] = table
         arr = array("Q", sorted(o for _, o, _, _ in table))
         data_end = min((o for _, o, _, _ in table), default=0) + sum(n for _, _, n, _ in table)
         offsets[pack] = (arr, data_end)
@@ -137,6 +143,7 @@ def _read_data(
     seed: int | None,
     bad_packs: set[str],
     bad_ids: set[bytes],
+    walked: dict[str, list[tuple[bytes, int, int, int]]],
 ) -> None:
     packs = sorted(set(repo.index.packs()) - bad_packs)
     if percent < 100 and packs:
@@ -151,8 +158,10 @@ def _read_data(
         path = pack_path(repo.root, pack)
         try:
             # Ids from the pack's own table: a flipped bit may be in a frame's id.
-            ids = {o: i for i, o, _, _ in read_trailer(path)}
-            for offset, frame in iter_pack_frames(path):
+            table = walked.get(pack) or read_trailer(path)
+            ids = {o: i for i, o, _, _ in table}
+            frames = _walked_frames(path, table) if pack in walked else iter_pack_frames(path)
+            for offset, frame in frames:
                 if (pack, offset) in known:
                     continue  # set aside already; its pack's checksum fails because of it
                 report.blobs_read += 1
@@ -171,6 +180,16 @@ def _read_data(
             if pack not in known_packs or found:
                 report.errors.append(str(exc))
         repo.record_damage(found)
+
+
+def _walked_frames(
+    path: Path, table: list[tuple[bytes, int, int, int]]
+) -> Iterator[tuple[int, bytes]]:
+    """The frames of a pack whose trailer is damaged (reported already), one at a time."""
+    with open(path, "rb") as fh:
+        for _, offset, length, _ in table:
+            fh.seek(offset)
+            yield offset, fh.read(length)
 
 
 def _check_points(

@@ -91,7 +91,7 @@ def test_a_pack_whose_table_is_damaged_is_walked_frame_by_frame_and_kept_by_prun
         report = repair(repo)
     assert report.packs_walked == [pack.name] and report.damaged_found == []
     assert [p.whole for p in report.points] == [True]
-    errors = _verify(root, percent=0)
+    errors = _verify(root, percent=100)
     assert len(errors) == 1 and pack.name in errors[0]  # the table, and nothing lost
     with open_repo(root, passphrase=PASS, lock="exclusive") as repo:
         pruned = prune(repo)
