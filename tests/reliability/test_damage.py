@@ -1,16 +1,19 @@
 """Damage, then the commands a user runs next: nothing good is deleted, damage heals.
 
-Real `job run` against the simulator, real repository files damaged on disk, and the
-real CLI after it (docs/reliability.md, "Damage"): a damaged index segment makes prune
-refuse (it used to delete every pack the segment listed), `repo repair` rebuilds the
-index from the packs, and a blob found damaged (by verify --read-data or by a restore)
-is set aside so the next backup stores it again and old and new points restore.
+Real `hcbak` child processes (`job run` against the simulator, then the repository
+commands), real repository files damaged on disk (docs/reliability.md, section 4):
+a damaged index segment makes prune refuse (it used to delete every pack the segment
+listed), `repo repair` rebuilds the index from the packs, and a blob found damaged
+(by verify --read-data or by a restore) is set aside so the next backup stores it
+again and old and new points restore.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -19,9 +22,17 @@ from engine.helpers import MiB, lab
 from hcbak.config import Retention
 from hcbak.repo.pack import read_trailer
 
-from .helpers import Ledger, cli, file_sha256, guest_writes
+from .helpers import HCBAK, CliResult, Ledger, file_sha256, guest_writes
 
 pytestmark = pytest.mark.reliability
+
+
+def cli(env: dict[str, str], *argv: str) -> CliResult:
+    """`hcbak ARGV` as a real child process, as a user (or cron) runs it."""
+    proc = subprocess.run(
+        [*HCBAK, *argv], env={**os.environ, **env}, capture_output=True, text=True, timeout=120
+    )
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
 def _files(root: Path, kind: str) -> dict[Path, str]:
@@ -63,6 +74,9 @@ def test_a_damaged_index_segment_makes_prune_refuse_and_repair_makes_every_point
         live = ledger.live_hashes()
         run = cli(L.env, "job", "run", "nightly")
         run.assert_clean()
+        # The point is committed; the prune after it refuses and says why (exit 6).
+        assert run.code == 6 and "prune refused" in run.err, (run.code, run.err)
+        assert segment.name in run.err
         ledger.record_new(live)
         assert all(p.exists() for p in packs), "prune after_run deleted packs"
 
