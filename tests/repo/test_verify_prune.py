@@ -255,3 +255,22 @@ def test_prune_refuses_when_a_manifest_is_unreadable(tmp_path: Path) -> None:
         with pytest.raises(PruneRefusedError, match=f"point manifest {pa} is unreadable"):
             prune(repo)
     assert _pack_files(root) == packs
+
+
+def test_prune_refuses_when_the_index_names_a_missing_pack_and_repair_clears_it(
+    tmp_path: Path,
+) -> None:
+    from hcbak.repo.repair import repair
+
+    root = make_repo(tmp_path / "r")
+    pa, pb, _, b = two_points(root)
+    lost = pack_of_point(root, pa)
+    pack_path(root, lost).unlink()
+    with open_repo(root, passphrase=PASS, lock="exclusive") as repo:
+        with pytest.raises(PruneRefusedError, match=f"pack {lost} is missing"):
+            prune(repo, dry_run=True)
+        report = repair(repo)
+        assert {p.id for p in report.points if not p.whole} >= {pa}
+        prune(repo)  # accountable again: the index no longer names the missing pack
+        if pb not in {p.id for p in report.points if not p.whole}:
+            assert read_disk(repo, pb) == b
