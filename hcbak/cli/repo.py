@@ -1,4 +1,4 @@
-"""`hcbak repo add|list|show|remove|passwd|unlock|forget|prune|verify`.
+"""`hcbak repo add|list|show|remove|passwd|unlock|forget|prune|verify|repair`.
 
 The repository folder is the source of truth for its format (block size, compression,
 encryption); the config only names it, says where it is and how to get the passphrase.
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from typer._click import Context  # typer vendors click without public aliases
 
 app = typer.Typer(
-    help="Manage backup repositories: create, inspect, verify, forget and prune.",
+    help="Manage backup repositories: create, inspect, verify, forget, prune and repair.",
     no_args_is_help=True,
 )
 
@@ -335,15 +335,33 @@ def prune(
     wait: Annotated[float, typer.Option(help="Seconds to wait for other locks.")] = 0.0,
     json_out: JsonOpt = False,
 ) -> None:
-    """Forget per retention policy, then delete unreferenced data (exclusive lock)."""
+    """Forget per retention policy, then delete unreferenced data (exclusive lock).
+
+    Refuses (exit 6, nothing forgotten or deleted) when an index segment, manifest,
+    damaged-copy record or pack table cannot be read: `hcbak repo repair` first.
+    """
+    from hcbak.repo.prune import PruneRefusedError, unreadable_metadata
     from hcbak.repo.prune import prune as _prune
 
     config = load_config()
     with open_configured(config.repo(name), lock="exclusive", wait=wait) as repo:
-        plan = _forget_plan(config, repo, name)
-        if not dry_run:
-            repo.forget_points([p["id"] for p in plan if not p["keep"]])
-        report = _prune(repo, dry_run=dry_run, progress=info)
+        try:
+            problems = unreadable_metadata(repo)
+            if problems:
+                raise PruneRefusedError(problems)
+            plan = _forget_plan(config, repo, name)
+            if not dry_run:
+                repo.forget_points([p["id"] for p in plan if not p["keep"]])
+            report = _prune(repo, dry_run=dry_run, progress=info)
+        except PruneRefusedError as exc:
+            for problem in exc.problems:
+                info(f"problem: {problem}")
+            raise PruneRefusedError(exc.problems, name) from None
+    for pack in report.packs_kept:
+        info(
+            f"kept pack {pack}: in no index yet holds referenced blocks, or its table is "
+            f"unreadable (`hcbak repo repair {name}` indexes what it can)"
+        )
     doc = {**report.to_json(), "forgotten": [p["id"] for p in plan if not p["keep"]]}
     if json_out:
         emit_json(doc)
@@ -353,6 +371,73 @@ def prune(
                 (k.replace("_", " "), v if not isinstance(v, list) else len(v))
                 for k, v in doc.items()
             ]
+        )
+
+
+@app.command("repair")
+def repair(
+    name: NameArg,
+    dry_run: Annotated[
+        bool, typer.Option(help="Read everything and report; write and delete nothing.")
+    ] = False,
+    salvage: Annotated[
+        bool,
+        typer.Option(
+            help="Rewrite each point with lost blocks so they read as zeros (marked in "
+            "the point); its original is forgotten."
+        ),
+    ] = False,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for other locks.")] = 0.0,
+    json_out: JsonOpt = False,
+) -> None:
+    """Rebuild the index from the packs, set damaged blobs aside, report each point.
+
+    Reads every pack (exclusive lock). Never deletes a pack. Exit 6 when some point
+    still has lost blocks: the next backup of its VM may heal them, or --salvage.
+    """
+    from hcbak.repo.repair import repair as _repair
+
+    config = load_config()
+    with open_configured(
+        config.repo(name), lock="exclusive", wait=wait, command="hcbak repo repair"
+    ) as repo:
+        report = _repair(repo, dry_run=dry_run, salvage=salvage, progress=info)
+    if json_out:
+        emit_json(report.to_json())
+    else:
+        for pack in report.packs_walked:
+            info(f"pack {pack}: blob table unreadable, walked frame by frame")
+        for copy in report.damaged_found:
+            info(f"damaged: block {copy.id.hex()} in pack {copy.pack} (set aside)")
+        for health in report.points:
+            where = f"point {health.id} ({health.vm_name} {health.created})"
+            if health.unreadable:
+                info(f"{where}: manifest unreadable: {health.unreadable}")
+            elif health.salvaged_as:
+                info(f"{where}: salvaged as {health.salvaged_as}, lost blocks read as zeros")
+            elif health.lost:
+                lost = ", ".join(f"disk {d}: {len(b)} blocks" for d, b in health.lost.items())
+                info(f"{where}: lost {lost}")
+            else:
+                info(f"{where}: whole")
+        print_fields(
+            [
+                ("dry run", report.dry_run),
+                ("packs", report.packs),
+                ("blobs indexed", report.blobs_indexed),
+                ("damaged copies", len(report.damaged_found)),
+                ("segments written", report.segments_written),
+                ("segments removed", report.segments_removed),
+                ("points", len(report.points)),
+                ("points with losses", len(report.lost_points)),
+            ]
+        )
+    if report.lost_points:
+        raise IntegrityError(
+            f"repository {name}: {len(report.lost_points)} point(s) have lost blocks or an "
+            "unreadable manifest: " + ", ".join(p.id[:12] for p in report.lost_points),
+            hint="a backup of their VMs stores healthy blocks again; "
+            f"`hcbak repo repair {name} --salvage` makes them restorable with zeros",
         )
 
 

@@ -9,6 +9,8 @@ Nouns:
 - index segment: a write-once file mapping block id -> (pack, offset, length).
 - point: a restore point, one manifest per VM per run with the block map of every disk.
 - lock: a lease file under locks/ (shared for backup/restore, exclusive for prune).
+- damaged-copy record: a write-once file under damaged/ naming blob copies that failed
+  their checks; the index skips them, so the next backup stores those blocks again.
 
 This package never prints and never imports typer, rich or a network client.
 """

@@ -174,13 +174,15 @@ class CompactIndex:
                 return i, False
             i = i + 1 if i + 1 < cap else 0
 
-    def _insert(self, block_id: bytes, pack_no: int, offset: int, length: int) -> None:
+    def _insert(
+        self, block_id: bytes, pack_no: int, offset: int, length: int, replace: bool = False
+    ) -> None:
         if self._count + 1 > self._cap * MAX_LOAD:
             self._resize(int(self._cap * GROWTH) + 1)
         i, found = self._find(block_id)
-        if not found:  # a repeated id keeps its first location
+        if not found or replace:  # a repeated id keeps its first location unless replaced
             _SLOT.pack_into(self._slots, i * _SLOT.size, block_id, pack_no, offset, length)
-            self._count += 1
+            self._count += not found
 
     def _resize(self, cap: int) -> None:
         old = self._slots
@@ -189,14 +191,24 @@ class CompactIndex:
             if block_id != _EMPTY:
                 self._insert(block_id, p, o, n)
 
-    def add(self, entries: Iterable[SegmentEntry]) -> None:
+    def add(self, entries: Iterable[SegmentEntry], *, replace: bool = False) -> None:
+        """Insert entries; with `replace` a new location wins over a known one (a
+        healthy copy stored after the indexed one was found damaged)."""
         for e in entries:
-            self._insert(e.id, self._pack_number(e.pack), e.offset, e.length)
+            self._insert(e.id, self._pack_number(e.pack), e.offset, e.length, replace)
 
-    def add_segment(self, packs: list[str], records: bytes) -> None:
-        """Fast path for loading: raw SEG_ENTRY records of one decoded segment."""
+    def add_segment(
+        self, packs: list[str], records: bytes, skip: set[tuple[bytes, str]] | None = None
+    ) -> None:
+        """Fast path for loading: raw SEG_ENTRY records of one decoded segment, less
+        the (id, pack) copies in `skip` (recorded as damaged, hcbak/repo/damaged.py)."""
         numbers = [self._pack_number(p) for p in packs]
         self.reserve(self._count + len(records) // SEG_ENTRY.size)
+        if skip:
+            for block_id, p, o, n, _plain in SEG_ENTRY.iter_unpack(records):
+                if (block_id, packs[p]) not in skip:
+                    self._insert(block_id, numbers[p], o, n)
+            return
         for block_id, p, o, n, _plain in SEG_ENTRY.iter_unpack(records):
             self._insert(block_id, numbers[p], o, n)
 

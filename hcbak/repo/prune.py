@@ -1,11 +1,18 @@
 """`repo prune`: delete data no point references, repacking mostly-dead packs.
 
 Runs only under the exclusive lock, so no backup is writing or referencing blocks that
-are not yet in a committed point. Crash-safe order (docs/format.md, "Prune"):
+are not yet in a committed point. Before deleting anything it accounts for every pack
+(see `_account`): an unreadable index segment, manifest or damaged-copy record, a
+pack the index names that is missing, or an unindexed pack whose own blob table cannot
+be read makes it refuse (IntegrityError, exit 6) instead of guessing; `repo repair`
+is the way out. A pack no readable segment lists is deleted only when its own table
+shows that none of its blobs is referenced (or each referenced one has another,
+indexed copy). Crash-safe order (docs/format.md, "Prune"):
 1. write new packs holding the live blobs of packs being repacked (fsynced, renamed);
 2. write the new index segment(s) covering every live blob;
 3. delete the old index segments;
-4. delete the old packs (fully dead, repacked, and unindexed leftovers of crashes).
+4. delete the old packs (fully dead, repacked, and unindexed leftovers of crashes);
+5. drop damaged-copy records whose pack is gone.
 A crash before 3 leaves duplicate index entries that all point at existing packs; a
 crash before 4 leaves unreferenced packs that the next prune deletes. At no moment does
 a committed point reference a block whose only copy was deleted.
@@ -17,8 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from hcbak.errors import RepoError
+from hcbak.errors import IntegrityError, RepoError
 from hcbak.repo import fsio
+from hcbak.repo.damaged import DamagedCopy, replace_records
 from hcbak.repo.index import SegmentEntry, list_segments, write_segment
 from hcbak.repo.locks import EXCLUSIVE
 from hcbak.repo.pack import PackWriter, pack_path, parse_blob, read_trailer
@@ -28,6 +36,19 @@ REPACK_BELOW = 0.5  # repack a pack when less than this fraction of its bytes is
 SEGMENT_MAX_ENTRIES = 200_000
 
 Progress = Callable[[str], None]
+
+
+class PruneRefusedError(IntegrityError):
+    """Prune cannot account for every pack, so it deletes nothing (exit 6)."""
+
+    def __init__(self, problems: list[str], repo_name: str | None = None) -> None:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        name = repo_name or "NAME"
+        super().__init__(
+            f"prune refused, nothing deleted: {problems[0]}{more}",
+            hint=f"run `hcbak repo verify {name}`, then `hcbak repo repair {name}`",
+        )
+        self.problems = problems
 
 
 @dataclass
@@ -40,6 +61,11 @@ class PruneReport:
     packs_written: list[str] = field(default_factory=list)
     bytes_freed: int = 0
     segments_replaced: int = 0
+    # Packs prune leaves alone: unindexed ones holding referenced blobs (repair indexes
+    # them), indexed ones whose own table is unreadable, and those holding the only
+    # (damaged) copy of a referenced block.
+    packs_kept: list[str] = field(default_factory=list)
+    damaged_records_dropped: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -51,6 +77,8 @@ class PruneReport:
             "packs_written": len(self.packs_written),
             "bytes_freed": self.bytes_freed,
             "segments_replaced": self.segments_replaced,
+            "packs_kept": len(self.packs_kept),
+            "damaged_records_dropped": self.damaged_records_dropped,
         }
 
 
@@ -70,9 +98,16 @@ def prune(
     repo.flush()
     report = PruneReport(dry_run=dry_run)
     say("reading points")
+    problems = unreadable_metadata(repo)
     referenced: set[bytes] = set()
     for pid in repo.point_ids():
-        for disk in repo.load_point(pid).disks:
+        try:
+            point = repo.load_point(pid)
+        except IntegrityError as exc:
+            if pid not in repo.unreadable_points:
+                problems.append(f"point manifest {pid} is unreadable ({exc.message})")
+            continue
+        for disk in point.disks:
             referenced.update(disk.block_map.ids())
     report.referenced_blocks = len(referenced)
 
@@ -84,14 +119,36 @@ def prune(
             live[loc.pack] = live.get(loc.pack, 0) + loc.length
         else:
             report.unused_blocks += 1
-    on_disk = set(repo.pack_ids())
-    doomed = sorted((on_disk - set(total)) | {p for p in total if not live.get(p)})
-    repack = sorted(p for p in total if 0 < live.get(p, 0) < repack_below * total[p])
+    say("checking every pack's own table")
+    unused_unindexed, kept = _account(repo, referenced, set(total), problems)
+    if problems:
+        raise PruneRefusedError(problems)
+    report.packs_kept = sorted(kept)
+    # A damaged copy is never carried over (the index skips it). Once a healthy copy
+    # exists (or nothing references the block), its pack is rewritten without it,
+    # whatever its share of live bytes; until then the pack stays as it is: the
+    # damaged copy is all that is left of that block.
+    unhealed = {
+        c.pack for c in repo.damaged.copies if c.id in referenced and not repo.index.contains(c.id)
+    }
+    kept |= unhealed & set(total)
+    rewrite = repo.damaged.packs() - unhealed
+    doomed = sorted(unused_unindexed | {p for p in total if not live.get(p) and p not in kept})
+    repack = sorted(
+        p
+        for p in total
+        if p not in kept
+        and live.get(p, 0) > 0
+        and (live[p] < repack_below * total[p] or p in rewrite)
+    )
     for p in doomed + repack:
         path = pack_path(repo.root, p)
         report.bytes_freed += path.stat().st_size if path.exists() else 0
     report.packs_deleted, report.packs_repacked = doomed, repack
-    nothing_to_do = not doomed and not repack and not report.unused_blocks
+    gone = set(doomed + repack)
+    dropped = [c for c in repo.damaged.copies if _pack_gone(repo, c, gone)]
+    report.damaged_records_dropped = len(dropped)
+    nothing_to_do = not doomed and not repack and not report.unused_blocks and not dropped
     if dry_run and not nothing_to_do:
         # The real run rewrites the whole index (one that comes out byte-identical
         # keeps its name, which a dry run cannot know without writing it).
@@ -103,11 +160,12 @@ def prune(
 
     say(f"repacking {len(repack)} packs")
     entries: list[SegmentEntry] = []
+    repacked = set(repack)
     moved = _repack(repo, repack, referenced, report)
     for block_id, loc in repo.index.items():
         if block_id not in referenced:
             continue
-        if loc.pack in repack:
+        if loc.pack in repacked:
             continue
         entries.append(SegmentEntry(block_id, loc.pack, loc.offset, loc.length, 0))
     entries = _with_plain_lengths(repo, entries) + moved
@@ -127,8 +185,20 @@ def prune(
     report.segments_replaced = len(old_segments)
     step("old-index-deleted")
     say(f"deleting {len(doomed) + len(repack)} packs")
+    # Pack names are content hashes: a repack that wrote exactly the bytes of an old
+    # pack got that pack's name (and kept the file already there). Never delete it.
+    written = set(report.packs_written)
     for p in doomed + repack:
+        if p in written:
+            continue
         fsio.remove_durably(pack_path(repo.root, p))
+    gone -= written
+    step("packs-deleted")
+    # Only now that their packs are gone (a repack may have found more damage).
+    keep = [c for c in repo.damaged.copies if not _pack_gone(repo, c, gone)]
+    if len(keep) < len(repo.damaged.copies):
+        replace_records(repo.root, keep, repo.damaged.records, repo.envelope)
+        report.damaged_records_dropped = len(repo.damaged.copies) - len(keep)
     repo.remove_temp_files()
     repo.reload_index()
     step("done")
@@ -151,7 +221,15 @@ def _repack(
                 for block_id, offset, length in sorted(wanted[pack], key=lambda e: e[1]):
                     fh.seek(offset)
                     frame = fh.read(length)
-                    blob = parse_blob(frame, f"block {block_id.hex()} in pack {pack}")
+                    try:
+                        blob = parse_blob(frame, f"block {block_id.hex()} in pack {pack}")
+                        if blob.id != block_id:
+                            raise IntegrityError(f"block {block_id.hex()}: another blob")
+                    except IntegrityError:
+                        # Never copy a damaged frame: record it; the block counts as
+                        # absent and the next backup of its VM stores it again.
+                        repo.record_damage([DamagedCopy(block_id, pack, offset, length)])
+                        continue
                     if writer is None:
                         writer = PackWriter(repo.root)
                     writer.append(block_id, frame, blob.plain_len)
@@ -172,6 +250,66 @@ def _repack(
     return moved
 
 
+def unreadable_metadata(repo: Repository) -> list[str]:
+    """Index segments, damaged-copy records and point manifests (headers) that fail
+    their checks: without them prune cannot tell which packs hold referenced blobs or
+    which copies are bad. Cheap (no pack is read): `repo prune` asks it before it lets
+    retention forget anything."""
+    problems = [f"index segment {seg} is unreadable" for seg in sorted(repo.bad_segments)]
+    problems += [
+        f"damaged-copy record {name} is unreadable" for name in sorted(repo.damaged.unreadable)
+    ]
+    repo.list_points()
+    problems += [f"point manifest {pid} is unreadable" for pid in sorted(repo.unreadable_points)]
+    return problems
+
+
+def _account(
+    repo: Repository, referenced: set[bytes], indexed: set[str], problems: list[str]
+) -> tuple[set[str], set[str]]:
+    """Check every pack against its own blob table, one pack at a time.
+
+    Returns (unindexed packs that are provably unused, packs to keep as they are).
+    An indexed pack that is missing, or an unindexed one whose table cannot be read,
+    is a problem (prune then refuses). An indexed pack whose table cannot be read is
+    kept (the index still locates its blobs, but what else it holds is unknown). An
+    unindexed pack with a referenced blob that has no other indexed copy (a damaged
+    copy included: it is all there is) is kept: only `repo repair` may index it.
+    """
+    on_disk = set(repo.pack_ids())
+    problems += [f"pack {p} is missing (the index names it)" for p in sorted(indexed - on_disk)]
+    unused: set[str] = set()
+    kept: set[str] = set()
+    for pack in sorted(on_disk):
+        try:
+            table = read_trailer(pack_path(repo.root, pack))
+        except (IntegrityError, OSError) as exc:
+            if pack in indexed:
+                kept.add(pack)
+            else:
+                why = exc.message if isinstance(exc, IntegrityError) else str(exc)
+                problems.append(
+                    f"pack {pack} is in no index and its blob table is unreadable ({why})"
+                )
+            continue
+        if pack in indexed:
+            continue
+        needed = False
+        for block_id, _o, _n, _p in table:
+            if block_id not in referenced:
+                continue
+            loc = repo.index.lookup(block_id)
+            if loc is None or loc.pack == pack:
+                needed = True
+                break
+        (kept if needed else unused).add(pack)
+    return unused, kept
+
+
+def _pack_gone(repo: Repository, copy: DamagedCopy, deleted: set[str]) -> bool:
+    return copy.pack in deleted or not pack_path(repo.root, copy.pack).exists()
+
+
 def _finish(writer: PackWriter, report: PruneReport) -> list[SegmentEntry]:
     pack_id = writer.finish()
     report.packs_written.append(pack_id)
@@ -185,6 +323,10 @@ def _with_plain_lengths(repo: Repository, entries: list[SegmentEntry]) -> list[S
     for e in sorted(entries, key=lambda e: e.pack):
         if e.pack not in by_pack:
             by_pack.clear()
-            by_pack[e.pack] = {o: p for _, o, _, p in read_trailer(pack_path(repo.root, e.pack))}
+            try:
+                table = read_trailer(pack_path(repo.root, e.pack))
+            except (IntegrityError, OSError):
+                table = []  # a kept pack with a damaged table: plain lengths unknown (0)
+            by_pack[e.pack] = {o: p for _, o, _, p in table}
         out.append(SegmentEntry(e.id, e.pack, e.offset, e.length, by_pack[e.pack].get(e.offset, 0)))
     return out

@@ -38,6 +38,7 @@ from hcbak.repo import fsio
 from hcbak.repo.blockmap import ZERO_BLOCK
 from hcbak.repo.codec import ENVELOPE, FLAG_ENCRYPTED, Envelope, codec_id, compress, decompress
 from hcbak.repo.crypto import KeyMaterial, Sealer
+from hcbak.repo.damaged import DAMAGED_DIR, DamagedCopy, DamagedSet, load_records, write_record
 from hcbak.repo.index import (
     CompactIndex,
     Location,
@@ -74,7 +75,7 @@ PACK_TARGET = 64 * 1024 * 1024
 # Index segments are written at every flush and after this many packs, so a long
 # backup does not leave gigabytes of data unindexed (nor creates one file per pack).
 INDEX_EVERY_PACKS = 16
-SUBDIRS = ("packs", "index", "points", "locks")
+SUBDIRS = ("packs", "index", "points", "locks", DAMAGED_DIR)
 OPEN_PACKS_PER_THREAD = 8
 DIRECT_ALIGN = 4096  # O_DIRECT offsets, lengths and buffers: the largest common sector
 # Full packs being sealed (fsync, checksum, rename) in the background at once. The
@@ -209,6 +210,9 @@ class Repository:
         # so one damaged point hides no other; `repo verify` reports them (exit 6).
         self.unreadable_points: dict[str, str] = {}
         self._lost_error: RepoError | None = None  # why: a failed seal, a full disk
+        # Ids whose indexed copy a read in this process found damaged (and recorded,
+        # see record_damage): they count as absent, so a backup stores them again.
+        self._damaged_here: set[bytes] = set()
         self._sealer: ThreadPoolExecutor | None = None
         self._sealing_behind = 0
         self._local = threading.local()
@@ -229,14 +233,18 @@ class Repository:
         root = self.root
         self.segments = list_segments(root)
         files = [(seg, read_segment_file(root, seg)) for seg in self.segments]
+        # Recorded damaged copies are left out of the index: their ids count as absent.
+        self.damaged: DamagedSet = load_records(root, self.envelope)
+        self._damaged_here = set()
+        skip = self.damaged.keys()
         loader = threading.Thread(
-            target=self._load_index, args=(files,), name="hcbak-index", daemon=True
+            target=self._load_index, args=(files, skip), name="hcbak-index", daemon=True
         )
         self._index_loader = loader
         self._index_failure: BaseException | None = None
         loader.start()
 
-    def _load_index(self, files: list[tuple[str, bytes]]) -> None:
+    def _load_index(self, files: list[tuple[str, bytes]], skip: set[tuple[bytes, str]]) -> None:
         try:
             index = CompactIndex()
             # A damaged segment only costs dedup hits (blocks get stored again) and
@@ -256,7 +264,10 @@ class Repository:
             index.reserve(sum(len(raw) for _, raw in decoded) // 32)
             while decoded:
                 packs, raw = decoded.pop()
-                index.add_segment(packs, raw)
+                if skip:
+                    index.add_segment(packs, raw, skip)
+                else:
+                    index.add_segment(packs, raw)
             self._index, self._bad_segments = index, bad
         except BaseException as exc:  # MemoryError and the like: raised at first use
             self._index_failure = exc
@@ -293,7 +304,9 @@ class Repository:
             return self._known(block_id)
 
     def _known(self, block_id: bytes) -> bool:
-        return block_id in self._open or block_id in self._new or self.index.contains(block_id)
+        if block_id in self._open or block_id in self._new:
+            return True
+        return block_id not in self._damaged_here and self.index.contains(block_id)
 
     def put_block(self, block_id: bytes, data: bytes) -> int:
         """Store a block unless present; returns bytes added (0 when deduplicated)."""
@@ -456,8 +469,11 @@ class Repository:
                 self._unindexed = entries + self._unindexed  # the next flush retries them
                 self._unindexed_packs += 1
                 raise
-            self.index.add(entries)
+            # A block stored again after its indexed copy was found damaged: the new,
+            # healthy copy replaces the damaged one in the in-memory index.
+            self.index.add(entries, replace=bool(self._damaged_here))
             for entry in entries:
+                self._damaged_here.discard(entry.id)
                 self._new.pop(entry.id, None)
 
     def flush(self) -> None:
@@ -497,7 +513,9 @@ class Repository:
     def locate(self, block_id: bytes) -> Location | None:
         with self._cv:
             loc = self._new.get(block_id)
-            return loc if loc is not None else self.index.lookup(block_id)
+            if loc is not None:
+                return loc
+            return None if block_id in self._damaged_here else self.index.lookup(block_id)
 
     def get_block(self, block_id: bytes) -> bytes:
         """Read, authenticate, decompress and re-hash one block."""
@@ -516,9 +534,40 @@ class Repository:
         if frame is None:
             loc = self.locate(block_id)
             if loc is None:
+                if block_id in self.damaged.ids():
+                    raise IntegrityError(
+                        f"block {block_id.hex()} is damaged (set aside)",
+                        hint="the next backup of its VM stores it again",
+                    )
                 raise IntegrityError(f"block {block_id.hex()} is not in the repository index")
-            frame = self._read_frame(loc)
+            try:
+                frame = self._read_frame(loc)
+                return self.decode_frame(block_id, frame)
+            except IntegrityError as exc:
+                if not isinstance(exc, MissingPackError):
+                    self.record_damage([DamagedCopy(block_id, loc.pack, loc.offset, loc.length)])
+                raise
         return self.decode_frame(block_id, frame)
+
+    def record_damage(self, copies: list[DamagedCopy]) -> None:
+        """Set damaged copies aside: write a damaged-copy record (docs/format.md) and
+        stop using them in this process, so a backup stores those blocks again.
+
+        Best effort: a repository that cannot be written (read-only mount) still
+        reports the damage through the error that found it."""
+        copies = [c for c in copies if c not in self.damaged.copies]
+        if not copies:
+            return
+        try:
+            write_record(self.root, copies, self.envelope)
+        except (OSError, RepoError):
+            pass
+        with self._cv:
+            self.damaged.copies.update(copies)
+            for copy in copies:
+                loc = self.index.lookup(copy.id)
+                if loc is not None and loc.pack == copy.pack:
+                    self._damaged_here.add(copy.id)
 
     def _read_frame(self, loc: Location) -> bytes | memoryview:
         """A blob frame. Read directly it is a view into this thread's read buffer,
@@ -531,7 +580,7 @@ class Repository:
                 fh = self._pack_handle(loc.pack, direct=False)
                 frame = os.pread(fh.fileno(), loc.length, loc.offset)
         except FileNotFoundError:
-            raise IntegrityError(f"pack {loc.pack} is missing")
+            raise MissingPackError(f"pack {loc.pack} is missing")
         except OSError as exc:
             raise RepoError(f"could not read pack {loc.pack}: {exc.strerror or exc}")
         if len(frame) != loc.length:
@@ -740,6 +789,10 @@ class Repository:
                     fsio.remove_quietly(p)
                     n += 1
         return n
+
+
+class MissingPackError(IntegrityError):
+    """A pack the index names is not there: no copy to set aside as damaged."""
 
 
 def _open_direct(path: str, flags: int) -> int:

@@ -4,6 +4,10 @@ Streaming and bounded: points are loaded one at a time; per pack only its traile
 kept (8 bytes per blob, next to the 28-byte index); with --read-data packs are read
 sequentially in 1 MiB frames. Problems become a list of messages plus the points they
 affect; the CLI turns a non-empty list into exit 6.
+
+Damage found by --read-data is recorded (hcbak/repo/damaged.py), so the next backup
+stores those blocks again. Copies recorded earlier are not read again: a point that
+needs one counts it as damaged until a backup has stored a healthy copy.
 """
 
 from __future__ import annotations
@@ -11,13 +15,16 @@ from __future__ import annotations
 import random
 from array import array
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hcbak.errors import HcbakError, IntegrityError
 from hcbak.repo.blockmap import ZERO_BLOCK
+from hcbak.repo.damaged import DamagedCopy
 from hcbak.repo.pack import iter_pack_frames, pack_path, read_trailer
+from hcbak.repo.repair import walk_frames
 from hcbak.repo.repository import Repository
 
 Progress = Callable[[str], None]
@@ -35,6 +42,7 @@ class VerifyReport:
     bytes_read: int = 0
     unindexed_packs: int = 0
     read_data_percent: float = 0.0
+    damaged_copies: int = 0  # recorded (set aside), including those found now
 
     @property
     def ok(self) -> bool:
@@ -53,6 +61,7 @@ class VerifyReport:
             "bytes_read": self.bytes_read,
             "unindexed_packs": self.unindexed_packs,
             "read_data_percent": self.read_data_percent,
+            "damaged_copies": self.damaged_copies,
         }
 
 
@@ -68,19 +77,26 @@ def verify(
     repo.flush()
     for seg, why in repo.bad_segments.items():
         report.errors.append(f"index segment {seg}: {why}")
+    for name, why in repo.damaged.unreadable.items():
+        report.errors.append(f"damaged-copy record {name}: {why}")
     say("checking packs")
-    bad_packs = _check_packs(repo, report)
+    walked: dict[str, list[tuple[bytes, int, int, int]]] = {}
+    bad_packs = _check_packs(repo, report, walked)
     bad_ids: set[bytes] = set()
     if read_data_percent > 0:
         say(f"reading {read_data_percent:g}% of the packs")
-        _read_data(repo, report, read_data_percent, seed, bad_packs, bad_ids)
+        _read_data(repo, report, read_data_percent, seed, bad_packs, bad_ids, walked)
+    report.damaged_copies = len(repo.damaged.copies)
     say("checking points")
     _check_points(repo, report, bad_packs, bad_ids)
     return report
 
 
-def _check_packs(repo: Repository, report: VerifyReport) -> set[str]:
-    """Trailers of every indexed pack, and every index entry against its trailer."""
+def _check_packs(
+    repo: Repository, report: VerifyReport, walked: dict[str, list[tuple[bytes, int, int, int]]]
+) -> set[str]:
+    """Trailers of every indexed pack, and every index entry against its trailer (or,
+    for a pack whose trailer is damaged, against its walked frames, kept in `walked`)."""
     on_disk = set(repo.pack_ids())
     indexed = set(repo.index.packs())
     report.unindexed_packs = len(on_disk - indexed)
@@ -96,8 +112,13 @@ def _check_packs(repo: Repository, report: VerifyReport) -> set[str]:
             table = read_trailer(pack_path(repo.root, pack))
         except (IntegrityError, OSError) as exc:
             report.errors.append(str(exc) if isinstance(exc, HcbakError) else f"pack {pack}: {exc}")
-            bad.add(pack)
-            continue
+            # Its frames describe themselves: index entries that start at a healthy
+            # frame still count (a damaged table alone loses no block).
+            table = walk_frames(pack_path(repo.root, pack))
+            if not table:
+                bad.add(pack)
+                continue
+            walked[pack] = table
         arr = array("Q", sorted(o for _, o, _, _ in table))
         data_end = min((o for _, o, _, _ in table), default=0) + sum(n for _, _, n, _ in table)
         offsets[pack] = (arr, data_end)
@@ -122,34 +143,60 @@ def _read_data(
     seed: int | None,
     bad_packs: set[str],
     bad_ids: set[bytes],
+    walked: dict[str, list[tuple[bytes, int, int, int]]],
 ) -> None:
     packs = sorted(set(repo.index.packs()) - bad_packs)
     if percent < 100 and packs:
         rnd = random.Random(seed)
         k = max(1, round(len(packs) * percent / 100))
         packs = sorted(rnd.sample(packs, k))
+    known = {(c.pack, c.offset) for c in repo.damaged.copies}
+    known_packs = {pack for pack, _ in known}
     for pack in packs:
         report.packs_read += 1
+        found: list[DamagedCopy] = []
+        path = pack_path(repo.root, pack)
         try:
-            for _offset, frame in iter_pack_frames(pack_path(repo.root, pack)):
+            # Ids from the pack's own table: a flipped bit may be in a frame's id.
+            table = walked.get(pack) or read_trailer(path)
+            ids = {o: i for i, o, _, _ in table}
+            frames = _walked_frames(path, table) if pack in walked else iter_pack_frames(path)
+            for offset, frame in frames:
+                if (pack, offset) in known:
+                    continue  # set aside already; its pack's checksum fails because of it
                 report.blobs_read += 1
                 report.bytes_read += len(frame)
-                block_id = frame[:16]
+                block_id = ids.get(offset, bytes(frame[:16]))
                 try:
                     repo.decode_frame(block_id, frame)
                 except IntegrityError as exc:
                     report.errors.append(f"pack {pack}: {exc}")
                     bad_ids.add(block_id)
+                    found.append(DamagedCopy(block_id, pack, offset, len(frame)))
         except IntegrityError as exc:
             # Trailer or whole-file checksum: every blob was still checked one by one
-            # above, so only the blobs that failed count against points.
-            report.errors.append(str(exc))
+            # above, so only the blobs that failed count against points. A pack with a
+            # recorded damaged copy cannot match its name; that is no news.
+            if pack not in known_packs or found:
+                report.errors.append(str(exc))
+        repo.record_damage(found)
+
+
+def _walked_frames(
+    path: Path, table: list[tuple[bytes, int, int, int]]
+) -> Iterator[tuple[int, bytes]]:
+    """The frames of a pack whose trailer is damaged (reported already), one at a time."""
+    with open(path, "rb") as fh:
+        for _, offset, length, _ in table:
+            fh.seek(offset)
+            yield offset, fh.read(length)
 
 
 def _check_points(
     repo: Repository, report: VerifyReport, bad_packs: set[str], bad_ids: set[bytes]
 ) -> None:
     affected = []
+    set_aside = repo.damaged.ids()
     for pid in repo.point_ids():
         report.points += 1
         try:
@@ -164,7 +211,9 @@ def _check_points(
                 if block_id == ZERO_BLOCK:
                     continue
                 loc = repo.locate(block_id)
-                if loc is None:
+                if loc is None and block_id in set_aside:
+                    damaged += 1
+                elif loc is None:
                     missing += 1
                 elif loc.pack in bad_packs or block_id in bad_ids:
                     damaged += 1

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
+from conftest import RunHcbak, assert_no_traceback
 from repo_helpers import BS, PASS, disk_bytes, make_repo, read_disk, write_point
 
 from hcbak.errors import LockedError, RepoError
 from hcbak.repo import open_repo
-from hcbak.repo.pack import pack_path, read_trailer
-from hcbak.repo.prune import prune
+from hcbak.repo.index import read_segment
+from hcbak.repo.pack import PackWriter, pack_path, read_trailer
+from hcbak.repo.prune import PruneRefusedError, prune
 from hcbak.repo.stats import repo_stats
 from hcbak.repo.verify import verify
 
 TARGET = 1 << 20
+GOLDEN = Path(__file__).parent.parent / "data" / "golden-v1"
+GOLDEN_PASS = "golden-v1 passphrase"
 
 
 def two_points(root: Path) -> tuple[str, str, bytes, bytes]:
@@ -77,7 +82,12 @@ def test_truncated_pack_is_detected_by_its_trailer(tmp_path: Path) -> None:
     root = make_repo(tmp_path / "r")
     pa, _, _, _ = two_points(root)
     path = pack_path(root, pack_of_point(root, pa))
-    os.truncate(path, path.stat().st_size - 10)
+    size = path.stat().st_size
+    os.truncate(path, size - 10)
+    errors, affected = run_verify(root, percent=0)
+    # Only the trailer is gone: the frames describe themselves, no block is lost.
+    assert any("truncated" in e for e in errors) and affected == []
+    os.truncate(path, size // 2)
     errors, affected = run_verify(root, percent=0)
     assert any("truncated" in e for e in errors) and pa in affected
 
@@ -157,3 +167,110 @@ def test_stats_report_dedup_and_compression(tmp_path: Path) -> None:
     assert stats["points"] == 2
     assert stats["dedup_ratio"] >= 2
     assert stats["compression_ratio"] > 5
+
+
+# --- prune accounts for every pack before it deletes anything (issue 17, item 1) -------
+
+
+def _golden_as_g(run_hcbak: RunHcbak, tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    copy = tmp_path / "golden"
+    shutil.copytree(GOLDEN, copy)
+    env = {"GOLDEN_PASS": GOLDEN_PASS}
+    run_hcbak(
+        "repo", "add", "g", "--path", str(copy), "--passphrase-env", "GOLDEN_PASS",
+        env=env, check=True,
+    )  # fmt: skip
+    return copy, env
+
+
+def _pack_files(root: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in (root / "packs").rglob("*") if p.is_file()}
+
+
+def test_prune_and_its_dry_run_refuse_with_exit_6_when_an_index_segment_is_damaged(
+    run_hcbak: RunHcbak, tmp_path: Path
+) -> None:
+    copy, env = _golden_as_g(run_hcbak, tmp_path)
+    segment = sorted((copy / "index").iterdir())[0]
+    data = bytearray(segment.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    segment.write_bytes(bytes(data))
+    packs = _pack_files(copy)
+    assert run_hcbak("repo", "verify", "g", env=env).returncode == 6
+    for argv in (["--dry-run"], [], ["--json"]):
+        proc = run_hcbak("repo", "prune", "g", *argv, env=env)
+        assert proc.returncode == 6, (argv, proc.stdout, proc.stderr)
+        assert f"index segment {segment.name} is unreadable" in proc.stderr
+        assert "hcbak repo repair g" in proc.stderr
+        assert_no_traceback(proc)
+    assert _pack_files(copy) == packs and segment.exists()
+    points = sorted(p.name for p in (copy / "points").iterdir())
+    assert len(points) == 2  # retention forgot nothing either
+
+
+def test_prune_keeps_a_pack_in_no_segment_whose_own_table_lists_a_referenced_blob(
+    tmp_path: Path,
+) -> None:
+    root = make_repo(tmp_path / "r")
+    _, pb, _, _ = two_points(root)
+    pack = pack_of_point(root, pb)
+    with open_repo(root, passphrase=PASS, lock=None) as repo:
+        segments = [
+            seg
+            for seg in repo.segments
+            if pack in {e.pack for e in read_segment(root, seg, repo.envelope)}
+        ]
+    for seg in segments:  # the index entries of that pack are gone (not damaged: gone)
+        (root / "index" / seg).unlink()
+    with open_repo(root, passphrase=PASS, lock="exclusive") as repo:
+        report = prune(repo)
+    assert pack not in report.packs_deleted and pack_path(root, pack).exists()
+    assert pack in report.packs_kept
+
+
+def test_prune_refuses_when_a_pack_in_no_segment_has_an_unreadable_table(tmp_path: Path) -> None:
+    root = make_repo(tmp_path / "r")
+    two_points(root)
+    writer = PackWriter(root)  # a crash leftover: sealed, never indexed
+    writer.append(bytes(range(16)), b"frame", 5)
+    leftover = writer.finish()
+    path = pack_path(root, leftover)
+    os.truncate(path, path.stat().st_size - 1)
+    with open_repo(root, passphrase=PASS, lock="exclusive") as repo:
+        for dry_run in (True, False):
+            with pytest.raises(PruneRefusedError, match=f"pack {leftover} is in no index"):
+                prune(repo, dry_run=dry_run)
+    assert path.exists()
+
+
+def test_prune_refuses_when_a_manifest_is_unreadable(tmp_path: Path) -> None:
+    root = make_repo(tmp_path / "r")
+    pa, _, _, _ = two_points(root)
+    manifest = root / "points" / pa
+    data = bytearray(manifest.read_bytes())
+    data[-5] ^= 0xFF  # in the block maps: the header still lists, the maps do not open
+    manifest.write_bytes(bytes(data))
+    packs = _pack_files(root)
+    with open_repo(root, passphrase=PASS, lock="exclusive") as repo:
+        with pytest.raises(PruneRefusedError, match=f"point manifest {pa} is unreadable"):
+            prune(repo)
+    assert _pack_files(root) == packs
+
+
+def test_prune_refuses_when_the_index_names_a_missing_pack_and_repair_clears_it(
+    tmp_path: Path,
+) -> None:
+    from hcbak.repo.repair import repair
+
+    root = make_repo(tmp_path / "r")
+    pa, pb, _, b = two_points(root)
+    lost = pack_of_point(root, pa)
+    pack_path(root, lost).unlink()
+    with open_repo(root, passphrase=PASS, lock="exclusive") as repo:
+        with pytest.raises(PruneRefusedError, match=f"pack {lost} is missing"):
+            prune(repo, dry_run=True)
+        report = repair(repo)
+        assert {p.id for p in report.points if not p.whole} >= {pa}
+        prune(repo)  # accountable again: the index no longer names the missing pack
+        if pb not in {p.id for p in report.points if not p.whole}:
+            assert read_disk(repo, pb) == b

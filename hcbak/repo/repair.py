@@ -1,0 +1,270 @@
+"""`repo repair`: rebuild the index from the packs themselves and say what is lost.
+
+Packs are self-describing: each carries a blob table in its trailer, and every blob
+frame carries its id, lengths and a crc32. Repair reads every pack once, in file
+order and one frame at a time (bounded memory), opens and re-hashes each blob, and
+writes a new index of the healthy copies (one copy per id). Copies that fail are
+recorded as damaged (hcbak/repo/damaged.py), so the next backup stores those blocks
+again. A pack whose trailer is unreadable is walked frame by frame from its header
+until the first frame whose crc fails. Then every point is checked against the new
+index: whole, or which disks and blocks are lost.
+
+Repair never deletes a pack. It replaces the index (new segments first, then the old
+ones, damaged ones included, are deleted; the index is derived data). With `salvage`,
+each point with lost blocks is rewritten as a new point whose lost blocks read as
+zeros, marked in its `stats["salvaged"]`; the old point is then forgotten. Runs under
+the exclusive lock, like prune.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from hcbak.errors import IntegrityError, RepoError
+from hcbak.repo import fsio
+from hcbak.repo.blockmap import ZERO_BLOCK
+from hcbak.repo.damaged import DAMAGED_DIR, DamagedCopy, write_record
+from hcbak.repo.index import SegmentEntry, list_segments, write_segment
+from hcbak.repo.locks import EXCLUSIVE
+from hcbak.repo.pack import (
+    BLOB_HEADER,
+    PACK_HEADER,
+    PACK_MAGIC,
+    pack_path,
+    parse_blob,
+    read_trailer,
+)
+from hcbak.repo.points import Point
+from hcbak.repo.repository import Repository
+
+SEGMENT_MAX_ENTRIES = 200_000
+# A frame header that claims more than this is garbage, not a blob (blocks are <= 4 MiB).
+MAX_FRAME = 64 * 1024 * 1024
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class PointHealth:
+    """One point after repair: whole, unreadable, or the blocks each disk lost."""
+
+    id: str
+    vm_name: str = ""
+    created: str = ""
+    unreadable: str | None = None
+    lost: dict[str, list[int]] = field(default_factory=dict)  # disk uuid -> block indexes
+    salvaged_as: str | None = None
+
+    @property
+    def whole(self) -> bool:
+        return self.unreadable is None and not self.lost
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "vm_name": self.vm_name,
+            "created": self.created,
+            "whole": self.whole,
+            "unreadable": self.unreadable,
+            "lost_blocks": {d: len(b) for d, b in self.lost.items()},
+            "lost_block_indexes": self.lost,
+            "salvaged_as": self.salvaged_as,
+        }
+
+
+@dataclass
+class RepairReport:
+    dry_run: bool
+    packs: int = 0
+    packs_walked: list[str] = field(default_factory=list)  # trailer unreadable
+    blobs_indexed: int = 0
+    duplicate_copies: int = 0
+    damaged_found: list[DamagedCopy] = field(default_factory=list)
+    segments_written: int = 0
+    segments_removed: int = 0
+    points: list[PointHealth] = field(default_factory=list)
+
+    @property
+    def lost_points(self) -> list[PointHealth]:
+        return [p for p in self.points if not p.whole and p.salvaged_as is None]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "packs": self.packs,
+            "packs_walked": self.packs_walked,
+            "blobs_indexed": self.blobs_indexed,
+            "duplicate_copies": self.duplicate_copies,
+            "damaged_found": [
+                {"id": c.id.hex(), "pack": c.pack, "offset": c.offset} for c in self.damaged_found
+            ],
+            "segments_written": self.segments_written,
+            "segments_removed": self.segments_removed,
+            "points": [p.to_json() for p in self.points],
+        }
+
+
+def repair(
+    repo: Repository,
+    *,
+    dry_run: bool = False,
+    salvage: bool = False,
+    progress: Progress | None = None,
+) -> RepairReport:
+    if repo.lock is None or repo.lock.kind != EXCLUSIVE:
+        raise RepoError("repair needs the repository's exclusive lock")
+    say = progress or (lambda _m: None)
+    repo.flush()
+    report = RepairReport(dry_run=dry_run)
+    known = {(c.pack, c.offset) for c in repo.damaged.copies}
+    healthy: set[bytes] = set()
+    batch: list[SegmentEntry] = []
+    written: set[str] = set()
+    packs = repo.pack_ids()
+    report.packs = len(packs)
+    say(f"reading {len(packs)} packs")
+    for pack in packs:
+        for entry in _healthy_blobs(repo, pack, known, report):
+            if entry.id in healthy:
+                report.duplicate_copies += 1
+                continue
+            healthy.add(entry.id)
+            batch.append(entry)
+            if len(batch) >= SEGMENT_MAX_ENTRIES:
+                written.add(_write(repo, batch, dry_run))
+                batch = []
+    if batch or not written:
+        written.add(_write(repo, batch, dry_run))
+    report.blobs_indexed = len(healthy)
+    report.segments_written = len(written)
+    old = set(list_segments(repo.root)) - written
+    report.segments_removed = len(old)
+    if not dry_run:
+        say("replacing the index")
+        # The new copies' records first, then the old index: a crash in between
+        # leaves both, and every entry of both points at a pack that exists.
+        write_record(repo.root, report.damaged_found, repo.envelope)
+        for seg in sorted(old):
+            fsio.remove_durably(repo.root / "index" / seg)
+        for name in repo.damaged.unreadable:  # every damaged copy was just found again
+            fsio.remove_durably(repo.root / DAMAGED_DIR / name)
+        repo.reload_index()
+    say("checking points")
+    report.points = list(_point_health(repo, healthy))
+    if salvage and not dry_run:
+        for health in report.points:
+            if health.lost and health.unreadable is None:
+                health.salvaged_as = _salvage(repo, health)
+    return report
+
+
+def _write(repo: Repository, entries: list[SegmentEntry], dry_run: bool) -> str:
+    if dry_run:
+        return f"(new segment {len(entries)} entries)"
+    return write_segment(repo.root, entries, repo.envelope)
+
+
+def _healthy_blobs(
+    repo: Repository, pack: str, known: set[tuple[str, int]], report: RepairReport
+) -> Iterator[SegmentEntry]:
+    """Index entries of the blobs of one pack that open and re-hash correctly."""
+    path = pack_path(repo.root, pack)
+    try:
+        table = sorted(read_trailer(path), key=lambda e: e[1])
+    except (IntegrityError, OSError):
+        table = walk_frames(path)
+        report.packs_walked.append(pack)
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 - closed below, around a generator
+    except OSError:
+        return
+    with fh:
+        for block_id, offset, length, plain in table:
+            if (pack, offset) in known:
+                report.damaged_found.append(DamagedCopy(block_id, pack, offset, length))
+                continue
+            fh.seek(offset)
+            frame = fh.read(length)
+            try:
+                repo.decode_frame(block_id, frame)
+            except IntegrityError:
+                report.damaged_found.append(DamagedCopy(block_id, pack, offset, length))
+                continue
+            yield SegmentEntry(block_id, pack, offset, length, plain)
+
+
+def walk_frames(path: Path) -> list[tuple[bytes, int, int, int]]:
+    """(id, offset, length, plain_len) of the frames of a pack without a usable
+    trailer, from its header to the first frame whose crc32 does not match."""
+    out: list[tuple[bytes, int, int, int]] = []
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if fh.read(PACK_HEADER.size)[:8] != PACK_MAGIC:
+                return out
+            pos = PACK_HEADER.size
+            while pos + BLOB_HEADER.size <= size:
+                head = fh.read(BLOB_HEADER.size)
+                block_id, _f, _c, _r, plain, stored, _crc = BLOB_HEADER.unpack(head)
+                length = BLOB_HEADER.size + stored
+                if stored > MAX_FRAME or pos + length > size:
+                    break
+                frame = head + fh.read(stored)
+                try:
+                    parse_blob(frame, "frame")
+                except IntegrityError:
+                    break  # garbage or the trailer: nothing after it can be trusted
+                out.append((block_id, pos, length, plain))
+                pos += length
+    except OSError:
+        pass
+    return out
+
+
+def _point_health(repo: Repository, healthy: set[bytes]) -> Iterator[PointHealth]:
+    for pid in repo.point_ids():
+        try:
+            point = repo.load_point(pid)
+        except (IntegrityError, OSError) as exc:
+            yield PointHealth(pid, unreadable=str(exc))
+            continue
+        health = PointHealth(pid, point.vm_name, point.created.isoformat(timespec="seconds"))
+        for disk in point.disks:
+            bm = disk.block_map
+            lost = [
+                i for i in range(len(bm)) if (b := bm.get(i)) != ZERO_BLOCK and b not in healthy
+            ]
+            if lost:
+                health.lost[disk.uuid] = lost
+        yield health
+
+
+def _salvage(repo: Repository, health: PointHealth) -> str:
+    """Write a copy of the point whose lost blocks read as zeros, then forget it.
+
+    Marked in stats["salvaged"]; its damaged disks lose their snapshot serial, so no
+    incremental backup ever builds on a map with holes in it."""
+    point = repo.load_point(health.id)
+    disks = []
+    for disk in point.disks:
+        lost = health.lost.get(disk.uuid)
+        if not lost:
+            disks.append(disk)
+            continue
+        bm = disk.block_map.copy()
+        for i in lost:
+            bm.set(i, ZERO_BLOCK)
+        disks.append(replace(disk, block_map=bm, serial=None, incremental=False))
+    stats = dict(point.stats)
+    stats["salvaged"] = {
+        "from_point": point.id,
+        "zeroed_blocks": {d: len(b) for d, b in health.lost.items()},
+    }
+    salvaged: Point = replace(point, id=repo.new_point_id(), disks=disks, stats=stats)
+    repo.save_point(salvaged)
+    repo.forget_points([point.id])
+    return salvaged.id
