@@ -667,6 +667,12 @@ class _Session:
         base = _find_disk(previous, disk.uuid)
         plan = self._plan(disk, snap, previous, base, capacity, block_size)
         label = f"slot {disk.slot}"
+        prev_map = base.block_map if base is not None and base.capacity == capacity else None
+        if plan.incremental and prev_map is not None:
+            heal = prev_map.positions_of(self.repo.set_aside_ids())
+            if heal:  # unchanged, but the stored copy is damaged: read and store again
+                log.info("disk %s: %d damaged blocks read again", label, len(heal))
+                plan = cbt.with_blocks(plan, heal)
         if plan.reason in cbt.UNEXPECTED_FALLBACKS:
             self.warn_vm(report, f"disk {label}: full read, {plan.reason}")
         self.emit(
@@ -677,7 +683,6 @@ class _Session:
             message=plan.reason,
         )
         t0 = time.monotonic()
-        prev_map = base.block_map if base is not None and base.capacity == capacity else None
         clone = clone if clone is not None else self._clone(disk, snap, capacity, removals)
         with clone as path, DiskReader(path) as reader:
             result = back_up_disk(

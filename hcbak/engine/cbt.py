@@ -112,3 +112,13 @@ def incremental_plan(
     )
     n = n_blocks_for(capacity, block_size)
     return ReadPlan(n, ranges, True, REASON_INCREMENTAL, changed)
+
+
+def with_blocks(plan: ReadPlan, blocks: Iterable[int]) -> ReadPlan:
+    """The plan, also reading `blocks` (e.g. unchanged blocks whose stored copy was set
+    aside as damaged: reading them again lets the backup store a healthy copy)."""
+    extra = [(b, b + 1) for b in blocks if 0 <= b < plan.n_blocks]
+    if not extra:
+        return plan
+    ranges = merge_ranges([*plan.ranges, *extra])
+    return ReadPlan(plan.n_blocks, ranges, plan.incremental, plan.reason, plan.changed_bytes)

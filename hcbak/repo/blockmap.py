@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 ID_LEN = 16
 # The block-map entry of an all-zero block; such blocks are never stored.
@@ -64,6 +64,22 @@ class BlockMap:
             chunk = mv[i * ID_LEN : (i + 1) * ID_LEN]
             if chunk != ZERO_BLOCK:
                 yield bytes(chunk)
+
+    def positions_of(self, wanted: Iterable[bytes]) -> list[int]:
+        """Sorted indices of the blocks whose id is in `wanted` (a few ids: a search
+        per id runs in C, so a large map costs no Python loop)."""
+        found = set()
+        for block_id in wanted:
+            if len(block_id) != ID_LEN or block_id == ZERO_BLOCK:
+                continue
+            at = self._data.find(block_id)
+            while at >= 0:
+                if at % ID_LEN == 0:
+                    found.add(at // ID_LEN)
+                    at = self._data.find(block_id, at + ID_LEN)
+                else:  # a match across two ids: go on from the next byte
+                    at = self._data.find(block_id, at + 1)
+        return sorted(found)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, BlockMap) and other._data == self._data

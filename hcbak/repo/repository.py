@@ -549,6 +549,13 @@ class Repository:
                 raise
         return self.decode_frame(block_id, frame)
 
+    def set_aside_ids(self) -> set[bytes]:
+        """Ids whose only stored copies are known damaged: a backup must read these
+        blocks again even where they did not change, or its point cannot restore."""
+        with self._cv:
+            suspects = self.damaged.ids() | self._damaged_here
+            return {block_id for block_id in suspects if not self._known(block_id)}
+
     def record_damage(self, copies: list[DamagedCopy]) -> None:
         """Set damaged copies aside: write a damaged-copy record (docs/format.md) and
         stop using them in this process, so a backup stores those blocks again.

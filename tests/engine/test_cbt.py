@@ -89,3 +89,17 @@ def test_incremental_plan_counts_changed_bytes_once_for_overlaps() -> None:
 def test_full_plan_covers_a_partial_last_block() -> None:
     plan = cbt.full_plan(capacity=1000, block_size=512, reason=cbt.REASON_NO_BASE)
     assert plan.ranges == [(0, 2)] and plan.reason == "no base" and not plan.incremental
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 63), st.integers(1, 8)), max_size=6),
+    st.lists(st.integers(-3, 70), max_size=10),
+)
+def test_a_plan_with_extra_blocks_reads_exactly_the_old_and_the_new_blocks(
+    spans: list[tuple[int, int]], extra: list[int]
+) -> None:
+    plan = cbt.incremental_plan([(a * 4096, (a + n) * 4096) for a, n in spans], 64 * 4096, 4096)
+    grown = cbt.with_blocks(plan, extra)
+    assert set(grown.iter_blocks()) == set(plan.iter_blocks()) | {b for b in extra if 0 <= b < 64}
+    assert grown.ranges == cbt.merge_ranges(grown.ranges)  # sorted, disjoint, merged
+    assert (grown.incremental, grown.reason, grown.n_blocks) == (True, "snapDiff", 64)

@@ -105,10 +105,16 @@ def _damage_one_blob(root: Path) -> Path:
     return pack
 
 
-@pytest.mark.parametrize("found_by", ["verify", "restore"])
-def test_a_damaged_blob_is_set_aside_and_the_next_full_backup_heals_old_and_new_points(
-    tmp_path: Path, found_by: str
+@pytest.mark.parametrize(
+    ("found_by", "run_args"),
+    [("verify", ["--full"]), ("restore", ["--full"]), ("verify", [])],
+    ids=["verify-full", "restore-full", "verify-incremental"],
+)
+def test_a_damaged_blob_is_set_aside_and_the_next_backup_heals_old_and_new_points(
+    tmp_path: Path, found_by: str, run_args: list[str]
 ) -> None:
+    """An incremental heals too: the damaged block did not change, so snapDiff does not
+    name it, and the run must read it again instead of reusing its id."""
     with lab(tmp_path) as L:
         L.save()
         vm = L.sim.create_vm("web01", [3 * MiB], tags=["nightly"])
@@ -128,11 +134,14 @@ def test_a_damaged_blob_is_set_aside_and_the_next_full_backup_heals_old_and_new_
         assert found.code == 6, (found.out, found.err)
         assert list((L.repo_path / "damaged").iterdir()), "the damage was not recorded"
 
-        run = cli(L.env, "job", "run", "nightly", "--full")
+        run = cli(L.env, "job", "run", "nightly", "--json", *run_args)
         run.assert_clean()
         assert run.code == 0, run.err
         [new] = ledger.record_new(live)
         assert new != old
+        [job_report] = json.loads(run.out)["jobs"]
+        [disk_report] = job_report["vms"][0]["disks"]
+        assert (disk_report["cbt_reason"] == "snapDiff") == (not run_args), disk_report
         assert ledger.check() == 2  # the new point, and the old one healed by it
         verify = cli(L.env, "repo", "verify", "main", "--read-data", "--json")
         assert verify.code == 0, verify.out

@@ -350,3 +350,23 @@ def test_an_unreadable_index_segment_still_fails_the_open(tmp_path: Path) -> Non
     with pytest.raises(RepoError):
         with open_repo(root, passphrase=PASS, lock=None):
             pass
+
+
+@given(
+    st.lists(st.integers(0, 5), min_size=0, max_size=40),
+    st.sets(st.integers(0, 7), max_size=4),
+)
+def test_block_map_positions_of_finds_every_aligned_occurrence_and_nothing_else(
+    layout: list[int], wanted: set[int]
+) -> None:
+    """Ids 1..5 are built so that one id's tail and the next id's head spell id 7:
+    a match across two ids must not count."""
+    ids = {k: bytes([k]) * 8 + bytes([k + 1]) * 8 for k in range(1, 6)}
+    ids[0] = ZERO_BLOCK
+    ids[6] = b"\xee" * 16  # never in a map
+    ids[7] = bytes([2]) * 8 + bytes([2]) * 8  # the tail of id 1 + the head of id 2
+    bm = BlockMap(len(layout))
+    for i, k in enumerate(layout):
+        bm.set(i, ids[k])
+    got = bm.positions_of({ids[k] for k in wanted})
+    assert got == [i for i, k in enumerate(layout) if k in wanted and k != 0]
