@@ -166,12 +166,21 @@ def _summary(h: dict[str, Any]) -> PointSummary:
         cluster=h.get("cluster", ""),
         vm_uuid=h.get("vm_uuid", ""),
         vm_name=h.get("vm_name", ""),
-        created=datetime.fromisoformat(h["created"]),
+        created=_created(h["created"]),
         snapshot_uuid=h.get("snapshot_uuid"),
         n_disks=len(h.get("disks", [])),
         capacity=sum(int(d["capacity"]) for d in h.get("disks", [])),
         stats=h.get("stats", {}),
     )
+
+
+def _created(text: str) -> datetime:
+    """A point's creation time: ISO-8601 with its UTC offset (points are sorted by it,
+    and a naive time cannot be compared with the others)."""
+    created = datetime.fromisoformat(text)
+    if created.tzinfo is None:
+        raise ValueError("created has no UTC offset")
+    return created
 
 
 def decode_manifest(data: bytes, point_id: str, envelope: Envelope) -> Point:
@@ -188,6 +197,15 @@ def _decode_manifest(data: bytes, point_id: str, envelope: Envelope) -> Point:
     at = 0
     for d in h["disks"]:
         size = int(d["n_blocks"]) * 16
+        if int(d["block_size"]) <= 0 or int(d["n_blocks"]) != -(
+            -int(d["capacity"]) // int(d["block_size"])
+        ):
+            # A restore writes exactly `capacity` bytes from n_blocks blocks: a map of
+            # another length would restore a disk of another size.
+            raise IntegrityError(
+                f"point {point_id} disk {d['uuid']}: {d['n_blocks']} blocks do not cover "
+                f"its capacity of {d['capacity']} bytes"
+            )
         if at + size > len(maps):
             raise IntegrityError(f"point {point_id} block maps are short")
         disks.append(
@@ -204,13 +222,15 @@ def _decode_manifest(data: bytes, point_id: str, envelope: Envelope) -> Point:
             )
         )
         at += size
+    if at != len(maps):
+        raise IntegrityError(f"point {point_id} block maps are longer than its disks")
     return Point(
         id=h["id"],
         job=h.get("job", ""),
         cluster=h.get("cluster", ""),
         vm_uuid=h.get("vm_uuid", ""),
         vm_name=h.get("vm_name", ""),
-        created=datetime.fromisoformat(h["created"]),
+        created=_created(h["created"]),
         vm=h.get("vm", {}),
         snapshot_uuid=h.get("snapshot_uuid"),
         snapshot_label=h.get("snapshot_label"),

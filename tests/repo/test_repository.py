@@ -22,7 +22,7 @@ from hcbak.errors import (
     RepoError,
     UsageError,
 )
-from hcbak.repo import ZERO_BLOCK, BlockMap, DiskImage, Point, init_repo, open_repo
+from hcbak.repo import ZERO_BLOCK, BlockMap, DiskImage, Point, Repository, init_repo, open_repo
 from hcbak.secrets import Secret
 
 
@@ -370,3 +370,55 @@ def test_block_map_positions_of_finds_every_aligned_occurrence_and_nothing_else(
         bm.set(i, ids[k])
     got = bm.positions_of({ids[k] for k in wanted})
     assert got == [i for i, k in enumerate(layout) if k in wanted and k != 0]
+
+
+def _forge_point(repo: Repository, point: Point, header_edit: dict[str, object]) -> str:
+    """Write a manifest whose header says what `header_edit` says (an unencrypted
+    repository: anyone who can write the folder can do this)."""
+    from hcbak.repo import points as points_mod
+
+    real_header = points_mod._header
+    forged = Point(**{**point.__dict__, "id": repo.new_point_id()})
+
+    def edited(p: Point) -> dict[str, object]:
+        h = real_header(p)
+        for key, value in header_edit.items():
+            if key.startswith("disk."):
+                h["disks"][0][key[5:]] = value
+            else:
+                h[key] = value
+        return h
+
+    points_mod._header = edited  # type: ignore[assignment]
+    try:
+        data = points_mod.encode_manifest(forged, repo.envelope)
+    finally:
+        points_mod._header = real_header
+    (repo.root / "points" / forged.id).write_bytes(data)
+    return forged.id
+
+
+@pytest.mark.parametrize(
+    ("edit", "why"),
+    [
+        ({"disk.capacity": BS + BS // 2}, "do not cover its capacity"),
+        ({"disk.n_blocks": 1}, "do not cover its capacity"),
+        ({"created": "2026-11-01T10:00:00"}, "malformed"),
+    ],
+    ids=["capacity-shorter-than-map", "map-longer-than-disks", "created-without-offset"],
+)
+def test_a_manifest_that_contradicts_itself_is_damage_and_hides_no_other_point(
+    tmp_path: Path, edit: dict[str, object], why: str
+) -> None:
+    root = make_repo(tmp_path / "repo", encrypted=False)
+    with open_repo(root) as repo:
+        good = write_point(repo, disk_bytes(3, 3), created=datetime(2026, 11, 2, tzinfo=UTC))
+        forged = _forge_point(repo, good, edit)
+        with pytest.raises(IntegrityError, match=why):
+            repo.load_point(forged)
+        listed = [p.id for p in repo.list_points()]
+        if "created" in edit:  # a listing reads only headers: this one is refused there too
+            assert listed == [good.id] and forged in repo.unreadable_points
+        else:
+            assert sorted(listed) == sorted([good.id, forged])
+        assert read_disk(repo, good.id) == disk_bytes(3, 3)
