@@ -120,6 +120,7 @@ def prune(
         for i in range(0, max(len(entries), 1), SEGMENT_MAX_ENTRIES)
     }
     step("index-written")
+    repo.lock.check_held()  # delete only while the exclusive lease is still this run's
     # A new segment can share its (content-derived) name with an old one: keep it.
     old_segments -= new_segments
     for seg in sorted(old_segments):
