@@ -24,7 +24,7 @@ from engine.helpers import MiB, lab
 
 from hcbak.repo.locks import TEST_IDENTITY_ENV, LockInfo, read_locks
 
-from .helpers import cli, point_sha, sha256, spawn
+from .helpers import cli, point_sha, sha256, spawn, wait_for
 from .lease_race import prune_races_a_backup_that_depends_on_forgotten_blocks
 
 pytestmark = pytest.mark.reliability
@@ -145,3 +145,24 @@ def test_the_lock_of_a_killed_backup_is_removed_by_the_next_run(tmp_path: Path) 
         assert cli(L.env, "job", "run", "nightly").code == 0
         show = cli(L.env, "repo", "show", "main", "--json")
         assert json.loads(show.out)["locks"] == []
+
+
+def test_a_backup_whose_lock_was_forced_away_commits_nothing(tmp_path: Path) -> None:
+    """`repo unlock --force` during a backup (or a taker that judged its lock stale):
+    a prune may be deleting blocks it deduplicated against, so its commit refuses."""
+    with lab(tmp_path) as L:
+        vm = L.sim.create_vm("web01", [2 * MiB], tags=["nightly"])
+        L.sim.fill(L.sim.disk_uuids(vm)[0], seed=72)
+        L.sim.faults.task_delay(0.5)
+        backup = spawn(L.env, "job", "run", "nightly")
+        wait_for(lambda: bool(L.worker_clones()) or backup.poll() is not None)
+        assert backup.poll() is None and read_locks(L.repo_path), "the backup holds its lock"
+        forced = cli(L.env, "repo", "unlock", "main", "--force")
+        assert forced.code == 0 and f"pid {backup.pid}" in forced.err, forced.err
+        _, err = backup.communicate(timeout=60)
+        assert backup.returncode == 4, err.decode()
+        assert "lost its shared lock" in err.decode()
+        assert L.points() == []
+        L.sim.faults.task_delay(0.005)
+        assert cli(L.env, "job", "run", "nightly").code == 0
+        assert len(L.points()) == 1
