@@ -199,6 +199,23 @@ def holder_provably_dead(identity: dict[str, Any]) -> bool:
     return bool(start) and _process_start(pid) not in ("", start)
 
 
+def local_holder_gone(identity: dict[str, Any]) -> bool:
+    """Like holder_provably_dead, for lock files in this machine's own state dir (the
+    job lock), which no other machine shares: a holder from an earlier boot of this
+    machine is gone too. Never for repository locks: a shared folder can be reached
+    by a twin of this machine (same name, cloned machine id) in another boot."""
+    if holder_provably_dead(identity):
+        return True
+    me = holder_identity()
+    if identity.get("test_identity") or me.get("test_identity"):
+        return False
+    if not me["boot_id"] or not identity.get("boot_id") or identity["boot_id"] == me["boot_id"]:
+        return False
+    if "machine_id" in identity:
+        return bool(me["machine_id"]) and identity["machine_id"] == me["machine_id"]
+    return identity.get("host") == me["host"]  # job locks written before machine_id
+
+
 def is_dead(info: LockInfo) -> bool:
     return info.identity is not None and holder_provably_dead(info.identity)
 

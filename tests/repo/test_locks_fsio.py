@@ -23,6 +23,8 @@ from hcbak.repo.locks import (
     TEST_IDENTITY_ENV,
     RepoLock,
     holder_identity,
+    holder_provably_dead,
+    local_holder_gone,
     read_locks,
     unlock,
 )
@@ -347,3 +349,17 @@ def test_holder_killed_while_creating_its_lock_leaves_no_lock(tmp_path: Path) ->
     assert read_locks(root) == []
     with open_repo(root, passphrase=PASS, lock="exclusive"):
         pass
+
+
+def test_a_job_lock_from_an_earlier_boot_of_this_machine_is_gone() -> None:
+    """The job lock lives in this machine's own state dir: there, another boot of this
+    machine id does mean a reboot (a repository lock never concludes that)."""
+    me = holder_identity()
+    earlier = {**me, "boot_id": "00000000-dead-beef", "pid": 1}
+    assert local_holder_gone(earlier)
+    assert not holder_provably_dead(earlier)
+    assert not local_holder_gone({**earlier, "machine_id": "another-machine"})
+    older_format = {k: v for k, v in earlier.items() if k != "machine_id"}
+    assert local_holder_gone(older_format)
+    assert not local_holder_gone({**older_format, "host": "elsewhere.example"})
+    assert not local_holder_gone(me)  # this very process
