@@ -104,6 +104,7 @@ class LockInfo:
             "kind": self.kind,
             "start": self.start,
             "refreshed": self.refreshed,
+            "age": round(self.age(), 1),  # by the writer's clock: shown, never judged
             "renewals": self.counter,
             "command": self.command,
             "unchanged_for": round(unchanged_for, 1),
