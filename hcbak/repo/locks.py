@@ -47,6 +47,7 @@ STALE_AFTER = 30 * 60.0  # a lock seen unchanged this long by this host is stale
 GIVE_UP_AFTER = STALE_AFTER / 2  # a holder that could not renew this long stops
 RETRY_INTERVAL = 0.5
 OBSERVATIONS_FILE = "lease-observations.json"
+FORGET_SIGHTINGS_AFTER = 24 * 3600.0  # of other folders' locks (they were removed since)
 
 # Test-only: makes this process look like another machine to the others, e.g.
 # {"host": "web01", "machine_id": "...", "boot_id": "..."}. It can only make locks look
@@ -287,7 +288,11 @@ class Observations:
         boot = _real_boot_id()
         stored = self._load(boot)
         prefix = f"{os.path.abspath(root)}/locks/"
-        record = {k: v for k, v in stored.items() if not k.startswith(prefix)}
+        record = {
+            k: v
+            for k, v in stored.items()
+            if not k.startswith(prefix) and now - v[1] < FORGET_SIGHTINGS_AFTER
+        }
         out: dict[str, float] = {}
         for info in infos:
             key = prefix + info.name
@@ -323,16 +328,6 @@ class Observations:
             os.replace(tmp, self.path)
         except OSError:
             fsio.remove_quietly(tmp)
-
-
-def default_state_dir() -> Path | None:
-    """Where this host keeps its observations when the caller does not say."""
-    from hcbak.config import state_dir  # config sits below repo; imported when needed
-
-    try:
-        return state_dir()
-    except Exception:  # no usable state dir: observe in this process only
-        return None
 
 
 def judge(
@@ -444,12 +439,10 @@ class RepoLock:
         holder that is somehow still running then finds its file gone and refuses to
         commit (check_held)."""
         conflicts = []
-        infos = read_locks(self.root)
+        infos = [info for info in read_locks(self.root) if info.name != self.name]
         verdicts = judge(self.root, infos, self._observations, self.stale_after)
         for info in infos:
             verdict, seen = verdicts[info.name]
-            if info.name == self.name:
-                continue
             if verdict != LIVE:
                 fsio.remove_quietly(self.root / "locks" / info.name)
                 continue

@@ -48,7 +48,7 @@ from hcbak.repo.index import (
 )
 from hcbak.repo.index import write_segment as _write_segment
 from hcbak.repo.kdf import SCRYPT_N, new_kdf_params
-from hcbak.repo.locks import SHARED, ReadOnlyRepoError, RepoLock, default_state_dir
+from hcbak.repo.locks import SHARED, ReadOnlyRepoError, RepoLock
 from hcbak.repo.pack import PackWriter, frame_parts, pack_path, parse_blob
 from hcbak.repo.points import (
     POINT_MAGIC,
@@ -149,8 +149,9 @@ def open_repo(
 
     `read_only_ok` (restore, verify, mount): where no lock file can be written (a
     read-only mount, a snapshot, no write permission) a shared opener goes on without a
-    lock and says so in `repo.unlocked_reason`. `state_dir` holds this host's lease
-    observations (docs/format.md, "Locks"); None means $HCBAK_STATE_DIR or the default."""
+    lock and says so in `repo.unlocked_reason`. `state_dir` keeps this host's sightings
+    of other locks (docs/format.md, "Locks"); without one (library use, tests) they last
+    as long as this process."""
     tune_for_blocks()  # every data path (backup, restore, verify, prune) passes here
     root = Path(path)
     settings, material, seed = load_settings(root, passphrase)
@@ -162,8 +163,7 @@ def open_repo(
     held: RepoLock | None = None
     unlocked_reason = ""
     if lock is not None:
-        observe_in = state_dir if state_dir is not None else default_state_dir()
-        held = RepoLock(root, lock, command=command, state_dir=observe_in)
+        held = RepoLock(root, lock, command=command, state_dir=state_dir)
         try:
             held.acquire(wait=lock_wait)
         except ReadOnlyRepoError as exc:
