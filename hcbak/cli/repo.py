@@ -251,9 +251,19 @@ def show(name: NameArg, json_out: JsonOpt = False) -> None:
             ("size", human_bytes(doc["size"])),
             ("dedup ratio", doc["dedup_ratio"]),
             ("compression ratio", doc["compression_ratio"]),
-            ("locks", len(locks)),
+            ("locks", _count_locks(locks)),
             ("last verify", f"{lv['time']} {'ok' if lv['ok'] else 'FAILED'}" if lv else "never"),
         ]
+    )
+
+
+def _count_locks(locks: list[dict[str, Any]]) -> str:
+    """`2`, or `2 (1 stale: ...)`: dead and stale locks block nobody."""
+    stale = sum(1 for lk in locks if lk["stale"])
+    return (
+        f"{len(locks)} ({stale} stale: `hcbak repo unlock` removes them)"
+        if stale
+        else str(len(locks))
     )
 
 

@@ -142,6 +142,16 @@ def _real_boot_id() -> str:
     return _read_first_line("/proc/sys/kernel/random/boot_id")
 
 
+def _clock_domain() -> str:
+    """Where CLOCK_BOOTTIME values are comparable: one boot and one time namespace
+    (containers may offset their clocks); "" when unknown (then nothing is shared)."""
+    boot = _real_boot_id()
+    try:
+        return f"{boot} {os.readlink('/proc/self/ns/time')}" if boot else ""
+    except OSError:
+        return boot  # kernels before time namespaces: one clock per boot
+
+
 def _test_override() -> dict[str, str] | None:
     raw = os.environ.get(TEST_IDENTITY_ENV)
     if not raw:
@@ -280,12 +290,14 @@ class Observations:
 
     def __init__(self, state_dir: Path | None) -> None:
         self.path = Path(state_dir) / OBSERVATIONS_FILE if state_dir is not None else None
+        if _test_override() is not None:
+            self.path = None  # a faked machine (and maybe a faked clock) shares nothing
         self._seen: dict[str, tuple[str, float]] = {}
 
     def unchanged_for(self, root: Path, infos: list[LockInfo]) -> dict[str, float]:
         """Seconds (this host's clock) each lock file has been seen with its content."""
         now = _clock()
-        boot = _real_boot_id()
+        boot = _clock_domain()
         stored = self._load(boot)
         prefix = f"{os.path.abspath(root)}/locks/"
         record = {
@@ -298,7 +310,7 @@ class Observations:
             key = prefix + info.name
             since = min(
                 (s for m, s in (self._seen.get(key, ("", now)), stored.get(key, ("", now)))
-                 if m == info.marker),
+                 if m == info.marker and s <= now),
                 default=now,
             )  # fmt: skip
             self._seen[key] = record[key] = (info.marker, since)
@@ -312,7 +324,7 @@ class Observations:
             return {}
         try:
             doc = json.loads(self.path.read_text(encoding="utf-8"))
-            if doc.get("boot_id") != boot:
+            if doc.get("clock") != boot:
                 return {}
             return {str(k): (str(v[0]), float(v[1])) for k, v in doc["seen"].items()}
         except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError):
@@ -324,7 +336,7 @@ class Observations:
         tmp = self.path.with_name(f".{OBSERVATIONS_FILE}.{os.getpid()}.{os.urandom(4).hex()}")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps({"boot_id": boot, "seen": record}), encoding="utf-8")
+            tmp.write_text(json.dumps({"clock": boot, "seen": record}), encoding="utf-8")
             os.replace(tmp, self.path)
         except OSError:
             fsio.remove_quietly(tmp)

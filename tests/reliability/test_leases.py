@@ -192,6 +192,8 @@ def test_the_lock_of_a_killed_backup_is_removed_by_the_next_run(tmp_path: Path) 
         backup.kill()
         backup.wait()
         assert [lk.pid for lk in read_locks(L.repo_path)] == [backup.pid], "the kill left it"
+        before = cli(L.env, "repo", "show", "main")
+        assert "1 (1 stale" in before.out, before.out  # shown as blocking nobody
         L.sim.faults.task_delay(0.005)
         assert cli(L.env, "job", "run", "nightly").code == 0
         show = cli(L.env, "repo", "show", "main", "--json")
