@@ -128,6 +128,7 @@ def prune(
     report.segments_replaced = len(old_segments)
     step("old-index-deleted")
     say(f"deleting {len(doomed) + len(repack)} packs")
+    repo.lock.check_held()  # and again after the segments (a hang there lost the lease?)
     for p in doomed + repack:
         fsio.remove_durably(pack_path(repo.root, p))
     repo.remove_temp_files()

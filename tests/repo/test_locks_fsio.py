@@ -363,3 +363,26 @@ def test_a_job_lock_from_an_earlier_boot_of_this_machine_is_gone() -> None:
     assert local_holder_gone(older_format)
     assert not local_holder_gone({**older_format, "host": "elsewhere.example"})
     assert not local_holder_gone(me)  # this very process
+
+
+def test_a_prune_whose_lock_was_removed_deletes_nothing(tmp_path: Path) -> None:
+    """Its lock removed mid-run (`unlock --force`, or judged stale while it hung), a
+    prune stops before its first deletion: a backup may be using those blocks now."""
+    from hcbak.repo.prune import prune
+
+    root = make_repo(tmp_path / "r")
+    with open_repo(root, passphrase=PASS, lock="shared") as repo:
+        gone = write_point(repo, disk_bytes(1, 4))
+        write_point(repo, disk_bytes(2, 4))
+        repo.forget_points([gone.id])
+    before = sorted(p.relative_to(root) for p in root.rglob("*") if "locks" not in p.parts)
+
+    def steal(step: str) -> None:
+        if step == "packs-written":
+            unlock(root, force=True)
+
+    with open_repo(root, passphrase=PASS, lock="exclusive") as repo:
+        with pytest.raises(LockedError, match="lost its exclusive lock"):
+            prune(repo, _hook=steal)
+    after = sorted(p.relative_to(root) for p in root.rglob("*") if "locks" not in p.parts)
+    assert set(before) <= set(after), "nothing was deleted"
