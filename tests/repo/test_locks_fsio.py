@@ -138,7 +138,7 @@ def test_what_one_process_saw_counts_for_the_next_one_on_this_host(tmp_path: Pat
     assert read_locks(root) == []
 
 
-def test_a_renewed_lock_is_never_stale_whatever_its_timestamps(tmp_path: Path) -> None:
+def test_a_lock_renewed_by_its_holder_never_goes_stale(tmp_path: Path) -> None:
     root = make_repo(tmp_path / "r")
     holder = RepoLock(root, SHARED, refresh_interval=0.05)
     holder.acquire()
