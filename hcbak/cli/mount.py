@@ -4,7 +4,8 @@ Layout: one directory per disk (`disk<slot>`, or `nvram`/`vtpm` for slot -1 devi
 holding `disk.raw`, plus `point.json` with the point's metadata. An operator can then
 `losetup -r -P` a disk.raw, `mount -o ro` a partition and copy single files out, with
 no cluster at all. Blocks are read from the repository on demand (shared lock held
-while mounted). The command stays in the foreground; Ctrl-C unmounts.
+while mounted; none on a read-only repository, with a warning). The command stays in
+the foreground; Ctrl-C unmounts.
 
 FUSE binding: `mfusepy`, the maintained fork of fusepy (ctypes over libfuse 2 or 3, no
 compiler needed, pure-Python wheel). It is an optional extra (`pip install

@@ -56,19 +56,51 @@ PassCmd = Annotated[
 ]
 
 
+READ_ONLY_NOTE = (
+    "reading repository {path} without a lock ({why}). A read-only copy or snapshot "
+    "cannot change underneath; but if this is a read-only view of a repository that "
+    "others write, a prune there cannot see this reader and may delete blocks it is "
+    "reading: a block found missing then fails this command (exit 4 or 6), wrong data "
+    "is never returned"
+)
+
+
+def lease_state_dir() -> Path | None:
+    """The state dir whose lease observations this host shares (docs/format.md, Locks)."""
+    from hcbak.config import state_dir
+    from hcbak.errors import HcbakError
+
+    try:
+        return state_dir(load_config())
+    except HcbakError:
+        return None
+
+
 @contextmanager
 def open_configured(
     cfg: RepoConfig,
     lock: str | None = "shared",
     wait: float = 0.0,
     command: str | None = "hcbak repo",
+    read_only_ok: bool = False,
 ) -> Iterator[Any]:
+    """Open a configured repository. `read_only_ok` (commands that only read): where no
+    lock file can be written, read without one and warn what that gives up."""
+    from hcbak.cli.output import warn
     from hcbak.repo import open_repo
 
     passphrase = cfg.passphrase.resolve() if cfg.passphrase else None
     with open_repo(
-        Path(cfg.path), passphrase=passphrase, lock=lock, lock_wait=wait, command=command
+        Path(cfg.path),
+        passphrase=passphrase,
+        lock=lock,
+        lock_wait=wait,
+        command=command,
+        read_only_ok=read_only_ok,
+        state_dir=lease_state_dir() if lock is not None else None,
     ) as repo:
+        if repo.unlocked_reason:
+            warn(READ_ONLY_NOTE.format(path=cfg.path, why=repo.unlocked_reason))
         yield repo
 
 
@@ -182,14 +214,14 @@ def _entry_json(config: Config, r: RepoConfig) -> dict[str, Any]:
 @app.command("show")
 def show(name: NameArg, json_out: JsonOpt = False) -> None:
     """Size, points, blocks, dedup and compression ratios, locks and the last verify."""
-    from hcbak.repo.locks import read_locks
+    from hcbak.repo.locks import lock_report
     from hcbak.repo.stats import repo_stats
 
     config = load_config()
     cfg = config.repo(name)
     with open_configured(cfg, lock=None) as repo:
         stats = repo_stats(repo)
-        locks = [lk.to_json() for lk in read_locks(repo.root)]
+        locks = lock_report(repo.root, state_dir=lease_state_dir())
         doc = {
             **_entry_json(config, cfg),
             "repo_id": repo.config.repo_id,
@@ -219,9 +251,19 @@ def show(name: NameArg, json_out: JsonOpt = False) -> None:
             ("size", human_bytes(doc["size"])),
             ("dedup ratio", doc["dedup_ratio"]),
             ("compression ratio", doc["compression_ratio"]),
-            ("locks", len(locks)),
+            ("locks", _count_locks(locks)),
             ("last verify", f"{lv['time']} {'ok' if lv['ok'] else 'FAILED'}" if lv else "never"),
         ]
+    )
+
+
+def _count_locks(locks: list[dict[str, Any]]) -> str:
+    """`2`, or `2 (1 stale: ...)`: dead and stale locks block nobody."""
+    stale = sum(1 for lk in locks if lk["stale"])
+    return (
+        f"{len(locks)} ({stale} stale: `hcbak repo unlock` removes them)"
+        if stale
+        else str(len(locks))
     )
 
 
@@ -270,13 +312,23 @@ def unlock(
     name: NameArg,
     force: Annotated[bool, typer.Option(help="Remove live locks too (dangerous).")] = False,
 ) -> None:
-    """Remove stale locks (holders gone); with --force, every lock."""
+    """Remove stale locks (holders gone); with --force, every lock.
+
+    A lock is stale when its holder died on this machine, or when this host has seen its
+    file unchanged for 30 minutes (its holder renews it every minute)."""
+    from hcbak.repo.locks import STALE_AFTER
     from hcbak.repo.locks import unlock as _unlock
 
     cfg = load_config().repo(name)
-    removed = _unlock(Path(cfg.path), force=force)
+    removed, kept = _unlock(Path(cfg.path), force=force, state_dir=lease_state_dir())
     for lk in removed:
         info(f"removed {lk.describe()}")
+    for lk, seen in kept:
+        info(
+            f"kept {lk.describe()} (this host has seen it unchanged for {seen:.0f} s; it is "
+            f"stale after {STALE_AFTER:.0f} s: run unlock again then, or --force if you know "
+            "its holder is gone)"
+        )
     if not removed:
         info("no lock removed")
 
@@ -497,7 +549,7 @@ def verify(
 
     percent = read_data or 0.0
     config = load_config()
-    with open_configured(config.repo(name)) as repo:
+    with open_configured(config.repo(name), read_only_ok=True) as repo:
         report = _verify(repo, read_data_percent=percent, progress=info)
         _save_last_verify(config, repo.config.repo_id, report.ok, percent)
     if json_out:

@@ -181,8 +181,9 @@ def parse_network_map(items: list[str]) -> dict[int, int]:
 def opened_point(
     config: "Config", spec: str, repo_name: str | None, warnings: list[str] | None = None
 ) -> "Iterator[tuple[Repository, Point]]":
-    """Open the repository holding POINT (shared lock) and load the point; what was
-    warned about on the way (a repository skipped, damaged points) goes to `warnings`."""
+    """Open the repository holding POINT (shared lock; none on a read-only repository,
+    with a warning) and load the point; what was warned about on the way (a repository
+    skipped, damaged points) goes to `warnings`."""
     from hcbak.cli.points import find_point
     from hcbak.cli.repo import open_configured
 
@@ -190,7 +191,7 @@ def opened_point(
     if warnings is not None:
         warnings += found_warnings
     # command=None: the lock names this command from argv (`hcbak restore disk`).
-    with open_configured(repo_cfg, lock="shared", command=None) as repository:
+    with open_configured(repo_cfg, lock="shared", command=None, read_only_ok=True) as repository:
         yield repository, repository.load_point(point_id)
 
 

@@ -239,7 +239,13 @@ class _Session:
             from hcbak.repo import open_repo
 
             path = self.repo_cfg.path
-            return open_repo(path, passphrase=passphrase, lock="shared", command="job run")
+            return open_repo(
+                path,
+                passphrase=passphrase,
+                lock="shared",
+                command="job run",
+                state_dir=self.state_dir,  # where this host keeps its lease sightings
+            )
 
         with entered_in_background(repo_cm) as opened_repo:
             self._run_with(opened_repo)
@@ -791,7 +797,11 @@ class _Session:
 
         try:
             with open_repo(
-                self.repo_cfg.path, passphrase=passphrase, lock="exclusive", command="job run prune"
+                self.repo_cfg.path,
+                passphrase=passphrase,
+                lock="exclusive",
+                command="job run prune",
+                state_dir=self.state_dir,
             ) as repo:
                 prune(repo)
             self.report.pruned = True

@@ -28,7 +28,7 @@ from types import TracebackType
 from typing import Any
 
 from hcbak.errors import LockedError, UsageError
-from hcbak.repo.locks import holder_identity, holder_provably_dead, pid_alive
+from hcbak.repo.locks import holder_identity, local_holder_gone, pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class JobLock:
     def _stale(self, holder: dict[str, Any]) -> bool:
         identity = holder.get("identity")
         if isinstance(identity, dict):
-            return holder_provably_dead(identity)
+            return local_holder_gone(identity)
         if holder.get("host") != socket.gethostname():
             return False  # cannot check another host's pid: trust the lock
         pid = holder.get("pid")

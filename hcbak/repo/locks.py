@@ -1,23 +1,32 @@
-"""Repository locks as leases: O_EXCL lock files under locks/, refreshed from a thread.
+"""Repository locks as leases: O_EXCL lock files under locks/, renewed from a thread.
 
 No flock/fcntl: they are unreliable on NFS. Each holder creates its own file
-`locks/<random>` with O_EXCL (atomic on NFSv3+), then looks at the other lock files:
+`locks/<random>` (written to a temp name, then hard-linked into place), then looks at
+the other lock files:
 - a shared lock (backup, restore, verify) conflicts with live exclusive locks;
 - an exclusive lock (prune) conflicts with every other live lock.
 On conflict it deletes its own file and retries until `wait` runs out (two takers that
 see each other both back off, so at most one exclusive holder ever proceeds).
-A daemon thread rewrites the file every REFRESH_INTERVAL; it only touches its own
-small file, so it never waits behind data I/O.
 
-A lock is stale when its holder is provably dead: taken on this host, in this boot
-(boot_id) and this pid namespace, and its pid is gone or now names a process with another
-start time (pid reuse). Such a lock is stale at once, so a killed run never blocks the
-next one. Any other lock (another host, another container, an older lock format) is
-stale only when its refresh is older than STALE_AFTER and, on this host, its pid is dead.
+The rule that keeps a prune from deleting blocks a live backup depends on (docs/format.md,
+"Locks"): staleness is never decided from another machine's clock or from a host name.
+- A lock is *dead* when its holder provably cannot be alive: it was taken in this very
+  kernel boot (same boot id, and same machine id) and pid namespace, and its pid is gone
+  or names a process with another start time. Only this machine can prove that; such a
+  lock is removed by the next taker at once.
+- Any other lock is *stale* only when THIS host has seen its file's content (which every
+  renewal changes: a counter) unchanged for longer than STALE_AFTER on its own clock
+  (CLOCK_BOOTTIME). Processes of one host share what they saw through a small record in
+  the state dir (`Observations`), so a dead holder elsewhere stops blocking after 30 min.
+- The holder renews every REFRESH_INTERVAL. When it could not renew for GIVE_UP_AFTER
+  (half the stale age), or its file was removed or replaced, it has lost its lease: it
+  renews no more and `check_held` (called before every commit) refuses.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import socket
@@ -33,9 +42,28 @@ from hcbak.repo import fsio
 
 SHARED = "shared"
 EXCLUSIVE = "exclusive"
-REFRESH_INTERVAL = 60.0  # seconds between refreshes of a held lock
-STALE_AFTER = 30 * 60.0  # a lock not refreshed for this long may be stale
+REFRESH_INTERVAL = 60.0  # seconds between renewals of a held lock
+STALE_AFTER = 30 * 60.0  # a lock seen unchanged this long by this host is stale
+GIVE_UP_AFTER = STALE_AFTER / 2  # a holder that could not renew this long stops
 RETRY_INTERVAL = 0.5
+OBSERVATIONS_FILE = "lease-observations.json"
+FORGET_SIGHTINGS_AFTER = 24 * 3600.0  # of other folders' locks (they were removed since)
+
+# Test-only: makes this process look like another machine to the others, e.g.
+# {"host": "web01", "machine_id": "...", "boot_id": "..."}. It can only make locks look
+# MORE alive: locks written under it are never judged dead by anyone, and a process
+# running under it never judges any lock dead (its pid checks would be meaningless).
+TEST_IDENTITY_ENV = "HCBAK_TEST_ONLY_MACHINE_IDENTITY"
+
+DEAD, STALE, LIVE = "dead", "stale", "live"
+
+
+def _clock() -> float:
+    """This host's clock for lease ages: counts suspended time, never set by anyone."""
+    try:
+        return time.clock_gettime(time.CLOCK_BOOTTIME)
+    except (AttributeError, OSError):
+        return time.monotonic()
 
 
 @dataclass(frozen=True)
@@ -47,29 +75,29 @@ class LockInfo:
     pid: int
     kind: str
     start: float
-    refreshed: float
+    refreshed: float  # the writer's clock: shown, never used to judge staleness
     command: str
     identity: dict[str, Any] | None = None
+    marker: str = ""  # hash of the file's bytes: changes with every renewal
+    counter: int = 0
 
     def age(self, now: float | None = None) -> float:
+        """Seconds since the writer's last renewal by the WRITER's clock (display only)."""
         return (now if now is not None else time.time()) - self.refreshed
 
-    def is_stale(self, now: float | None = None, stale_after: float = STALE_AFTER) -> bool:
-        if self.identity is not None and holder_provably_dead(self.identity):
-            return True
-        if self.age(now) <= stale_after:
-            return False
-        if self.host != socket.gethostname():
-            return True
-        return not pid_alive(self.pid)
-
-    def describe(self) -> str:
+    def describe(self, unchanged_for: float | None = None) -> str:
+        seen = (
+            f", its file unchanged for {unchanged_for:.0f} s as seen from here"
+            if unchanged_for is not None and unchanged_for >= 1
+            else ""
+        )
         return (
             f"{self.kind} lock held by {self.command or 'hcbak'} on host {self.host}, "
-            f"pid {self.pid}, refreshed {self.age():.0f} s ago"
+            f"pid {self.pid}{seen}"
         )
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, verdict: str | None = None, unchanged_for: float = 0.0) -> dict[str, Any]:
+        verdict = verdict or (DEAD if is_dead(self) else LIVE)
         return {
             "name": self.name,
             "host": self.host,
@@ -77,17 +105,21 @@ class LockInfo:
             "kind": self.kind,
             "start": self.start,
             "refreshed": self.refreshed,
+            "age": round(self.age(), 1),  # by the writer's clock: shown, never judged
+            "renewals": self.counter,
             "command": self.command,
-            "age": round(self.age(), 1),
-            "stale": self.is_stale(),
+            "unchanged_for": round(unchanged_for, 1),
+            "state": verdict,
+            "stale": verdict != LIVE,
         }
 
 
+# --- who is this process ----------------------------------------------------------------
 def _read_first_line(path: str) -> str:
     try:
         with open(path, encoding="ascii") as fh:
             return fh.readline().strip()
-    except OSError:
+    except (OSError, UnicodeDecodeError):
         return ""
 
 
@@ -106,25 +138,69 @@ def _process_start(pid: int) -> str:
     return fields[19] if len(fields) > 19 else ""
 
 
+def _real_boot_id() -> str:
+    return _read_first_line("/proc/sys/kernel/random/boot_id")
+
+
+def _clock_domain() -> str:
+    """Where CLOCK_BOOTTIME values are comparable: one boot and one time namespace
+    (containers may offset their clocks); "" when unknown (then nothing is shared)."""
+    boot = _real_boot_id()
+    try:
+        return f"{boot} {os.readlink('/proc/self/ns/time')}" if boot else ""
+    except OSError:
+        return boot  # kernels before time namespaces: one clock per boot
+
+
+def _test_override() -> dict[str, str] | None:
+    raw = os.environ.get(TEST_IDENTITY_ENV)
+    if not raw:
+        return None
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        doc = {}
+    return {k: str(v) for k, v in doc.items()} if isinstance(doc, dict) else {}
+
+
 def holder_identity() -> dict[str, Any]:
-    """What lets a later process prove this one dead: host, boot, pid namespace, pid, start."""
-    return {
+    """What lets a later process prove this one dead: machine, boot, pid namespace, pid
+    and its start time. The host name is only shown, never trusted."""
+    identity: dict[str, Any] = {
         "host": socket.gethostname(),
-        "boot_id": _read_first_line("/proc/sys/kernel/random/boot_id"),
+        "machine_id": _read_first_line("/etc/machine-id")
+        or _read_first_line("/var/lib/dbus/machine-id"),
+        "boot_id": _real_boot_id(),
         "pid_ns": _pid_namespace(),
         "pid": os.getpid(),
         "pid_start": _process_start(os.getpid()),
     }
+    override = _test_override()
+    if override is not None:
+        identity.update(
+            {k: override[k] for k in ("host", "machine_id", "boot_id") if k in override}
+        )
+        identity["test_identity"] = True
+    return identity
 
 
 def holder_provably_dead(identity: dict[str, Any]) -> bool:
-    """True only when the holder cannot be alive; False whenever in doubt."""
-    me = holder_identity()
-    if not identity.get("boot_id") or identity.get("host") != me["host"]:
+    """True only when the holder cannot be alive; False whenever in doubt.
+
+    Provable only inside the kernel boot that ran it: same boot id (random per boot, so
+    two machines never share one, whatever their host names), same machine id, same pid
+    namespace. Another boot id is NOT "this host rebooted": two machines may carry one
+    name (or one cloned machine id) on one shared folder."""
+    if identity.get("test_identity"):
         return False
-    if identity["boot_id"] != me["boot_id"]:
-        return bool(me["boot_id"])  # same host, rebooted since: every old process is gone
-    if not identity.get("pid_ns") or identity.get("pid_ns") != me["pid_ns"]:
+    me = holder_identity()
+    if me.get("test_identity"):
+        return False
+    if not me["boot_id"] or identity.get("boot_id") != me["boot_id"]:
+        return False
+    if identity.get("machine_id", me["machine_id"]) != me["machine_id"]:
+        return False  # older lock files have no machine_id: the boot id decides
+    if not me["pid_ns"] or identity.get("pid_ns") != me["pid_ns"]:
         return False  # another container on this host: its pids are not ours to check
     pid = identity.get("pid")
     if not isinstance(pid, int) or pid <= 0:
@@ -133,6 +209,27 @@ def holder_provably_dead(identity: dict[str, Any]) -> bool:
         return True
     start = identity.get("pid_start")
     return bool(start) and _process_start(pid) not in ("", start)
+
+
+def local_holder_gone(identity: dict[str, Any]) -> bool:
+    """Like holder_provably_dead, for lock files in this machine's own state dir (the
+    job lock), which no other machine shares: a holder from an earlier boot of this
+    machine is gone too. Never for repository locks: a shared folder can be reached
+    by a twin of this machine (same name, cloned machine id) in another boot."""
+    if holder_provably_dead(identity):
+        return True
+    me = holder_identity()
+    if identity.get("test_identity") or me.get("test_identity"):
+        return False
+    if not me["boot_id"] or not identity.get("boot_id") or identity["boot_id"] == me["boot_id"]:
+        return False
+    if "machine_id" in identity:
+        return bool(me["machine_id"]) and identity["machine_id"] == me["machine_id"]
+    return identity.get("host") == me["host"]  # job locks written before machine_id
+
+
+def is_dead(info: LockInfo) -> bool:
+    return info.identity is not None and holder_provably_dead(info.identity)
 
 
 def pid_alive(pid: int) -> bool:
@@ -145,6 +242,7 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+# --- reading and judging lock files -----------------------------------------------------
 def read_locks(root: Path) -> list[LockInfo]:
     out = []
     lock_dir = root / "locks"
@@ -156,8 +254,10 @@ def read_locks(root: Path) -> list[LockInfo]:
             mtime = path.stat().st_mtime
         except FileNotFoundError:
             continue
+        marker = hashlib.sha256(raw).hexdigest()[:32]
         try:
             d = json.loads(raw)
+            identity = d.get("identity")
             out.append(
                 LockInfo(
                     path.name,
@@ -167,16 +267,105 @@ def read_locks(root: Path) -> list[LockInfo]:
                     float(d["start"]),
                     float(d["refreshed"]),
                     str(d.get("command", "")),
-                    d.get("identity") if isinstance(d.get("identity"), dict) else None,
+                    identity if isinstance(identity, dict) else None,
+                    marker,
+                    int(d.get("counter", 0)),
                 )
             )
-        except (ValueError, KeyError, TypeError):
-            # Damaged (never half-written: _create links complete files): a fresh exclusive
-            # lock of unknown origin until its mtime makes it stale.
-            out.append(LockInfo(path.name, "?", 0, EXCLUSIVE, mtime, mtime, "unknown"))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            # Damaged (never half-written: _create links complete files): a live
+            # exclusive lock of unknown origin until this host has seen it unchanged long.
+            out.append(
+                LockInfo(path.name, "?", 0, EXCLUSIVE, mtime, mtime, "unknown", None, marker)
+            )
     return out
 
 
+class Observations:
+    """When this host first saw each lock file with its current content.
+
+    Kept in this process and in `<state dir>/lease-observations.json`, shared by the
+    processes of this host (times on CLOCK_BOOTTIME, valid within one boot only). A lost
+    or unwritable record only makes locks look younger, never older."""
+
+    def __init__(self, state_dir: Path | None) -> None:
+        self.path = Path(state_dir) / OBSERVATIONS_FILE if state_dir is not None else None
+        if _test_override() is not None:
+            self.path = None  # a faked machine (and maybe a faked clock) shares nothing
+        self._seen: dict[str, tuple[str, float]] = {}
+
+    def unchanged_for(self, root: Path, infos: list[LockInfo]) -> dict[str, float]:
+        """Seconds (this host's clock) each lock file has been seen with its content."""
+        now = _clock()
+        boot = _clock_domain()
+        stored = self._load(boot)
+        prefix = f"{os.path.abspath(root)}/locks/"
+        record = {
+            k: v
+            for k, v in stored.items()
+            if not k.startswith(prefix) and now - v[1] < FORGET_SIGHTINGS_AFTER
+        }
+        out: dict[str, float] = {}
+        for info in infos:
+            key = prefix + info.name
+            since = min(
+                (s for m, s in (self._seen.get(key, ("", now)), stored.get(key, ("", now)))
+                 if m == info.marker and s <= now),
+                default=now,
+            )  # fmt: skip
+            self._seen[key] = record[key] = (info.marker, since)
+            out[info.name] = max(0.0, now - since)
+        if record != stored:
+            self._save(boot, record)
+        return out
+
+    def _load(self, boot: str) -> dict[str, tuple[str, float]]:
+        if self.path is None or not boot:
+            return {}
+        try:
+            doc = json.loads(self.path.read_text(encoding="utf-8"))
+            if doc.get("clock") != boot:
+                return {}
+            return {str(k): (str(v[0]), float(v[1])) for k, v in doc["seen"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError):
+            return {}
+
+    def _save(self, boot: str, record: dict[str, tuple[str, float]]) -> None:
+        if self.path is None or not boot:
+            return
+        tmp = self.path.with_name(f".{OBSERVATIONS_FILE}.{os.getpid()}.{os.urandom(4).hex()}")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps({"clock": boot, "seen": record}), encoding="utf-8")
+            os.replace(tmp, self.path)
+        except OSError:
+            fsio.remove_quietly(tmp)
+
+
+def judge(
+    root: Path, infos: list[LockInfo], observations: Observations, stale_after: float
+) -> dict[str, tuple[str, float]]:
+    """name -> (DEAD/STALE/LIVE, seconds this host has seen it unchanged)."""
+    seen = observations.unchanged_for(root, infos)
+    out = {}
+    for info in infos:
+        if is_dead(info):
+            out[info.name] = (DEAD, seen[info.name])
+        elif seen[info.name] > stale_after:
+            out[info.name] = (STALE, seen[info.name])
+        else:
+            out[info.name] = (LIVE, seen[info.name])
+    return out
+
+
+class ReadOnlyRepoError(RepoError):
+    """The lock folder cannot be written (read-only mount, snapshot, no permission)."""
+
+
+READ_ONLY_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+# --- holding a lease --------------------------------------------------------------------
 class RepoLock:
     """A held lease; use `acquire()` then `release()` (or the repository context)."""
 
@@ -188,6 +377,8 @@ class RepoLock:
         command: str | None = None,
         refresh_interval: float = REFRESH_INTERVAL,
         stale_after: float = STALE_AFTER,
+        give_up_after: float | None = None,
+        state_dir: Path | None = None,
     ) -> None:
         if kind not in (SHARED, EXCLUSIVE):
             raise ValueError(kind)
@@ -198,19 +389,27 @@ class RepoLock:
         self.command = command or " ".join(os.path.basename(a) for a in sys.argv[:3])
         self.refresh_interval = refresh_interval
         self.stale_after = stale_after
+        self.give_up_after = give_up_after if give_up_after is not None else stale_after / 2
         self.start = time.time()
         self._identity = holder_identity()
+        self._observations = Observations(state_dir)
+        self._counter = 0
+        self._written = b""
+        self._renewed = _clock()  # when the last successful renewal STARTED
+        self._lost: str | None = None
+        self._io = threading.Lock()  # renewal and check_held never interleave
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def _content(self) -> bytes:
         return json.dumps(
             {
-                "host": socket.gethostname(),
+                "host": self._identity["host"],
                 "pid": os.getpid(),
                 "kind": self.kind,
                 "start": self.start,
                 "refreshed": time.time(),
+                "counter": self._counter,
                 "command": self.command,
                 "identity": self._identity,
             }
@@ -221,13 +420,23 @@ class RepoLock:
 
         The lock file appears complete or not at all: a holder killed while writing it
         leaves only a temp file (ignored), never an empty lock that would look like an
-        unknown live holder for STALE_AFTER. link() fails if the name exists, like
-        O_EXCL, and is atomic on NFS."""
+        unknown live holder. link() fails if the name exists, like O_EXCL, and is
+        atomic on NFS."""
         tmp = self.path.with_name(f"{fsio.TMP_PREFIX}lock-{self.name}")
-        with fsio.translate_os_errors(f"lock file {self.path}"):
+        self._renewed = _clock()
+        data = self._content()
+        try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except OSError as exc:
+            if exc.errno in READ_ONLY_ERRNOS:
+                raise ReadOnlyRepoError(
+                    f"cannot write a lock file in {self.root / 'locks'}: {exc.strerror or exc}"
+                ) from exc
+            fsio.raise_os_error(exc, f"lock file {self.path}")
+            raise  # unreachable; raise_os_error always raises
+        with fsio.translate_os_errors(f"lock file {self.path}"):
             try:
-                fsio.write_all(fd, [self._content()])
+                fsio.write_all(fd, [data])
                 fsio._fsync(fd)
             finally:
                 os.close(fd)
@@ -235,14 +444,22 @@ class RepoLock:
                 os.link(tmp, self.path)
             finally:
                 fsio.remove_quietly(tmp)
+        self._written = data
 
-    def _conflicts(self) -> list[LockInfo]:
+    def _conflicts(self) -> list[tuple[LockInfo, float]]:
+        """Live locks in the way. Dead and stale ones are removed on the way: a stale
+        holder that is somehow still running then finds its file gone and refuses to
+        commit (check_held)."""
         conflicts = []
-        for info in read_locks(self.root):
-            if info.name == self.name or info.is_stale(stale_after=self.stale_after):
+        infos = [info for info in read_locks(self.root) if info.name != self.name]
+        verdicts = judge(self.root, infos, self._observations, self.stale_after)
+        for info in infos:
+            verdict, seen = verdicts[info.name]
+            if verdict != LIVE:
+                fsio.remove_quietly(self.root / "locks" / info.name)
                 continue
             if self.kind == EXCLUSIVE or info.kind == EXCLUSIVE:
-                conflicts.append(info)
+                conflicts.append((info, seen))
         return conflicts
 
     def acquire(self, wait: float = 0.0) -> None:
@@ -254,34 +471,111 @@ class RepoLock:
                 break
             fsio.remove_quietly(self.path)
             if time.monotonic() >= deadline:
+                info, seen = conflicts[0]
                 raise LockedError(
-                    f"repository {self.root} is locked: {conflicts[0].describe()}",
+                    f"repository {self.root} is locked: {info.describe(seen)}",
                     hint="wait for it to finish; if that process is gone, run "
-                    "`hcbak repo unlock NAME` (stale locks) or `--force`",
+                    "`hcbak repo unlock NAME` (it removes locks this host has seen unchanged "
+                    f"for {self.stale_after / 60:.0f} min) or `--force`",
                 )
             time.sleep(RETRY_INTERVAL + int.from_bytes(os.urandom(1)) % 250 / 1000)
         self._thread = threading.Thread(target=self._refresh_loop, name="hcbak-lock", daemon=True)
         self._thread.start()
 
+    # --- renewal and the commit check --------------------------------------------------
+    def _still_mine(self) -> bool:
+        try:
+            return self.path.read_bytes() == self._written
+        except FileNotFoundError:
+            return False
+
+    def _lose(self, why: str) -> None:
+        if self._lost is None:
+            self._lost = why
+
+    def _expired(self) -> bool:
+        late = _clock() - self._renewed
+        if late > self.give_up_after:
+            self._lose(f"its lock file could not be renewed for {late:.0f} s")
+        return self._lost is not None
+
+    def _renew(self) -> None:
+        with self._io:
+            if self._expired():
+                return
+            started = _clock()
+            try:
+                if not self._still_mine():
+                    self._lose("its lock file was removed or replaced (unlock --force?)")
+                    return
+                self._counter += 1
+                data = self._content()
+                fsio.atomic_write(self.path, data)
+            except (OSError, RepoError):
+                return  # retried at the next interval, up to give_up_after
+            self._written = data
+            self._renewed = started
+
     def _refresh_loop(self) -> None:
         while not self._stop.wait(self.refresh_interval):
-            try:
-                fsio.atomic_write(self.path, self._content())
-            except (OSError, RepoError):
-                pass  # retried at the next interval; the lease has a wide margin
+            self._renew()
+            if self._lost is not None:
+                return  # a lost lease is never renewed again
+
+    def check_held(self) -> None:
+        """Raise LockedError unless this process still holds its lease: renewed within
+        give_up_after on this host's clock, and its lock file still there and its own.
+        Called right before a commit (a point manifest, a prune's deletions)."""
+        with self._io:
+            if not self._expired():
+                try:
+                    if not self._still_mine():
+                        self._lose("its lock file was removed or replaced (unlock --force?)")
+                except OSError as exc:
+                    self._lose(f"its lock file cannot be read: {exc.strerror or exc}")
+            if self._lost is not None:
+                raise LockedError(
+                    f"this process lost its {self.kind} lock on repository {self.root}: "
+                    f"{self._lost}; nothing more is committed",
+                    hint="run it again; another process may have judged the lock stale",
+                )
 
     def release(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        fsio.remove_quietly(self.path)
+        with self._io:
+            if self._lost is None or self._still_mine():
+                fsio.remove_quietly(self.path)
 
 
-def unlock(root: Path, *, force: bool = False) -> list[LockInfo]:
-    """Remove stale locks (all locks with `force`); returns the removed ones."""
-    removed = []
-    for info in read_locks(root):
-        if force or info.is_stale():
+def lock_report(
+    root: Path, *, state_dir: Path | None = None, stale_after: float = STALE_AFTER
+) -> list[dict[str, Any]]:
+    """Every lock with its verdict as this host sees it (and notes the sighting)."""
+    infos = read_locks(root)
+    verdicts = judge(root, infos, Observations(state_dir), stale_after)
+    return [info.to_json(*verdicts[info.name]) for info in infos]
+
+
+def unlock(
+    root: Path,
+    *,
+    force: bool = False,
+    state_dir: Path | None = None,
+    stale_after: float = STALE_AFTER,
+) -> tuple[list[LockInfo], list[tuple[LockInfo, float]]]:
+    """Remove dead and stale locks (every lock with `force`).
+
+    Returns (removed, kept with the seconds this host has seen each unchanged)."""
+    infos = read_locks(root)
+    verdicts = judge(root, infos, Observations(state_dir), stale_after)
+    removed, kept = [], []
+    for info in infos:
+        verdict, seen = verdicts[info.name]
+        if force or verdict != LIVE:
             fsio.remove_quietly(root / "locks" / info.name)
             removed.append(info)
-    return removed
+        else:
+            kept.append((info, seen))
+    return removed, kept

@@ -178,6 +178,7 @@ def prune(
         for i in range(0, max(len(entries), 1), SEGMENT_MAX_ENTRIES)
     }
     step("index-written")
+    repo.lock.check_held()  # delete only while the exclusive lease is still this run's
     # A new segment can share its (content-derived) name with an old one: keep it.
     old_segments -= new_segments
     for seg in sorted(old_segments):
@@ -185,6 +186,7 @@ def prune(
     report.segments_replaced = len(old_segments)
     step("old-index-deleted")
     say(f"deleting {len(doomed) + len(repack)} packs")
+    repo.lock.check_held()  # and again after the segments (a hang there lost the lease?)
     # Pack names are content hashes: a repack that wrote exactly the bytes of an old
     # pack got that pack's name (and kept the file already there). Never delete it.
     written = set(report.packs_written)

@@ -148,6 +148,7 @@ def repair(
         # The new copies' records first, then the old index: a crash in between
         # leaves both, and every entry of both points at a pack that exists.
         write_record(repo.root, report.damaged_found, repo.envelope)
+        repo.lock.check_held()  # delete only while the exclusive lease is still ours
         for seg in sorted(old):
             fsio.remove_durably(repo.root / "index" / seg)
         for name in repo.damaged.unreadable:  # every damaged copy was just found again

@@ -49,7 +49,7 @@ from hcbak.repo.index import (
 )
 from hcbak.repo.index import write_segment as _write_segment
 from hcbak.repo.kdf import SCRYPT_N, new_kdf_params
-from hcbak.repo.locks import RepoLock
+from hcbak.repo.locks import SHARED, ReadOnlyRepoError, RepoLock
 from hcbak.repo.pack import PackWriter, frame_parts, pack_path, parse_blob
 from hcbak.repo.points import (
     POINT_MAGIC,
@@ -143,8 +143,16 @@ def open_repo(
     lock_wait: float = 0.0,
     pack_target: int = PACK_TARGET,
     command: str | None = None,
+    read_only_ok: bool = False,
+    state_dir: Path | None = None,
 ) -> Iterator[Repository]:
-    """Open a repository, holding a shared/exclusive lease (or none) while in use."""
+    """Open a repository, holding a shared/exclusive lease (or none) while in use.
+
+    `read_only_ok` (restore, verify, mount): where no lock file can be written (a
+    read-only mount, a snapshot, no write permission) a shared opener goes on without a
+    lock and says so in `repo.unlocked_reason`. `state_dir` keeps this host's sightings
+    of other locks (docs/format.md, "Locks"); without one (library use, tests) they last
+    as long as this process."""
     tune_for_blocks()  # every data path (backup, restore, verify, prune) passes here
     root = Path(path)
     settings, material, seed = load_settings(root, passphrase)
@@ -154,12 +162,19 @@ def open_repo(
         except OSError:
             pass  # a read-only repository can still be read without a lock
     held: RepoLock | None = None
+    unlocked_reason = ""
     if lock is not None:
-        held = RepoLock(root, lock, command=command)
-        held.acquire(wait=lock_wait)
+        held = RepoLock(root, lock, command=command, state_dir=state_dir)
+        try:
+            held.acquire(wait=lock_wait)
+        except ReadOnlyRepoError as exc:
+            if not (read_only_ok and lock == SHARED):
+                raise
+            held, unlocked_reason = None, exc.message
     try:
         repo = Repository(root, settings, material, seed, pack_target=pack_target)
         repo.lock = held
+        repo.unlocked_reason = unlocked_reason
         try:
             yield repo
             repo.flush()
@@ -185,6 +200,7 @@ class Repository:
         self.root = root
         self.config = settings
         self.lock: RepoLock | None = None
+        self.unlocked_reason = ""  # why a read-only repository was opened without a lock
         self._seed = id_seed
         self.sealer = Sealer(material.master_key if material else None)
         self.envelope = Envelope(self.sealer)
@@ -661,6 +677,8 @@ class Repository:
         self.flush()
         self._check_point_blocks(point)
         data = encode_manifest(point, self.envelope)
+        if self.lock is not None:
+            self.lock.check_held()  # a holder that lost its lease commits nothing
         if not fsio.atomic_write(self.root / "points" / point.id, data, write_once=True):
             raise RepoError(f"point {point.id} already exists")
 

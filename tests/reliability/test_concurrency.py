@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +14,8 @@ from hcbak.config import JobConfig, RepoConfig, save_config
 from hcbak.repo import init_repo
 from hcbak.repo.locks import read_locks
 
-from .helpers import Ledger, cli, guest_writes, spawn, wait_for
+from .helpers import Ledger, cli, spawn, wait_for
+from .lease_race import prune_races_a_backup_that_depends_on_forgotten_blocks
 
 pytestmark = pytest.mark.reliability
 
@@ -35,7 +34,18 @@ def test_two_concurrent_jobs_into_one_repo_both_commit_restorable_points(tmp_pat
         save_config(L.config)
         ledger = Ledger(L, disks)
         live = ledger.live_hashes()
+        L.sim.faults.task_delay(0.3)  # each run holds the repository for a few seconds
         procs = [spawn(L.env, "job", "run", job) for job in ("nightly", "weekly")]
+        # Prove the runs overlapped: both hold their repository lock at the same moment.
+        pids = {proc.pid for proc in procs}
+        wait_for(
+            lambda: (
+                pids <= {lk.pid for lk in read_locks(L.repo_path)}
+                or any(proc.poll() is not None for proc in procs)
+            )
+        )
+        assert all(proc.poll() is None for proc in procs), "a run ended before the other began"
+        assert pids <= {lk.pid for lk in read_locks(L.repo_path)}
         for proc in procs:
             _, err = proc.communicate(timeout=120)
             assert proc.returncode == 0, err.decode()
@@ -65,7 +75,18 @@ def test_two_jobs_hot_add_to_the_shared_worker_one_at_a_time(tmp_path: Path) -> 
         )
         save_config(L.config)
         L.sim.faults.task_delay(0.4)
+        L.sim.faults.task_delay(0.3)  # each run holds the repository for a few seconds
         procs = [spawn(L.env, "job", "run", job) for job in ("nightly", "weekly")]
+        # Prove the runs overlapped: both hold their repository lock at the same moment.
+        pids = {proc.pid for proc in procs}
+        wait_for(
+            lambda: (
+                pids <= {lk.pid for lk in read_locks(L.repo_path)}
+                or any(proc.poll() is not None for proc in procs)
+            )
+        )
+        assert all(proc.poll() is None for proc in procs), "a run ended before the other began"
+        assert pids <= {lk.pid for lk in read_locks(L.repo_path)}
         for proc in procs:
             _, err = proc.communicate(timeout=120)
             assert proc.returncode == 0, err.decode()
@@ -73,38 +94,10 @@ def test_two_jobs_hot_add_to_the_shared_worker_one_at_a_time(tmp_path: Path) -> 
 
 
 def test_prune_during_a_backup_exits_5_or_waits_and_loses_nothing(tmp_path: Path) -> None:
+    """The backup deduplicates against blocks of a forgotten point, which a dry-run prune
+    shows it would delete; prune exits 5 (or waits) and both new points restore."""
     with lab(tmp_path) as L:
-        vm = L.sim.create_vm("web01", [4 * MiB], tags=["nightly"])
-        disk = L.sim.disk_uuids(vm)[0]
-        L.sim.fill(disk, seed=40)
-        ledger = Ledger(L, [disk])
-        live = ledger.live_hashes()
-        assert cli(L.env, "job", "run", "nightly").code == 0
-        ledger.record_new(live)
-        guest_writes(L, disk, random.Random(40))
-        live = ledger.live_hashes()
-        L.sim.faults.task_delay(0.5)  # the backup holds its shared lock for a while
-        backup = spawn(L.env, "job", "run", "nightly")
-        # A lock is written under a temp name and then linked into place: wait for the
-        # lock itself (a prune started on seeing the temp file could win the race).
-        wait_for(
-            lambda: (
-                any(lk.pid == backup.pid for lk in read_locks(L.repo_path))
-                or backup.poll() is not None
-            )
-        )
-        assert backup.poll() is None, "the backup ended before prune could race it"
-        busy = cli(L.env, "repo", "prune", "main", "--json")
-        busy.assert_clean()
-        assert busy.code == 5, busy.err
-        assert f"pid {backup.pid}" in busy.err, "the locked error names the holder"
-        waited = cli(L.env, "repo", "prune", "main", "--wait", "60", "--json")
-        assert waited.code == 0, waited.err
-        assert backup.wait(timeout=60) == 0
-        assert json.loads(waited.out)["forgotten"] == []
-        ledger.record_new(live)
-        assert ledger.check() == 2
-        assert cli(L.env, "repo", "verify", "main", "--read-data").code == 0
+        prune_races_a_backup_that_depends_on_forgotten_blocks(L, backup_env={})
 
 
 @pytest.fixture

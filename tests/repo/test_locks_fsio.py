@@ -13,11 +13,21 @@ import time
 from pathlib import Path
 
 import pytest
-from repo_helpers import PASS, make_repo
+from repo_helpers import PASS, disk_bytes, make_repo, write_point
 
 from hcbak.errors import LockedError, NoSpaceError, RepoError
 from hcbak.repo import fsio, open_repo
-from hcbak.repo.locks import EXCLUSIVE, SHARED, RepoLock, holder_identity, read_locks, unlock
+from hcbak.repo.locks import (
+    EXCLUSIVE,
+    SHARED,
+    TEST_IDENTITY_ENV,
+    RepoLock,
+    holder_identity,
+    holder_provably_dead,
+    local_holder_gone,
+    read_locks,
+    unlock,
+)
 
 
 def fake_lock(
@@ -70,12 +80,21 @@ def test_lock_is_refreshed_by_its_thread(tmp_path: Path) -> None:
     lock.release()
 
 
-def test_old_lock_of_a_dead_local_pid_is_stale_and_ignored(tmp_path: Path) -> None:
+def test_a_lock_without_identity_is_stale_only_once_this_host_saw_it_unchanged(
+    tmp_path: Path,
+) -> None:
+    """An hour-old `refreshed` says nothing (it is the writer's clock): the taker must
+    itself see the file unchanged for the stale age before it ignores and removes it."""
     root = make_repo(tmp_path / "r")
     fake_lock(root, "old", age=3600, pid=dead_pid())
-    with open_repo(root, passphrase=PASS, lock="exclusive"):
-        pass
-    assert [lk.name for lk in unlock(root)] == ["old"]
+    with pytest.raises(LockedError, match="exclusive lock"):
+        RepoLock(root, EXCLUSIVE, stale_after=0.5).acquire()
+    start = time.monotonic()
+    taker = RepoLock(root, EXCLUSIVE, stale_after=0.5)
+    taker.acquire(wait=5)
+    assert time.monotonic() - start >= 0.5
+    assert [lk.name for lk in read_locks(root)] == [taker.name], "the stale lock is removed"
+    taker.release()
 
 
 def test_old_lock_of_a_live_local_pid_is_not_stale(tmp_path: Path) -> None:
@@ -84,8 +103,8 @@ def test_old_lock_of_a_live_local_pid_is_not_stale(tmp_path: Path) -> None:
     with pytest.raises(LockedError, match=f"pid {os.getpid()}"):
         with open_repo(root, passphrase=PASS, lock="shared"):
             pass
-    assert unlock(root) == []
-    assert [lk.name for lk in unlock(root, force=True)] == ["alive"]
+    assert unlock(root)[0] == []
+    assert [lk.name for lk in unlock(root, force=True)[0]] == ["alive"]
 
 
 def test_fresh_lock_of_a_dead_pid_is_not_stale_yet(tmp_path: Path) -> None:
@@ -96,11 +115,76 @@ def test_fresh_lock_of_a_dead_pid_is_not_stale_yet(tmp_path: Path) -> None:
             pass
 
 
-def test_old_lock_from_another_host_is_stale(tmp_path: Path) -> None:
+def test_an_old_timestamp_from_another_host_is_not_stale(tmp_path: Path) -> None:
+    """Before, a lock whose writer's clock ran 31 minutes behind looked stale at once."""
     root = make_repo(tmp_path / "r")
     fake_lock(root, "remote", age=3600, pid=1, host="elsewhere.example")
-    with open_repo(root, passphrase=PASS, lock="exclusive"):
-        pass
+    with pytest.raises(LockedError, match=r"elsewhere\.example"):
+        with open_repo(root, passphrase=PASS, lock="exclusive"):
+            pass
+
+
+def test_what_one_process_saw_counts_for_the_next_one_on_this_host(tmp_path: Path) -> None:
+    """`repo unlock` run twice, the stale age apart, removes a dead foreign lock: each run
+    is a new process, so the sighting lives in the state dir."""
+    root = make_repo(tmp_path / "r")
+    state = tmp_path / "state"
+    fake_lock(root, "remote", age=0, pid=1, host="elsewhere.example")
+    removed, kept = unlock(root, state_dir=state, stale_after=0.5)
+    assert removed == [] and [lk.name for lk, _ in kept] == ["remote"]
+    time.sleep(0.6)
+    removed, kept = unlock(root, state_dir=state, stale_after=0.5)
+    assert [lk.name for lk in removed] == ["remote"] and kept == []
+    assert read_locks(root) == []
+
+
+def test_a_lock_renewed_by_its_holder_never_goes_stale(tmp_path: Path) -> None:
+    root = make_repo(tmp_path / "r")
+    holder = RepoLock(root, SHARED, refresh_interval=0.05)
+    holder.acquire()
+    with pytest.raises(LockedError):
+        RepoLock(root, EXCLUSIVE, stale_after=0.3).acquire(wait=1.2)
+    holder.check_held()
+    holder.release()
+
+
+def test_a_holder_that_cannot_renew_gives_up_and_refuses_to_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = make_repo(tmp_path / "r")
+    with open_repo(root, passphrase=PASS, lock="shared") as repo:
+        assert repo.lock is not None
+        lock = repo.lock
+        lock._stop.set()  # the default thread renews every 60 s; drive renewals here
+        lock.give_up_after = 0.3
+
+        def failing_write(*_a: object, **_k: object) -> bool:
+            raise OSError(errno.EIO, "I/O error")
+
+        monkeypatch.setattr(fsio, "atomic_write", failing_write)
+        lock._renew()
+        lock.check_held()  # failures within the margin are retried, not fatal
+        time.sleep(0.4)
+        lock._renew()
+        monkeypatch.undo()
+        with pytest.raises(LockedError, match="could not be renewed"):
+            write_point(repo, disk_bytes(1, 2))
+        lock._renew()  # a lost lease is never renewed again
+        with pytest.raises(LockedError):
+            lock.check_held()
+        assert repo.point_ids() == []
+
+
+def test_a_holder_whose_lock_file_was_removed_commits_nothing(tmp_path: Path) -> None:
+    """`repo unlock --force` (or a taker that judged the lock stale) removed the file:
+    a prune may be running, so the backup's next commit refuses."""
+    root = make_repo(tmp_path / "r")
+    with open_repo(root, passphrase=PASS, lock="shared") as repo:
+        write_point(repo, disk_bytes(1, 2))
+        unlock(root, force=True)
+        with pytest.raises(LockedError, match="removed or replaced"):
+            write_point(repo, disk_bytes(2, 2))
+        assert len(repo.point_ids()) == 1
 
 
 def test_atomic_write_replaces_and_write_once_keeps(tmp_path: Path) -> None:
@@ -192,8 +276,9 @@ def test_lock_of_a_killed_holder_on_this_host_is_stale_at_once(tmp_path: Path) -
         RepoLock(root, SHARED).acquire()
     holder.send_signal(signal.SIGKILL)
     holder.wait()
-    with open_repo(root, passphrase=PASS, lock="exclusive"):
-        pass
+    with open_repo(root, passphrase=PASS, lock="shared") as repo:
+        assert repo.lock is not None
+        assert [lk.name for lk in read_locks(root)] == [repo.lock.name], "the dead lock is gone"
 
 
 def test_fresh_lock_whose_pid_was_reused_is_stale(tmp_path: Path) -> None:
@@ -217,11 +302,27 @@ def test_fresh_lock_from_another_pid_namespace_is_not_stale(tmp_path: Path) -> N
         RepoLock(root, SHARED).acquire()
 
 
-def test_fresh_lock_from_an_earlier_boot_of_this_host_is_stale(tmp_path: Path) -> None:
+def test_a_lock_of_the_same_host_name_from_another_boot_is_not_stale(tmp_path: Path) -> None:
+    """Another boot id is not "this host rebooted": two machines of one name may share
+    the folder (a cloned machine id too). Only a sighting makes such a lock stale."""
     root = make_repo(tmp_path / "r")
-    fake_lock_with_identity(root, "before-reboot", boot_id="00000000-dead-beef")
-    with open_repo(root, passphrase=PASS, lock="exclusive"):
-        pass
+    fake_lock_with_identity(root, "other-boot", boot_id="00000000-dead-beef", pid=dead_pid())
+    with pytest.raises(LockedError):
+        RepoLock(root, SHARED).acquire()
+
+
+def test_the_test_identity_override_never_makes_a_lock_look_dead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = make_repo(tmp_path / "r")
+    fake_lock_with_identity(root, "faked", pid=dead_pid(), test_identity=True)
+    with pytest.raises(LockedError):
+        RepoLock(root, SHARED).acquire()  # a dead pid, but written under the override
+    (root / "locks" / "faked").unlink()
+    fake_lock_with_identity(root, "real", pid=dead_pid())
+    monkeypatch.setenv(TEST_IDENTITY_ENV, json.dumps(holder_identity()))
+    with pytest.raises(LockedError):
+        RepoLock(root, SHARED).acquire()  # a process under the override judges no pid
 
 
 def test_holder_killed_while_creating_its_lock_leaves_no_lock(tmp_path: Path) -> None:
@@ -248,3 +349,40 @@ def test_holder_killed_while_creating_its_lock_leaves_no_lock(tmp_path: Path) ->
     assert read_locks(root) == []
     with open_repo(root, passphrase=PASS, lock="exclusive"):
         pass
+
+
+def test_a_job_lock_from_an_earlier_boot_of_this_machine_is_gone() -> None:
+    """The job lock lives in this machine's own state dir: there, another boot of this
+    machine id does mean a reboot (a repository lock never concludes that)."""
+    me = holder_identity()
+    earlier = {**me, "boot_id": "00000000-dead-beef", "pid": 1}
+    assert local_holder_gone(earlier)
+    assert not holder_provably_dead(earlier)
+    assert not local_holder_gone({**earlier, "machine_id": "another-machine"})
+    older_format = {k: v for k, v in earlier.items() if k != "machine_id"}
+    assert local_holder_gone(older_format)
+    assert not local_holder_gone({**older_format, "host": "elsewhere.example"})
+    assert not local_holder_gone(me)  # this very process
+
+
+def test_a_prune_whose_lock_was_removed_deletes_nothing(tmp_path: Path) -> None:
+    """Its lock removed mid-run (`unlock --force`, or judged stale while it hung), a
+    prune stops before its first deletion: a backup may be using those blocks now."""
+    from hcbak.repo.prune import prune
+
+    root = make_repo(tmp_path / "r")
+    with open_repo(root, passphrase=PASS, lock="shared") as repo:
+        gone = write_point(repo, disk_bytes(1, 4))
+        write_point(repo, disk_bytes(2, 4))
+        repo.forget_points([gone.id])
+    before = sorted(p.relative_to(root) for p in root.rglob("*") if "locks" not in p.parts)
+
+    def steal(step: str) -> None:
+        if step == "packs-written":
+            unlock(root, force=True)
+
+    with open_repo(root, passphrase=PASS, lock="exclusive") as repo:
+        with pytest.raises(LockedError, match="lost its exclusive lock"):
+            prune(repo, _hook=steal)
+    after = sorted(p.relative_to(root) for p in root.rglob("*") if "locks" not in p.parts)
+    assert set(before) <= set(after), "nothing was deleted"
