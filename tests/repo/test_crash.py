@@ -71,6 +71,7 @@ def check_committed(root: Path, log: Path) -> int:
 
 def kill_at_random(proc: subprocess.Popen[str], rnd: random.Random, longest: float) -> None:
     time.sleep(rnd.uniform(0.0, longest))
+    assert proc.poll() is None, "the writer ended before the kill"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     # The killed writer's lease stays behind (fresh, so not yet stale): remove it
