@@ -87,17 +87,21 @@ def test_sigkill_during_job_run_loses_no_committed_point(tmp_path: Path) -> None
 # same blobs into a pack of the same content-derived name, indexes it, then deletes it
 # as a leftover of the killed run: retained points lose those blocks (exit 6). Fix
 # (hcbak/repo/prune.py, which another change owns): never delete a pack named in
-# report.packs_written; checked here by applying it (all four cases pass).
-_REWRITTEN_PACK_DELETED = {"packs-written", "index-written"}
-_FINDING = pytest.mark.xfail(
-    strict=True, reason="prune deletes a repacked pack it has just rewritten under the same name"
-)
+# report.packs_written; checked here by applying it (all four cases pass). After the
+# kill at index-written the merged index names either copy of a moved block, depending
+# on the order of the (content-named) segments, so that case loses data in about half
+# the runs: not strict. Remove both marks with the fix.
+_FINDING = "prune deletes a repacked pack it has just rewritten under the same name"
+_EXPECTED_FAILURE = {
+    "packs-written": pytest.mark.xfail(strict=True, reason=_FINDING),
+    "index-written": pytest.mark.xfail(strict=False, reason=_FINDING + " (half the runs)"),
+}
 
 
 @pytest.mark.parametrize(
     "phase",
-    [pytest.param(p, marks=_FINDING) if p in _REWRITTEN_PACK_DELETED else p for p in PRUNE_PHASES],
-)  # fmt: skip
+    [pytest.param(p, marks=_EXPECTED_FAILURE.get(p, ())) for p in PRUNE_PHASES],
+)
 def test_sigkill_at_each_prune_phase_keeps_every_retained_point(tmp_path: Path, phase: str) -> None:
     """`hcbak repo prune` killed at one of its steps (repacked pack written, new index
     segment written, old segments deleted, first old pack deleted), with real work: the
