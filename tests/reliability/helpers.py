@@ -4,7 +4,9 @@ The suite reuses the engine tests' `lab` (a real simulator on 127.0.0.1, a confi
 repository). What it adds is bookkeeping that makes "no data loss" checkable: a
 `Ledger` remembers the content hash of every point at the moment it was committed
 (taken from the simulator's snapshot, i.e. what the cluster really held), and
-`Ledger.check` proves each one still restores to exactly those bytes.
+`Ledger.check` proves each one still restores to exactly those bytes. For prune, whose
+steps are too short to hit by timing, `kill_at_prune_phase` kills a driver process
+(tests/repo/crash_writer.py) where it stops at a named step.
 """
 
 from __future__ import annotations
