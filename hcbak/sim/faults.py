@@ -47,6 +47,8 @@ class Faults:
         self.update_phase: str | None = None
         self.no_space = False
         self.upload_fail_after: int | None = None
+        # Observation point for tests: REST calls answered 500 by error_rate/fail_next.
+        self.injected_500s = 0
 
     # --- nodes ----------------------------------------------------------------------
     def _set_node(self, i: int, mode: str) -> None:
@@ -93,9 +95,12 @@ class Faults:
             for rule in self._rules:
                 if rule.remaining > 0 and rule.matches(method, path):
                     rule.remaining -= 1
+                    self.injected_500s += 1
                     return True
             self._rules = [r for r in self._rules if r.remaining > 0]
-            return self.rate > 0 and self._rng.random() < self.rate
+            fail = self.rate > 0 and self._rng.random() < self.rate
+            self.injected_500s += fail
+            return fail
 
     def expire_sessions(self) -> None:
         """Every existing session is dropped; the next call using one gets 401."""

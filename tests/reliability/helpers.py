@@ -4,7 +4,9 @@ The suite reuses the engine tests' `lab` (a real simulator on 127.0.0.1, a confi
 repository). What it adds is bookkeeping that makes "no data loss" checkable: a
 `Ledger` remembers the content hash of every point at the moment it was committed
 (taken from the simulator's snapshot, i.e. what the cluster really held), and
-`Ledger.check` proves each one still restores to exactly those bytes.
+`Ledger.check` proves each one still restores to exactly those bytes. For prune, whose
+steps are too short to hit by timing, `kill_at_prune_phase` kills a driver process
+(tests/repo/crash_writer.py) where it stops at a named step.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from hcbak.errors import ExitCode
 from hcbak.repo import ZERO_BLOCK, open_repo
 
 HCBAK = [sys.executable, "-m", "hcbak"]
+PRUNE_DRIVER = Path(__file__).parents[1] / "repo" / "crash_writer.py"
+# The steps of prune at which PRUNE_DRIVER can stop, in protocol order.
+PRUNE_PHASES = ("packs-written", "index-written", "old-index-deleted", "pack-deleted")
 DOCUMENTED_EXIT_CODES = {int(code) for code in ExitCode}
 
 
@@ -203,3 +208,76 @@ def guest_writes(lab: Lab, disk: str, rnd: random.Random, count: int = 4) -> Non
         offset = rnd.randrange(0, capacity - size)
         data = rnd.randbytes(size) if rnd.random() < 0.5 else bytes([rnd.randrange(256)]) * size
         lab.sim.write(disk, offset, data)
+
+
+@dataclass(frozen=True)
+class RepoFiles:
+    """The pack and index segment names of a repository at one moment."""
+
+    packs: frozenset[str]
+    segments: frozenset[str]
+
+    @classmethod
+    def of(cls, root: Path) -> RepoFiles:
+        def names(folder: str) -> frozenset[str]:
+            return frozenset(
+                p.name
+                for p in (root / folder).rglob("*")
+                if p.is_file() and not p.name.startswith(".tmp-")
+            )
+
+        return cls(names("packs"), names("index"))
+
+
+def assert_prune_phase_on_disk(phase: str, before: RepoFiles, now: RepoFiles) -> None:
+    """What each prune step (tests/repo/crash_writer.py) has visibly done by its end."""
+    new_packs, gone_packs = now.packs - before.packs, before.packs - now.packs
+    new_segments = now.segments - before.segments
+    gone_segments = before.segments - now.segments
+    if phase == "packs-written":
+        assert new_packs and not gone_packs and not new_segments, (phase, before, now)
+    elif phase == "index-written":
+        assert new_segments and not gone_segments and not gone_packs, (phase, before, now)
+    elif phase == "old-index-deleted":
+        assert new_segments and gone_segments and not gone_packs, (phase, before, now)
+    elif phase == "pack-deleted":
+        assert len(gone_packs) == 1 and gone_segments, (phase, before, now)
+    else:
+        raise AssertionError(f"unknown prune phase {phase}")
+
+
+def start_prune_driver(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """tests/repo/crash_writer.py ARGS as a child whose stdout carries its announcements."""
+    return subprocess.Popen(
+        [sys.executable, str(PRUNE_DRIVER), *args],
+        env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def kill_at_prune_phase(
+    proc: subprocess.Popen[str], phase: str, root: Path, before: RepoFiles
+) -> None:
+    """`proc` is a prune driver stopping at `phase`: wait for it to announce the phase,
+    prove it is alive there and that the phase's effect is on disk (compared with
+    `before`, the files when it started), then SIGKILL it."""
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:
+        seen.append(line.strip())
+        if line.split() == ["phase", phase]:
+            break
+    else:
+        proc.wait()
+        err = proc.stderr.read() if proc.stderr else ""
+        raise AssertionError(f"prune ended (exit {proc.returncode}) before {phase}: {seen} {err}")
+    assert_prune_phase_on_disk(phase, before, RepoFiles.of(root))
+    assert proc.poll() is None, f"the prune process died before the kill at {phase}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, (phase, proc.returncode)
+    if proc.stderr:
+        proc.stderr.close()
+    proc.stdout.close()

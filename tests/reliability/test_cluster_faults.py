@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -22,29 +23,79 @@ pytestmark = pytest.mark.reliability
 
 Inject = Callable[[Faults, int], None]
 
-# fault -> (how to inject it on the node serving the run, expected exit, words in stderr)
-OUTCOMES: dict[str, tuple[Inject, int, str]] = {
-    "node_down": (lambda f, n: f.node_down(n), 0, ""),
-    "node_hang": (lambda f, n: f.node_hang(n), 0, ""),
-    "node_502": (lambda f, n: f.node_502(n), 0, ""),
-    "tls_handshake_error": (lambda f, n: f.node_tls_error(n), 0, ""),
-    "burst_of_500s": (lambda f, n: f.fail_next(2), 0, ""),
-    "every_call_500": (lambda f, n: f.error_rate(1.0), 4, "answered HTTP 500"),
-    "session_expiry": (lambda f, n: f.expire_sessions(), 0, ""),
-    "task_error_snapshot": (lambda f, n: f.fail_tasks("snapshot"), 4, "state ERROR"),
-    "task_error_clone": (lambda f, n: f.fail_tasks("clone"), 4, "state ERROR"),
+
+@dataclass(frozen=True)
+class Hit:
+    """Where a fault landed: the node that got the snapshot POST, the length of the
+    simulator's request log right after the injection, and the run's wall time."""
+
+    node: int
+    at: int
+    elapsed: float = 0.0
+
+
+Effect = Callable[[Lab, Hit], None]
+
+
+def _failed_over(L: Lab, hit: Hit) -> None:
+    """Calls after the fault were served by another node (the client otherwise stays
+    on the node that answered last, so a healthy run makes none)."""
+    served = {node for node, *_ in L.sim.requests[hit.at :]}
+    assert served - {hit.node}, f"no call after the fault reached another node: {served}"
+
+
+def _failed_over_after_a_timeout(L: Lab, hit: Hit) -> None:
+    _failed_over(L, hit)
+    least = min(L.config.clusters["lab"].connect_timeout, L.config.clusters["lab"].read_timeout)
+    assert hit.elapsed >= least, f"the run took {hit.elapsed:.2f} s: no timeout was waited"
+
+
+def _retried_two_500s(L: Lab, hit: Hit) -> None:
+    assert L.sim.faults.injected_500s == 2, L.sim.faults.injected_500s
+
+
+def _logged_in_again(L: Lab, hit: Hit) -> None:
+    logins = [r for r in L.sim.requests[hit.at :] if r[1] == "POST" and r[2].endswith("/login")]
+    assert logins, "no login after the sessions expired"
+
+
+def _finished_while_updating(L: Lab, hit: Hit) -> None:
+    """The run went on after the update started, and hcbak reads the cluster as
+    updating now (so a run still before its update check would have waited)."""
+    from hcbak.hypercore.client import hypercore_session
+
+    assert L.sim.requests[hit.at :], "the run made no call after the update started"
+    with hypercore_session(L.config.clusters["lab"]) as hc:
+        status = hc.update_status()
+    assert not status.idle, status.detail
+
+
+# fault -> (how to inject it on the node serving the run, expected exit, words in stderr,
+# the fault's visible effect on the run when its exit alone cannot tell)
+OUTCOMES: dict[str, tuple[Inject, int, str, Effect | None]] = {
+    "node_down": (lambda f, n: f.node_down(n), 0, "", _failed_over),
+    "node_hang": (lambda f, n: f.node_hang(n), 0, "", _failed_over_after_a_timeout),
+    "node_502": (lambda f, n: f.node_502(n), 0, "", _failed_over),
+    "tls_handshake_error": (lambda f, n: f.node_tls_error(n), 0, "", _failed_over),
+    "burst_of_500s": (lambda f, n: f.fail_next(2), 0, "", _retried_two_500s),
+    "every_call_500": (lambda f, n: f.error_rate(1.0), 4, "answered HTTP 500", None),
+    "session_expiry": (lambda f, n: f.expire_sessions(), 0, "", _logged_in_again),
+    "task_error_snapshot": (lambda f, n: f.fail_tasks("snapshot"), 4, "state ERROR", None),
+    "task_error_clone": (lambda f, n: f.fail_tasks("clone"), 4, "state ERROR", None),
     # The new point is safe; only cleanup failed: a warning, cleaned up by the next run.
-    "task_error_delete": (lambda f, n: f.fail_tasks("delete"), 1, ""),
-    "cluster_out_of_space": (lambda f, n: f.out_of_space(), 4, "insufficient space"),
+    "task_error_delete": (lambda f, n: f.fail_tasks("delete"), 1, "", None),
+    "cluster_out_of_space": (lambda f, n: f.out_of_space(), 4, "insufficient space", None),
     # An update that starts mid-run does not stop a run already past its update check.
-    "update_starts_mid_run": (lambda f, n: f.update("running"), 0, ""),
+    "update_starts_mid_run": (lambda f, n: f.update("running"), 0, "", _finished_while_updating),
 }
 
 
-def _inject_at_snapshot(L: Lab, inject: Inject) -> threading.Thread:
+def _inject_at_snapshot(L: Lab, inject: Inject) -> tuple[threading.Thread, list[Hit]]:
     """Watch the simulator's request log; inject on the node that received the
-    snapshot POST, the moment it arrives (the run is then mid-flight)."""
+    snapshot POST, the moment it arrives (the run is then mid-flight). The returned
+    list receives where it landed."""
     start = len(L.sim.requests)
+    hits: list[Hit] = []
 
     def watch() -> None:
         deadline = time.monotonic() + 30
@@ -52,12 +103,13 @@ def _inject_at_snapshot(L: Lab, inject: Inject) -> threading.Thread:
             for node, method, path, _ in L.sim.requests[start:]:
                 if method == "POST" and path.endswith("/VirDomainSnapshot"):
                     inject(L.sim.faults, node)
+                    hits.append(Hit(node, len(L.sim.requests)))
                     return
             time.sleep(0.002)
 
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
-    return thread
+    return thread, hits
 
 
 def _setup(L: Lab) -> tuple[str, str, Ledger]:
@@ -94,7 +146,7 @@ def _healthy_again(L: Lab, vm: str, ledger: Ledger) -> None:
 
 @pytest.mark.parametrize("fault", list(OUTCOMES))
 def test_cluster_fault_during_a_run_has_its_documented_outcome(tmp_path: Path, fault: str) -> None:
-    inject, expected, words = OUTCOMES[fault]
+    inject, expected, words, effect = OUTCOMES[fault]
     with lab(tmp_path) as L:
         vm, _disk, ledger = _setup(L)
         live = ledger.live_hashes()
@@ -102,12 +154,17 @@ def test_cluster_fault_during_a_run_has_its_documented_outcome(tmp_path: Path, f
         # outcome when it is due, so a fault injected at the snapshot POST must land
         # before that whatever the machine's load (5 ms was a race under CI load).
         L.sim.faults.task_delay(0.25)
-        watcher = _inject_at_snapshot(L, inject)
+        watcher, hits = _inject_at_snapshot(L, inject)
+        started = time.monotonic()
         res = cli(L.env, "job", "run", "nightly")
+        elapsed = time.monotonic() - started
         watcher.join(timeout=5)
         res.assert_clean()
+        assert hits, "the run sent no snapshot POST: the fault was never injected"
         assert res.code == expected, (fault, res.code, res.err)
         assert words in res.err, res.err
+        if effect is not None:
+            effect(L, replace(hits[0], elapsed=elapsed))
         if expected in (0, 1):
             assert ledger.record_new(live), "a successful run commits a point"
         _healthy_again(L, vm, ledger)

@@ -23,10 +23,10 @@ import pytest
 from engine.helpers import MiB, lab
 
 from hcbak.config import RepoConfig, save_config
-from hcbak.repo import init_repo
+from hcbak.repo import init_repo, open_repo
 from hcbak.secrets import Secret, SecretRef
 
-from .helpers import cli, guest_writes
+from .helpers import cli, file_sha256, guest_writes, sha256
 
 pytestmark = pytest.mark.reliability
 
@@ -39,15 +39,17 @@ class Golden:
     repo: Path
     env: dict[str, str]
     encrypted: bool
+    points: dict[str, str]  # point id -> sha256 of the disk the cluster held at backup
 
 
 def _build(tmp: Path, encrypted: bool) -> Golden:
     with lab(tmp) as L:
         repo = tmp / "golden"
+        secret = Secret(PASSPHRASE) if encrypted else None
         init_repo(
             repo,
             block_size=256 << 10,
-            passphrase=Secret(PASSPHRASE) if encrypted else None,
+            passphrase=secret,
             kdf_n=1 << 10,  # fast scrypt for tests; the real default is 2^15
         )
         L.config.repositories["main"] = RepoConfig(
@@ -61,11 +63,17 @@ def _build(tmp: Path, encrypted: bool) -> Golden:
         vm = L.sim.create_vm("web01", [2 * MiB], tags=["nightly"])
         disk = L.sim.disk_uuids(vm)[0]
         L.sim.fill(disk, seed=60)
-        assert cli(env, "job", "run", "nightly").code == 0
-        guest_writes(L, disk, random.Random(61))
-        assert cli(env, "job", "run", "nightly").code == 0
+        points: dict[str, str] = {}
+        for n in range(2):  # a full and an incremental
+            if n:
+                guest_writes(L, disk, random.Random(61))
+            live = sha256(L.sim.read_live(disk, 0, 2 * MiB))
+            assert cli(env, "job", "run", "nightly").code == 0
+            with open_repo(repo, passphrase=secret, lock=None) as opened:
+                (new,) = {p.id for p in opened.list_points()} - set(points)
+            points[new] = live
         assert cli(env, "repo", "verify", "main", "--read-data").code == 0
-        return Golden(repo, env, encrypted)
+        return Golden(repo, env, encrypted, points)
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["plain", "encrypted"])
@@ -101,6 +109,31 @@ def _flip(path: Path, fraction: float) -> None:
     path.write_bytes(bytes(data))
 
 
+def _verify_finds_damage_and_restore_agrees(
+    golden: Golden, env: dict[str, str], out_dir: Path
+) -> None:
+    """`repo verify --read-data` exits 6; every point it does not name as affected
+    restores bit-exact. A point it names fails to restore with exit 6 and leaves no
+    file behind, unless every block it needs still reads back under its hash (verify
+    distrusts a whole pack whose trailer is damaged; restore checks each block): then
+    it restores bit-exact. Never wrong data that looks like a disk."""
+    res = cli(env, "repo", "verify", "main", "--read-data", "--json")
+    res.assert_clean()
+    assert res.code == 6, (res.code, res.err)
+    affected = set(json.loads(res.out)["affected_points"])
+    assert affected <= set(golden.points), affected
+    for pid, digest in golden.points.items():
+        out = out_dir / f"restored-{pid}.raw"
+        restored = cli(env, "restore", "disk", pid, "--disk", "0", "--to", str(out))
+        restored.assert_clean()
+        if pid in affected and restored.code != 0:
+            assert restored.code == 6, (pid, restored.code, restored.err)
+            assert not out.exists(), "a failed restore leaves no file at the destination"
+        else:
+            assert restored.code == 0, (pid, restored.err)
+            assert file_sha256(out) == digest, f"point {pid} restored other bytes"
+
+
 def _truncate(path: Path, keep: float) -> None:
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * keep)] if keep < 1 else data[:-1])
@@ -117,37 +150,31 @@ DATA_KINDS = ["packs", "index", "points"]
 @pytest.mark.parametrize("fraction", FLIPS, ids=lambda f: f"at{f:.3f}")
 @pytest.mark.parametrize("kind", DATA_KINDS)
 def test_bit_flip_in_a_data_file_is_found_by_verify_with_exit_6(
-    damaged_copy: tuple[Path, dict[str, str]], kind: str, fraction: float
+    golden: Golden, damaged_copy: tuple[Path, dict[str, str]], kind: str, fraction: float
 ) -> None:
     repo, env = damaged_copy
     for path in _files(repo, kind)[:1]:
         _flip(path, fraction)
-    res = cli(env, "repo", "verify", "main", "--read-data")
-    res.assert_clean()
-    assert res.code == 6, (kind, fraction, res.code, res.err)
+    _verify_finds_damage_and_restore_agrees(golden, env, repo.parent)
 
 
 @pytest.mark.parametrize("keep", TRUNCATIONS, ids=["empty", "half", "minus1"])
 @pytest.mark.parametrize("kind", DATA_KINDS)
 def test_truncated_data_file_is_found_by_verify_with_exit_6(
-    damaged_copy: tuple[Path, dict[str, str]], kind: str, keep: float
+    golden: Golden, damaged_copy: tuple[Path, dict[str, str]], kind: str, keep: float
 ) -> None:
     repo, env = damaged_copy
     _truncate(_files(repo, kind)[0], keep)
-    res = cli(env, "repo", "verify", "main", "--read-data")
-    res.assert_clean()
-    assert res.code == 6, (kind, keep, res.code, res.err)
+    _verify_finds_damage_and_restore_agrees(golden, env, repo.parent)
 
 
 @pytest.mark.parametrize("kind", ["packs", "index"])
 def test_missing_data_file_is_found_by_verify_with_exit_6(
-    damaged_copy: tuple[Path, dict[str, str]], kind: str
+    golden: Golden, damaged_copy: tuple[Path, dict[str, str]], kind: str
 ) -> None:
     repo, env = damaged_copy
     _files(repo, kind)[0].unlink()
-    res = cli(env, "repo", "verify", "main", "--read-data")
-    res.assert_clean()
-    assert res.code == 6, (kind, res.code, res.err)
+    _verify_finds_damage_and_restore_agrees(golden, env, repo.parent)
 
 
 # The config carries no checksum of its own (docs/format.md): damage must be refused

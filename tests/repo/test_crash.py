@@ -15,6 +15,13 @@ from pathlib import Path
 
 import pytest
 from conftest import RunHcbak, assert_no_traceback, mounted_tmpfs
+from crash_writer import point_data
+from reliability.helpers import (
+    PRUNE_PHASES,
+    RepoFiles,
+    kill_at_prune_phase,
+    start_prune_driver,
+)
 from repo_helpers import BS, PASS, disk_bytes, make_repo, read_disk, write_point
 
 from hcbak.errors import NoSpaceError
@@ -55,7 +62,7 @@ def check_committed(root: Path, log: Path) -> int:
             if pid in forgotten:
                 continue
             assert pid in present, f"committed point {pid} vanished"
-            assert read_disk(repo, pid) == disk_bytes(int(seed), BLOCKS), pid
+            assert read_disk(repo, pid) == point_data(int(seed)), pid
             checked += 1
         report = verify(repo, read_data_percent=100)
     assert report.errors == [], report.errors
@@ -64,6 +71,7 @@ def check_committed(root: Path, log: Path) -> int:
 
 def kill_at_random(proc: subprocess.Popen[str], rnd: random.Random, longest: float) -> None:
     time.sleep(rnd.uniform(0.0, longest))
+    assert proc.poll() is None, "the writer ended before the kill"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     # The killed writer's lease stays behind (fresh, so not yet stale): remove it
@@ -88,21 +96,31 @@ def test_sigkill_during_backup_never_loses_committed_points(tmp_path: Path) -> N
     assert check_committed(root, log) > 0
 
 
-def test_sigkill_during_prune_never_loses_committed_points(tmp_path: Path) -> None:
-    rnd = random.Random(4242)
-    root = make_repo(tmp_path / "r")
-    log = tmp_path / "commits.log"
-    for kill in range(8):
-        writer = start_writer(root, log, "backup", seed=100 + kill, count=3)
-        assert writer.wait(timeout=120) == 0
-        proc = start_writer(root, log, "prune", seed=0)
-        kill_at_random(proc, rnd, 0.4)
-        check_committed(root, log)
-    # A prune that runs to completion afterwards cleans up every leftover.
-    proc = start_writer(root, log, "prune", seed=0)
-    assert proc.wait(timeout=120) == 0, proc.stderr.read() if proc.stderr else ""
-    assert check_committed(root, log) > 0
-    assert list(root.rglob(".tmp-*")) == []
+def test_sigkill_at_every_prune_phase_never_loses_committed_points(tmp_path: Path) -> None:
+    """Each kill lands in a live prune process stopped at one of its steps, with that
+    step's effect on disk (kill_at_prune_phase). Each prune has real work: of six
+    points it forgets two, one whose pack is wholly dead and one whose pack is half
+    live (repacked)."""
+    for kill, phase in enumerate(PRUNE_PHASES * 2):
+        root = make_repo(tmp_path / f"r{kill}")
+        log = tmp_path / f"commits-{kill}.log"
+        for seed, count in ((2 * kill, 1), (2 * kill + 1, 5)):
+            writer = start_writer(root, log, "backup", seed=seed, count=count)
+            assert writer.wait(timeout=120) == 0
+        before = RepoFiles.of(root)
+        proc = start_prune_driver(str(root), str(log), "prune", "0", phase)
+        kill_at_prune_phase(proc, phase, root, before)
+        unlock(root, force=True)  # as an operator would, having checked the pid is dead
+        assert check_committed(root, log) == 4
+        # The next prune, run to its end, cleans up every leftover of the killed one.
+        after = start_prune_driver(str(root), str(log), "prune", "0")
+        _, err = after.communicate(timeout=120)
+        assert after.returncode == 0, err
+        assert check_committed(root, log) == 3
+        assert list(root.rglob(".tmp-*")) == []
+        with open_repo(root, passphrase=PASS, lock=None) as repo:
+            indexed = {loc.pack for _, loc in repo.index.items()}
+            assert set(repo.pack_ids()) == indexed, "no pack is left that no index names"
 
 
 def test_two_writer_processes_commit_all_their_points(tmp_path: Path) -> None:
