@@ -238,8 +238,10 @@ class _Session:
         def repo_cm() -> Any:
             from hcbak.repo import open_repo
 
-            path = self.repo_cfg.path
-            return open_repo(path, passphrase=passphrase, lock="shared", command="job run")
+            path, expect = self.repo_cfg.path, self._expected()
+            return open_repo(
+                path, passphrase=passphrase, lock="shared", command="job run", expect=expect
+            )
 
         with entered_in_background(repo_cm) as opened_repo:
             self._run_with(opened_repo)
@@ -786,12 +788,22 @@ class _Session:
 
         try:
             with open_repo(
-                self.repo_cfg.path, passphrase=passphrase, lock="exclusive", command="job run prune"
+                self.repo_cfg.path,
+                passphrase=passphrase,
+                lock="exclusive",
+                command="job run prune",
+                expect=self._expected(),
             ) as repo:
                 prune(repo)
             self.report.pruned = True
         except LockedError as exc:
             self.warn(f"prune skipped, repository in use: {exc.one_line()}")
+
+    def _expected(self) -> Any:
+        """What the config pins about the repository: refused on any mismatch (exit 6)."""
+        from hcbak.repo.settings import Expected
+
+        return Expected(encrypted=self.repo_cfg.encrypted, repo_id=self.repo_cfg.repo_id)
 
     def _hook_values(self) -> dict[str, object]:
         return {

@@ -48,8 +48,7 @@ def _build(tmp: Path, encrypted: bool) -> Golden:
             repo,
             block_size=256 << 10,
             passphrase=Secret(PASSPHRASE) if encrypted else None,
-            kdf_n=1 << 10,  # fast scrypt for tests; the real default is 2^15
-        )
+        )  # a cheap Argon2id: tests/conftest.py sets HCBAK_TESTONLY_WEAKEN_KDF
         L.config.repositories["main"] = RepoConfig(
             name="main",
             path=str(repo),
