@@ -22,6 +22,7 @@ from hcbak.repo import BlockMap, DiskImage, Point, init_repo, open_repo
 from hcbak.repo.kdf import WEAKEN_ENV
 from hcbak.secrets import Secret
 
+
 def passphrase(version: int) -> Secret:
     return Secret(f"golden-v{version} passphrase")
 

@@ -57,7 +57,7 @@ def test_golden_restores_bit_exact_and_verifies(golden: tuple[int, Path]) -> Non
 
 
 def test_golden_refuses_a_wrong_passphrase(golden: tuple[int, Path]) -> None:
-    version, root = golden
+    _, root = golden
     with pytest.raises(PassphraseError):
         with open_repo(root, passphrase=Secret("not it")):
             pass
