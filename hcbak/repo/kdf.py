@@ -42,7 +42,7 @@ SCRYPT_FLOOR_R = 8
 SCRYPT_N = 1 << 15
 SCRYPT_R = 8
 SCRYPT_P = 1
-# Tests only: new repositories get a cheap Argon2id and the floor is not enforced,
+# Tests only: new repositories get a cheap KDF and the floor is not enforced,
 # so the suite does not pay 0.3 s per open (like borg's BORG_TESTONLY_WEAKEN_KDF).
 # Never set it in production: repositories created with it are refused without it.
 WEAKEN_ENV = "HCBAK_TESTONLY_WEAKEN_KDF"
@@ -82,7 +82,8 @@ def new_argon2_params() -> Argon2Params:
     return Argon2Params(ARGON2_MEMORY_KIB, ARGON2_ITERATIONS, ARGON2_LANES, os.urandom(SALT_LEN))
 
 
-def new_scrypt_params(n: int = SCRYPT_N) -> ScryptParams:
+def new_scrypt_params() -> ScryptParams:
+    n = 1 << 10 if weakened() else SCRYPT_N
     return ScryptParams(n=n, r=SCRYPT_R, p=SCRYPT_P, salt=os.urandom(SALT_LEN))
 
 

@@ -308,3 +308,32 @@ def test_passwd_keeps_v2_and_a_wrong_old_passphrase_is_refused(tmp_path: Path) -
     assert _doc(root)["version"] == 2
     with open_repo(root, passphrase=Secret("new"), lock=None) as repo:
         assert repo.config.encrypted
+
+
+def test_a_pinned_unencrypted_entry_refuses_an_encrypted_repository(tmp_path: Path) -> None:
+    """Pinned: exit 6. Unpinned (an old entry): the old answer, no passphrase given."""
+    from hcbak.repo.settings import Expected
+
+    root = make_repo(tmp_path / "r")
+    repo_id = str(_doc(root)["repo_id"])
+    with pytest.raises(IntegrityError, match="pins it as unencrypted"):
+        open_repo(root, lock=None, expect=Expected(False, repo_id)).__enter__()
+    with pytest.raises(PassphraseError, match="no passphrase was given"):
+        open_repo(root, lock=None, expect=Expected(False)).__enter__()
+
+
+def test_a_v1_repository_stays_v1_and_writable_through_passwd(tmp_path: Path) -> None:
+    from hcbak.repo.repository import set_passphrase
+
+    root = tmp_path / "v1"
+    init_repo(root, passphrase=PASS, block_size=256 << 10, version=1)
+    data = b"v1 block " * 30000
+    with open_repo(root, passphrase=PASS, lock=None) as repo:
+        bid = repo.block_id(data)
+        repo.put_block(bid, data)
+    set_passphrase(root, PASS, Secret("new"))
+    doc = _doc(root)
+    assert doc["version"] == 1 and "checksum" not in doc
+    assert doc["encryption"]["kdf"] == "scrypt"  # type: ignore[index]
+    with open_repo(root, passphrase=Secret("new"), lock=None) as repo:
+        assert repo.get_block(bid) == data and repo.block_id(data) == bid
