@@ -7,7 +7,7 @@
   reads docs/format.md can) fail the settings MAC, exit 6;
 - damage to the key material (wrapped key, salt, repository id) is damage, exit 6,
   never "wrong passphrase" (exit 4), which stays the answer to a wrong passphrase;
-- key derivation: new repositories use Argon2id at RFC 9106's parameters, and a config
+- key derivation: new repositories use Argon2id at OWASP's parameters, and a config
   asking for less than the documented floor is refused;
 - block ids are keyed BLAKE3 in v2 and stay seeded XXH3 in v1.
 """
@@ -208,7 +208,7 @@ def test_v1_key_material_damage_that_is_not_hex_is_exit_6(tmp_path: Path) -> Non
 
 
 # --- item 5: key derivation -------------------------------------------------------------
-def test_new_repositories_use_argon2id_at_rfc_9106_parameters(
+def test_new_repositories_use_argon2id_at_owasp_parameters(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv(WEAKEN_ENV)
@@ -217,9 +217,9 @@ def test_new_repositories_use_argon2id_at_rfc_9106_parameters(
     assert isinstance(enc, dict)
     assert (enc["kdf"], enc["memory_kib"], enc["iterations"], enc["lanes"]) == (
         "argon2id",
-        65536,
-        3,
-        4,
+        47104,
+        1,
+        1,
     )
     with open_repo(tmp_path / "r", passphrase=PASS, lock=None) as repo:
         assert repo.config.version == 2
