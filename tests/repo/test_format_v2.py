@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,6 +122,22 @@ def test_job_run_refuses_a_config_that_switched_encryption_off(case: Setup) -> N
     assert res.code == 6, res.err
     assert "is not encrypted, but the config has a passphrase for it" in res.err
     assert _pack_count(case.repo) == packs  # nothing was written in clear
+
+
+def test_the_console_script_job_run_refuses_it_too(case: Setup) -> None:
+    """The real program as cron starts it: `job run` takes its fast path (no Typer, the
+    key derivation started early), which must check the pin as well."""
+    _switch_encryption_off(case.repo)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hcbak", "job", "run", "nightly"],
+        env={**os.environ, **case.env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 6, proc.stderr
+    assert "is not encrypted, but the config has a passphrase for it" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_restore_and_points_list_refuse_it_too(case: Setup) -> None:
