@@ -114,6 +114,18 @@ def test_repo_add_pins_the_repository_id_in_the_config(case: Setup) -> None:
     assert "repo_id:" in Path(case.env["HCBAK_CONFIG"]).read_text()
 
 
+def test_adopting_an_existing_repository_pins_its_id_after_proving_the_passphrase(
+    case: Setup,
+) -> None:
+    args = ("repo", "add", "again", "--path", str(case.repo), "--encrypt")
+    wrong = cli({**case.env, "WRONG_PASS": "not it"}, *args, "--passphrase-env", "WRONG_PASS")
+    assert wrong.code == 4, wrong.err  # nothing pinned for a passphrase that does not open
+    res = cli(case.env, *args, "--passphrase-env", "HCBAK_TEST_PASSPHRASE")
+    assert res.code == 0, res.err
+    entry = load_config(Path(case.env["HCBAK_CONFIG"])).repositories["again"]
+    assert entry.repo_id == _doc(case.repo)["repo_id"]
+
+
 def test_job_run_refuses_a_config_that_switched_encryption_off(case: Setup) -> None:
     packs = _pack_count(case.repo)
     _switch_encryption_off(case.repo)
