@@ -46,7 +46,13 @@ from hcbak.repo.index import (
     read_segment_file,
 )
 from hcbak.repo.index import write_segment as _write_segment
-from hcbak.repo.kdf import KdfParams, new_argon2_params, new_scrypt_params
+from hcbak.repo.kdf import (
+    Argon2Params,
+    KdfParams,
+    ScryptParams,
+    new_argon2_params,
+    new_scrypt_params,
+)
 from hcbak.repo.locks import RepoLock
 from hcbak.repo.pack import PackWriter, check_blob_sealing, frame_parts, pack_path, parse_blob
 from hcbak.repo.points import (
@@ -134,6 +140,8 @@ def init_repo(
     material = KeyMaterial.generate(version)
     if passphrase is not None and kdf is None:
         kdf = new_kdf_for(version)
+    if kdf is not None and not isinstance(kdf, Argon2Params if version >= 2 else ScryptParams):
+        raise UsageError(f"format v{version} does not use {type(kdf).__name__}")
     with fsio.translate_os_errors(f"repository {root}"):
         root.mkdir(parents=True, exist_ok=True)
         for sub in SUBDIRS:
