@@ -95,13 +95,20 @@ class ClusterConfig:
 
 @dataclass
 class RepoConfig:
-    """A repository entry; the format settings themselves live in the repository."""
+    """A repository entry; the format settings themselves live in the repository.
+
+    It pins what hcbak expects of the repository: encrypted exactly when it has a
+    passphrase reference, and (entries written by `repo add` since format v2) the
+    repository's id. A repository that differs is refused, exit 6: a `config` replaced
+    by whoever can write the folder must never make hcbak back up in clear.
+    """
 
     name: str
     path: str
     compression: str = "lz4"
     block_size: int = DEFAULT_BLOCK_SIZE
     passphrase: SecretRef | None = None
+    repo_id: str | None = None
 
     @property
     def encrypted(self) -> bool:
@@ -618,7 +625,7 @@ class _Parser:
 
     def repo(self, name: str, node: Node) -> RepoConfig:
         where = f"repositories.{name}"
-        keys = ("path", "compression", "block_size", *_secret_keys("passphrase"))
+        keys = ("path", "compression", "block_size", "repo_id", *_secret_keys("passphrase"))
         m = self.mapping(node, where, keys)
         repo = RepoConfig(
             name=name,
@@ -631,6 +638,9 @@ class _Parser:
             repo.block_size = self.check(
                 m["block_size"], f"{where}.block_size", parse_block_size, value
             )
+        if "repo_id" in m:
+            text = self.string(m["repo_id"], f"{where}.repo_id")
+            repo.repo_id = self.check(m["repo_id"], f"{where}.repo_id", parse_repo_id, text)
         repo.passphrase = self.secret(m, "passphrase", node, where)
         return repo
 
@@ -1011,12 +1021,21 @@ def cluster_to_dict(c: ClusterConfig, *, reveal: bool = True) -> dict[str, Any]:
     return out
 
 
+def parse_repo_id(text: str) -> str:
+    """A repository id as `repo add` records it: 32 lowercase hex digits."""
+    if len(text) != 32 or text.strip("0123456789abcdef"):
+        raise ValueError(f"{text!r} is not a repository id (32 lowercase hex digits)")
+    return text
+
+
 def repo_to_dict(r: RepoConfig, *, reveal: bool = True) -> dict[str, Any]:
     out: dict[str, Any] = {
         "path": r.path,
         "compression": r.compression,
         "block_size": format_block_size(r.block_size),
     }
+    if r.repo_id is not None:
+        out["repo_id"] = r.repo_id
     out.update(secret_to_dict("passphrase", r.passphrase, reveal=reveal))
     return out
 

@@ -17,12 +17,19 @@ from pathlib import Path
 import pytest
 
 HCBAK = [sys.executable, "-m", "hcbak"]
+# Every repository the tests create gets a cheap Argon2id (~1 ms instead of ~0.3 s per
+# open) and every hcbak they start accepts it (hcbak/repo/kdf.py, WEAKEN_ENV). Tests of
+# the real parameters and of the floor remove it with monkeypatch.delenv.
+WEAKEN_KDF = "HCBAK_TESTONLY_WEAKEN_KDF"
+os.environ[WEAKEN_KDF] = "1"
 
 
 @pytest.fixture
 def hcbak_env(tmp_path: Path) -> dict[str, str]:
     """Environment for a subprocess: its own config path and state dir under tmp_path."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HCBAK_")}
+    if WEAKEN_KDF in os.environ:
+        env[WEAKEN_KDF] = os.environ[WEAKEN_KDF]
     env["HCBAK_CONFIG"] = str(tmp_path / "config.yaml")
     env["HCBAK_STATE_DIR"] = str(tmp_path / "state")
     env["PYTHONUNBUFFERED"] = "1"
@@ -72,18 +79,18 @@ def assert_no_traceback(proc: subprocess.CompletedProcess[str]) -> None:
 
 @pytest.fixture
 def scrypt_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The thread names of every scrypt the repository code runs from now on (the
-    early-derivation slots start empty)."""
+    """The thread names of every key derivation (scrypt or Argon2id) the repository
+    code runs from now on (the early-derivation slots start empty)."""
     from hcbak.repo import kdf
 
     calls: list[str] = []
-    real = kdf._scrypt
+    real = kdf._stretch
 
     def counting(passphrase: object, params: kdf.KdfParams) -> bytes:
         calls.append(threading.current_thread().name)
         return real(passphrase, params)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(kdf, "_scrypt", counting)
+    monkeypatch.setattr(kdf, "_stretch", counting)
     monkeypatch.setattr(kdf, "_early", {})
     return calls
 

@@ -1,7 +1,8 @@
 """`hcbak repo add|list|show|remove|passwd|unlock|forget|prune|verify|repair`.
 
-The repository folder is the source of truth for its format (block size, compression,
-encryption); the config only names it, says where it is and how to get the passphrase.
+The repository folder is the source of truth for its format (block size, compression);
+the config names it, says where it is and how to get the passphrase, and pins what it
+must be: its id (recorded by `repo add`) and encrypted or not (it has a passphrase).
 """
 
 import json
@@ -98,10 +99,18 @@ def open_configured(
         command=command,
         read_only_ok=read_only_ok,
         state_dir=lease_state_dir() if lock is not None else None,
+        expect=expected_of(cfg),
     ) as repo:
         if repo.unlocked_reason:
             warn(READ_ONLY_NOTE.format(path=cfg.path, why=repo.unlocked_reason))
         yield repo
+
+
+def expected_of(cfg: RepoConfig) -> Any:
+    """What the config pins about the repository (hcbak.repo.settings.Expected)."""
+    from hcbak.repo.settings import Expected
+
+    return Expected(encrypted=cfg.encrypted, repo_id=cfg.repo_id)
 
 
 @app.command("add")
@@ -161,15 +170,18 @@ def add(
     elif passphrase_env or passphrase_file or passphrase_command:
         raise UsageError("a passphrase option needs --encrypt")
     if adopting:
-        doc = read_config_doc(folder)
-        with open_configured(RepoConfig(name, str(folder), passphrase=ref), lock=None):
-            pass  # proves the passphrase
-        entry = RepoConfig(name, str(folder), str(doc["compression"]), int(doc["block_size"]), ref)
+        # Opening proves the passphrase (and, for v2, the settings MAC): the id pinned
+        # below is the one of a repository this passphrase really opens.
+        with open_configured(RepoConfig(name, str(folder), passphrase=ref), lock=None) as repo:
+            found = repo.config
+        entry = RepoConfig(
+            name, str(folder), found.compression, found.block_size, ref, found.repo_id
+        )
         info(f"adopted existing repository at {folder}")
     else:
         secret = ref.resolve() if ref else None
-        init_repo(folder, compression=compression, block_size=size, passphrase=secret)
-        entry = RepoConfig(name, str(folder), compression, size, ref)
+        made = init_repo(folder, compression=compression, block_size=size, passphrase=secret)
+        entry = RepoConfig(name, str(folder), compression, size, ref, made.repo_id)
         info(f"created repository {name} at {folder}")
     config.repositories[name] = entry
     save_config(config)
@@ -301,7 +313,7 @@ def passwd(
     )
     if ref is None:
         raise UsageError("give the new passphrase with --passphrase-env/-file/-command")
-    set_passphrase(Path(cfg.path), cfg.passphrase.resolve(), ref.resolve())
+    set_passphrase(Path(cfg.path), cfg.passphrase.resolve(), ref.resolve(), expected_of(cfg))
     cfg.passphrase = ref
     save_config(config)
     info(f"passphrase of repository {name} changed")

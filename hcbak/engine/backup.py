@@ -238,13 +238,14 @@ class _Session:
         def repo_cm() -> Any:
             from hcbak.repo import open_repo
 
-            path = self.repo_cfg.path
+            path, expect = self.repo_cfg.path, self._expected()
             return open_repo(
                 path,
                 passphrase=passphrase,
                 lock="shared",
                 command="job run",
                 state_dir=self.state_dir,  # where this host keeps its lease sightings
+                expect=expect,
             )
 
         with entered_in_background(repo_cm) as opened_repo:
@@ -802,11 +803,18 @@ class _Session:
                 lock="exclusive",
                 command="job run prune",
                 state_dir=self.state_dir,
+                expect=self._expected(),
             ) as repo:
                 prune(repo)
             self.report.pruned = True
         except LockedError as exc:
             self.warn(f"prune skipped, repository in use: {exc.one_line()}")
+
+    def _expected(self) -> Any:
+        """What the config pins about the repository: refused on any mismatch (exit 6)."""
+        from hcbak.repo.settings import Expected
+
+        return Expected(encrypted=self.repo_cfg.encrypted, repo_id=self.repo_cfg.repo_id)
 
     def _hook_values(self) -> dict[str, object]:
         return {

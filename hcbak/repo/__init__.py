@@ -2,8 +2,9 @@
 encrypted block store on a local or network folder (docs/format.md specifies the bytes).
 
 Nouns:
-- block: a fixed-size, aligned slice of a disk; its id is the seeded xxh3-128 of its
-  plaintext (`ZERO_BLOCK` stands for an all-zero block, which is never stored).
+- block: a fixed-size, aligned slice of a disk; its id is the keyed BLAKE3 (format v2;
+  v1: seeded xxh3-128) of its plaintext, 16 bytes (`ZERO_BLOCK` stands for an all-zero
+  block, which is never stored).
 - blob: one stored block inside a pack (framed, compressed, maybe encrypted).
 - pack: a write-once file of blobs with a trailer that makes truncation detectable.
 - index segment: a write-once file mapping block id -> (pack, offset, length).

@@ -17,12 +17,12 @@ from isal.isal_zlib import crc32
 
 from hcbak.errors import IntegrityError, RepoError
 from hcbak.repo.crypto import NONCE_LEN, TAG_LEN, Sealer
+from hcbak.repo.pack import FLAG_ENCRYPTED  # bit 0 of blob and envelope flags alike
 
 CODEC_NONE = 0
 CODEC_LZ4 = 1
 CODEC_ZSTD = 2
 CODECS = {"none": CODEC_NONE, "lz4": CODEC_LZ4, "zstd": CODEC_ZSTD}
-FLAG_ENCRYPTED = 0x01
 ZSTD_LEVEL = 3
 
 

@@ -78,6 +78,19 @@ def parse_blob(frame: bytes | memoryview, what: str) -> BlobFrame:
     return BlobFrame(block_id, flags, codec, plain_len, payload)
 
 
+FLAG_ENCRYPTED = 0x01
+
+
+def check_blob_sealing(blob: BlobFrame, encrypted: bool, what: str) -> None:
+    """Refuse a blob whose encryption flag disagrees with its repository: a cleartext
+    blob in an encrypted repository is never read as data (someone with write access
+    could plant it), and an encrypted one in a cleartext repository cannot be read."""
+    if encrypted and not blob.flags & FLAG_ENCRYPTED:
+        raise IntegrityError(f"{what} is stored in clear in an encrypted repository")
+    if not encrypted and blob.flags & FLAG_ENCRYPTED:
+        raise IntegrityError(f"{what} is encrypted but the repository is not")
+
+
 def pack_path(root: Path, pack_id: str) -> Path:
     return root / "packs" / pack_id[:2] / pack_id
 

@@ -24,8 +24,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
-import xxhash
-
 from hcbak.errors import (
     IntegrityError,
     NotFoundError,
@@ -39,6 +37,7 @@ from hcbak.repo.blockmap import ZERO_BLOCK
 from hcbak.repo.codec import ENVELOPE, FLAG_ENCRYPTED, Envelope, codec_id, compress, decompress
 from hcbak.repo.crypto import KeyMaterial, Sealer
 from hcbak.repo.damaged import DAMAGED_DIR, DamagedCopy, DamagedSet, load_records, write_record
+from hcbak.repo.ids import BlockIdFn
 from hcbak.repo.index import (
     CompactIndex,
     Location,
@@ -48,9 +47,15 @@ from hcbak.repo.index import (
     read_segment_file,
 )
 from hcbak.repo.index import write_segment as _write_segment
-from hcbak.repo.kdf import SCRYPT_N, new_kdf_params
+from hcbak.repo.kdf import (
+    Argon2Params,
+    KdfParams,
+    ScryptParams,
+    new_argon2_params,
+    new_scrypt_params,
+)
 from hcbak.repo.locks import SHARED, ReadOnlyRepoError, RepoLock
-from hcbak.repo.pack import PackWriter, frame_parts, pack_path, parse_blob
+from hcbak.repo.pack import PackWriter, check_blob_sealing, frame_parts, pack_path, parse_blob
 from hcbak.repo.points import (
     POINT_MAGIC,
     Point,
@@ -63,6 +68,8 @@ from hcbak.repo.points import (
 )
 from hcbak.repo.settings import (
     FORMAT_VERSION,
+    KNOWN_VERSIONS,
+    Expected,
     RepoSettings,
     encode_config,
     load_settings,
@@ -98,9 +105,17 @@ def init_repo(
     compression: str = "lz4",
     block_size: int = 1024 * 1024,
     passphrase: Secret | None = None,
-    kdf_n: int = SCRYPT_N,
+    version: int = FORMAT_VERSION,
+    kdf: KdfParams | None = None,
 ) -> RepoSettings:
-    """Create a repository in an empty (or missing) folder; `config` is written last."""
+    """Create a repository in an empty (or missing) folder; `config` is written last.
+
+    `version` 2 (the default) uses Argon2id and keyed-BLAKE3 block ids; 1 (scrypt,
+    seeded XXH3) is kept for tests and fixtures of the older format. `kdf` overrides
+    the default parameters of the version's key derivation.
+    """
+    if version not in KNOWN_VERSIONS:
+        raise UsageError(f"repository format version {version} is not supported")
     root = Path(path)
     codec_id(compression)
     validate_block_size(block_size)
@@ -120,11 +135,14 @@ def init_repo(
         block_size=block_size,
         compression=compression,
         encrypted=passphrase is not None,
-        version=FORMAT_VERSION,
+        version=version,
         created=datetime.now(UTC).isoformat(),
     )
-    material = KeyMaterial.generate()
-    kdf = new_kdf_params(kdf_n) if passphrase is not None else None
+    material = KeyMaterial.generate(version)
+    if passphrase is not None and kdf is None:
+        kdf = new_kdf_for(version)
+    if kdf is not None and not isinstance(kdf, Argon2Params if version >= 2 else ScryptParams):
+        raise UsageError(f"format v{version} does not use {type(kdf).__name__}")
     with fsio.translate_os_errors(f"repository {root}"):
         root.mkdir(parents=True, exist_ok=True)
         for sub in SUBDIRS:
@@ -132,6 +150,11 @@ def init_repo(
         fsio.fsync_dir(root)
         write_config(root, encode_config(settings, material, passphrase, kdf))
     return settings
+
+
+def new_kdf_for(version: int) -> KdfParams:
+    """The default key derivation of a format version: v2 Argon2id, v1 scrypt."""
+    return new_argon2_params() if version >= 2 else new_scrypt_params()
 
 
 @contextmanager
@@ -145,6 +168,7 @@ def open_repo(
     command: str | None = None,
     read_only_ok: bool = False,
     state_dir: Path | None = None,
+    expect: Expected | None = None,
 ) -> Iterator[Repository]:
     """Open a repository, holding a shared/exclusive lease (or none) while in use.
 
@@ -152,10 +176,12 @@ def open_repo(
     read-only mount, a snapshot, no write permission) a shared opener goes on without a
     lock and says so in `repo.unlocked_reason`. `state_dir` keeps this host's sightings
     of other locks (docs/format.md, "Locks"); without one (library use, tests) they last
-    as long as this process."""
+    as long as this process. `expect` is what hcbak's config pins (settings.Expected): a
+    repository that is not the one expected (another id, encryption switched off) is
+    refused, exit 6."""
     tune_for_blocks()  # every data path (backup, restore, verify, prune) passes here
     root = Path(path)
-    settings, material, seed = load_settings(root, passphrase)
+    settings, material, ids = load_settings(root, passphrase, expect)
     for sub in SUBDIRS:  # empty folders are lost by some copies (git, rsync filters)
         try:
             (root / sub).mkdir(exist_ok=True)
@@ -172,7 +198,7 @@ def open_repo(
                 raise
             held, unlocked_reason = None, exc.message
     try:
-        repo = Repository(root, settings, material, seed, pack_target=pack_target)
+        repo = Repository(root, settings, material, ids, pack_target=pack_target)
         repo.lock = held
         repo.unlocked_reason = unlocked_reason
         try:
@@ -193,7 +219,7 @@ class Repository:
         root: Path,
         settings: RepoSettings,
         material: KeyMaterial | None,
-        id_seed: int,
+        block_ids: BlockIdFn,
         *,
         pack_target: int = PACK_TARGET,
     ) -> None:
@@ -201,7 +227,7 @@ class Repository:
         self.config = settings
         self.lock: RepoLock | None = None
         self.unlocked_reason = ""  # why a read-only repository was opened without a lock
-        self._seed = id_seed
+        self._block_id = block_ids
         self.sealer = Sealer(material.master_key if material else None)
         self.envelope = Envelope(self.sealer)
         self._codec = codec_id(settings.compression)
@@ -310,8 +336,9 @@ class Repository:
 
     # --- blocks ---------------------------------------------------------------------
     def block_id(self, data: bytes) -> bytes:
-        """The 16-byte id of a block: xxh3-128 of its plaintext, seeded per repository."""
-        return xxhash.xxh3_128_digest(data, seed=self._seed)
+        """The 16-byte id of a block's plaintext: keyed BLAKE3 truncated to 128 bits
+        (format v2) or XXH3-128 seeded per repository (v1); see hcbak/repo/ids.py."""
+        return self._block_id(data)
 
     def has_block(self, block_id: bytes) -> bool:
         if block_id == ZERO_BLOCK:
@@ -660,6 +687,7 @@ class Repository:
     def decode_frame(self, block_id: bytes, frame: bytes | memoryview) -> bytes:
         what = f"block {block_id.hex()}"
         blob = parse_blob(frame, what)
+        check_blob_sealing(blob, self.sealer.encrypted, what)
         if blob.id != block_id:
             raise IntegrityError(f"{what}: the index points at another blob")
         comp = self.sealer.open(blob.payload, block_id, what)
@@ -824,12 +852,20 @@ def _open_direct(path: str, flags: int) -> int:
     return os.open(path, flags | getattr(os, "O_DIRECT", 0))
 
 
-def set_passphrase(root: Path, old: Secret | None, new: Secret, kdf_n: int = SCRYPT_N) -> None:
-    """Rewrap the master key under a new passphrase (data and ids stay unchanged)."""
-    settings, material, _ = load_settings(root, old)
+def set_passphrase(
+    root: Path,
+    old: Secret | None,
+    new: Secret,
+    expect: Expected | None = None,
+    kdf: KdfParams | None = None,
+) -> None:
+    """Rewrap the master key under a new passphrase (data and ids stay unchanged), with
+    a new salt and the format version's default key derivation."""
+    settings, material, _ = load_settings(root, old, expect)
     if material is None:
         raise RepoError(
             f"repository {root} is not encrypted",
             hint="encryption is chosen when the repository is created",
         )
-    write_config(root, encode_config(settings, material, new, new_kdf_params(kdf_n)))
+    params = kdf if kdf is not None else new_kdf_for(settings.version)
+    write_config(root, encode_config(settings, material, new, params))

@@ -1,12 +1,22 @@
-"""The repository `config` file: format version, id, block size, compression, keys.
+"""The repository `config` file: format version, id, block size, compression, keys;
+its checksum and settings MAC (format v2), and what hcbak's own config pins.
 
 It is a small JSON document (not content-addressed: `repo passwd` replaces it through
-the atomic-write helper). When the repository is encrypted the block-id seed lives only
-inside the wrapped key, so ids reveal nothing without the passphrase.
+the atomic-write helper). When the repository is encrypted the block-id secret lives
+only inside the wrapped key, so ids reveal nothing without the passphrase.
+
+Format v2 adds two fields (docs/format.md, "config"): `checksum`, a sha256 over every
+other field, so damage anywhere (a flipped bit in the wrapped key, the salt or the id)
+is reported as damage (exit 6) instead of "wrong passphrase"; and, when encrypted,
+`settings_mac`, an HMAC keyed from the master key over every setting, so nobody
+without the passphrase can change a setting unnoticed. Switching encryption off is
+caught by the pin (`Expected`): hcbak's config knows the repository is encrypted.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,16 +24,20 @@ from typing import TYPE_CHECKING, Any
 
 from hcbak.errors import IntegrityError, PassphraseError, RepoError
 from hcbak.repo import fsio
-from hcbak.repo.kdf import KdfParams
+from hcbak.repo.ids import ID_HASH_V2, BlockIdFn, blake3_ids, xxh3_ids
+from hcbak.repo.kdf import Argon2Params, KdfParams, ScryptParams, below_floor
 from hcbak.secrets import Secret
 
 if TYPE_CHECKING:
     from hcbak.repo.crypto import KeyMaterial
 
 FORMAT_NAME = "hcbak-repository"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what `init` writes; every version up to it is read (and written)
+KNOWN_VERSIONS = (1, 2)
+ID_HASH_V1 = "xxh3-128-seeded"
 MIN_BLOCK = 256 * 1024
 MAX_BLOCK = 4 * 1024 * 1024
+_UNSIGNED = ("checksum", "settings_mac")  # the fields the canonical form leaves out
 
 
 @dataclass(frozen=True)
@@ -37,6 +51,20 @@ class RepoSettings:
     version: int = FORMAT_VERSION
     created: str = ""
 
+    @property
+    def id_hash(self) -> str:
+        return ID_HASH_V1 if self.version < 2 else ID_HASH_V2
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What hcbak's own config says about a repository: encrypted (it has a passphrase
+    reference) or not, and its id (recorded by `repo add`; None in entries written
+    before hcbak pinned ids). A repository that differs is refused, exit 6."""
+
+    encrypted: bool
+    repo_id: str | None = None
+
 
 def validate_block_size(block_size: int) -> None:
     if not MIN_BLOCK <= block_size <= MAX_BLOCK or block_size % 4096:
@@ -46,36 +74,59 @@ def validate_block_size(block_size: int) -> None:
         )
 
 
+def canonical(doc: dict[str, Any], leave_out: tuple[str, ...] = _UNSIGNED) -> bytes:
+    """The bytes the checksum and the MAC cover: the JSON object without `leave_out`,
+    keys sorted, no whitespace, non-ASCII escaped (every value hcbak writes is ASCII)."""
+    kept = {k: v for k, v in doc.items() if k not in leave_out}
+    return json.dumps(kept, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
 def encode_config(
     settings: RepoSettings,
     material: KeyMaterial,
     passphrase: Secret | None,
     kdf: KdfParams | None,
 ) -> bytes:
+    version = settings.version
     doc: dict[str, Any] = {
         "format": FORMAT_NAME,
-        "version": settings.version,
+        "version": version,
         "repo_id": settings.repo_id,
         "created": settings.created,
         "block_size": settings.block_size,
         "compression": settings.compression,
         "encryption": None,
     }
+    if version >= 2:
+        doc["id_hash"] = ID_HASH_V2
     if passphrase is None or kdf is None:
-        doc["id_seed"] = material.id_seed
+        if version >= 2:
+            doc["id_key"] = material.id_secret.hex()
+        else:
+            doc["id_seed"] = material.id_seed
     else:
         from hcbak.repo.crypto import wrap_key  # cryptography: imported when needed
 
-        doc["encryption"] = {
-            "cipher": "aes-256-gcm",
-            "kdf": "scrypt",
-            "n": kdf.n,
-            "r": kdf.r,
-            "p": kdf.p,
-            "salt": kdf.salt.hex(),
-            "wrapped_key": wrap_key(material, passphrase, kdf, settings.repo_id).hex(),
-        }
+        doc["encryption"] = {"cipher": "aes-256-gcm", **_kdf_fields(kdf)}
+        wrapped = wrap_key(material, passphrase, kdf, settings.repo_id, version)
+        doc["encryption"]["wrapped_key"] = wrapped.hex()
+        if version >= 2:
+            doc["settings_mac"] = material.settings_mac(canonical(doc)).hex()
+    if version >= 2:
+        doc["checksum"] = hashlib.sha256(canonical(doc, ("checksum",))).hexdigest()
     return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
+
+
+def _kdf_fields(kdf: KdfParams) -> dict[str, Any]:
+    if isinstance(kdf, Argon2Params):
+        return {
+            "kdf": "argon2id",
+            "memory_kib": kdf.memory_kib,
+            "iterations": kdf.iterations,
+            "lanes": kdf.lanes,
+            "salt": kdf.salt.hex(),
+        }
+    return {"kdf": "scrypt", "n": kdf.n, "r": kdf.r, "p": kdf.p, "salt": kdf.salt.hex()}
 
 
 def read_config_doc(root: Path) -> dict[str, Any]:
@@ -88,10 +139,7 @@ def read_config_doc(root: Path) -> dict[str, Any]:
         raise RepoError(f"repository config {path} is unreadable: {exc.strerror or exc}")
     except ValueError as exc:  # not UTF-8 or not JSON: damaged, or somebody else's file
         what = "not UTF-8" if isinstance(exc, UnicodeDecodeError) else "not valid JSON"
-        raise IntegrityError(
-            f"repository config {path} is damaged or not an hcbak config ({what})",
-            hint="restore the config file from a copy: without it the data cannot be read",
-        )
+        raise _damaged(path, what)
     if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
         raise RepoError(f"{path} is not an hcbak repository config")
     version = doc.get("version")
@@ -102,80 +150,160 @@ def read_config_doc(root: Path) -> dict[str, Any]:
             f"repository format version {doc['version']} is newer than this hcbak supports",
             hint="upgrade hcbak",
         )
+    if version >= 2:
+        stored = doc.get("checksum")
+        if stored != hashlib.sha256(canonical(doc, ("checksum",))).hexdigest():
+            raise _damaged(path, "its checksum does not match" if stored else "no checksum")
     return doc
 
 
-def load_settings(
-    root: Path, passphrase: Secret | None
-) -> tuple[RepoSettings, KeyMaterial | None, int]:
-    """Returns (settings, key material or None when unencrypted, id seed).
+def _damaged(path: Path, what: str) -> IntegrityError:
+    return IntegrityError(
+        f"repository config {path} is damaged or not an hcbak config ({what})",
+        hint="restore the config file from a copy: without it the data cannot be read",
+    )
 
-    `config` has no checksum of its own: every field is validated here so damage is
-    refused with a RepoError naming the field, never a crash in a decoder.
+
+def load_settings(
+    root: Path, passphrase: Secret | None, expect: Expected | None = None
+) -> tuple[RepoSettings, KeyMaterial | None, BlockIdFn]:
+    """Returns (settings, key material or None when unencrypted, the block-id function).
+
+    Every field is validated here so damage is refused naming the field, never a crash
+    in a decoder; `expect` is checked before any key derivation.
     """
     doc = read_config_doc(root)
+    version = doc["version"]
     enc = doc.get("encryption")
     settings = RepoSettings(
         repo_id=_field(doc, "repo_id", str),
         block_size=_field(doc, "block_size", int),
         compression=_field(doc, "compression", str),
         encrypted=enc is not None,
-        version=_field(doc, "version", int),
+        version=version,
         created=str(doc.get("created", "")),
     )
+    if len(settings.repo_id) != 32 or settings.repo_id.strip("0123456789abcdef"):
+        raise _bad("repo_id", settings.repo_id)  # it names files in hcbak's state dir
     if settings.compression not in ("lz4", "zstd", "none"):
         raise _bad("compression", settings.compression)
     try:
         validate_block_size(settings.block_size)
     except RepoError:
         raise _bad("block_size", settings.block_size)
+    if version >= 2 and doc.get("id_hash") != ID_HASH_V2:
+        raise _bad("id_hash", doc.get("id_hash"))
+    if expect is not None:
+        check_expected(root, settings, expect)
     if enc is None:
+        if version >= 2:
+            return settings, None, blake3_ids(_hex_field(doc, "id_key", "", 32))
         seed = _field(doc, "id_seed", int)
         if not 0 <= seed < 1 << 64:
             raise _bad("id_seed", seed)
-        return settings, None, seed
+        return settings, None, xxh3_ids(seed)
     if not isinstance(enc, dict):
         raise _bad("encryption", enc)
     if enc.get("cipher") != "aes-256-gcm":
         raise _bad("encryption.cipher", enc.get("cipher"))
-    if enc.get("kdf") != "scrypt":
-        raise _bad("encryption.kdf", enc.get("kdf"))
-    kdf = kdf_from(enc)
-    wrapped = _hex_field(enc, "wrapped_key")
-    if len(wrapped) != WRAPPED_KEY_LEN:
-        raise _bad("encryption.wrapped_key", "(wrong length)")
+    kdf = kdf_from(enc, version)
+    from hcbak.repo.crypto import unwrap_key, wrapped_len  # cryptography: when needed
+
+    wrapped = _hex_field(enc, "wrapped_key", "encryption.", wrapped_len(version))
+    if version >= 2:
+        mac = _hex_field(doc, "settings_mac", "", 32)
     if passphrase is None:
         raise PassphraseError(
             f"repository {root} is encrypted and no passphrase was given",
             hint="set the repository's passphrase reference in the config",
         )
-    from hcbak.repo.crypto import unwrap_key  # cryptography: imported when needed
+    material = unwrap_key(wrapped, passphrase, kdf, settings.repo_id, version)
+    if version < 2:
+        return settings, material, xxh3_ids(material.id_seed)
+    if not hmac.compare_digest(material.settings_mac(canonical(doc)), mac):
+        raise IntegrityError(
+            f"repository config {root / 'config'} fails authentication: its settings were "
+            "changed by someone without the key",
+            hint="restore the config file from a copy; do not back up into this repository "
+            "until you know who changed it",
+        )
+    return settings, material, blake3_ids(material.id_secret)
 
-    material = unwrap_key(wrapped, passphrase, kdf, settings.repo_id)
-    return settings, material, material.id_seed
+
+def check_expected(root: Path, settings: RepoSettings, expect: Expected) -> None:
+    """Refuse a repository that is not the one hcbak's config describes (exit 6): a
+    replaced `config` must never turn an encrypted repository into a cleartext one."""
+    hint = (
+        "the repository's config file was replaced or the path points at another "
+        "repository; restore the config from a copy, or if this change is intended, "
+        "attach the repository again with `hcbak repo add NAME --path PATH --force`"
+    )
+    if expect.repo_id is not None and settings.repo_id != expect.repo_id:
+        raise IntegrityError(
+            f"repository {root} has id {settings.repo_id}, but the config pins {expect.repo_id}",
+            hint=hint,
+        )
+    if expect.encrypted and not settings.encrypted:
+        raise IntegrityError(
+            f"repository {root} is not encrypted, but the config has a passphrase for it: "
+            "refusing to read or write it in clear",
+            hint=hint,
+        )
+    if not expect.encrypted and settings.encrypted and expect.repo_id is not None:
+        raise IntegrityError(
+            f"repository {root} is encrypted, but the config pins it as unencrypted",
+            hint=hint,
+        )
 
 
-# nonce + (32-byte master key + 8-byte seed) + GCM tag
-WRAPPED_KEY_LEN = 12 + 40 + 16
+def kdf_from(enc: dict[str, Any], version: int) -> KdfParams:
+    """The key-derivation parameters of an `encryption` object, checked for sanity and
+    against the floor (kdf.below_floor)."""
+    params: KdfParams
+    if version >= 2:
+        if enc.get("kdf") != "argon2id":
+            raise _bad("encryption.kdf", enc.get("kdf"))
+        m, t, p = (
+            _field(enc, k, int, "encryption.") for k in ("memory_kib", "iterations", "lanes")
+        )
+        if not 1 <= p <= 64:
+            raise _bad("encryption.lanes", p)
+        if not 8 * p <= m <= 4 * 1024 * 1024:
+            raise _bad("encryption.memory_kib", m)
+        if not 1 <= t <= 64:
+            raise _bad("encryption.iterations", t)
+        params = Argon2Params(m, t, p, _salt(enc))
+    else:
+        if enc.get("kdf") != "scrypt":
+            raise _bad("encryption.kdf", enc.get("kdf"))
+        n, r, p = (_field(enc, k, int, "encryption.") for k in ("n", "r", "p"))
+        if n < 2 or n & (n - 1) or n > 1 << 22:
+            raise _bad("encryption.n", n)
+        if not 1 <= r <= 64:
+            raise _bad("encryption.r", r)
+        if not 1 <= p <= 16:
+            raise _bad("encryption.p", p)
+        params = ScryptParams(n, r, p, _salt(enc))
+    weak = below_floor(params)
+    if weak is not None:
+        raise IntegrityError(
+            f"repository config asks for a key derivation weaker than hcbak accepts: {weak}",
+            hint="the config was damaged or tampered with; restore it from a copy "
+            "(docs/format.md, Key derivation)",
+        )
+    return params
 
 
-def kdf_from(enc: dict[str, Any]) -> KdfParams:
-    n, r, p = (_field(enc, k, int, "encryption.") for k in ("n", "r", "p"))
-    if n < 2 or n & (n - 1) or n > 1 << 22:
-        raise _bad("encryption.n", n)
-    if not 1 <= r <= 64:
-        raise _bad("encryption.r", r)
-    if not 1 <= p <= 16:
-        raise _bad("encryption.p", p)
-    salt = _hex_field(enc, "salt")
+def _salt(enc: dict[str, Any]) -> bytes:
+    salt = _hex_field(enc, "salt", "encryption.")
     if not 8 <= len(salt) <= 64:
         raise _bad("encryption.salt", "(wrong length)")
-    return KdfParams(n, r, p, salt)
+    return salt
 
 
-def _bad(name: str, value: object) -> RepoError:
+def _bad(name: str, value: object) -> IntegrityError:
     shown = value if isinstance(value, int | str) and len(str(value)) < 40 else "(invalid)"
-    return RepoError(
+    return IntegrityError(
         f"repository config field {name} is invalid: {shown!r}",
         hint="the repository's config file is damaged; restore it from a copy",
     )
@@ -188,12 +316,15 @@ def _field(doc: dict[str, Any], key: str, kind: type, prefix: str = "") -> Any:
     return value
 
 
-def _hex_field(enc: dict[str, Any], key: str) -> bytes:
-    value = _field(enc, key, str, "encryption.")
+def _hex_field(doc: dict[str, Any], key: str, prefix: str, length: int | None = None) -> bytes:
+    value = _field(doc, key, str, prefix)
     try:
-        return bytes.fromhex(value)
+        raw = bytes.fromhex(value)
     except ValueError:
-        raise _bad("encryption." + key, "(not hex)")
+        raise _bad(prefix + key, "(not hex)")
+    if length is not None and len(raw) != length:
+        raise _bad(prefix + key, "(wrong length)")
+    return raw
 
 
 def write_config(root: Path, data: bytes) -> None:

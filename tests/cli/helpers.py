@@ -55,7 +55,7 @@ def run_inproc(
 
     for key in [k for k in os.environ if k.startswith("HCBAK_")]:
         monkeypatch.delenv(key)
-    for key in ("HCBAK_CONFIG", "HCBAK_STATE_DIR"):
+    for key in [k for k in hcbak_env if k.startswith("HCBAK_")]:
         monkeypatch.setenv(key, hcbak_env[key])
 
     def call(

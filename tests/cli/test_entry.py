@@ -164,7 +164,7 @@ def config_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A config whose job `nightly` stores into an encrypted repository."""
     monkeypatch.setenv("HCBAK_TEST_PASSPHRASE", "early bird")
     monkeypatch.setenv("HCBAK_TEST_PW", "unused")
-    init_repo(tmp_path / "repo", passphrase=Secret("early bird"), kdf_n=1 << 10)
+    init_repo(tmp_path / "repo", passphrase=Secret("early bird"))
     path = tmp_path / "config.yaml"
     save_config(
         Config(

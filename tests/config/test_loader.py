@@ -39,7 +39,8 @@ clusters:
     device_root: /dev
     timeouts: {connect: 5, read: 30, task: 900, update_wait: 1800}
 repositories:
-  main: {path: /backup/hcbak, compression: lz4, block_size: 1MiB, passphrase_file: /etc/hcbak/pass}
+  main: {path: /backup/hcbak, compression: lz4, block_size: 1MiB, passphrase_file: /etc/hcbak/pass,
+         repo_id: 8b4c204bcaa6f49c0518a8d97e25fb74}
   fast: {path: /backup/fast, compression: zstd, block_size: 4M}
 jobs:
   nightly:
@@ -95,6 +96,8 @@ def test_full_example_loads_into_typed_model(tmp_path: Path) -> None:
     assert prod.tls.fingerprints["10.0.0.11"] == "ab12" * 16
     assert prod.task_timeout == 900.0
     assert config.repo("main").passphrase == SecretRef(file="/etc/hcbak/pass")
+    assert config.repo("main").repo_id == "8b4c204bcaa6f49c0518a8d97e25fb74"  # the pin
+    assert config.repo("fast").repo_id is None  # an entry written before pins
     assert config.repo("fast").block_size == 4 * 1024 * 1024
     job = config.job("nightly")
     assert job.retention.keep_within == "2d" and job.retention.keep_yearly == 2
@@ -227,6 +230,8 @@ def test_unknown_key_names_line_and_suggests_the_right_one(tmp_path: Path) -> No
         ("10.0.0.11, ", "bad_host!, ", "not a host name"),
         ("compression: lz4", "compression: lzma", "'lzma' is not one of lz4, zstd, none"),
         ("block_size: 1MiB", "block_size: 3MiB", "power of two"),
+        ("repo_id: 8b4c", "repo_id: 8B4C", "is not a repository id (32 lowercase hex digits)"),
+        ("repo_id: 8b4c204bcaa6f49c0518a8d97e25fb74", "repo_id: 8b4c", "is not a repository id"),
         ("block_size: 1MiB", "block_size: 128KiB", "power of two"),
         ('schedule: "0 1 * * *"', 'schedule: "0 25 * * *"', "cron hour: 25 is outside 0-23"),
         ('schedule: "0 1 * * *"', 'schedule: "0 1 * *"', "needs 5 fields"),

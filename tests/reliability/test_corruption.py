@@ -4,14 +4,16 @@ A golden repository (two points of one VM: a full and an incremental, made by re
 `hcbak job run`s against the simulator) is built once per module for a plain and an
 encrypted repository; each case damages one file of a fresh copy at seeded offsets and
 runs `hcbak repo verify --read-data`. Data files (packs, index segments, point
-manifests) must be reported as damage, exit 6. The `config` file (which also holds the
-wrapped key of an encrypted repository) must give a clear error exit (2, 4 or 6), and a
+manifests) must be reported as damage, exit 6. Damage to the `config` file (which also
+holds the wrapped key of an encrypted repository) is damage too, exit 6: format v2's
+checksum tells it from a wrong passphrase (exit 4). A
 damaged lock file must read as a foreign lock (exit 5) that `repo unlock --force`
 clears. Never a traceback.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import shutil
@@ -50,8 +52,7 @@ def _build(tmp: Path, encrypted: bool) -> Golden:
             repo,
             block_size=256 << 10,
             passphrase=secret,
-            kdf_n=1 << 10,  # fast scrypt for tests; the real default is 2^15
-        )
+        )  # a cheap Argon2id: tests/conftest.py sets HCBAK_TESTONLY_WEAKEN_KDF
         L.config.repositories["main"] = RepoConfig(
             name="main",
             path=str(repo),
@@ -177,9 +178,9 @@ def test_missing_data_file_is_found_by_verify_with_exit_6(
     _verify_finds_damage_and_restore_agrees(golden, env, repo.parent)
 
 
-# The config carries no checksum of its own (docs/format.md): damage must be refused
-# with a clear error, except in fields that only inform (never used to read data).
-INFORMATIONAL = {False: {"created", "repo_id"}, True: {"created"}}
+# Format v2: the config's checksum covers every field (docs/format.md), so damage to
+# any of them is refused as damage (exit 6), none is only informational.
+INFORMATIONAL: dict[bool, set[str]] = {False: set(), True: set()}
 
 
 def _flip_field(path: Path, field: str) -> None:
@@ -196,8 +197,9 @@ def _flip_field(path: Path, field: str) -> None:
     path.write_bytes(text[:mid] + bytes([text[mid] ^ 0x40]) + text[mid + 1 :])
 
 
-CONFIG_FIELDS = ["block_size", "compression", "created", "format", "id_seed", "repo_id",
-                 "version", "cipher", "kdf", "n", "p", "r", "salt", "wrapped_key"]  # fmt: skip
+CONFIG_FIELDS = ["block_size", "compression", "created", "format", "id_hash", "id_key",
+                 "repo_id", "version", "checksum", "settings_mac", "cipher", "kdf",
+                 "memory_kib", "iterations", "lanes", "salt", "wrapped_key"]  # fmt: skip
 
 
 @pytest.mark.parametrize("field", CONFIG_FIELDS)
@@ -209,7 +211,7 @@ def test_bit_flip_in_any_config_field_is_refused_or_harmless(
     if f'"{field}": '.encode() not in before:
         pytest.skip(f"no {field} in this repository's config")
     _flip_field(repo / "config", field)
-    _expect_refused_or_harmless(golden, repo, env, before)
+    _expect_refused_or_harmless(golden, repo, env, before, field)
 
 
 @pytest.mark.parametrize(
@@ -238,7 +240,7 @@ def test_a_config_that_is_no_longer_json_is_reported_as_damage_exit_6(
 
 
 def _expect_refused_or_harmless(
-    golden: Golden, repo: Path, env: dict[str, str], before: bytes
+    golden: Golden, repo: Path, env: dict[str, str], before: bytes, field: str = ""
 ) -> None:
     res = cli(env, "repo", "verify", "main", "--read-data")
     res.assert_clean()
@@ -246,9 +248,12 @@ def _expect_refused_or_harmless(
         old, new = json.loads(before), json.loads((repo / "config").read_bytes())
         changed = {k for k in old.keys() | new.keys() if old.get(k) != new.get(k)}
         assert changed <= INFORMATIONAL[golden.encrypted], changed
-    else:
-        assert res.code in (2, 4, 6), (res.code, res.err)
-        assert res.err.startswith("error: "), res.err
+    elif field == "format":  # no longer names an hcbak repository config at all
+        assert res.code == 4, (res.code, res.err)
+    else:  # format v2: the checksum covers every field, so any change is damage
+        assert res.code == 6, (res.code, res.err)
+        assert res.err.startswith("error: repository config"), res.err
+        assert "damaged" in res.err and "passphrase" not in res.err, res.err
 
 
 @pytest.mark.parametrize(
@@ -256,33 +261,47 @@ def _expect_refused_or_harmless(
     [
         pytest.param("", "compression", "lz5", id="unknown-compression"),
         pytest.param("", "version", 99, id="future-version"),
+        pytest.param("", "repo_id", "../../etc", id="repo-id-not-hex"),
         pytest.param("encryption", "salt", "zz" + "0" * 30, id="non-hex-salt"),
         pytest.param("encryption", "salt", 5, id="salt-not-a-string"),
         pytest.param("encryption", "wrapped_key", "<", id="non-hex-key"),
-        pytest.param("encryption", "n", 1025, id="scrypt-n-not-power-of-2"),
-        pytest.param("encryption", "r", 0, id="scrypt-r-zero"),
+        pytest.param("encryption", "wrapped_key", "00" * 68, id="key-of-v1-length"),
+        pytest.param("encryption", "memory_kib", 0, id="argon2-memory-zero"),
+        pytest.param("encryption", "lanes", 0, id="argon2-lanes-zero"),
         pytest.param("", "block_size", "x", id="block-size-not-a-number"),
         pytest.param("", "block_size", 7, id="block-size-out-of-range"),
+        pytest.param("", "id_hash", "xxh3", id="unknown-id-hash"),
         pytest.param("encryption", "cipher", "rot13", id="unknown-cipher"),
-        pytest.param("encryption", "kdf", "md5", id="unknown-kdf"),
+        pytest.param("encryption", "kdf", "scrypt", id="v1-kdf-in-v2"),
     ],
 )  # fmt: skip
+@pytest.mark.parametrize("checksum", ["stale", "recomputed"])
 def test_malformed_config_fields_are_refused_with_a_clear_error(
     golden: Golden,
     damaged_copy: tuple[Path, dict[str, str]],
     section: str,
     field: str,
     value: object,
+    checksum: str,
 ) -> None:
+    """With the checksum left as it was (damage) and recomputed (someone who read
+    docs/format.md): exit 6 either way, naming the field or the checksum; only a
+    future version is exit 4 ("upgrade hcbak")."""
+    from hcbak.repo.settings import canonical
+
     if section and not golden.encrypted:
         pytest.skip("only an encrypted repository has an encryption section")
     repo, env = damaged_copy
     doc = json.loads((repo / "config").read_text())
     (doc[section] if section else doc)[field] = value
+    if checksum == "recomputed":
+        doc["checksum"] = hashlib.sha256(canonical(doc, ("checksum",))).hexdigest()
     (repo / "config").write_text(json.dumps(doc))
     res = cli(env, "repo", "verify", "main")
     res.assert_clean()
-    assert res.code in (2, 4), res.err
+    assert res.code == (4 if field == "version" else 6), res.err
+    if checksum == "stale" and field != "version":
+        assert "checksum does not match" in res.err, res.err
 
 
 @pytest.mark.parametrize("how", ["flip", "truncate"])

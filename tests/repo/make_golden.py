@@ -1,22 +1,32 @@
-"""Regenerate tests/data/golden-v1 (only when deliberately creating a new golden).
+"""Regenerate a golden repository (only when deliberately creating a new golden).
 
-The golden repository is format v1 as first released; every later hcbak must still
-open it and restore these exact bytes (tests/repo/test_golden.py). Do not regenerate
-it to make a failing test pass: that would hide a format break.
+    python tests/repo/make_golden.py tests/data/golden-v2 2
+
+tests/data/golden-v1 is format v1 as first released, golden-v2 format v2 as first
+released (with the real Argon2id parameters: do not set HCBAK_TESTONLY_WEAKEN_KDF);
+every later hcbak must still open them and restore these exact bytes
+(tests/repo/test_golden.py). Do not regenerate one to make a failing test pass: that
+would hide a format break.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 from hcbak.repo import BlockMap, DiskImage, Point, init_repo, open_repo
+from hcbak.repo.kdf import WEAKEN_ENV
 from hcbak.secrets import Secret
 
-PASSPHRASE = Secret("golden-v1 passphrase")
+
+def passphrase(version: int) -> Secret:
+    return Secret(f"golden-v{version} passphrase")
+
+
 BS = 256 * 1024
 
 
@@ -27,10 +37,13 @@ def golden_disk(variant: int) -> bytes:
     return text + bytes(BS) + bytes([0x40 + variant]) * BS + shared
 
 
-def main(dest: Path) -> None:
+def main(dest: Path, version: int) -> None:
+    if os.environ.get(WEAKEN_ENV):
+        raise SystemExit(f"unset {WEAKEN_ENV}: a golden repository has the real KDF")
     shutil.rmtree(dest, ignore_errors=True)
-    init_repo(dest, passphrase=PASSPHRASE, compression="zstd", block_size=BS)
-    with open_repo(dest, passphrase=PASSPHRASE, lock=None) as repo:
+    secret = passphrase(version)
+    init_repo(dest, passphrase=secret, compression="zstd", block_size=BS, version=version)
+    with open_repo(dest, passphrase=secret, lock=None) as repo:
         for variant, vm in ((1, "web"), (2, "db")):
             data = golden_disk(variant)
             bm = BlockMap(len(data) // BS)
@@ -60,4 +73,4 @@ def main(dest: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 2)

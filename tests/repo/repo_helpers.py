@@ -11,7 +11,6 @@ from hcbak.secrets import Secret
 
 BS = 256 * 1024
 PASS = Secret("correct horse battery staple")
-FAST_KDF = 1 << 10  # scrypt N for tests; the real default is 2^15
 
 
 def make_repo(root: Path, *, encrypted: bool = True, compression: str = "lz4") -> Path:
@@ -20,8 +19,7 @@ def make_repo(root: Path, *, encrypted: bool = True, compression: str = "lz4") -
         passphrase=PASS if encrypted else None,
         compression=compression,
         block_size=BS,
-        kdf_n=FAST_KDF,
-    )
+    )  # a cheap Argon2id: tests/conftest.py sets HCBAK_TESTONLY_WEAKEN_KDF
     return root
 
 

@@ -263,7 +263,7 @@ def test_cli_restores_from_an_encrypted_repository_with_the_passphrase_from_env(
 ) -> None:
     path = tmp_path / "secret-repo"
     secret = Secret("correct horse battery staple")
-    init_repo(path, block_size=MiB, passphrase=secret, kdf_n=1 << 10)  # fast scrypt for tests
+    init_repo(path, block_size=MiB, passphrase=secret)  # a cheap KDF: tests/conftest.py
     with open_repo(path, passphrase=secret, lock="shared") as repo:
         point = make_point(repo, [SourceDisk(source, "disk-aaaa-1111", 0)])
     config = Config(path=Path(hcbak_env["HCBAK_CONFIG"]))
