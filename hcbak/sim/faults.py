@@ -47,6 +47,7 @@ class Faults:
         self.update_phase: str | None = None
         self.no_space = False
         self.upload_fail_after: int | None = None
+        self.missing_as_404 = False
 
     # --- nodes ----------------------------------------------------------------------
     def _set_node(self, i: int, mode: str) -> None:
@@ -132,6 +133,10 @@ class Faults:
         """Drop the connection of the next upload after nbytes of body (None = off)."""
         self.upload_fail_after = nbytes
 
+    def missing_404(self, enabled: bool = True) -> None:
+        """GET of a missing uuid answers 404 {"error"} instead of 200 `[]`."""
+        self.missing_as_404 = enabled
+
     def task_fails(self, kind: str) -> bool:
         return self.failing_task_kind in ("*", kind)
 
@@ -147,6 +152,7 @@ class Faults:
         self.no_space = False
         self.update_phase = None
         self.upload_fail_after = None
+        self.missing_as_404 = False
         for i, mode in enumerate(self.node_modes):
             if mode != "ok":
                 self.node_ok(i)

@@ -13,11 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from hcbak.sim.disks import merge_intervals
 from hcbak.sim.model import (
+    KEYWORD_MACHINE_TYPES,
+    NVRAM_SIZE,
     POWER_STATES,
     Json,
     RestError,
     TaskError,
     check_disk_type,
+    check_nic_type,
     data_extents,
     int_field,
     new_uuid,
@@ -29,6 +32,30 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from hcbak.sim.model import ClusterModel
+
+# Block device fields a POST or PATCH may set besides type/capacity/slot (the vendor
+# collection's Disk.to_hypercore sends all of them).
+DISK_EXTRA_FIELDS = (
+    "cacheMode",
+    "disableSnapshotting",
+    "name",
+    "readOnly",
+    "tieringPriorityFactor",
+    "mountPoints",
+    "type",
+)
+NIC_FIELDS = ("type", "vlan", "macAddress", "connected")
+
+
+def state_device_geometry(dtype: str, slot: Any, capacity: Any) -> tuple[Any, int]:
+    """NVRAM/VTPM devices get slot -1 whatever was asked, NVRAM its fixed size
+    (vendor module_utils/disk.py, post_and_patch_payload: "HyperCore will ignore")."""
+    size = int(capacity or 0)
+    if dtype == "NVRAM":
+        return -1, NVRAM_SIZE
+    if dtype == "VTPM":
+        return -1, size
+    return slot, size
 
 
 class Operations:
@@ -109,6 +136,19 @@ class Operations:
             raise RestError(400, "Body needs dom.name")
         for bd in dom.get("blockDevs", []):
             check_disk_type(bd.get("type", "VIRTIO_DISK"))
+        for nd in dom.get("netDevs", []):
+            check_nic_type(nd.get("type", "VIRTIO"))
+        options = body.get("options") or {}
+        if not isinstance(options, dict):
+            raise RestError(400, "options must be an object")
+        dom = dict(dom)
+        keyword = options.get("machineTypeKeyword")
+        if keyword is not None:
+            # 9.3+: the keyword picks the machine type (vendor module_utils/vm.py).
+            if keyword not in KEYWORD_MACHINE_TYPES:
+                raise RestError(400, f"Unknown machineTypeKeyword {keyword!r}")
+            dom["machineType"] = KEYWORD_MACHINE_TYPES[keyword]
+        dom["attachGuestToolsISO"] = bool(options.get("attachGuestToolsISO", False))
         vm_uuid = new_uuid()
         return (
             self.m.start_task(
@@ -132,13 +172,16 @@ class Operations:
         fields.setdefault("state", "SHUTOFF")
         self.m.add_vm(vm_uuid, fields)
         for bd in dom.get("blockDevs", []):
+            dtype = bd.get("type", "VIRTIO_DISK")
+            slot, capacity = state_device_geometry(dtype, bd.get("slot"), bd.get("capacity"))
             self.m.add_disk(
                 new_uuid(),
                 vm_uuid,
-                bd.get("type", "VIRTIO_DISK"),
-                int(bd.get("capacity", 0)),
-                slot=bd.get("slot"),
+                dtype,
+                capacity,
+                slot=slot,
                 cache_mode=bd.get("cacheMode", "WRITETHROUGH"),
+                disable_snapshotting=bool(bd.get("disableSnapshotting", False)),
             )
         for i, nd in enumerate(dom.get("netDevs", [])):
             nic = nic_record(vm_uuid, i)
@@ -163,7 +206,16 @@ class Operations:
         vm = self.m.s["vms"].get(vm_uuid)
         if vm is None:
             raise TaskError("VM %@ no longer exists", vm_uuid)
-        for key in ("name", "description", "mem", "numVCPU", "machineType", "bootDevices"):
+        for key in (
+            "name",
+            "description",
+            "mem",
+            "numVCPU",
+            "machineType",
+            "bootDevices",
+            "operatingSystem",
+            "snapshotScheduleUUID",
+        ):
             if key in fields:
                 vm[key] = fields[key]
         if "tags" in fields:
@@ -189,6 +241,8 @@ class Operations:
             return
         for snap_uuid in list(vm["snapUUIDs"]):
             self.m.drop_snapshot(snap_uuid)
+        for rep_uuid in vm.get("replicationUUIDs", []):
+            self.m.s["replications"].pop(rep_uuid, None)
         for d in self.m.vm_disks(vm_uuid):
             self.delete_disk(d)
 
@@ -230,6 +284,8 @@ class Operations:
         vm = self._rest_vm(vm_uuid, status=400)
         dtype = check_disk_type(body.get("type", "VIRTIO_DISK"))
         capacity = int_field(body, "capacity")
+        # NVRAM and VTPM: the cluster ignores the slot (-1); NVRAM has a fixed size.
+        slot, capacity = state_device_geometry(dtype, body.get("slot"), capacity)
         self.m.check_vm_idle(vm_uuid)
         disk_uuid = new_uuid()
         args: Json = {
@@ -237,8 +293,9 @@ class Operations:
             "vm_uuid": vm_uuid,
             "dtype": dtype,
             "capacity": capacity,
-            "slot": body.get("slot"),
+            "slot": slot,
             "cache_mode": body.get("cacheMode", "WRITETHROUGH"),
+            "extra": {k: body[k] for k in DISK_EXTRA_FIELDS if k in body},
         }
         tag = self.m.start_task(
             "create",
@@ -260,12 +317,14 @@ class Operations:
         capacity: int,
         slot: int | None,
         cache_mode: str,
+        extra: Json | None = None,
     ) -> None:
         if vm_uuid not in self.m.s["vms"]:
             raise TaskError("VM %@ no longer exists", vm_uuid)
         if self.m.faults.no_space:
             raise TaskError("Create block device failed: %@", "insufficient space")
         self.m.add_disk(disk_uuid, vm_uuid, dtype, capacity, slot=slot, cache_mode=cache_mode)
+        self.m.s["disks"][disk_uuid].update(extra or {})
 
     def request_disk_clone(self, src_uuid: str, body: Json, session: str) -> tuple[str, str]:
         src = self.m.s["disks"].get(src_uuid)
@@ -360,6 +419,8 @@ class Operations:
             raise RestError(400, "Unknown field: description")
         if "capacity" in body and int(body["capacity"]) < d["capacity"]:
             raise RestError(400, "Block devices can only grow")
+        if "type" in body:
+            check_disk_type(body["type"])
         self.m.check_vm_idle(d["vm"])
         return self.m.start_task(
             "update",
@@ -377,7 +438,7 @@ class Operations:
         if "capacity" in fields and int(fields["capacity"]) != d["capacity"]:
             self.m.store.resize(disk_uuid, int(fields["capacity"]))
             d["capacity"] = int(fields["capacity"])
-        for key in ("cacheMode", "disableSnapshotting", "name", "readOnly"):
+        for key in DISK_EXTRA_FIELDS:
             if key in fields:
                 d[key] = fields[key]
 
@@ -408,6 +469,129 @@ class Operations:
             vm["bootDevices"].remove(d["uuid"])
         d.update(deleted=True, vm="")
         self.m.touch()
+
+    # --- net devices (the vendor's vm_nic module: POST, PATCH, DELETE) -------------------
+    def request_nic_create(self, body: Json, session: str) -> tuple[str, str]:
+        vm_uuid = str(body.get("virDomainUUID"))
+        vm = self._rest_vm(vm_uuid, status=400)
+        check_nic_type(body.get("type", "VIRTIO"))
+        self.m.check_vm_idle(vm_uuid)
+        nic_uuid = new_uuid()
+        fields = {k: body[k] for k in NIC_FIELDS if k in body}
+        tag = self.m.start_task(
+            "create",
+            "nic_create",
+            {"nic_uuid": nic_uuid, "vm_uuid": vm_uuid, "fields": fields},
+            vms=[vm_uuid],
+            description="Add net device to VM %@",
+            params=[vm["name"]],
+            object_uuid=nic_uuid,
+            session=session,
+        )
+        return tag, nic_uuid
+
+    def _op_nic_create(self, nic_uuid: str, vm_uuid: str, fields: Json) -> None:
+        vm = self.m.s["vms"].get(vm_uuid)
+        if vm is None:
+            raise TaskError("VM %@ no longer exists", vm_uuid)
+        nic = nic_record(vm_uuid, len(vm["netDevs"]))
+        nic.update(fields, uuid=nic_uuid)
+        vm["netDevs"].append(nic)
+
+    def request_nic_update(self, nic_uuid: str, body: Json, session: str) -> str:
+        vm, _ = self._rest_nic(nic_uuid)
+        if "type" in body:
+            check_nic_type(body["type"])
+        self.m.check_vm_idle(vm["uuid"])
+        fields = {k: body[k] for k in NIC_FIELDS if k in body}
+        return self.m.start_task(
+            "update",
+            "nic_update",
+            {"nic_uuid": nic_uuid, "fields": fields},
+            vms=[vm["uuid"]],
+            description="Update net device %@",
+            params=[nic_uuid],
+            object_uuid=nic_uuid,
+            session=session,
+        )
+
+    def _op_nic_update(self, nic_uuid: str, fields: Json) -> None:
+        try:
+            _, nic = self._rest_nic(nic_uuid)
+        except RestError:
+            raise TaskError("Net device %@ no longer exists", nic_uuid)
+        nic.update(fields)
+
+    def request_nic_delete(self, nic_uuid: str, session: str) -> str:
+        vm, _ = self._rest_nic(nic_uuid)
+        self.m.check_vm_idle(vm["uuid"])
+        return self.m.start_task(
+            "delete",
+            "nic_delete",
+            {"nic_uuid": nic_uuid},
+            vms=[vm["uuid"]],
+            description="Delete net device %@",
+            params=[nic_uuid],
+            object_uuid=nic_uuid,
+            session=session,
+        )
+
+    def _op_nic_delete(self, nic_uuid: str) -> None:
+        for vm in self.m.s["vms"].values():
+            vm["netDevs"] = [n for n in vm["netDevs"] if n["uuid"] != nic_uuid]
+
+    # --- replication (the vendor's vm_replication module: POST, PATCH) --------------------
+    def request_replication_create(self, body: Json, session: str) -> tuple[str, str]:
+        vm = self._rest_vm(str(body.get("sourceDomainUUID")), status=400)
+        conn = body.get("connectionUUID")
+        if conn not in self.m.s["connections"]:
+            raise RestError(400, f"connectionUUID {conn!r} names no RemoteClusterConnection")
+        rep_uuid = new_uuid()
+        record = {
+            "uuid": rep_uuid,
+            "sourceDomainUUID": vm["uuid"],
+            "connectionUUID": conn,
+            "enable": bool(body.get("enable", True)),
+        }
+        tag = self.m.start_task(
+            "create",
+            "replication_create",
+            {"record": record},
+            vms=[vm["uuid"]],
+            description="Set up replication of VM %@",
+            params=[vm["name"]],
+            object_uuid=rep_uuid,
+            session=session,
+        )
+        return tag, rep_uuid
+
+    def _op_replication_create(self, record: Json) -> None:
+        vm = self.m.s["vms"].get(record["sourceDomainUUID"])
+        if vm is None:
+            raise TaskError("VM %@ no longer exists", record["sourceDomainUUID"])
+        self.m.s["replications"][record["uuid"]] = record
+        vm["replicationUUIDs"].append(record["uuid"])
+
+    def request_replication_update(self, rep_uuid: str, body: Json, session: str) -> str:
+        rep = self.m.s["replications"].get(rep_uuid)
+        if rep is None:
+            raise RestError(404, f"Replication {rep_uuid} not found")
+        return self.m.start_task(
+            "update",
+            "replication_update",
+            {"rep_uuid": rep_uuid, "enable": bool(body.get("enable", rep["enable"]))},
+            vms=[rep["sourceDomainUUID"]],
+            description="Update replication %@",
+            params=[rep_uuid],
+            object_uuid=rep_uuid,
+            session=session,
+        )
+
+    def _op_replication_update(self, rep_uuid: str, enable: bool) -> None:
+        rep = self.m.s["replications"].get(rep_uuid)
+        if rep is None:
+            raise TaskError("Replication %@ no longer exists", rep_uuid)
+        rep["enable"] = enable
 
     # --- virtual disks (upload) ------------------------------------------------------------
     def begin_upload(self, filename: str) -> tuple[str, Path]:
@@ -560,6 +744,13 @@ class Operations:
         if vm is None:
             raise RestError(status, f"VM {vm_uuid} not found")
         return vm
+
+    def _rest_nic(self, nic_uuid: str) -> tuple[Json, Json]:
+        for vm in self.m.s["vms"].values():
+            for nic in vm["netDevs"]:
+                if nic["uuid"] == nic_uuid:
+                    return vm, nic
+        raise RestError(404, f"Net device {nic_uuid} not found")
 
     def _rest_disk(self, disk_uuid: str) -> Json:
         d = self.m.s["disks"].get(disk_uuid)
