@@ -193,6 +193,11 @@ def post_vm(model: ClusterModel, req: Request, m: re.Match[str]) -> Response:
     return task(*model.ops.request_vm_create(_body(req), req.session))
 
 
+@route("POST", f"/VirDomain/{UUID}/clone", role="VM Create/Edit")
+def post_vm_clone(model: ClusterModel, req: Request, m: re.Match[str]) -> Response:
+    return task(*model.ops.request_vm_clone(m["id"], _body(req), req.session))
+
+
 @route("POST", "/VirDomain/action", role="VM Power Controls")
 def post_vm_action(model: ClusterModel, req: Request, m: re.Match[str]) -> Response:
     return task(model.ops.request_vm_actions(req.body, req.session))

@@ -75,6 +75,8 @@ KEYWORD_MACHINE_TYPES = {
     "tpm-compatible": "scale-uefi-tpm-compatible-9.3",
 }
 NIC_TYPES = ("VIRTIO", "INTEL_E1000", "RTL8139")
+# VirDomain.affinityStrategy of a VM without node affinity (vendor fixtures).
+DEFAULT_AFFINITY = {"strictAffinity": False, "preferredNodeUUID": "", "backupNodeUUID": ""}
 
 
 class RestError(Exception):
@@ -360,10 +362,7 @@ class ClusterModel:
         rec.setdefault("attachGuestToolsISO", False)
         rec.setdefault("cloudInitData", None)
         rec.setdefault("stats", [])
-        rec.setdefault(
-            "affinityStrategy",
-            {"strictAffinity": False, "preferredNodeUUID": "", "backupNodeUUID": ""},
-        )
+        rec.setdefault("affinityStrategy", dict(DEFAULT_AFFINITY))
         rec["machineTypeKeyword"] = MACHINE_TYPE_KEYWORDS.get(vm["machineType"], "bios")
         latest = self.task_record(vm.get("_latestTaskTag", ""), advance=False)
         rec["latestTaskTag"] = latest or {}
@@ -508,11 +507,7 @@ class ClusterModel:
             "attachGuestToolsISO": bool(fields.get("attachGuestToolsISO", False)),
             "cloudInitData": fields.get("cloudInitData"),
             "stats": [],
-            "affinityStrategy": {
-                "strictAffinity": False,
-                "preferredNodeUUID": "",
-                "backupNodeUUID": "",
-            },
+            "affinityStrategy": dict(DEFAULT_AFFINITY),
             "state": fields.get("state", "SHUTOFF"),
             "desiredDisposition": fields.get("state", "SHUTOFF"),
             "mem": int(fields.get("mem", 1 << 30)),

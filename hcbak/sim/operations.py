@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from hcbak.sim.disks import merge_intervals
 from hcbak.sim.model import (
+    DEFAULT_AFFINITY,
     KEYWORD_MACHINE_TYPES,
     NVRAM_SIZE,
     POWER_STATES,
@@ -68,6 +69,14 @@ class Operations:
     def request_snapshot(self, body: Json, session: str) -> tuple[str, str]:
         if "virDomainUUID" in body and "domainUUID" not in body:
             raise RestError(400, "Unknown field virDomainUUID; use domainUUID")
+        if "uuid" in body:
+            # the vendor's vm_snapshot.py pops it before POSTing: "uuid" is not allowed
+            raise RestError(400, "Field uuid is not allowed on create")
+        retain = {}
+        for key in ("localRetainUntilTimestamp", "remoteRetainUntilTimestamp"):
+            if key in body:
+                # the vendor omits them when unset: "Timestamps can't be set to None"
+                retain[key] = int_field(body, key)
         vm_uuid = body.get("domainUUID")
         if not isinstance(vm_uuid, str) or vm_uuid not in self.m.s["vms"]:
             raise RestError(400, f"domainUUID {vm_uuid!r} does not name a VM")
@@ -85,6 +94,7 @@ class Operations:
             "stype": str(body.get("type", "USER")),
             # Quirk: replication defaults to TRUE when the field is absent.
             "replication": bool(body.get("replication", True)),
+            "retain": retain,
         }
         tag = self.m.start_task(
             "snapshot",
@@ -99,7 +109,13 @@ class Operations:
         return tag, snap_uuid
 
     def _op_snapshot_create(
-        self, snap_uuid: str, vm_uuid: str, label: str, stype: str, replication: bool
+        self,
+        snap_uuid: str,
+        vm_uuid: str,
+        label: str,
+        stype: str,
+        replication: bool,
+        retain: Json | None = None,
     ) -> None:
         vm = self.m.s["vms"].get(vm_uuid)
         if vm is None:
@@ -109,6 +125,7 @@ class Operations:
         if self.m.faults.no_space:
             raise TaskError("Snapshot of VM %@ failed: %@", vm["name"], "insufficient space")
         self.m.take_snapshot(snap_uuid, vm_uuid, label, stype, replication)
+        self.m.s["snapshots"][snap_uuid].update(retain or {})
 
     def request_snapshot_delete(self, snap_uuid: str, session: str) -> str:
         snap = self.m.s["snapshots"].get(snap_uuid)
@@ -174,15 +191,9 @@ class Operations:
         for bd in dom.get("blockDevs", []):
             dtype = bd.get("type", "VIRTIO_DISK")
             slot, capacity = state_device_geometry(dtype, bd.get("slot"), bd.get("capacity"))
-            self.m.add_disk(
-                new_uuid(),
-                vm_uuid,
-                dtype,
-                capacity,
-                slot=slot,
-                cache_mode=bd.get("cacheMode", "WRITETHROUGH"),
-                disable_snapshotting=bool(bd.get("disableSnapshotting", False)),
-            )
+            disk = self.m.add_disk(new_uuid(), vm_uuid, dtype, capacity, slot=slot)
+            extra = {k: bd[k] for k in DISK_EXTRA_FIELDS if k in bd and k != "type"}
+            self.m.s["disks"][disk].update(extra)
         for i, nd in enumerate(dom.get("netDevs", [])):
             nic = nic_record(vm_uuid, i)
             nic.update({k: nd[k] for k in ("type", "vlan", "macAddress", "connected") if k in nd})
@@ -190,6 +201,13 @@ class Operations:
 
     def request_vm_update(self, vm_uuid: str, body: Json, session: str) -> str:
         vm = self._rest_vm(vm_uuid)
+        affinity = body.get("affinityStrategy")
+        if affinity is not None:
+            nodes = {n["uuid"] for n in self.m.s["nodes"]} | {""}
+            if not isinstance(affinity, dict) or not all(
+                affinity.get(k, "") in nodes for k in ("preferredNodeUUID", "backupNodeUUID")
+            ):
+                raise RestError(400, "affinityStrategy names an unknown node")
         self.m.check_vm_idle(vm_uuid)
         return self.m.start_task(
             "update",
@@ -220,6 +238,96 @@ class Operations:
                 vm[key] = fields[key]
         if "tags" in fields:
             vm["tags"] = [t for t in str(fields["tags"]).split(",") if t]
+        if isinstance(fields.get("affinityStrategy"), dict):  # the vendor's vm_node_affinity
+            old = vm.get("affinityStrategy") or DEFAULT_AFFINITY
+            vm["affinityStrategy"] = {**old, **fields["affinityStrategy"]}
+
+    def request_vm_clone(self, vm_uuid: str, body: Json, session: str) -> tuple[str, str]:
+        """`POST /VirDomain/{uuid}/clone` as the vendor's vm_clone module sends it:
+        `{"snapUUID"?, "template": {name, tags?, cloudInitData?, netDevs?}}`. Without
+        a snapshot uuid the live disks are cloned (the API notes: the cluster takes a
+        snapshot itself; here none is listed)."""
+        vm = self._rest_vm(vm_uuid)
+        template = body.get("template")
+        if not isinstance(template, dict) or not template.get("name"):
+            raise RestError(400, "Body needs template.name")
+        snap_uuid = body.get("snapUUID") or ""
+        if snap_uuid:
+            snap = self.m.s["snapshots"].get(snap_uuid)
+            if snap is None or snap["domainUUID"] != vm_uuid:
+                raise RestError(400, f"snapUUID {snap_uuid} is not a snapshot of VM {vm_uuid}")
+        elif vm["sourceVirDomainUUID"]:
+            raise RestError(400, "A replication target VM is cloned from one of its snapshots")
+        for nd in template.get("netDevs") or []:
+            check_nic_type(nd.get("type", "VIRTIO"))
+        self.m.check_vm_idle(vm_uuid)
+        clone_uuid = new_uuid()
+        args = {"vm_uuid": vm_uuid, "clone_uuid": clone_uuid, "snap_uuid": snap_uuid}
+        tag = self.m.start_task(
+            "clone",
+            "vm_clone",
+            {**args, "template": template},
+            vms=[vm_uuid, clone_uuid],
+            description="Clone VM %@ to %@",
+            params=[vm["name"], str(template["name"])],
+            object_uuid=clone_uuid,
+            session=session,
+        )
+        return tag, clone_uuid
+
+    def _op_vm_clone(self, vm_uuid: str, clone_uuid: str, snap_uuid: str, template: Json) -> None:
+        if self.m.faults.no_space:
+            raise TaskError("Clone of VM %@ failed: %@", vm_uuid, "insufficient space")
+        if snap_uuid:
+            snap = self.m.s["snapshots"].get(snap_uuid)
+            if snap is None:
+                raise TaskError("Snapshot %@ no longer exists", snap_uuid)
+            source = snap["domain"]
+        elif vm_uuid in self.m.s["vms"]:
+            source = self.m.vm_record(vm_uuid)
+        else:
+            raise TaskError("VM %@ no longer exists", vm_uuid)
+        fields = {k: source.get(k) for k in ("description", "mem", "numVCPU", "machineType")}
+        fields.update(
+            name=str(template["name"]),
+            # the vendor: "Cloned VM does not retain tags from the original"
+            tags=[t for t in str(template.get("tags", "")).split(",") if t],
+            operatingSystem=source.get("operatingSystem"),
+            cloudInitData=template.get("cloudInitData"),
+        )
+        self.m.add_vm(clone_uuid, fields)
+        for bd in source["blockDevs"]:
+            new = new_uuid()
+            try:
+                layer = (
+                    self.m.snapshot_file(snap_uuid, bd["uuid"])
+                    if snap_uuid
+                    else self.m.store.live_path(self.m.live_disk(bd["uuid"])["uuid"])
+                )
+            except KeyError:  # not snapshotted (CD-ROM, snapshots disabled): blank
+                layer = None
+            self.m.add_disk(
+                new,
+                clone_uuid,
+                bd["type"],
+                bd["capacity"],
+                slot=bd["slot"],
+                cache_mode=bd["cacheMode"],
+                source=layer,
+                disable_snapshotting=bd["disableSnapshotting"],
+            )
+            self.m.s["disks"][new]["name"] = bd["name"]
+            if layer is not None:
+                self.m.log_write(new, 0, data_extents(self.m.store.live_path(new)))
+        clone = self.m.s["vms"][clone_uuid]
+        data = [d["uuid"] for d in self.m.vm_disks(clone_uuid) if d["type"] not in ("IDE_CDROM",)]
+        clone["bootDevices"] = data[:1]
+        nics = template.get("netDevs") or source.get("netDevs") or []
+        for i, nd in enumerate(nics):
+            nic = nic_record(clone_uuid, i)
+            keep = ("type", "vlan", "macAddress") if template.get("netDevs") else ("type", "vlan")
+            nic.update({k: nd[k] for k in keep if k in nd})
+            clone["netDevs"].append(nic)
 
     def request_vm_delete(self, vm_uuid: str, session: str) -> str:
         vm = self._rest_vm(vm_uuid)

@@ -415,3 +415,78 @@ def test_vendor_vm_lifecycle_mutations_all_complete(sim: Simulator, api: Api) ->
     assert shape_problems("VirDomain", api.get(f"/VirDomain/{vm}").json()[0]) == []
     api.mutate("DELETE", f"/VirDomain/{vm}")
     assert api.get(f"/VirDomain/{vm}").json() == []
+
+
+# --- discrepancies found beyond the list (each failed before its fix) ----------
+def test_7_snapshot_create_keeps_retain_timestamps_and_refuses_a_uuid(
+    sim: Simulator, api: Api
+) -> None:
+    vm = sim.create_vm("web01", [MIB])
+    body = {"domainUUID": vm, "label": "keep", "type": "USER", "replication": False}
+    # module_utils/vm_snapshot.py: `payload.pop("uuid")  # "uuid" is not allowed`
+    assert api.post("/VirDomainSnapshot", {**body, "uuid": "x"}).status_code == 400
+    retain = {"localRetainUntilTimestamp": 2_000_000_000, "remoteRetainUntilTimestamp": 1}
+    snap = api.mutate("POST", "/VirDomainSnapshot", {**body, **retain})["createdUUID"]
+    rec = api.get(f"/VirDomainSnapshot/{snap}").json()[0]
+    assert {k: rec[k] for k in retain} == retain
+
+
+def test_8_node_affinity_is_changed_by_patch_like_the_vendor_vm_node_affinity(
+    sim: Simulator, api: Api
+) -> None:
+    vm = sim.create_vm("web01", [MIB])
+    nodes = [n["uuid"] for n in api.get("/Node").json()]
+    affinity = {"strictAffinity": True, "preferredNodeUUID": nodes[1], "backupNodeUUID": ""}
+    api.mutate("PATCH", f"/VirDomain/{vm}", {"affinityStrategy": affinity})
+    assert api.get(f"/VirDomain/{vm}").json()[0]["affinityStrategy"] == affinity
+    bad = {"affinityStrategy": {**affinity, "backupNodeUUID": str(uuidlib.uuid4())}}
+    assert api.call("PATCH", f"/VirDomain/{vm}", json=bad).status_code == 400
+
+
+def test_9_vm_clone_like_the_vendor_vm_clone_module(sim: Simulator, api: Api) -> None:
+    vm = sim.create_vm("web01", [2 * MIB], tags=("keep-not",), uefi=True, cdrom=True)
+    disk = sim.disk_uuids(vm)[0]
+    sim.write(disk, 4096, b"before")
+    snap = api.mutate(
+        "POST", "/VirDomainSnapshot", {"domainUUID": vm, "label": "s", "replication": False}
+    )["createdUUID"]
+    sim.write(disk, 4096, b"after!")
+    # from a snapshot (the vendor's path for replicas), with a name and new tags
+    body = {"snapUUID": snap, "template": {"name": "web01-clone", "tags": "cloned"}}
+    made = api.mutate("POST", f"/VirDomain/{vm}/clone", body)["createdUUID"]
+    rec = api.get(f"/VirDomain/{made}").json()[0]
+    assert (rec["name"], rec["tags"], rec["machineType"]) == (
+        "web01-clone",
+        "cloned",
+        "scale-uefi-9.3",
+    )
+    assert [b["type"] for b in rec["blockDevs"]] == ["VIRTIO_DISK", "IDE_CDROM", "NVRAM"]
+    assert sim.read_live(rec["blockDevs"][0]["uuid"], 4096, 6) == b"before"
+    assert shape_problems("VirDomain", rec) == []
+    # from the live VM, keeping MACs as `preserve_mac_address` does
+    macs = [{"type": "VIRTIO", "macAddress": "7c:4c:58:00:00:01", "vlan": 3}]
+    body = {"template": {"name": "web01-live", "netDevs": macs}}
+    live = api.mutate("POST", f"/VirDomain/{vm}/clone", body)["createdUUID"]
+    rec = api.get(f"/VirDomain/{live}").json()[0]
+    assert sim.read_live(rec["blockDevs"][0]["uuid"], 4096, 6) == b"after!"
+    assert [(n["macAddress"], n["vlan"]) for n in rec["netDevs"]] == [("7c:4c:58:00:00:01", 3)]
+    sim.write(rec["blockDevs"][0]["uuid"], 4096, b"clone!")  # copy-on-write
+    assert sim.read_live(disk, 4096, 6) == b"after!"
+    assert api.post(f"/VirDomain/{vm}/clone", {"template": {}}).status_code == 400
+
+
+def test_10_vm_create_keeps_the_block_device_fields_the_vendor_sends(
+    sim: Simulator, api: Api
+) -> None:
+    bd = {
+        "type": "IDE_CDROM",
+        "capacity": 0,
+        "cacheMode": "WRITETHROUGH",
+        "name": "ubuntu.iso",
+        "readOnly": True,
+        "tieringPriorityFactor": 4,
+    }
+    dom = {"name": "iso01", "blockDevs": [bd], "netDevs": []}
+    vm = api.mutate("POST", "/VirDomain", {"dom": dom, "options": {}})["createdUUID"]
+    got = api.get(f"/VirDomain/{vm}").json()[0]["blockDevs"][0]
+    assert (got["name"], got["readOnly"], got["tieringPriorityFactor"]) == ("ubuntu.iso", True, 4)
