@@ -149,6 +149,15 @@ def test_virtual_disk_name_is_final_only_after_conversion() -> None:
     assert VirtualDisk.from_api({"name": "x.qcow2"}).is_final
 
 
+def test_update_status_accepts_prepare_status_as_a_bare_string() -> None:
+    # The vendor's hypercore_version.py: prepareStatus "is sometimes str, sometimes dict".
+    done = {"prepareStatus": "COMPLETE", "updateStatus": {"masterState": "COMPLETE"}}
+    assert UpdateStatus.from_api(done).idle
+    busy = {"prepareStatus": "RUNNING", "updateStatus": {"masterState": "COMPLETE"}}
+    assert not UpdateStatus.from_api(busy).idle
+    assert not UpdateStatus.from_api({"prepareStatus": 7, "updateStatus": {}}).idle
+
+
 def test_task_message_is_rendered_from_parameters() -> None:
     task = Task.from_api(
         {

@@ -1,9 +1,10 @@
-"""A missing object, as clusters answer it: `[]` with 200, or 404 with an error object.
+"""The client tolerates what real clusters answer where clusters differ.
 
-The vendor's integration test asserts `[]` for GET of a deleted VM; other builds or
-proxies may answer 404. Both must mean "not there" to every client call, and an
-object body must never be read as a record. Real simulator, real HTTPS; the
-simulator's `missing_404` fault switches it to the 404 behaviour.
+A missing object: the vendor's integration test asserts `[]` for GET of a deleted VM;
+other builds or proxies may answer 404. Both must mean "not there" to every client
+call, and an object body must never be read as a record. update_status.json: the
+vendor's client notes `prepareStatus` is sometimes a string. Real simulator, real
+HTTPS; its `missing_404` fault and `-plain` update phases switch behaviours.
 """
 
 from __future__ import annotations
@@ -48,5 +49,18 @@ def test_an_object_body_is_never_read_as_a_list_of_records(sim: Any) -> None:
     try:
         with pytest.raises(APIError, match="not a list of records"):
             hc._get_list("/ping")
+    finally:
+        hc.close()
+
+
+def test_update_status_with_a_plain_string_prepare_status_is_idle(sim: Any) -> None:
+    sim.faults.update("complete-plain")
+    hc = sim_client(sim)
+    try:
+        raw = hc.pool.send("GET", "/update/update_status.json", idempotent=True, rest=False)
+        assert raw.json()["prepareStatus"] == "COMPLETE"  # the shape under test is served
+        assert hc.update_status().idle
+        sim.faults.update("preparing-plain")
+        assert not hc.update_status().idle
     finally:
         hc.close()
