@@ -476,6 +476,15 @@ class Operations:
             "slot": template.get("slot"),
             # Quirk: regenerateDiskID defaults to true; recorded for tests to check.
             "regenerate": bool(options.get("regenerateDiskID", True)),
+            # the vendor's vm_snapshot_attach_disk sends these with the clone
+            "extra": {
+                "readOnly": bool(options.get("readOnly", False)),
+                **{
+                    k: template[k]
+                    for k in ("cacheMode", "disableSnapshotting", "tieringPriorityFactor")
+                    if k in template
+                },
+            },
         }
         # Quirk: template.name is silently dropped (never reaches the new device).
         tag = self.m.start_task(
@@ -500,6 +509,7 @@ class Operations:
         capacity: int,
         slot: int | None,
         regenerate: bool,
+        extra: Json | None = None,
     ) -> None:
         if self.m.faults.no_space:
             raise TaskError("Clone of block device %@ failed: %@", src_uuid, "insufficient space")
@@ -515,7 +525,7 @@ class Operations:
             raise TaskError("Source of clone %@ no longer exists", src_uuid)
         self.m.add_disk(new_uuid, vm_uuid, dtype, capacity, slot=slot, source=source)
         d = self.m.s["disks"][new_uuid]
-        d.update(regenerateDiskID=regenerate, sourceSnapshotUUID=snap_uuid)
+        d.update(extra or {}, regenerateDiskID=regenerate, sourceSnapshotUUID=snap_uuid)
         # The clone's own write log starts with everything its source held.
         epochs = self.m.s["writelog"].get(src_uuid, {})
         held = [tuple(i) for e, iv in epochs.items() if serial < 0 or int(e) < serial for i in iv]

@@ -490,3 +490,34 @@ def test_10_vm_create_keeps_the_block_device_fields_the_vendor_sends(
     vm = api.mutate("POST", "/VirDomain", {"dom": dom, "options": {}})["createdUUID"]
     got = api.get(f"/VirDomain/{vm}").json()[0]["blockDevs"][0]
     assert (got["name"], got["readOnly"], got["tieringPriorityFactor"]) == ("ubuntu.iso", True, 4)
+
+
+def test_11_snapshot_disk_clone_keeps_what_the_vendor_vm_snapshot_attach_disk_sends(
+    sim: Simulator, api: Api
+) -> None:
+    vm = sim.create_vm("web01", [MIB])
+    disk = sim.disk_uuids(vm)[0]
+    target = sim.create_vm("other", [], state="SHUTOFF")
+    snap = api.mutate(
+        "POST", "/VirDomainSnapshot", {"domainUUID": vm, "label": "s", "replication": False}
+    )["createdUUID"]
+    body = {
+        "options": {"regenerateDiskID": True, "readOnly": True},
+        "snapUUID": snap,
+        "template": {
+            "virDomainUUID": target,
+            "type": "VIRTIO_DISK",
+            "capacity": MIB,
+            "slot": 2,
+            "disableSnapshotting": True,
+            "tieringPriorityFactor": 2,
+        },
+    }
+    made = api.mutate("POST", f"/VirDomainBlockDevice/{disk}/clone", body)["createdUUID"]
+    got = api.get(f"/VirDomainBlockDevice/{made}").json()[0]
+    assert (got["readOnly"], got["disableSnapshotting"], got["tieringPriorityFactor"]) == (
+        True,
+        True,
+        2,
+    )
+    assert (got["slot"], got["virDomainUUID"]) == (2, target)
