@@ -553,6 +553,7 @@ class Operations:
 
     def _op_disk_update(self, disk_uuid: str, fields: Json) -> None:
         d = self.m.live_disk(disk_uuid)
+        self._check_unplug(d, fields.get("type", d["type"]))
         if "capacity" in fields and int(fields["capacity"]) != d["capacity"]:
             self.m.store.resize(disk_uuid, int(fields["capacity"]))
             d["capacity"] = int(fields["capacity"])
@@ -577,7 +578,18 @@ class Operations:
     def _op_disk_delete(self, disk_uuid: str) -> None:
         d = self.m.s["disks"].get(disk_uuid)
         if d is not None and not d["deleted"]:
+            self._check_unplug(d, d["type"])
             self.delete_disk(d)
+
+    def _check_unplug(self, d: Json, new_type: str) -> None:
+        """A CD-ROM cannot be removed, and no device can change its type, while the VM
+        runs (the vendor's disk.py `needs_reboot`); the task fails with the 9.2 message
+        the vendor's vm.py looks for."""
+        vm = self.m.s["vms"].get(d["vm"])
+        if vm is None or vm["state"] != "RUNNING":
+            return
+        if d["type"] == "IDE_CDROM" or new_type != d["type"]:
+            raise TaskError("Unable to delete block device from VM '%@': Still in use", vm["name"])
 
     def delete_disk(self, d: Json) -> None:
         """Live data goes; snapshot layers (own hard links) and the write log stay."""

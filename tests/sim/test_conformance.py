@@ -521,3 +521,25 @@ def test_11_snapshot_disk_clone_keeps_what_the_vendor_vm_snapshot_attach_disk_se
         2,
     )
     assert (got["slot"], got["virDomainUUID"]) == (2, target)
+
+
+def test_12_a_cdrom_is_not_hot_unplugged_and_a_type_change_needs_the_vm_off(
+    sim: Simulator, api: Api
+) -> None:
+    vm = sim.create_vm("web01", [MIB], cdrom=True, state="RUNNING")
+    rec = sim.vm_record(vm)
+    cdrom = next(b["uuid"] for b in rec["blockDevs"] if b["type"] == "IDE_CDROM")
+    disk = sim.disk_uuids(vm)[0]
+    task = api.wait(api.delete(f"/VirDomainBlockDevice/{cdrom}"))
+    # the message the vendor's vm.py `_disk_remove_failed_because_vm_running` looks for
+    assert (task["state"], task["formattedMessage"]) == (
+        "ERROR",
+        "Unable to delete block device from VM '%@': Still in use",
+    )
+    patch = api.call("PATCH", f"/VirDomainBlockDevice/{disk}", json={"type": "SCSI_DISK"})
+    assert api.wait(patch)["state"] == "ERROR"
+    api.mutate("POST", "/VirDomain/action", [{"virDomainUUID": vm, "actionType": "STOP"}])
+    api.mutate("PATCH", f"/VirDomainBlockDevice/{disk}", {"type": "SCSI_DISK"})
+    api.mutate("DELETE", f"/VirDomainBlockDevice/{cdrom}")
+    types = [b["type"] for b in sim.vm_record(vm)["blockDevs"]]
+    assert types == ["SCSI_DISK"]
