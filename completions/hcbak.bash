@@ -6,7 +6,7 @@ _hcbak_complete() {
     for ((i = 1; i < COMP_CWORD; i++)); do
         word="${COMP_WORDS[i]}"
         case "$path/$word" in
-            /cluster|/cluster/add|/cluster/list|/cluster/remove|/cluster/show|/cluster/test|/config|/config/check|/config/show|/demo|/job|/job/create|/job/edit|/job/list|/job/remove|/job/run|/job/show|/mount|/notify|/notify/test|/points|/points/forget|/points/list|/points/show|/repo|/repo/add|/repo/forget|/repo/list|/repo/passwd|/repo/prune|/repo/remove|/repo/show|/repo/unlock|/repo/verify|/restore|/restore/disk|/restore/vm|/sim|/sim/serve|/version) path="$path/$word" ;;
+            /cluster|/cluster/add|/cluster/list|/cluster/remove|/cluster/show|/cluster/test|/config|/config/check|/config/show|/demo|/job|/job/create|/job/edit|/job/list|/job/remove|/job/run|/job/show|/mount|/notify|/notify/test|/points|/points/forget|/points/list|/points/show|/repo|/repo/add|/repo/forget|/repo/list|/repo/passwd|/repo/prune|/repo/remove|/repo/show|/repo/unlock|/repo/verify|/restore|/restore/disk|/restore/vm|/sim|/sim/check-shapes|/sim/serve|/sim/shapes|/version) path="$path/$word" ;;
         esac
     done
     case "$prev" in
@@ -51,8 +51,10 @@ _hcbak_complete() {
         "/restore") opts="--help -h"; subs="disk vm" ;;
         "/restore/disk") opts="--disk --to --format --repo --json --help -h"; subs="" ;;
         "/restore/vm") opts="--as --cluster --power-on --network-map --keep-macs --replace --repo --json --help -h"; subs="" ;;
-        "/sim") opts="--help -h"; subs="serve" ;;
+        "/sim") opts="--help -h"; subs="check-shapes serve shapes" ;;
+        "/sim/check-shapes") opts="--json --help -h"; subs="" ;;
         "/sim/serve") opts="--state --nodes --port-base --seed --task-delay --help -h"; subs="" ;;
+        "/sim/shapes") opts="--help -h"; subs="" ;;
         "/version") opts="--json --help -h"; subs="" ;;
     esac
     if [[ "$cur" == -* ]]; then

@@ -3,7 +3,7 @@
 function __hcbak_path
     set -l path ""
     for word in (commandline -opc)[2..-1]
-        if contains -- "$path/$word" /cluster /cluster/add /cluster/list /cluster/remove /cluster/show /cluster/test /config /config/check /config/show /demo /job /job/create /job/edit /job/list /job/remove /job/run /job/show /mount /notify /notify/test /points /points/forget /points/list /points/show /repo /repo/add /repo/forget /repo/list /repo/passwd /repo/prune /repo/remove /repo/show /repo/unlock /repo/verify /restore /restore/disk /restore/vm /sim /sim/serve /version
+        if contains -- "$path/$word" /cluster /cluster/add /cluster/list /cluster/remove /cluster/show /cluster/test /config /config/check /config/show /demo /job /job/create /job/edit /job/list /job/remove /job/run /job/show /mount /notify /notify/test /points /points/forget /points/list /points/show /repo /repo/add /repo/forget /repo/list /repo/passwd /repo/prune /repo/remove /repo/show /repo/unlock /repo/verify /restore /restore/disk /restore/vm /sim /sim/check-shapes /sim/serve /sim/shapes /version
             set path "$path/$word"
         end
     end
@@ -252,9 +252,14 @@ complete -c hcbak -n 'test "(__hcbak_path)" = "/restore/vm"' -l repo -r -d 'Repo
 complete -c hcbak -n 'test "(__hcbak_path)" = "/restore/vm"' -l json -d 'Print JSON (stable keys, docs/cli.md)'
 complete -c hcbak -n 'test "(__hcbak_path)" = "/restore/vm"' -l help -d 'Show help and exit.'
 complete -c hcbak -n 'test "(__hcbak_path)" = "/restore/vm"' -s h -d 'Show help and exit.'
+complete -c hcbak -f -n 'test "(__hcbak_path)" = "/sim"' -a check-shapes -d 'List every difference between a cluster\'s shape report and the simulator'
 complete -c hcbak -f -n 'test "(__hcbak_path)" = "/sim"' -a serve -d 'Serve a simulated cluster until SIGINT/SIGTERM; prints how to connect to it'
+complete -c hcbak -f -n 'test "(__hcbak_path)" = "/sim"' -a shapes -d 'Print the simulator\'s own shape report (keys and JSON types of every resource)'
 complete -c hcbak -n 'test "(__hcbak_path)" = "/sim"' -l help -d 'Show help and exit.'
 complete -c hcbak -n 'test "(__hcbak_path)" = "/sim"' -s h -d 'Show help and exit.'
+complete -c hcbak -n 'test "(__hcbak_path)" = "/sim/check-shapes"' -l json -d 'Print JSON (stable keys, docs/cli.md)'
+complete -c hcbak -n 'test "(__hcbak_path)" = "/sim/check-shapes"' -l help -d 'Show help and exit.'
+complete -c hcbak -n 'test "(__hcbak_path)" = "/sim/check-shapes"' -s h -d 'Show help and exit.'
 complete -c hcbak -n 'test "(__hcbak_path)" = "/sim/serve"' -l state -r -d 'State directory (created; reused on restart)'
 complete -c hcbak -n 'test "(__hcbak_path)" = "/sim/serve"' -l nodes -r -d 'Cluster nodes'
 complete -c hcbak -n 'test "(__hcbak_path)" = "/sim/serve"' -l port-base -r -d 'Node i listens on PORT_BASE+i (default: free ports)'
@@ -262,6 +267,8 @@ complete -c hcbak -n 'test "(__hcbak_path)" = "/sim/serve"' -l seed -d 'Create s
 complete -c hcbak -n 'test "(__hcbak_path)" = "/sim/serve"' -l task-delay -r -d 'Seconds a task takes'
 complete -c hcbak -n 'test "(__hcbak_path)" = "/sim/serve"' -l help -d 'Show help and exit.'
 complete -c hcbak -n 'test "(__hcbak_path)" = "/sim/serve"' -s h -d 'Show help and exit.'
+complete -c hcbak -n 'test "(__hcbak_path)" = "/sim/shapes"' -l help -d 'Show help and exit.'
+complete -c hcbak -n 'test "(__hcbak_path)" = "/sim/shapes"' -s h -d 'Show help and exit.'
 complete -c hcbak -n 'test "(__hcbak_path)" = "/version"' -l json -d 'Print JSON'
 complete -c hcbak -n 'test "(__hcbak_path)" = "/version"' -l help -d 'Show help and exit.'
 complete -c hcbak -n 'test "(__hcbak_path)" = "/version"' -s h -d 'Show help and exit.'

@@ -553,7 +553,7 @@ class Operations:
 
     def _op_disk_update(self, disk_uuid: str, fields: Json) -> None:
         d = self.m.live_disk(disk_uuid)
-        self._check_unplug(d, fields.get("type", d["type"]))
+        self._check_unplug(d, str(fields.get("type", d["type"])))
         if "capacity" in fields and int(fields["capacity"]) != d["capacity"]:
             self.m.store.resize(disk_uuid, int(fields["capacity"]))
             d["capacity"] = int(fields["capacity"])
