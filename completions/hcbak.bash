@@ -6,17 +6,18 @@ _hcbak_complete() {
     for ((i = 1; i < COMP_CWORD; i++)); do
         word="${COMP_WORDS[i]}"
         case "$path/$word" in
-            /cluster|/cluster/add|/cluster/list|/cluster/remove|/cluster/show|/cluster/test|/config|/config/check|/config/show|/demo|/job|/job/create|/job/edit|/job/list|/job/remove|/job/run|/job/show|/mount|/notify|/notify/test|/points|/points/forget|/points/list|/points/show|/repo|/repo/add|/repo/forget|/repo/list|/repo/passwd|/repo/prune|/repo/remove|/repo/show|/repo/unlock|/repo/verify|/restore|/restore/disk|/restore/vm|/sim|/sim/check-shapes|/sim/serve|/sim/shapes|/version) path="$path/$word" ;;
+            /cluster|/cluster/add|/cluster/list|/cluster/probe|/cluster/remove|/cluster/show|/cluster/test|/config|/config/check|/config/show|/demo|/job|/job/create|/job/edit|/job/list|/job/remove|/job/run|/job/show|/mount|/notify|/notify/test|/points|/points/forget|/points/list|/points/show|/repo|/repo/add|/repo/forget|/repo/list|/repo/passwd|/repo/prune|/repo/remove|/repo/show|/repo/unlock|/repo/verify|/restore|/restore/disk|/restore/vm|/sim|/sim/check-shapes|/sim/serve|/sim/shapes|/version) path="$path/$word" ;;
         esac
     done
     case "$prev" in
-        --alert-after|--as|--block-size|--ca-file|--cluster|--compression|--config|--device-root|--disk|--exclude|--fingerprint|--format|--job|--keep-daily|--keep-last|--keep-monthly|--keep-weekly|--keep-within|--keep-yearly|--network-map|--node|--nodes|--notify-email|--notify-on|--parallel|--passphrase-command|--passphrase-env|--passphrase-file|--password-command|--password-env|--password-file|--path|--port-base|--post-hook|--pre-hook|--prune|--repo|--retries|--retry-wait|--schedule|--state|--tag|--task-delay|--to|--username|--vm|--wait|--worker-vm|-c|-n|-u) COMPREPLY=(); return 0 ;;
+        --alert-after|--as|--block-size|--ca-file|--cluster|--compression|--config|--device-root|--disk|--exclude|--fingerprint|--format|--job|--keep-daily|--keep-last|--keep-monthly|--keep-weekly|--keep-within|--keep-yearly|--network-map|--node|--nodes|--notify-email|--notify-on|--parallel|--passphrase-command|--passphrase-env|--passphrase-file|--password-command|--password-env|--password-file|--path|--port-base|--post-hook|--pre-hook|--prune|--repo|--report|--retries|--retry-wait|--schedule|--state|--tag|--task-delay|--to|--username|--vm|--wait|--worker-vm|-c|-n|-u) COMPREPLY=(); return 0 ;;
     esac
     case "$path" in
         "") opts="--config -c --debug --version -V --help -h"; subs="cluster config demo job mount notify points repo restore sim version" ;;
-        "/cluster") opts="--help -h"; subs="add list remove show test" ;;
+        "/cluster") opts="--help -h"; subs="add list probe remove show test" ;;
         "/cluster/add") opts="--node -n --username -u --password-env --password-file --password-command --worker-vm --device-root --fingerprint --trust-on-first-use --ca-file --insecure --force --help -h"; subs="" ;;
         "/cluster/list") opts="--json --help -h"; subs="" ;;
+        "/cluster/probe") opts="--keep --report --json --help -h"; subs="" ;;
         "/cluster/remove") opts="--help -h"; subs="" ;;
         "/cluster/show") opts="--json --help -h"; subs="" ;;
         "/cluster/test") opts="--json --help -h"; subs="" ;;

@@ -3,7 +3,7 @@
 function __hcbak_path
     set -l path ""
     for word in (commandline -opc)[2..-1]
-        if contains -- "$path/$word" /cluster /cluster/add /cluster/list /cluster/remove /cluster/show /cluster/test /config /config/check /config/show /demo /job /job/create /job/edit /job/list /job/remove /job/run /job/show /mount /notify /notify/test /points /points/forget /points/list /points/show /repo /repo/add /repo/forget /repo/list /repo/passwd /repo/prune /repo/remove /repo/show /repo/unlock /repo/verify /restore /restore/disk /restore/vm /sim /sim/check-shapes /sim/serve /sim/shapes /version
+        if contains -- "$path/$word" /cluster /cluster/add /cluster/list /cluster/probe /cluster/remove /cluster/show /cluster/test /config /config/check /config/show /demo /job /job/create /job/edit /job/list /job/remove /job/run /job/show /mount /notify /notify/test /points /points/forget /points/list /points/show /repo /repo/add /repo/forget /repo/list /repo/passwd /repo/prune /repo/remove /repo/show /repo/unlock /repo/verify /restore /restore/disk /restore/vm /sim /sim/check-shapes /sim/serve /sim/shapes /version
             set path "$path/$word"
         end
     end
@@ -29,6 +29,7 @@ complete -c hcbak -n 'test "(__hcbak_path)" = ""' -l help -d 'Show help and exit
 complete -c hcbak -n 'test "(__hcbak_path)" = ""' -s h -d 'Show help and exit.'
 complete -c hcbak -f -n 'test "(__hcbak_path)" = "/cluster"' -a add -d 'Add a cluster: its node addresses, user, password source and TLS trust'
 complete -c hcbak -f -n 'test "(__hcbak_path)" = "/cluster"' -a list -d 'List the configured clusters'
+complete -c hcbak -f -n 'test "(__hcbak_path)" = "/cluster"' -a probe -d 'Prove backup and restore on this cluster with a scratch VM, in about a minute'
 complete -c hcbak -f -n 'test "(__hcbak_path)" = "/cluster"' -a remove -d 'Remove a cluster from the config (refused while a job uses it)'
 complete -c hcbak -f -n 'test "(__hcbak_path)" = "/cluster"' -a show -d 'Show one cluster\'s settings (the password source, never its value)'
 complete -c hcbak -f -n 'test "(__hcbak_path)" = "/cluster"' -a test -d 'Check a cluster: nodes (version, TLS), login, roles, worker VM, VMs, updates'
@@ -53,6 +54,11 @@ complete -c hcbak -n 'test "(__hcbak_path)" = "/cluster/add"' -s h -d 'Show help
 complete -c hcbak -n 'test "(__hcbak_path)" = "/cluster/list"' -l json -d 'Print JSON (stable keys, docs/cli.md)'
 complete -c hcbak -n 'test "(__hcbak_path)" = "/cluster/list"' -l help -d 'Show help and exit.'
 complete -c hcbak -n 'test "(__hcbak_path)" = "/cluster/list"' -s h -d 'Show help and exit.'
+complete -c hcbak -n 'test "(__hcbak_path)" = "/cluster/probe"' -l keep -d 'Keep the scratch VM and its snapshots if all passed'
+complete -c hcbak -n 'test "(__hcbak_path)" = "/cluster/probe"' -l report -r -d 'Write a shareable JSON report (keys, types, timings)'
+complete -c hcbak -n 'test "(__hcbak_path)" = "/cluster/probe"' -l json -d 'Print the steps as JSON'
+complete -c hcbak -n 'test "(__hcbak_path)" = "/cluster/probe"' -l help -d 'Show help and exit.'
+complete -c hcbak -n 'test "(__hcbak_path)" = "/cluster/probe"' -s h -d 'Show help and exit.'
 complete -c hcbak -n 'test "(__hcbak_path)" = "/cluster/remove"' -l help -d 'Show help and exit.'
 complete -c hcbak -n 'test "(__hcbak_path)" = "/cluster/remove"' -s h -d 'Show help and exit.'
 complete -c hcbak -n 'test "(__hcbak_path)" = "/cluster/show"' -l json -d 'Print JSON (stable keys, docs/cli.md)'

@@ -101,8 +101,8 @@ def check_shapes(
 
     from hcbak.cli.output import emit_json
     from hcbak.errors import ExitCode, UsageError
+    from hcbak.hypercore.shapes import compare, load_report
     from hcbak.sim.own_shapes import simulator_report
-    from hcbak.sim.shapes import compare, load_report
 
     try:
         field = load_report(report.read_text(encoding="utf-8"))

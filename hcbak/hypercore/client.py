@@ -204,6 +204,11 @@ class HyperCoreClient:
         self.wait_task(result.get("taskTag"), what=what)
         return result
 
+    def records(self, path: str) -> list[dict[str, Any]]:
+        """The raw records of a GET (a missing object: `[]`), for shape reports only:
+        everything else reads typed records."""
+        return self._get_list(path, missing_ok=True)
+
     def wait_task(self, tag: Any, *, what: str = "task") -> Task | None:
         """Wait for a task tag (str or int; empty = nothing), bounded by task_timeout."""
         return tasks.wait_for_task(
@@ -479,6 +484,9 @@ class HyperCoreClient:
                 )
             self._sleep(delay)
             delay = min(delay * 1.6, tasks.MAX_POLL)
+
+    def list_virtual_disks(self) -> list[VirtualDisk]:
+        return [VirtualDisk.from_api(x) for x in self._get_list("/VirtualDisk")]
 
     def get_virtual_disk(self, uuid: str) -> VirtualDisk:
         items = self._get_list(f"/VirtualDisk/{quote(uuid)}", missing_ok=True)

@@ -3,7 +3,7 @@
 `hcbak sim check-shapes` compares a report from a real cluster with this one, and
 `hcbak sim shapes` prints it. A throwaway simulator (one node, instant tasks) gets one
 record of every kind the API has: a VM with a CD-ROM and NVRAM, a replica with a
-replicated snapshot, a snapshot taken over the API (and its task), a VM created with
+replicated snapshot, two snapshots taken over the API (and a task), a VM created with
 cloud-init data, an uploaded virtual disk and a replication.
 """
 
@@ -12,9 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from hcbak.hypercore.shapes import RESOURCES, make_report
 from hcbak.sim import api
 from hcbak.sim.model import ICOS_VERSION
-from hcbak.sim.shapes import RESOURCES, make_report
 from hcbak.sim.simulator import Simulator
 
 
@@ -28,6 +28,8 @@ def simulator_report(state_dir: Path) -> dict[str, Any]:
         sim.replicate_snapshot(replica, label="replicated")
         snap_body = {"domainUUID": vm, "label": "shape", "type": "USER", "replication": False}
         with model.lock:
+            ops.request_snapshot({**snap_body, "label": "shape-0"}, "")
+            # a second one: its `domain.snapUUIDs` lists the first
             task, _ = ops.request_snapshot(snap_body, "")
             dom = {
                 "name": "shape-cloud",

@@ -1,6 +1,6 @@
 """Shape reports and `hcbak sim check-shapes`: a field report becomes a simulator fix.
 
-The comparison is pure (hcbak/sim/shapes.py) and tested as such; the CLI runs as a
+The comparison is pure (hcbak/hypercore/shapes.py) and tested as such; the CLI runs as a
 real process on a report the simulator itself produced (`hcbak sim shapes`), then on
 copies with one key removed and one retyped, which must list exactly those.
 """
@@ -15,7 +15,7 @@ from conftest import RunHcbak
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hcbak.sim.shapes import compare, load_report, make_report, shape_of
+from hcbak.hypercore.shapes import compare, load_report, make_report, shape_of
 
 VM = {
     "uuid": "u",

@@ -6,8 +6,8 @@ their real cluster produced; `compare` turns it into the list of differences wit
 simulator's own report (`hcbak sim check-shapes`). Paths: `key`, `key.sub` inside an
 object, `key[]` for the items of an array, `key[].sub` inside items that are objects.
 
-Pure functions, no I/O; `hcbak.sim.own_shapes.simulator_report` runs a throwaway
-simulator to produce the simulator's side.
+Pure functions, no I/O, shared by the field side (`hcbak cluster probe --report`)
+and the simulator's (`hcbak.sim.own_shapes.simulator_report`).
 """
 
 from __future__ import annotations
