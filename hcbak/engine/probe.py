@@ -267,8 +267,7 @@ def _create_vm(
         "description": "hcbak cluster probe: scratch VM, safe to delete",
         "tags": PROBE_TAG,
         "mem": 256 << 20,
-        "numVCPU": 1,
-        "machineType": "scale-7.2",
+        "numVCPU": 1,  # machineType left to the cluster: its names differ by version
         "netDevs": [],
     }
     ctx["vm"] = client.create_vm(dom)
