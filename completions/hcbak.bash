@@ -6,17 +6,18 @@ _hcbak_complete() {
     for ((i = 1; i < COMP_CWORD; i++)); do
         word="${COMP_WORDS[i]}"
         case "$path/$word" in
-            /cluster|/cluster/add|/cluster/list|/cluster/remove|/cluster/show|/cluster/test|/config|/config/check|/config/show|/demo|/job|/job/create|/job/edit|/job/list|/job/remove|/job/run|/job/show|/mount|/notify|/notify/test|/points|/points/forget|/points/list|/points/show|/repo|/repo/add|/repo/forget|/repo/list|/repo/passwd|/repo/prune|/repo/remove|/repo/show|/repo/unlock|/repo/verify|/restore|/restore/disk|/restore/vm|/sim|/sim/serve|/version) path="$path/$word" ;;
+            /cluster|/cluster/add|/cluster/list|/cluster/probe|/cluster/remove|/cluster/show|/cluster/test|/config|/config/check|/config/show|/demo|/job|/job/create|/job/edit|/job/list|/job/remove|/job/run|/job/show|/mount|/notify|/notify/test|/points|/points/forget|/points/list|/points/show|/repo|/repo/add|/repo/forget|/repo/list|/repo/passwd|/repo/prune|/repo/remove|/repo/repair|/repo/show|/repo/unlock|/repo/verify|/restore|/restore/disk|/restore/vm|/sim|/sim/check-shapes|/sim/serve|/sim/shapes|/version) path="$path/$word" ;;
         esac
     done
     case "$prev" in
-        --alert-after|--as|--block-size|--ca-file|--cluster|--compression|--config|--device-root|--disk|--exclude|--fingerprint|--format|--job|--keep-daily|--keep-last|--keep-monthly|--keep-weekly|--keep-within|--keep-yearly|--network-map|--node|--nodes|--notify-email|--notify-on|--parallel|--passphrase-command|--passphrase-env|--passphrase-file|--password-command|--password-env|--password-file|--path|--port-base|--post-hook|--pre-hook|--prune|--repo|--retries|--retry-wait|--schedule|--state|--tag|--task-delay|--to|--username|--vm|--wait|--worker-vm|-c|-n|-u) COMPREPLY=(); return 0 ;;
+        --alert-after|--as|--block-size|--ca-file|--cluster|--compression|--config|--device-root|--disk|--exclude|--fingerprint|--format|--job|--keep-daily|--keep-last|--keep-monthly|--keep-weekly|--keep-within|--keep-yearly|--network-map|--node|--nodes|--notify-email|--notify-on|--parallel|--passphrase-command|--passphrase-env|--passphrase-file|--password-command|--password-env|--password-file|--path|--port-base|--post-hook|--pre-hook|--prune|--repo|--report|--retries|--retry-wait|--schedule|--state|--tag|--task-delay|--to|--username|--vm|--wait|--worker-vm|-c|-n|-u) COMPREPLY=(); return 0 ;;
     esac
     case "$path" in
         "") opts="--config -c --debug --version -V --help -h"; subs="cluster config demo job mount notify points repo restore sim version" ;;
-        "/cluster") opts="--help -h"; subs="add list remove show test" ;;
+        "/cluster") opts="--help -h"; subs="add list probe remove show test" ;;
         "/cluster/add") opts="--node -n --username -u --password-env --password-file --password-command --worker-vm --device-root --fingerprint --trust-on-first-use --ca-file --insecure --force --help -h"; subs="" ;;
         "/cluster/list") opts="--json --help -h"; subs="" ;;
+        "/cluster/probe") opts="--keep --report --json --help -h"; subs="" ;;
         "/cluster/remove") opts="--help -h"; subs="" ;;
         "/cluster/show") opts="--json --help -h"; subs="" ;;
         "/cluster/test") opts="--json --help -h"; subs="" ;;
@@ -38,21 +39,24 @@ _hcbak_complete() {
         "/points/forget") opts="--repo --help -h"; subs="" ;;
         "/points/list") opts="--repo --vm --job --json --help -h"; subs="" ;;
         "/points/show") opts="--repo --json --help -h"; subs="" ;;
-        "/repo") opts="--help -h"; subs="add forget list passwd prune remove show unlock verify" ;;
+        "/repo") opts="--help -h"; subs="add forget list passwd prune remove repair show unlock verify" ;;
         "/repo/add") opts="--path --encrypt --no-encrypt --passphrase-env --passphrase-file --passphrase-command --compression --block-size --force --no-force --help -h"; subs="" ;;
         "/repo/forget") opts="--dry-run --no-dry-run --json --help -h"; subs="" ;;
         "/repo/list") opts="--json --help -h"; subs="" ;;
         "/repo/passwd") opts="--passphrase-env --passphrase-file --passphrase-command --help -h"; subs="" ;;
         "/repo/prune") opts="--dry-run --no-dry-run --wait --json --help -h"; subs="" ;;
         "/repo/remove") opts="--help -h"; subs="" ;;
+        "/repo/repair") opts="--dry-run --no-dry-run --salvage --no-salvage --wait --json --help -h"; subs="" ;;
         "/repo/show") opts="--json --help -h"; subs="" ;;
         "/repo/unlock") opts="--force --no-force --help -h"; subs="" ;;
         "/repo/verify") opts="--read-data --json --help -h"; subs="" ;;
         "/restore") opts="--help -h"; subs="disk vm" ;;
         "/restore/disk") opts="--disk --to --format --repo --json --help -h"; subs="" ;;
         "/restore/vm") opts="--as --cluster --power-on --network-map --keep-macs --replace --repo --json --help -h"; subs="" ;;
-        "/sim") opts="--help -h"; subs="serve" ;;
+        "/sim") opts="--help -h"; subs="check-shapes serve shapes" ;;
+        "/sim/check-shapes") opts="--json --help -h"; subs="" ;;
         "/sim/serve") opts="--state --nodes --port-base --seed --task-delay --help -h"; subs="" ;;
+        "/sim/shapes") opts="--help -h"; subs="" ;;
         "/version") opts="--json --help -h"; subs="" ;;
     esac
     if [[ "$cur" == -* ]]; then

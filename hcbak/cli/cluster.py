@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from hcbak.cli import cluster_test
+from hcbak.cli import cluster_probe, cluster_test
 from hcbak.cli.common import (
     check_name,
     check_value,
@@ -276,3 +276,4 @@ def cluster_json(c: ClusterConfig) -> dict[str, Any]:
 
 
 cluster_test.register(app)
+cluster_probe.register(app)

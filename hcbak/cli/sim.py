@@ -1,5 +1,6 @@
 """`hcbak sim`: run the built-in HyperCore simulator (demo, tests, development)."""
 
+import json
 import signal
 import threading
 from pathlib import Path
@@ -71,3 +72,50 @@ def serve(
         while not stop.wait(0.2):
             pass
     typer.echo("simulator stopped", err=True)
+
+
+@app.command()
+def shapes() -> None:
+    """Print the simulator's own shape report (keys and JSON types of every resource)."""
+    import tempfile
+
+    from hcbak.cli.output import emit_json
+    from hcbak.sim.own_shapes import simulator_report
+
+    with tempfile.TemporaryDirectory(prefix="hcbak-shapes-") as tmp:
+        emit_json(simulator_report(Path(tmp) / "sim"))
+
+
+@app.command("check-shapes")
+def check_shapes(
+    report: Annotated[Path, typer.Argument(help="A shape report (JSON) from a real cluster.")],
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print JSON (stable keys, docs/cli.md).")
+    ] = False,
+) -> None:
+    """List every difference between a cluster's shape report and the simulator.
+
+    Exit 0: none; 1: differences (each one a simulator fix, or a fact to record).
+    """
+    import tempfile
+
+    from hcbak.cli.output import emit_json
+    from hcbak.errors import ExitCode, UsageError
+    from hcbak.hypercore.shapes import compare, load_report
+    from hcbak.sim.own_shapes import simulator_report
+
+    try:
+        field = load_report(report.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UsageError(f"cannot read shape report {report}: {exc}") from None
+    with tempfile.TemporaryDirectory(prefix="hcbak-shapes-") as tmp:
+        own = load_report(json.dumps(simulator_report(Path(tmp) / "sim")))
+    differences = compare(field, own)
+    if json_out:
+        emit_json({"differences": differences, "resources": sorted(field)})
+    else:
+        for line in differences:
+            typer.echo(line)
+        typer.echo(f"{len(differences)} difference(s) over {len(field)} resource(s)", err=True)
+    if differences:
+        raise typer.Exit(int(ExitCode.WARNINGS))

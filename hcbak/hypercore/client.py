@@ -166,12 +166,19 @@ class HyperCoreClient:
         return _json(resp, f"{method} {path}")
 
     def _get_list(self, path: str, *, missing_ok: bool = False) -> list[dict[str, Any]]:
-        """GETs return arrays, even by uuid (API notes); a bare object is wrapped."""
+        """GETs return arrays, even by uuid (API notes).
+
+        A missing object comes back either as `[]` with 200 (what the vendor's
+        integration tests assert for a deleted VM) or as 404 with an `{"error"}` body:
+        with `missing_ok` both mean "no records". An object body is never read as a
+        record: it is an error message (or no record shape at all).
+        """
         data = self._call("GET", path, idempotent=True, missing_ok=missing_ok)
         if data is None:
             return []
         if isinstance(data, dict):
-            data = [data]
+            detail = data.get("error") or "an object"
+            raise APIError(f"GET {path} answered {str(detail)[:200]}, not a list of records")
         if not isinstance(data, list):
             raise APIError(f"GET {path} answered {type(data).__name__}, not a list")
         return [x for x in data if isinstance(x, dict)]
@@ -196,6 +203,11 @@ class HyperCoreClient:
             accepted(result)
         self.wait_task(result.get("taskTag"), what=what)
         return result
+
+    def records(self, path: str) -> list[dict[str, Any]]:
+        """The raw records of a GET (a missing object: `[]`), for shape reports only:
+        everything else reads typed records."""
+        return self._get_list(path, missing_ok=True)
 
     def wait_task(self, tag: Any, *, what: str = "task") -> Task | None:
         """Wait for a task tag (str or int; empty = nothing), bounded by task_timeout."""
@@ -472,6 +484,9 @@ class HyperCoreClient:
                 )
             self._sleep(delay)
             delay = min(delay * 1.6, tasks.MAX_POLL)
+
+    def list_virtual_disks(self) -> list[VirtualDisk]:
+        return [VirtualDisk.from_api(x) for x in self._get_list("/VirtualDisk")]
 
     def get_virtual_disk(self, uuid: str) -> VirtualDisk:
         items = self._get_list(f"/VirtualDisk/{quote(uuid)}", missing_ok=True)

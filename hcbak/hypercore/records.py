@@ -285,7 +285,10 @@ class UpdateStatus:
             return cls(False, "update status unreadable")
         prepare = d.get("prepareStatus")
         update = d.get("updateStatus")
-        prep_state = prepare.get("state") if isinstance(prepare, dict) else None
+        # prepareStatus "is sometimes str, sometimes dict" (the vendor's
+        # module_utils/hypercore_version.py): a bare string is the state itself.
+        prep_state = prepare.get("state") if isinstance(prepare, dict) else prepare
+        prep_state = prep_state if isinstance(prep_state, str) else None
         master = update.get("masterState") if isinstance(update, dict) else None
         if prep_state == "COMPLETE" and master == "COMPLETE":
             return cls(True, "idle")

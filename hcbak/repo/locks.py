@@ -53,7 +53,7 @@ FORGET_SIGHTINGS_AFTER = 24 * 3600.0  # of other folders' locks (they were remov
 # {"host": "web01", "machine_id": "...", "boot_id": "..."}. It can only make locks look
 # MORE alive: locks written under it are never judged dead by anyone, and a process
 # running under it never judges any lock dead (its pid checks would be meaningless).
-TEST_IDENTITY_ENV = "HCBAK_TEST_ONLY_MACHINE_IDENTITY"
+TEST_IDENTITY_ENV = "HCBAK_TESTONLY_MACHINE_IDENTITY"
 
 DEAD, STALE, LIVE = "dead", "stale", "live"
 

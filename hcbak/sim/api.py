@@ -83,12 +83,18 @@ def task(tag: str | int, created: str = "") -> Response:
     return Response(200, {"taskTag": tag, "createdUUID": created})
 
 
-def _one(items: list[Json], what: str, key: str) -> Response:
-    """GET by uuid: a one-element array, 404 when missing."""
+def _one(model: ClusterModel, items: list[Json], what: str, key: str) -> Response:
+    """GET by uuid: a one-element array; `[]` when missing (or 404 under the fault)."""
     found = [i for i in items if i.get("uuid") == key]
     if not found:
-        return error(404, f"{what} {key} not found")
+        return _missing(model, what, key)
     return Response(200, found[:1])
+
+
+def _missing(model: ClusterModel, what: str, key: str) -> Response:
+    if model.faults.missing_as_404:
+        return error(404, f"{what} {key} not found")
+    return Response(200, [])
 
 
 def _no_filters(req: Request, resource: str) -> None:
@@ -115,7 +121,7 @@ def get_nodes(model: ClusterModel, req: Request, m: re.Match[str]) -> Response:
 
 @route("GET", f"/Node/{UUID}")
 def get_node(model: ClusterModel, req: Request, m: re.Match[str]) -> Response:
-    return _one(model.node_records(), "Node", m["id"])
+    return _one(model, model.node_records(), "Node", m["id"])
 
 
 def _user_records(model: ClusterModel) -> list[Json]:
@@ -132,9 +138,18 @@ def _user_records(model: ClusterModel) -> list[Json]:
     ]
 
 
+def _role_records(model: ClusterModel) -> list[Json]:
+    return [{"uuid": u, "name": n} for n, u in model.s["roles"].items()]
+
+
 @route("GET", "/Role")
 def get_roles(model: ClusterModel, req: Request, m: re.Match[str]) -> Response:
-    return Response(200, [{"uuid": u, "name": n} for n, u in model.s["roles"].items()])
+    return Response(200, _role_records(model))
+
+
+@route("GET", f"/Role/{UUID}")
+def get_role(model: ClusterModel, req: Request, m: re.Match[str]) -> Response:
+    return _one(model, _role_records(model), "Role", m["id"])
 
 
 @route("GET", "/User")
@@ -144,7 +159,7 @@ def get_users(model: ClusterModel, req: Request, m: re.Match[str]) -> Response:
 
 @route("GET", f"/User/{UUID}")
 def get_user(model: ClusterModel, req: Request, m: re.Match[str]) -> Response:
-    return _one(_user_records(model), "User", m["id"])
+    return _one(model, _user_records(model), "User", m["id"])
 
 
 @route("POST", "/User", role="User Management")
@@ -169,13 +184,18 @@ def get_vms(model: ClusterModel, req: Request, m: re.Match[str]) -> Response:
 @route("GET", f"/VirDomain/{UUID}")
 def get_vm(model: ClusterModel, req: Request, m: re.Match[str]) -> Response:
     if m["id"] not in model.s["vms"]:
-        return error(404, f"VM {m['id']} not found")
+        return _missing(model, "VM", m["id"])
     return Response(200, [model.vm_record(m["id"])])
 
 
 @route("POST", "/VirDomain", role="VM Create/Edit")
 def post_vm(model: ClusterModel, req: Request, m: re.Match[str]) -> Response:
     return task(*model.ops.request_vm_create(_body(req), req.session))
+
+
+@route("POST", f"/VirDomain/{UUID}/clone", role="VM Create/Edit")
+def post_vm_clone(model: ClusterModel, req: Request, m: re.Match[str]) -> Response:
+    return task(*model.ops.request_vm_clone(m["id"], _body(req), req.session))
 
 
 @route("POST", "/VirDomain/action", role="VM Power Controls")
@@ -208,7 +228,7 @@ def get_disks(model: ClusterModel, req: Request, m: re.Match[str]) -> Response:
 @route("GET", f"/VirDomainBlockDevice/{UUID}")
 def get_disk(model: ClusterModel, req: Request, m: re.Match[str]) -> Response:
     _no_filters(req, "VirDomainBlockDevice")
-    return _one(_disk_records(model), "Block device", m["id"])
+    return _one(model, _disk_records(model), "Block device", m["id"])
 
 
 @route("POST", "/VirDomainBlockDevice", role="VM Create/Edit")
@@ -250,7 +270,22 @@ def get_nics(model: ClusterModel, req: Request, m: re.Match[str]) -> Response:
 @route("GET", f"/VirDomainNetDevice/{UUID}")
 def get_nic(model: ClusterModel, req: Request, m: re.Match[str]) -> Response:
     _no_filters(req, "VirDomainNetDevice")
-    return _one(model.net_records(), "Net device", m["id"])
+    return _one(model, model.net_records(), "Net device", m["id"])
+
+
+@route("POST", "/VirDomainNetDevice", role="VM Create/Edit")
+def post_nic(model: ClusterModel, req: Request, m: re.Match[str]) -> Response:
+    return task(*model.ops.request_nic_create(_body(req), req.session))
+
+
+@route("PATCH", f"/VirDomainNetDevice/{UUID}", role="VM Create/Edit")
+def patch_nic(model: ClusterModel, req: Request, m: re.Match[str]) -> Response:
+    return task(model.ops.request_nic_update(m["id"], _body(req), req.session), m["id"])
+
+
+@route("DELETE", f"/VirDomainNetDevice/{UUID}", role="VM Create/Edit")
+def delete_nic(model: ClusterModel, req: Request, m: re.Match[str]) -> Response:
+    return task(int(model.ops.request_nic_delete(m["id"], req.session)))
 
 
 # --- snapshots --------------------------------------------------------------------------
@@ -265,7 +300,7 @@ def get_snapshot(model: ClusterModel, req: Request, m: re.Match[str]) -> Respons
     _no_filters(req, "VirDomainSnapshot")
     snap = model.s["snapshots"].get(m["id"])
     if snap is None:
-        return error(404, f"Snapshot {m['id']} not found")
+        return _missing(model, "Snapshot", m["id"])
     return Response(200, [model.snapshot_record(snap)])
 
 
@@ -285,6 +320,37 @@ def get_schedules(model: ClusterModel, req: Request, m: re.Match[str]) -> Respon
     return Response(200, [])
 
 
+# --- replication ------------------------------------------------------------------------
+@route("GET", "/VirDomainReplication")
+def get_replications(model: ClusterModel, req: Request, m: re.Match[str]) -> Response:
+    return Response(200, model.replication_records())
+
+
+@route("GET", f"/VirDomainReplication/{UUID}")
+def get_replication(model: ClusterModel, req: Request, m: re.Match[str]) -> Response:
+    return _one(model, model.replication_records(), "Replication", m["id"])
+
+
+@route("POST", "/VirDomainReplication", role="VM Create/Edit")
+def post_replication(model: ClusterModel, req: Request, m: re.Match[str]) -> Response:
+    return task(*model.ops.request_replication_create(_body(req), req.session))
+
+
+@route("PATCH", f"/VirDomainReplication/{UUID}", role="VM Create/Edit")
+def patch_replication(model: ClusterModel, req: Request, m: re.Match[str]) -> Response:
+    return task(model.ops.request_replication_update(m["id"], _body(req), req.session), m["id"])
+
+
+@route("GET", "/RemoteClusterConnection")
+def get_connections(model: ClusterModel, req: Request, m: re.Match[str]) -> Response:
+    return Response(200, model.connection_records())
+
+
+@route("GET", f"/RemoteClusterConnection/{UUID}")
+def get_connection(model: ClusterModel, req: Request, m: re.Match[str]) -> Response:
+    return _one(model, model.connection_records(), "Remote cluster connection", m["id"])
+
+
 # --- tasks ------------------------------------------------------------------------------
 @route("GET", f"/TaskTag/{UUID}")
 def get_task(model: ClusterModel, req: Request, m: re.Match[str]) -> Response:
@@ -301,7 +367,8 @@ def get_vds(model: ClusterModel, req: Request, m: re.Match[str]) -> Response:
 
 @route("GET", f"/VirtualDisk/{UUID}")
 def get_vd(model: ClusterModel, req: Request, m: re.Match[str]) -> Response:
-    return _one([model.vd_record(v) for v in model.s["vdisks"].values()], "Virtual disk", m["id"])
+    vds = [model.vd_record(v) for v in model.s["vdisks"].values()]
+    return _one(model, vds, "Virtual disk", m["id"])
 
 
 @route("POST", f"/VirtualDisk/{UUID}/attach", role="VM Create/Edit")

@@ -49,6 +49,7 @@ class Faults:
         self.upload_fail_after: int | None = None
         # Observation point for tests: REST calls answered 500 by error_rate/fail_next.
         self.injected_500s = 0
+        self.missing_as_404 = False
 
     # --- nodes ----------------------------------------------------------------------
     def _set_node(self, i: int, mode: str) -> None:
@@ -137,6 +138,10 @@ class Faults:
         """Drop the connection of the next upload after nbytes of body (None = off)."""
         self.upload_fail_after = nbytes
 
+    def missing_404(self, enabled: bool = True) -> None:
+        """GET of a missing uuid answers 404 {"error"} instead of 200 `[]`."""
+        self.missing_as_404 = enabled
+
     def task_fails(self, kind: str) -> bool:
         return self.failing_task_kind in ("*", kind)
 
@@ -152,6 +157,7 @@ class Faults:
         self.no_space = False
         self.update_phase = None
         self.upload_fail_after = None
+        self.missing_as_404 = False
         for i, mode in enumerate(self.node_modes):
             if mode != "ok":
                 self.node_ok(i)

@@ -53,6 +53,30 @@ POWER_STATES = {
     "PAUSE": "PAUSED",
     "LIVEMIGRATE": None,
 }
+# machineType -> machineTypeKeyword (9.3+), from the vendor collection's module_utils/vm.py
+# (VmMachineType maps; the keyword is one of bios, uefi, tpm, tpm-compatible).
+MACHINE_TYPE_KEYWORDS = {
+    "scale-5.4": "bios",
+    "scale-6.4": "bios",
+    "scale-7.2": "bios",
+    "scale-bios-9.3": "bios",
+    "scale-bios-lsi-9.2": "bios",
+    "scale-8.10": "uefi",
+    "scale-uefi-9.3": "uefi",
+    "scale-uefi-tpm-9.2": "tpm",
+    "scale-uefi-tpm-9.3": "tpm",
+    "scale-uefi-tpm-compatible-9.3": "tpm-compatible",
+}
+# options.machineTypeKeyword on create -> the 9.3 machine type it selects (same source).
+KEYWORD_MACHINE_TYPES = {
+    "bios": "scale-bios-9.3",
+    "uefi": "scale-uefi-9.3",
+    "tpm": "scale-uefi-tpm-9.3",
+    "tpm-compatible": "scale-uefi-tpm-compatible-9.3",
+}
+NIC_TYPES = ("VIRTIO", "INTEL_E1000", "RTL8139")
+# VirDomain.affinityStrategy of a VM without node affinity (vendor fixtures).
+DEFAULT_AFFINITY = {"strictAffinity": False, "preferredNodeUUID": "", "backupNodeUUID": ""}
 
 
 class RestError(Exception):
@@ -90,6 +114,8 @@ class ClusterModel:
         self.vd_dir.mkdir(parents=True, exist_ok=True)
         self._path = state_dir / "state.json"
         self.s: Json = self._load() or self._fresh()
+        self.s.setdefault("replications", {})  # state files from before replication
+        self.s.setdefault("connections", {})
         while len(self.s["nodes"]) < nodes:
             self.s["nodes"].append({"uuid": new_uuid()})
         self.ports: list[int] = [0] * nodes
@@ -127,6 +153,8 @@ class ClusterModel:
             "next_task": 1,
             "writelog": {},
             "worker": "",
+            "replications": {},
+            "connections": {},
         }
 
     def _load(self) -> Json | None:
@@ -215,7 +243,7 @@ class ClusterModel:
                 "created": int(now),
                 "modified": int(now),
                 "completed": 0,
-                "sessionID": session,
+                "sessionID": session_uuid(session),
                 "nodeUUIDs": [self.s["nodes"][0]["uuid"]],
                 "_kind": kind,
                 "_op": op,
@@ -225,6 +253,7 @@ class ClusterModel:
                 "_due": now + self.task_delay,
             }
             self._pending.append(tag)
+            self._note_latest_task(tag, vms)
             self.touch()
             if self.task_delay <= 0:
                 self._finish(self.s["tasks"][tag])
@@ -258,10 +287,18 @@ class ClusterModel:
             )
         now = int(time.time())
         task.update(modified=now, completed=now)
+        self._note_latest_task(task["taskTag"], task["_vms"])  # a VM its task created
         if task["taskTag"] in self._pending:
             self._pending.remove(task["taskTag"])
         self._forget_old_tasks()
         self.touch()
+
+    def _note_latest_task(self, tag: str, vms: list[str]) -> None:
+        """VirDomain.latestTaskTag: the newest task of each VM it concerns."""
+        for vm_uuid in vms:
+            vm = self.s["vms"].get(vm_uuid)
+            if vm is not None and int(vm.get("_latestTaskTag") or 0) <= int(tag):
+                vm["_latestTaskTag"] = tag
 
     def _forget_old_tasks(self) -> None:
         """Keep the newest MAX_TASKS records (real clusters also expire task tags)."""
@@ -272,8 +309,9 @@ class ClusterModel:
             if tasks[tag]["state"] in TERMINAL:
                 del tasks[tag]
 
-    def task_record(self, tag: str) -> Json | None:
-        self.advance()
+    def task_record(self, tag: str, *, advance: bool = True) -> Json | None:
+        if advance:
+            self.advance()
         with self.lock:
             task = self.s["tasks"].get(str(tag))
             return None if task is None else {k: v for k, v in task.items() if k[0] != "_"}
@@ -318,6 +356,16 @@ class ClusterModel:
         rec["tags"] = ",".join(vm["tags"])
         rec["blockDevs"] = [self.disk_record(d) for d in self.vm_disks(vm_uuid)]
         rec["nodeUUID"] = self.s["nodes"][0]["uuid"]
+        # Keys the vendor collection reads (module_utils/vm.py); older state files lack
+        # some, so they are filled here rather than only at creation.
+        rec.setdefault("operatingSystem", "os_other")
+        rec.setdefault("attachGuestToolsISO", False)
+        rec.setdefault("cloudInitData", None)
+        rec.setdefault("stats", [])
+        rec.setdefault("affinityStrategy", dict(DEFAULT_AFFINITY))
+        rec["machineTypeKeyword"] = MACHINE_TYPE_KEYWORDS.get(vm["machineType"], "bios")
+        latest = self.task_record(vm.get("_latestTaskTag", ""), advance=False)
+        rec["latestTaskTag"] = latest or {}
         return rec
 
     def disk_record(self, d: Json) -> Json:
@@ -333,8 +381,8 @@ class ClusterModel:
             "slot": d["slot"],
             "name": d["name"],
             "disableSnapshotting": d["disableSnapshotting"],
-            "tieringPriorityFactor": 8,
-            "mountPoints": [],
+            "tieringPriorityFactor": d.get("tieringPriorityFactor", 8),
+            "mountPoints": list(d.get("mountPoints") or []),
             "createdTimestamp": int(d["created"]),
             "readOnly": d["readOnly"],
         }
@@ -371,11 +419,36 @@ class ClusterModel:
         return {
             "uuid": vd["uuid"],
             "name": vd["name"],
-            "capacity": vd["capacity"],
+            # capacityBytes, not capacity: the vendor's module_utils/virtual_disk.py
+            # reads it with [] (a real record without it would crash that client).
+            "capacityBytes": vd["capacity"],
             "blockSize": 1048576,
             "totalAllocationBytes": vd["capacity"],
             "replicationFactor": 2,
         }
+
+    def connection_records(self) -> list[Json]:
+        """GET /RemoteClusterConnection (keys from the vendor's module_utils/remote_cluster.py)."""
+        return [copy.deepcopy(c) for c in self.s["connections"].values()]
+
+    def replication_records(self) -> list[Json]:
+        """GET /VirDomainReplication (keys from the vendor's module_utils/replication.py)."""
+        return [copy.deepcopy(r) for r in self.s["replications"].values()]
+
+    def remote_connection(self) -> str:
+        """The connection to the (simulated, absent) remote cluster replicas come from."""
+        if not self.s["connections"]:
+            conn = new_uuid()
+            self.s["connections"][conn] = {
+                "uuid": conn,
+                "remoteClusterInfo": {"clusterName": "sim-remote"},
+                "connectionStatus": "ESTABLISHED",
+                "replicationOK": True,
+                "remoteNodeIPs": ["127.0.0.2"],
+                "remoteNodeUUIDs": [new_uuid()],
+            }
+            self.touch()
+        return next(iter(self.s["connections"]))
 
     # --- control API: setup ----------------------------------------------------------
     def create_vm(
@@ -430,7 +503,11 @@ class ClusterModel:
             "uuid": vm_uuid,
             "name": fields["name"],
             "description": fields.get("description", ""),
-            "operatingSystem": "os_other",
+            "operatingSystem": fields.get("operatingSystem") or "os_other",
+            "attachGuestToolsISO": bool(fields.get("attachGuestToolsISO", False)),
+            "cloudInitData": fields.get("cloudInitData"),
+            "stats": [],
+            "affinityStrategy": dict(DEFAULT_AFFINITY),
             "state": fields.get("state", "SHUTOFF"),
             "desiredDisposition": fields.get("state", "SHUTOFF"),
             "mem": int(fields.get("mem", 1 << 30)),
@@ -607,6 +684,18 @@ class ClusterModel:
         self.touch()
 
 
+def session_uuid(session: str) -> str:
+    """The uuid-shaped `sessionID` of a task record (real clusters show a uuid there).
+
+    Derived from the session so one session's tasks share it, but never the session
+    secret itself: any signed-in user can read task records. Basic-auth calls have no
+    session and get the nil uuid.
+    """
+    if not session:
+        return str(uuidlib.UUID(int=0))
+    return str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, "hcbak-sim-session:" + session))
+
+
 def user_record(name: str, password: str, roles: tuple[str, ...] | list[str]) -> Json:
     return {"uuid": new_uuid(), "username": name, "password": password, "roles": list(roles)}
 
@@ -622,6 +711,12 @@ def nic_record(vm_uuid: str, i: int) -> Json:
         "connected": True,
         "ipv4Addresses": [],
     }
+
+
+def check_nic_type(value: Any) -> str:
+    if value not in NIC_TYPES:
+        raise RestError(400, f"Unknown net device type {value!r}")
+    return str(value)
 
 
 def check_disk_type(value: Any) -> str:

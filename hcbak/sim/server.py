@@ -470,7 +470,13 @@ class SimHandler(BaseHTTPRequestHandler):
 
 
 def update_status_document(phase: str) -> dict[str, Any]:
-    """update_status.json for a phase. Idle only when both states are COMPLETE."""
+    """update_status.json for a phase. Idle only when both states are COMPLETE.
+
+    A phase ending in "-plain" (e.g. "complete-plain") sends `prepareStatus` as a bare
+    string: the vendor's hypercore_version.py says it "is sometimes str, sometimes dict".
+    """
+    plain = phase.endswith("-plain")
+    phase = phase.removesuffix("-plain")
     prepare, master = {
         "preparing": ("RUNNING", "IDLE"),
         "running": ("COMPLETE", "RUNNING"),
@@ -488,6 +494,8 @@ def update_status_document(phase: str) -> dict[str, Any]:
     }
     if phase == "malformed":
         del doc["updateStatus"]["masterState"]
+    if plain:
+        doc["prepareStatus"] = prepare
     return doc
 
 

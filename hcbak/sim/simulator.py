@@ -219,7 +219,10 @@ class Simulator:
         )
 
     def create_replica(self, name: str, disks: list[int] | tuple[int, ...] = ()) -> str:
-        """A replication-target VM: sourceVirDomainUUID set, REST snapshots refused."""
+        """A replication-target VM: sourceVirDomainUUID set, REST snapshots refused.
+        Its source lives on a remote cluster, reached by a RemoteClusterConnection."""
+        with self.model.lock:
+            self.model.remote_connection()
         return self.model.create_vm(name, list(disks), state="SHUTOFF", source_vm_uuid=new_uuid())
 
     def replicate_snapshot(self, vm_uuid: str, label: str = "") -> str:

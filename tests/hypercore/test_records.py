@@ -104,10 +104,58 @@ def test_snapshot_without_any_serial_reports_none() -> None:
     assert snap.serial_for("d") is None and snap.devices[0].serial_source == "none"
 
 
+def test_virtual_disk_capacity_is_read_from_capacity_bytes_else_capacity() -> None:
+    # The vendor's module_utils/virtual_disk.py reads capacityBytes; older notes: capacity.
+    assert VirtualDisk.from_api({"capacityBytes": 7, "capacity": 3}).capacity == 7
+    assert VirtualDisk.from_api({"capacity": 3}).capacity == 3
+    assert VirtualDisk.from_api({}).capacity == 0
+
+
+def test_records_of_the_vendor_fixture_shapes_build_without_the_keys_hcbak_skips() -> None:
+    """A VirDomain as the vendor's tests/unit fixtures give it (test_vm_info.py): null
+    operatingSystem/cloudInitData/latestTaskTag, no path/capacity in empty device lists."""
+    vm = VM.from_api(
+        {
+            "uuid": "id",
+            "nodeUUID": "node_id",
+            "name": "VM-unique-name",
+            "tags": "XLAB-test-tag1,XLAB-test-tag2",
+            "description": "desc",
+            "mem": 42,
+            "state": "RUNNING",
+            "numVCPU": 2,
+            "netDevs": [],
+            "blockDevs": [{"uuid": "d", "type": "VIRTIO_DISK"}],
+            "cloudInitData": None,
+            "bootDevices": [],
+            "attachGuestToolsISO": False,
+            "operatingSystem": None,
+            "latestTaskTag": None,
+            "desiredDisposition": None,
+            "affinityStrategy": {"strictAffinity": False},
+            "snapshotScheduleUUID": "snapshot_schedule_id",
+            "machineType": "scale-7.2",
+            "sourceVirDomainUUID": "",
+            "snapUUIDs": [],
+        }
+    )
+    assert vm.tags == ["XLAB-test-tag1", "XLAB-test-tag2"] and not vm.is_replica
+    assert vm.disks[0].capacity == 0 and vm.disks[0].slot == -1 and vm.disks[0].path == ""
+
+
 def test_virtual_disk_name_is_final_only_after_conversion() -> None:
     assert not VirtualDisk.from_api({"name": "uploading-x.qcow2"}).is_final
     assert not VirtualDisk.from_api({"name": "converting-x.qcow2"}).is_final
     assert VirtualDisk.from_api({"name": "x.qcow2"}).is_final
+
+
+def test_update_status_accepts_prepare_status_as_a_bare_string() -> None:
+    # The vendor's hypercore_version.py: prepareStatus "is sometimes str, sometimes dict".
+    done = {"prepareStatus": "COMPLETE", "updateStatus": {"masterState": "COMPLETE"}}
+    assert UpdateStatus.from_api(done).idle
+    busy = {"prepareStatus": "RUNNING", "updateStatus": {"masterState": "COMPLETE"}}
+    assert not UpdateStatus.from_api(busy).idle
+    assert not UpdateStatus.from_api({"prepareStatus": 7, "updateStatus": {}}).idle
 
 
 def test_task_message_is_rendered_from_parameters() -> None:

@@ -3,7 +3,7 @@ host name or from another machine's clock (issue 17, item 3), and a read-only
 repository can be read without a lock file.
 
 "Another machine" is a second real process with its own identity and clock: the
-test-only HCBAK_TEST_ONLY_MACHINE_IDENTITY (docs/format.md, "Locks") gives it another
+test-only HCBAK_TESTONLY_MACHINE_IDENTITY (docs/format.md, "Locks") gives it another
 boot id or host name, and libfaketime (Debian package `faketime`) sets its clock back.
 Everything else is real: the simulator over HTTPS, `hcbak job run` as a child process,
 `hcbak repo prune` against the same folder.

@@ -172,7 +172,7 @@ def test_raw_upload_then_attach_with_recorded_options(sim: Simulator, api: Api) 
     api.wait(resp)
     sim.faults.task_delay(0)
     rec = api.get(f"/VirtualDisk/{vd}").json()[0]
-    assert rec["name"] == "disk0.img" and rec["capacity"] == 2 * MIB
+    assert rec["name"] == "disk0.img" and rec["capacityBytes"] == 2 * MIB
     body = {
         "options": {"regenerateDiskID": False, "readOnly": False},
         "template": {"virDomainUUID": vm, "type": "VIRTIO_DISK", "capacity": 2 * MIB, "slot": 0},
@@ -184,7 +184,7 @@ def test_raw_upload_then_attach_with_recorded_options(sim: Simulator, api: Api) 
     resp = api.delete(f"/VirtualDisk/{vd}")
     assert isinstance(resp.json()["taskTag"], int)
     api.wait(resp)
-    assert api.get(f"/VirtualDisk/{vd}").status_code == 404
+    assert api.get(f"/VirtualDisk/{vd}").json() == []
     assert sim.read_live(disk, MIB, 7) == b"payload"  # the attached disk is independent
 
 
@@ -272,7 +272,7 @@ def test_qcow2_v2_upload_is_converted_cluster_by_cluster(sim: Simulator, api: Ap
     resp = _upload(api, "d.qcow2", image)
     assert api.wait(resp)["state"] == "COMPLETE"
     vd = api.get(f"/VirtualDisk/{resp.json()['createdUUID']}").json()[0]
-    assert vd["capacity"] == 8 << 16
+    assert vd["capacityBytes"] == 8 << 16
     vm = sim.create_vm("r", [])
     disk = api.mutate(
         "POST", f"/VirtualDisk/{vd['uuid']}/attach", {"template": {"virDomainUUID": vm}}
