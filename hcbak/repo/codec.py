@@ -178,7 +178,10 @@ class Envelope:
         end_head = offset + ENVELOPE.size
         if len(data) < end_head:
             raise IntegrityError(f"{what} is truncated")
-        flags, codec, _, crc, plain_len, stored_len = ENVELOPE.unpack_from(data, offset)
+        flags, codec, reserved, crc, plain_len, stored_len = ENVELOPE.unpack_from(data, offset)
+        if reserved or flags & ~FLAG_ENCRYPTED:
+            # Outside the crc (it covers these as zero): a flipped bit here is damage.
+            raise IntegrityError(f"{what} has reserved header bits set")
         stored = data[end_head : end_head + stored_len]
         if len(stored) != stored_len:
             raise IntegrityError(f"{what} is truncated")
