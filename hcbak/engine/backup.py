@@ -62,6 +62,7 @@ from hcbak.engine.state import (
 )
 from hcbak.errors import (
     ClusterBusyError,
+    ExitCode,
     HcbakError,
     HookError,
     Interrupted,
@@ -151,18 +152,37 @@ def run_job(
         session.threads = threads or _threads_from_env() or DEFAULT_THREADS
         try:
             session.run()
-        except Interrupted:
-            raise  # exit 130; cleanup already happened on the way out
+        except (Interrupted, KeyboardInterrupt) as exc:
+            # exit 130, with the report, the email and the run record like any end
+            # (cleanup already happened on the way out)
+            session.cancel.set()
+            reason = exc.one_line() if isinstance(exc, Interrupted) else "interrupted"
+            _end_job(report, "interrupted", ExitCode.INTERRUPTED, reason)
         except HcbakError as exc:
             # The error's own code: a repository held by prune is busy (5), a secret
             # that cannot be resolved is a config error (2), as for every command.
-            report.status = "locked" if isinstance(exc, LockedError) else "failed"
-            report.error_code = exc.exit_code
-            report.reason = exc.one_line()
-            log.error("job %s %s: %s", job.name, report.status, report.reason)
+            status = "locked" if isinstance(exc, LockedError) else "failed"
+            _end_job(report, status, exc.exit_code, exc.one_line())
+        except OSError as exc:  # the system said no (a repository folder gone, EIO)
+            _end_job(report, "failed", ExitCode.FAILED, _describe_os_error(exc))
+        except Exception as exc:  # a bug: the job still ends with its report and email
+            log.exception("job %s: internal error", job.name)
+            reason = f"internal error ({type(exc).__name__}: {exc}); see the run log"
+            _end_job(report, "failed", ExitCode.FAILED, reason)
         report.finished = utcnow()
         session.post_hook()
     return report
+
+
+def _end_job(report: JobReport, status: str, code: ExitCode, reason: str) -> None:
+    report.status, report.error_code, report.reason = status, code, " ".join(reason.split())
+    log.error("job %s %s: %s", report.job, status, report.reason)
+
+
+def _describe_os_error(exc: OSError) -> str:
+    """`No such file or directory: /srv/repo/points`, not a traceback."""
+    what = exc.strerror or type(exc).__name__
+    return f"{what}: {exc.filename}" if exc.filename else what
 
 
 def _threads_from_env() -> int | None:
@@ -251,6 +271,7 @@ class _Session:
 
         with hypercore_session(self.cluster_cfg, warn=self.warn) as hc:
             self.hc = hc
+            hc.cancel = self.cancel  # a stopping run waits for no snapshot task
             self._wait_for_update()
             vms = hc.list_vms()
             if not self.report.dry_run:
@@ -317,8 +338,10 @@ class _Session:
             results = [f.result() for f in futures]
         except KeyboardInterrupt:
             self._stop_all(futures)
+            self.report.vms.extend(self._stopped_reports(targets, futures))
             raise Interrupted(
-                "interrupted: the snapshots and clones of unfinished VMs were removed"
+                "interrupted: the snapshots and clones of unfinished VMs were removed "
+                "(a snapshot whose task was still running: by the next run)"
             )
         except BaseException:
             self._stop_all(futures)
@@ -326,6 +349,20 @@ class _Session:
         finally:
             pool.shutdown(wait=True)
         return results
+
+    def _stopped_reports(
+        self, targets: list[VmTarget], futures: list[Future[VmReport]]
+    ) -> list[VmReport]:
+        """Every VM's report once the run stopped: those that ran tell how they ended,
+        those never started are failed with the stop reason."""
+        out = []
+        for target, future in zip(targets, futures, strict=True):
+            if not future.cancelled() and future.exception() is None:
+                out.append(future.result())
+                continue
+            vm = target.vm
+            out.append(VmReport(vm.name, vm.uuid, status=VM_FAILED, reason=self.stop_reason))
+        return out
 
     def _stop_all(self, futures: list[Future[VmReport]]) -> None:
         self.cancel.set()

@@ -125,9 +125,9 @@ def init_repo(
     material = KeyMaterial.generate()
     kdf = new_kdf_params(kdf_n) if passphrase is not None else None
     with fsio.translate_os_errors(f"repository {root}"):
-        root.mkdir(parents=True, exist_ok=True)
+        fsio.make_private_dir(root, parents=True)
         for sub in SUBDIRS:
-            (root / sub).mkdir(exist_ok=True)
+            fsio.make_private_dir(root / sub)
         fsio.fsync_dir(root)
         write_config(root, encode_config(settings, material, passphrase, kdf))
     return settings
@@ -149,7 +149,7 @@ def open_repo(
     settings, material, seed = load_settings(root, passphrase)
     for sub in SUBDIRS:  # empty folders are lost by some copies (git, rsync filters)
         try:
-            (root / sub).mkdir(exist_ok=True)
+            fsio.make_private_dir(root / sub)
         except OSError:
             pass  # a read-only repository can still be read without a lock
     held: RepoLock | None = None

@@ -1,0 +1,165 @@
+"""`hcbak job run --json` stopped by SIGINT/SIGTERM, or by its repository vanishing:
+the report, the failure email and the run record are promised once a job has started,
+on these paths too (docs/exit-codes.md). Real subprocesses, the simulator over HTTPS,
+a real SMTP server."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hcbak.config import EmailNotify, Retention, SMTPConfig, save_config
+
+from .helpers import MiB, Lab, lab
+from .smtp_server import Inbox, smtp_server
+from .test_cli import _schema, _validate
+
+# Seconds from the signal to the process exit that the tests accept. Measured here:
+# about 0.5 s (the VM's snapshot is removed before the exit).
+EXIT_WITHIN = 5.0
+
+
+class _Run:
+    """`hcbak job run nightly --json` as a subprocess, its stderr read line by line."""
+
+    def __init__(self, L: Lab, env: dict[str, str], *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "hcbak", *args, "job", "run", "nightly", "--json"],
+            env={**env, **L.env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self.stdout = ""
+        assert self.proc.stderr is not None
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    def wait_for_line(self, text: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.lines):
+            assert self.proc.poll() is None, f"exited before {text!r}:\n{self.stderr}"
+            assert time.monotonic() < deadline, f"no {text!r} on stderr:\n{self.stderr}"
+            time.sleep(0.005)
+
+    def finish(self, timeout: float = 60.0) -> int:
+        assert self.proc.stdout is not None  # stderr is the reader thread's
+        self.stdout = self.proc.stdout.read()
+        code = self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=5)
+        return code
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.lines)
+
+
+def _mailing_lab(L: Lab, inbox: Inbox) -> None:
+    L.config.smtp = SMTPConfig(
+        host=inbox.host, port=inbox.port, security="none", sender="hcbak@example.com"
+    )
+    L.config.jobs["nightly"].notify = EmailNotify(to=["ops@example.com"], on=["failure"])
+    save_config(L.config)
+
+
+def _history(tmp: Path) -> dict[str, Any]:
+    return dict(json.loads((tmp / "state" / "jobs" / "nightly.json").read_text()))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_an_interrupted_json_run_reports_mails_records_and_exits_130_at_once(
+    tmp_path: Path, hcbak_env: dict[str, str], signum: int
+) -> None:
+    with lab(tmp_path) as L, smtp_server() as inbox:
+        _mailing_lab(L, inbox)
+        vm = L.sim.create_vm("web01", [2 * MiB], tags=["nightly"])
+        L.sim.fill(L.sim.disk_uuids(vm)[0], seed=4)
+        L.sim.faults.task_delay(1.0)  # the snapshot task runs for a second
+        run = _Run(L, hcbak_env)
+        run.wait_for_line("nightly/web01: backing up")  # the VM's snapshot is under way
+        assert run.proc.poll() is None
+        sent = time.monotonic()
+        run.proc.send_signal(signum)
+        code = run.finish()
+        took = time.monotonic() - sent
+        print(f"exit {took:.2f} s after {signal.Signals(signum).name}")
+        L.sim.faults.task_delay(0.005)
+        L.sim.wait_idle()
+        assert code == 130, run.stderr
+        assert "Traceback" not in run.stderr
+        assert took < EXIT_WITHIN, f"exit took {took:.1f} s after the signal"
+        report = json.loads(run.stdout)
+        _validate(report, _schema())
+        (job,) = report["jobs"]
+        assert (report["status"], report["exit_code"]) == ("interrupted", 130)
+        assert (job["status"], job["exit_code"]) == ("interrupted", 130)
+        assert "interrupted" in job["reason"]
+        (vm_report,) = job["vms"]
+        assert vm_report["status"] == "failed" and vm_report["point_id"] is None
+        assert any(line.startswith("error: job nightly interrupted") for line in run.lines)
+        history = _history(tmp_path)
+        assert history["last_status"] == "interrupted" and history["last_success"] is None
+        assert history["last_run"] is not None
+        (msg,) = inbox.messages
+        assert msg["Subject"].startswith("[hcbak] nightly: INTERRUPTED"), msg["Subject"]
+        assert "Status:   interrupted (exit code 130)" in msg.get_payload()
+        # The snapshot whose task was still running was not waited for: it is journaled,
+        # and the next run removes it (the report's reason says so).
+        assert not L.worker_clones()
+        again = subprocess.run(
+            [sys.executable, "-m", "hcbak", "job", "run", "nightly", "--json"],
+            env={**hcbak_env, **L.env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert again.returncode == 0, again.stderr
+        point = json.loads(again.stdout)["jobs"][0]["vms"][0]
+        L.sim.wait_idle()
+        assert [s["uuid"] for s in L.hcbak_snapshots(vm)] == [point["snapshot_uuid"]]
+        assert not list((tmp_path / "state" / "tasks").glob("*.json"))
+
+
+def test_a_repository_folder_deleted_mid_run_fails_the_job_with_report_and_email(
+    tmp_path: Path, hcbak_env: dict[str, str]
+) -> None:
+    with lab(tmp_path, retention=Retention(keep_last=1)) as L, smtp_server() as inbox:
+        _mailing_lab(L, inbox)
+        vm = L.sim.create_vm("web01", [2 * MiB], tags=["nightly"])
+        L.sim.fill(L.sim.disk_uuids(vm)[0], seed=4)
+        L.sim.faults.task_delay(0.5)  # time to delete the folder while the VM runs
+        run = _Run(L, hcbak_env)
+        run.wait_for_line("nightly/web01: backing up")
+        assert run.proc.poll() is None
+        shutil.rmtree(L.repo_path)
+        code = run.finish()
+        L.sim.faults.task_delay(0.005)
+        L.sim.wait_idle()
+    assert "Traceback" not in run.stderr, run.stderr
+    assert code == 4, run.stderr
+    report = json.loads(run.stdout)
+    _validate(report, _schema())
+    (job,) = report["jobs"]
+    assert (report["status"], job["status"], job["exit_code"]) == ("failed", "failed", 4)
+    # e.g. "No such file or directory: <repo>/points" (retention lists the points)
+    assert "No such file or directory" in job["reason"] and str(L.repo_path) in job["reason"]
+    assert job["vms"][0]["status"] == "failed"  # its pack could not be written
+    assert any(line.startswith("error: job nightly") for line in run.lines), run.stderr
+    assert _history(tmp_path)["last_status"] == "failed"
+    (msg,) = inbox.messages
+    assert msg["Subject"].startswith("[hcbak] nightly: FAILED"), msg["Subject"]
