@@ -345,6 +345,7 @@ class _Session:
             )
         except BaseException:
             self._stop_all(futures)
+            self.report.vms.extend(self._stopped_reports(targets, futures))
             raise
         finally:
             pool.shutdown(wait=True)
