@@ -20,7 +20,6 @@ from pathlib import Path
 
 from hcbak.errors import SecretError
 
-
 log = logging.getLogger("hcbak.secrets")
 
 
@@ -123,8 +122,7 @@ def loose_file_warning(path: Path) -> str | None:
     if not mode & 0o077:
         return None
     return (
-        f"secret file {path} is readable by other users (mode {mode:04o}); "
-        f"run `chmod 600 {path}`"
+        f"secret file {path} is readable by other users (mode {mode:04o}); run `chmod 600 {path}`"
     )
 
 

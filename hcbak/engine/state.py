@@ -96,7 +96,8 @@ class JobLock:
         # Write the holder to a private file, then link it into place: the link fails
         # if the lock exists, and readers never see a half-written lock file.
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        with os.fdopen(fsio.open_private(tmp, os.O_WRONLY | os.O_TRUNC), "w", encoding="utf-8") as fh:
+        fd = fsio.open_private(tmp, os.O_WRONLY | os.O_TRUNC)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(json.dumps(me))
         try:
             os.link(tmp, self.path)

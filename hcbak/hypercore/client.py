@@ -20,9 +20,9 @@ from hcbak.errors import (
     AuthError,
     ClusterBusyError,
     ClusterError,
+    Interrupted,
     NotFoundError,
     TransportError,
-    Interrupted,
     UsageError,
 )
 from hcbak.hypercore import tasks
@@ -208,12 +208,17 @@ class HyperCoreClient:
         """Wait for a task tag (str or int; empty = nothing), bounded by task_timeout;
         `cancellable`: Interrupted as soon as `cancel` is set (the caller journaled it)."""
         cancel = self.cancel if cancellable else None
+
+        def pause(seconds: float) -> None:  # a set `cancel` ends it; `stopped` tells
+            if cancel is not None:
+                cancel.wait(seconds)
+
         return tasks.wait_for_task(
             lambda t: self._get_list(f"/TaskTag/{quote(t)}", missing_ok=True),
             tag,
             self.cluster.task_timeout,
             what=what,
-            sleep=self._sleep if cancel is None else cancel.wait,
+            sleep=self._sleep if cancel is None else pause,
             clock=self._clock,
             stopped=None if cancel is None else cancel.is_set,
         )

@@ -107,7 +107,5 @@ def test_job_run_warns_about_a_loose_password_file_and_shows_debug_lines(
     )
     assert debug.returncode == 0, debug.stderr
     # a debug record of the cluster client, logged after the run log started
-    assert re.search(r"POST /rest/v1/VirDomainSnapshot on \S+ -> 200", debug.stderr), (
-        debug.stderr
-    )
+    assert re.search(r"POST /rest/v1/VirDomainSnapshot on \S+ -> 200", debug.stderr), debug.stderr
     assert "-> 200" not in plain.stderr

@@ -14,7 +14,7 @@ from conftest import RunHcbak, assert_no_traceback
 
 from hcbak.hypercore.client import hypercore_session
 
-from .helpers import MiB, Lab, lab
+from .helpers import Lab, MiB, lab
 
 
 def _keep_vm_busy(L: Lab, vm: str, seconds: float) -> None:
@@ -51,9 +51,7 @@ def test_a_briefly_busy_vm_is_asked_again_soon_not_after_a_read_timeout(
     assert "refused (HTTP 500, VM busy?)" in log.read_text()  # the fault landed
 
 
-def test_a_vm_busy_for_longer_fails_quickly_saying_why(
-    tmp_path: Path, run_hcbak: RunHcbak
-) -> None:
+def test_a_vm_busy_for_longer_fails_quickly_saying_why(tmp_path: Path, run_hcbak: RunHcbak) -> None:
     with lab(tmp_path) as L:
         vm = L.sim.create_vm("web01", [1 * MiB], tags=["nightly"])
         _keep_vm_busy(L, vm, 6.0)
