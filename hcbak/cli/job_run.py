@@ -57,7 +57,7 @@ def register(app: "typer.Typer") -> None:
         """Back up the VMs of one or more jobs now.
 
         Exit codes: 0 ok, 1 warnings, 3 some VMs failed, 4 nothing backed up, 5 the job
-        is already running.
+        is already running, 130 interrupted (the report is still printed and mailed).
         """
         code = run_jobs(
             names or [],
