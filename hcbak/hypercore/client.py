@@ -47,6 +47,9 @@ UPLOAD_FORMATS = (".qcow2", ".vmdk", ".vhd", ".vhdx", ".img")
 LOGOUT_TIMEOUT_ROUNDS = 1
 # What a node answers to a mutation on a VM that still has a task running (API notes).
 VM_BUSY_STATUS = 500
+# Task poll interval, at most, once the run is being stopped: the clone removals its
+# exit waits for end up to 2 s (tasks.MAX_POLL) earlier than they would be noticed.
+STOPPING_POLL = 0.1
 # A cluster that was never updated has no update_status.json and its web server answers
 # 404 with an HTML page (API notes). That is an answer, not doubt: no update runs. Treating
 # it as busy would block every backup of a new cluster forever. Everything else that is
@@ -205,22 +208,28 @@ class HyperCoreClient:
         return result
 
     def wait_task(self, tag: Any, *, what: str = "task", cancellable: bool = False) -> Task | None:
-        """Wait for a task tag (str or int; empty = nothing), bounded by task_timeout;
-        `cancellable`: Interrupted as soon as `cancel` is set (the caller journaled it)."""
-        cancel = self.cancel if cancellable else None
+        """Wait for a task tag (str or int; empty = nothing), bounded by task_timeout.
 
-        def pause(seconds: float) -> None:  # a set `cancel` ends it; `stopped` tells
-            if cancel is not None:
-                cancel.wait(seconds)
+        Once `cancel` is set, polls every STOPPING_POLL at most; `cancellable`:
+        Interrupted at once instead (the caller journaled the task)."""
+        cancel = self.cancel
+
+        def pause(seconds: float) -> None:
+            if cancel is None:
+                self._sleep(seconds)
+            elif cancel.is_set():  # a stopping run's cleanup: its exit waits for this
+                self._sleep(min(seconds, STOPPING_POLL))
+            else:
+                cancel.wait(seconds)  # wakes up when the run is stopped
 
         return tasks.wait_for_task(
             lambda t: self._get_list(f"/TaskTag/{quote(t)}", missing_ok=True),
             tag,
             self.cluster.task_timeout,
             what=what,
-            sleep=self._sleep if cancel is None else pause,
+            sleep=pause,
             clock=self._clock,
-            stopped=None if cancel is None else cancel.is_set,
+            stopped=cancel.is_set if cancel is not None and cancellable else None,
         )
 
     # --- cluster ----------------------------------------------------------------------

@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 
 from hcbak.config import EmailNotify, Retention, SMTPConfig, save_config
+from hcbak.errors import Interrupted
+from hcbak.hypercore.client import hypercore_session
 
 from .helpers import Lab, MiB, lab
 from .smtp_server import Inbox, smtp_server
@@ -164,3 +166,32 @@ def test_a_repository_folder_deleted_mid_run_fails_the_job_with_report_and_email
     assert _history(tmp_path)["last_status"] == "failed"
     (msg,) = inbox.messages
     assert msg["Subject"].startswith("[hcbak] nightly: FAILED"), msg["Subject"]
+
+
+def test_a_stopping_run_drops_its_snapshot_task_and_notices_its_cleanup_at_once(
+    tmp_path: Path,
+) -> None:
+    """The two waits of a stopping run, on the real client against the simulator: a
+    snapshot task is not waited for (it is journaled; the next run removes what it
+    makes), and a cleanup task (a deletion, a clone removal) is polled every
+    STOPPING_POLL instead of the 2 s a long wait backs off to: 1.5 s tasks here."""
+    with lab(tmp_path) as L:
+        vm = L.sim.create_vm("web01", [1 * MiB], tags=["nightly"])
+        with hypercore_session(L.config.clusters["lab"]) as hc:
+            hc.cancel = threading.Event()
+            L.sim.faults.task_delay(1.5)
+            threading.Timer(0.3, hc.cancel.set).start()
+            started = time.monotonic()
+            with pytest.raises(Interrupted, match="interrupted while the snapshot"):
+                hc.create_snapshot(vm, "hcbak:nightly:p1")
+            dropped = time.monotonic() - started
+            L.sim.wait_idle()
+            (snap,) = L.hcbak_snapshots(vm)  # the task went on without us
+            started = time.monotonic()
+            hc.delete_snapshot(str(snap["uuid"]))
+            cleanup = time.monotonic() - started
+            L.sim.faults.task_delay(0.005)
+        assert L.hcbak_snapshots(vm) == []
+    assert 0.3 <= dropped < 0.3 + 0.3, f"the snapshot task was waited for {dropped:.2f} s"
+    # unpatched: polls at 1.46 s and 2.34 s after the start, so 2.3 s
+    assert 1.5 <= cleanup < 1.9, f"the deletion took {cleanup:.2f} s"
