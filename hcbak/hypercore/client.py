@@ -356,11 +356,11 @@ class HyperCoreClient:
     ) -> Snapshot:
         """A USER snapshot with a run-unique label; never two with the same label.
 
-        The label is the idempotency key: it is looked up before the first POST, and
-        again before every re-POST. `replication: false` always: the API default true would ship the
-        snapshot to the replication target. `accepted(task tag)` runs once the cluster
-        took the request, before the task (and so the snapshot) is done; once the run
-        is being stopped (`cancel`) that task is journaled and not waited for.
+        The label is the idempotency key: it is looked up before the first POST and
+        before every re-POST. `replication: false` always: the API default true would
+        ship the snapshot to the replication target. `accepted(task tag)` runs once the
+        cluster took the request, before the task (and so the snapshot) is done; once
+        the run is being stopped (`cancel`) that task is journaled and not waited for.
 
         A 500 *answer* is the cluster refusing: it answers so to a mutation on a VM
         that has a task running ("VM busy": another job's snapshot, a dead run's task;
