@@ -198,11 +198,25 @@ def _run_one(
         locked = JobReport(job.name, job.cluster, job.repo, dry_run=dry_run, full=full)
         locked.status, locked.reason, locked.finished = "locked", exc.one_line(), utcnow()
         return locked  # its error line comes with the others at the end
-    except KeyboardInterrupt:  # before the engine's own handling (taking the job lock)
-        stopped = JobReport(job.name, job.cluster, job.repo, dry_run=dry_run, full=full)
-        stopped.status, stopped.reason, stopped.finished = "interrupted", "", utcnow()
-        stopped.error_code = ExitCode.INTERRUPTED
-        return stopped
+    except KeyboardInterrupt:  # outside the engine's own handling (the job lock)
+        return _ended(job, dry_run, full, "interrupted", ExitCode.INTERRUPTED, "")
+    except HcbakError as exc:  # e.g. a state dir where the job lock cannot be written
+        return _ended(job, dry_run, full, "failed", exc.exit_code, exc.one_line())
+    except OSError as exc:
+        from hcbak.cli.exits import describe_os_error
+
+        return _ended(job, dry_run, full, "failed", ExitCode.FAILED, describe_os_error(exc))
+
+
+def _ended(job: Any, dry_run: bool, full: bool, status: str, code: ExitCode, reason: str) -> Any:
+    """The report of a job that ended outside the engine: it still gets its email,
+    its record and its line in the report."""
+    from hcbak.engine.report import JobReport, utcnow
+
+    ended = JobReport(job.name, job.cluster, job.repo, dry_run=dry_run, full=full)
+    ended.status, ended.reason, ended.finished = status, reason, utcnow()
+    ended.error_code = code
+    return ended
 
 
 def _sigterm_as_interrupt() -> Any:
@@ -247,7 +261,10 @@ def _after_job(config: Any, sdir: Path, job: Any, job_report: Any) -> None:
         history.last_status = "interrupted"
     if code in (ExitCode.OK, ExitCode.WARNINGS):
         history.last_success = job_report.started
-    save_history(sdir, job.name, history)
+    try:
+        save_history(sdir, job.name, history)
+    except OSError as exc:  # the report and the email still go out
+        warn(f"cannot record the run of job {job.name} in {sdir}: {exc.strerror or exc}")
     if not job.notify:
         return  # smtplib and the templates load only for jobs that mail
     from hcbak.engine.notify import render_body, render_subject, should_notify

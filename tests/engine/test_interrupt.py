@@ -195,3 +195,26 @@ def test_a_stopping_run_drops_its_snapshot_task_and_notices_its_cleanup_at_once(
     assert 0.3 <= dropped < 0.3 + 0.3, f"the snapshot task was waited for {dropped:.2f} s"
     # unpatched: polls at 1.46 s and 2.34 s after the start, so 2.3 s
     assert 1.5 <= cleanup < 1.9, f"the deletion took {cleanup:.2f} s"
+
+
+def test_a_job_lock_that_cannot_be_written_fails_the_job_with_report_and_email(
+    tmp_path: Path, hcbak_env: dict[str, str]
+) -> None:
+    """Before the engine runs anything: the job lock's folder is a file."""
+    with lab(tmp_path) as L, smtp_server() as inbox:
+        _mailing_lab(L, inbox)
+        L.sim.create_vm("web01", [1 * MiB], tags=["nightly"])
+        (tmp_path / "state").mkdir()
+        (tmp_path / "state" / "locks").write_text("not a folder")
+        run = _Run(L, hcbak_env)
+        code = run.finish()
+    assert "Traceback" not in run.stderr, run.stderr
+    assert code == 4, run.stderr
+    report = json.loads(run.stdout)
+    _validate(report, _schema())
+    (job,) = report["jobs"]
+    assert (job["status"], job["exit_code"]) == ("failed", 4)
+    assert "File exists" in job["reason"] and "locks" in job["reason"], job["reason"]
+    assert _history(tmp_path)["last_status"] == "failed"
+    (msg,) = inbox.messages
+    assert msg["Subject"].startswith("[hcbak] nightly: FAILED"), msg["Subject"]
