@@ -323,9 +323,11 @@ class _Session:
         remove their snapshots and the run fails with the repository's error.
         """
         pool = ThreadPoolExecutor(self.parallel, thread_name_prefix="hcbak-vm")
-        futures = [pool.submit(self._back_up_vm, t) for t in targets]
+        futures: list[Future[VmReport]] = []
         try:
             try:
+                for target in targets:  # in the try: a VM may be running before the last
+                    futures.append(pool.submit(self._back_up_vm, target))
                 self._open_bases(opened_repo)
                 self._clean_orphan_snapshots()
             except BaseException as exc:
@@ -343,9 +345,8 @@ class _Session:
                 "interrupted: the snapshots and clones of unfinished VMs were removed "
                 "(a snapshot whose task was still running: by the next run)"
             )
-        except BaseException:
+        except BaseException:  # the job fails as a whole, with this error
             self._stop_all(futures)
-            self.report.vms.extend(self._stopped_reports(targets, futures))
             raise
         finally:
             pool.shutdown(wait=True)
@@ -357,8 +358,9 @@ class _Session:
         """Every VM's report once the run stopped: those that ran tell how they ended,
         those never started are failed with the stop reason."""
         out = []
-        for target, future in zip(targets, futures, strict=True):
-            if not future.cancelled() and future.exception() is None:
+        for i, target in enumerate(targets):
+            future = futures[i] if i < len(futures) else None  # None: never submitted
+            if future is not None and not future.cancelled() and future.exception() is None:
                 out.append(future.result())
                 continue
             vm = target.vm

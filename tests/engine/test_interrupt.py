@@ -135,7 +135,10 @@ def test_an_interrupted_json_run_reports_mails_records_and_exits_130_at_once(
         point = json.loads(again.stdout)["jobs"][0]["vms"][0]
         L.sim.wait_idle()
         assert [s["uuid"] for s in L.hcbak_snapshots(vm)] == [point["snapshot_uuid"]]
-        assert not list((tmp_path / "state" / "tasks").glob("*.json"))
+        # the dropped task's journal entry is gone (a snapshot *request* entry may stay
+        # until task_timeout when its label is never seen: by design, operations.md)
+        tasks = (tmp_path / "state" / "tasks").glob("*.json")
+        assert not [p for p in tasks if not p.name.startswith("request-")]
 
 
 def test_a_repository_folder_deleted_mid_run_fails_the_job_with_report_and_email(
