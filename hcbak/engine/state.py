@@ -7,7 +7,8 @@
 - `logs/run-<time>-<pid>.log`: the per-run log file.
 
 The state dir is local to the worker, so the job lock is a plain O_EXCL file: the
-holder's pid is checked for liveness (a lock left by kill -9 is taken over).
+holder's pid is checked for liveness (a lock left by kill -9 is taken over). Every
+file here is 0600 and every folder 0700, whatever the umask (`make_state_dir`).
 """
 
 from __future__ import annotations
