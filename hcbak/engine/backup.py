@@ -155,6 +155,7 @@ def run_job(
         except (Interrupted, KeyboardInterrupt) as exc:
             # exit 130, with the report, the email and the run record like any end
             # (cleanup already happened on the way out)
+            session.interrupted.set()
             session.cancel.set()
             reason = exc.one_line() if isinstance(exc, Interrupted) else "interrupted"
             _end_job(report, "interrupted", ExitCode.INTERRUPTED, reason)
@@ -214,6 +215,9 @@ class _Session:
         self.snapshots: dict[str, Any] = {}  # uuid -> Snapshot, at run start
         self.latest: dict[str, Any] = {}  # vm uuid -> PointSummary of this job
         self.cancel = threading.Event()
+        # Set by Ctrl-C/SIGTERM only (not by a repository that fails to open): the exit
+        # then waits for no snapshot task, which stays journaled for the next run.
+        self.interrupted = threading.Event()
         self.stop_reason = "interrupted"  # what VMs not yet done say once cancel is set
         self.removed_labels: set[str] = set()  # orphaned snapshots this run removed
         self.bases_ready = threading.Event()  # repository open, dead run's snapshots gone
@@ -271,7 +275,7 @@ class _Session:
 
         with hypercore_session(self.cluster_cfg, warn=self.warn) as hc:
             self.hc = hc
-            hc.cancel = self.cancel  # a stopping run waits for no snapshot task
+            hc.cancel = self.interrupted  # a stopping run waits for no snapshot task
             self._wait_for_update()
             vms = hc.list_vms()
             if not self.report.dry_run:
@@ -333,12 +337,15 @@ class _Session:
             except BaseException as exc:
                 if isinstance(exc, HcbakError):
                     self.stop_reason = f"not backed up: {exc.one_line()}"
+                if isinstance(exc, KeyboardInterrupt):
+                    self.interrupted.set()
                 self.cancel.set()  # before the VMs wake: no retry of a lost cause
                 raise
             finally:
                 self.bases_ready.set()
             results = [f.result() for f in futures]
         except KeyboardInterrupt:
+            self.interrupted.set()
             self._stop_all(futures)
             self.report.vms.extend(self._stopped_reports(targets, futures))
             raise Interrupted(
