@@ -3,15 +3,34 @@
 A `Secret` never shows its value in repr/str (tracebacks, logs, --debug); code that
 needs the value calls `reveal()` at the last moment. Config files hold `SecretRef`s:
 an environment variable, a file, or a command whose stdout is the secret.
+
+A secret file that other local users may read is used, with a warning (once per file
+and process): refusing would stop every backup for a mode bit, saying nothing would
+leave a repository passphrase readable by anyone on the host.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hcbak.errors import SecretError
+
+log = logging.getLogger("hcbak.secrets")
+
+
+def _log_warning(message: str) -> None:
+    log.warning("%s", message)
+
+
+# Where the loose-file warning goes: the CLI points it at its `warning:` lines on stderr
+# (hcbak/cli/context.py); library users get a log record.
+warning_sink: Callable[[str], None] = _log_warning
+_warned: set[str] = set()
 
 
 class Secret:
@@ -90,7 +109,29 @@ def _read_secret_file(path: Path) -> str:
     value = text.rstrip("\r\n")
     if not value:
         raise SecretError(f"secret file {path} is empty")
+    _warn_if_readable_by_others(path)
     return value
+
+
+def loose_file_warning(path: Path) -> str | None:
+    """The warning for a secret file that group or other may read, else None."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return None
+    if not mode & 0o077:
+        return None
+    return (
+        f"secret file {path} is readable by other users (mode {mode:04o}); run `chmod 600 {path}`"
+    )
+
+
+def _warn_if_readable_by_others(path: Path) -> None:
+    message = loose_file_warning(path)
+    if message is None or str(path) in _warned:
+        return
+    _warned.add(str(path))
+    warning_sink(message)
 
 
 def _run_secret_command(command: str) -> str:

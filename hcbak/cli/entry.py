@@ -52,6 +52,9 @@ def main() -> None:
 
         cli_main()
         return
+    from hcbak.cli.context import show_secret_warnings
+
+    show_secret_warnings()  # the early key derivation below reads the passphrase file
     start_job_key_early(call)
     exit_now(run_job_run(call, sys.argv[1:]))
 

@@ -57,7 +57,7 @@ def register(app: "typer.Typer") -> None:
         """Back up the VMs of one or more jobs now.
 
         Exit codes: 0 ok, 1 warnings, 3 some VMs failed, 4 nothing backed up, 5 the job
-        is already running.
+        is already running, 130 interrupted (the report is still printed and mailed).
         """
         code = run_jobs(
             names or [],
@@ -122,7 +122,9 @@ def run_jobs(
                 job_report.log_file = str(log_file.path) if log_file else None
                 report.jobs.append(job_report)
                 _after_job(config, sdir, job, job_report)
-        if due:
+                if job_report.status == "interrupted":
+                    break  # the jobs after it do not start
+        if due and not any(j.status == "interrupted" for j in report.jobs):
             report.alerts = _rpo_watch(config, sdir, now)
     finally:
         if previous is not None:
@@ -151,6 +153,10 @@ def _error_lines(report: Any) -> list[str]:
             continue
         if job.status == "failed":
             lines.append(f"job {job.job} failed: {job.reason}")
+            continue
+        if job.status == "interrupted":
+            reason = job.reason.removeprefix("interrupted").lstrip(": ")
+            lines.append(f"job {job.job} interrupted" + (f": {reason}" if reason else ""))
             continue
         failed = [vm for vm in job.vms if vm.status == VM_FAILED]
         if failed:
@@ -192,11 +198,31 @@ def _run_one(
         locked = JobReport(job.name, job.cluster, job.repo, dry_run=dry_run, full=full)
         locked.status, locked.reason, locked.finished = "locked", exc.one_line(), utcnow()
         return locked  # its error line comes with the others at the end
+    except KeyboardInterrupt:  # outside the engine's own handling (the job lock)
+        return _ended(job, dry_run, full, "interrupted", ExitCode.INTERRUPTED, "")
+    except HcbakError as exc:  # e.g. a state dir where the job lock cannot be written
+        return _ended(job, dry_run, full, "failed", exc.exit_code, exc.one_line())
+    except OSError as exc:
+        from hcbak.cli.exits import describe_os_error
+
+        return _ended(job, dry_run, full, "failed", ExitCode.FAILED, describe_os_error(exc))
+
+
+def _ended(job: Any, dry_run: bool, full: bool, status: str, code: ExitCode, reason: str) -> Any:
+    """The report of a job that ended outside the engine: it still gets its email,
+    its record and its line in the report."""
+    from hcbak.engine.report import JobReport, utcnow
+
+    ended = JobReport(job.name, job.cluster, job.repo, dry_run=dry_run, full=full)
+    ended.status, ended.reason, ended.finished = status, reason, utcnow()
+    ended.error_code = code
+    return ended
 
 
 def _sigterm_as_interrupt() -> Any:
     """SIGTERM (systemd stop, kill) cleans up like Ctrl-C: snapshots and clones of
-    unfinished VMs are removed before exit 130. Returns the previous handler."""
+    unfinished VMs are removed, the report printed and mailed, the run recorded, before
+    exit 130. Returns the previous handler."""
 
     def handler(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
@@ -231,9 +257,14 @@ def _after_job(config: Any, sdir: Path, job: Any, job_report: Any) -> None:
     history = load_history(sdir, job.name)
     history.last_run = job_report.started
     history.last_status = "ok" if code in (ExitCode.OK, ExitCode.WARNINGS) else "failed"
+    if code == ExitCode.INTERRUPTED:
+        history.last_status = "interrupted"
     if code in (ExitCode.OK, ExitCode.WARNINGS):
         history.last_success = job_report.started
-    save_history(sdir, job.name, history)
+    try:
+        save_history(sdir, job.name, history)
+    except OSError as exc:  # the report and the email still go out
+        warn(f"cannot record the run of job {job.name} in {sdir}: {exc.strerror or exc}")
     if not job.notify:
         return  # smtplib and the templates load only for jobs that mail
     from hcbak.engine.notify import render_body, render_subject, should_notify
@@ -306,7 +337,11 @@ def _start_log(sdir: Path) -> "_RunLog | None":
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     path = sdir / "logs" / f"run-{stamp}-{os.getpid()}.log"
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        from hcbak.engine.state import make_state_dir
+        from hcbak.repo.fsio import open_private
+
+        make_state_dir(path.parent)
+        os.close(open_private(path, os.O_WRONLY))  # 0600 before the handler appends to it
         handler = logging.FileHandler(path, encoding="utf-8")
     except OSError as exc:
         warn(f"cannot write the run log {path}: {exc.strerror}")
@@ -316,7 +351,9 @@ def _start_log(sdir: Path) -> "_RunLog | None":
     logger = logging.getLogger("hcbak")
     logger.addHandler(handler)
     level = logger.level
-    if level == logging.NOTSET or level > logging.INFO:
+    # INFO at least, for the file; never less than asked for: under --debug the root
+    # logger is at DEBUG, and a logger of its own at INFO would hide those lines.
+    if logger.getEffectiveLevel() > logging.INFO:
         logger.setLevel(logging.INFO)
     return _RunLog(path, handler, level)
 

@@ -36,7 +36,7 @@ from hcbak.config import (
     parse_block_size,
     state_dir,
 )
-from hcbak.errors import IntegrityError, UsageError
+from hcbak.errors import HcbakError, IntegrityError, UsageError
 from hcbak.secrets import SecretRef
 
 if TYPE_CHECKING:
@@ -68,9 +68,6 @@ READ_ONLY_NOTE = (
 
 def lease_state_dir() -> Path | None:
     """The state dir whose lease observations this host shares (docs/format.md, Locks)."""
-    from hcbak.config import state_dir
-    from hcbak.errors import HcbakError
-
     try:
         return state_dir(load_config())
     except HcbakError:
@@ -592,16 +589,18 @@ def _verify_file(config: Config, repo_id: str) -> Path:
 
 
 def _save_last_verify(config: Config, repo_id: str, ok: bool, percent: float) -> None:
+    from hcbak.repo import fsio
+
     path = _verify_file(config, repo_id)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        fsio.make_private_dir(path.parent, parents=True)
         doc = {
             "time": datetime.now(UTC).isoformat(timespec="seconds"),
             "ok": ok,
             "read_data_percent": percent,
         }
-        path.write_text(json.dumps(doc))
-    except OSError:
+        fsio.atomic_write(path, json.dumps(doc).encode())
+    except (OSError, HcbakError):
         pass  # informational only
 
 

@@ -62,6 +62,7 @@ from hcbak.engine.state import (
 )
 from hcbak.errors import (
     ClusterBusyError,
+    ExitCode,
     HcbakError,
     HookError,
     Interrupted,
@@ -151,18 +152,38 @@ def run_job(
         session.threads = threads or _threads_from_env() or DEFAULT_THREADS
         try:
             session.run()
-        except Interrupted:
-            raise  # exit 130; cleanup already happened on the way out
+        except (Interrupted, KeyboardInterrupt) as exc:
+            # exit 130, with the report, the email and the run record like any end
+            # (cleanup already happened on the way out)
+            session.interrupted.set()
+            session.cancel.set()
+            reason = exc.one_line() if isinstance(exc, Interrupted) else "interrupted"
+            _end_job(report, "interrupted", ExitCode.INTERRUPTED, reason)
         except HcbakError as exc:
             # The error's own code: a repository held by prune is busy (5), a secret
             # that cannot be resolved is a config error (2), as for every command.
-            report.status = "locked" if isinstance(exc, LockedError) else "failed"
-            report.error_code = exc.exit_code
-            report.reason = exc.one_line()
-            log.error("job %s %s: %s", job.name, report.status, report.reason)
+            status = "locked" if isinstance(exc, LockedError) else "failed"
+            _end_job(report, status, exc.exit_code, exc.one_line())
+        except OSError as exc:  # the system said no (a repository folder gone, EIO)
+            _end_job(report, "failed", ExitCode.FAILED, _describe_os_error(exc))
+        except Exception as exc:  # a bug: the job still ends with its report and email
+            log.exception("job %s: internal error", job.name)
+            reason = f"internal error ({type(exc).__name__}: {exc}); see the run log"
+            _end_job(report, "failed", ExitCode.FAILED, reason)
         report.finished = utcnow()
         session.post_hook()
     return report
+
+
+def _end_job(report: JobReport, status: str, code: ExitCode, reason: str) -> None:
+    report.status, report.error_code, report.reason = status, code, " ".join(reason.split())
+    log.error("job %s %s: %s", report.job, status, report.reason)
+
+
+def _describe_os_error(exc: OSError) -> str:
+    """`No such file or directory: /srv/repo/points`, not a traceback."""
+    what = exc.strerror or type(exc).__name__
+    return f"{what}: {exc.filename}" if exc.filename else what
 
 
 def _threads_from_env() -> int | None:
@@ -194,6 +215,9 @@ class _Session:
         self.snapshots: dict[str, Any] = {}  # uuid -> Snapshot, at run start
         self.latest: dict[str, Any] = {}  # vm uuid -> PointSummary of this job
         self.cancel = threading.Event()
+        # Set by Ctrl-C/SIGTERM only (not by a repository that fails to open): the exit
+        # then waits for no snapshot task, which stays journaled for the next run.
+        self.interrupted = threading.Event()
         self.stop_reason = "interrupted"  # what VMs not yet done say once cancel is set
         self.removed_labels: set[str] = set()  # orphaned snapshots this run removed
         self.bases_ready = threading.Event()  # repository open, dead run's snapshots gone
@@ -258,6 +282,7 @@ class _Session:
 
         with hypercore_session(self.cluster_cfg, warn=self.warn) as hc:
             self.hc = hc
+            hc.cancel = self.interrupted  # a stopping run waits for no snapshot task
             self._wait_for_update()
             vms = hc.list_vms()
             if not self.report.dry_run:
@@ -309,30 +334,52 @@ class _Session:
         remove their snapshots and the run fails with the repository's error.
         """
         pool = ThreadPoolExecutor(self.parallel, thread_name_prefix="hcbak-vm")
-        futures = [pool.submit(self._back_up_vm, t) for t in targets]
+        futures: list[Future[VmReport]] = []
         try:
             try:
+                for target in targets:  # in the try: a VM may be running before the last
+                    futures.append(pool.submit(self._back_up_vm, target))
                 self._open_bases(opened_repo)
                 self._clean_orphan_snapshots()
             except BaseException as exc:
                 if isinstance(exc, HcbakError):
                     self.stop_reason = f"not backed up: {exc.one_line()}"
+                if isinstance(exc, KeyboardInterrupt):
+                    self.interrupted.set()
                 self.cancel.set()  # before the VMs wake: no retry of a lost cause
                 raise
             finally:
                 self.bases_ready.set()
             results = [f.result() for f in futures]
         except KeyboardInterrupt:
+            self.interrupted.set()
             self._stop_all(futures)
+            self.report.vms.extend(self._stopped_reports(targets, futures))
             raise Interrupted(
-                "interrupted: the snapshots and clones of unfinished VMs were removed"
+                "interrupted: the snapshots and clones of unfinished VMs were removed "
+                "(a snapshot whose task was still running: by the next run)"
             )
-        except BaseException:
+        except BaseException:  # the job fails as a whole, with this error
             self._stop_all(futures)
             raise
         finally:
             pool.shutdown(wait=True)
         return results
+
+    def _stopped_reports(
+        self, targets: list[VmTarget], futures: list[Future[VmReport]]
+    ) -> list[VmReport]:
+        """Every VM's report once the run stopped: those that ran tell how they ended,
+        those never started are failed with the stop reason."""
+        out = []
+        for i, target in enumerate(targets):
+            future = futures[i] if i < len(futures) else None  # None: never submitted
+            if future is not None and not future.cancelled() and future.exception() is None:
+                out.append(future.result())
+                continue
+            vm = target.vm
+            out.append(VmReport(vm.name, vm.uuid, status=VM_FAILED, reason=self.stop_reason))
+        return out
 
     def _stop_all(self, futures: list[Future[VmReport]]) -> None:
         self.cancel.set()

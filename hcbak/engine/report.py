@@ -172,7 +172,7 @@ def job_exit_code(job: JobReport) -> ExitCode:
     """Map one job's outcome to the exit-code contract."""
     if job.status == "locked":
         return ExitCode.BUSY
-    if job.status == "failed":
+    if job.status in ("failed", "interrupted"):
         return job.error_code
     ok = sum(vm.status == VM_OK for vm in job.vms)
     if job.dry_run:
@@ -195,6 +195,7 @@ def status_word(code: ExitCode) -> str:
         ExitCode.PARTIAL: "partial",
         ExitCode.FAILED: "failed",
         ExitCode.BUSY: "locked",
+        ExitCode.INTERRUPTED: "interrupted",
     }.get(code, "failed")
 
 
@@ -202,6 +203,8 @@ def combine_exit_codes(codes: list[ExitCode]) -> ExitCode:
     """Several jobs in one invocation: a mix of success and failure is partial (3)."""
     if not codes:
         return ExitCode.OK
+    if ExitCode.INTERRUPTED in codes:  # the run stopped: the jobs after it never ran
+        return ExitCode.INTERRUPTED
     if len(set(codes)) == 1:
         return codes[0]
     good = {ExitCode.OK, ExitCode.WARNINGS}

@@ -7,7 +7,8 @@
 - `logs/run-<time>-<pid>.log`: the per-run log file.
 
 The state dir is local to the worker, so the job lock is a plain O_EXCL file: the
-holder's pid is checked for liveness (a lock left by kill -9 is taken over).
+holder's pid is checked for liveness (a lock left by kill -9 is taken over). Every
+file here is 0600 and every folder 0700, whatever the umask (`make_state_dir`).
 """
 
 from __future__ import annotations
@@ -28,15 +29,23 @@ from types import TracebackType
 from typing import Any
 
 from hcbak.errors import LockedError, UsageError
+from hcbak.repo import fsio
 from hcbak.repo.locks import holder_identity, local_holder_gone, pid_alive
 
 log = logging.getLogger(__name__)
 
 
+def make_state_dir(path: Path) -> None:
+    """A folder of the state dir (and the state dir itself), 0700 whatever the umask:
+    run logs and journals name VMs, snapshots and clusters."""
+    fsio.make_private_dir(path, parents=True)
+
+
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_state_dir(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
+    fd = fsio.open_private(tmp, os.O_WRONLY | os.O_TRUNC)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
         json.dump(data, fh, indent=2, sort_keys=True)
         fh.flush()
         os.fsync(fh.fileno())
@@ -61,7 +70,7 @@ class JobLock:
         self._held = False
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_state_dir(self.path.parent)
         me = {
             "host": socket.gethostname(),
             "pid": os.getpid(),
@@ -88,7 +97,9 @@ class JobLock:
         # Write the holder to a private file, then link it into place: the link fails
         # if the lock exists, and readers never see a half-written lock file.
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(me), encoding="utf-8")
+        fd = fsio.open_private(tmp, os.O_WRONLY | os.O_TRUNC)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(me))
         try:
             os.link(tmp, self.path)
             return True
@@ -214,8 +225,8 @@ class WorkerLock:
     def __enter__(self) -> None:
         self._threads.acquire()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            make_state_dir(self.path.parent)
+            fd = fsio.open_private(self.path, os.O_RDWR)
             try:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,7 @@ from hcbak.errors import (
     AuthError,
     ClusterBusyError,
     ClusterError,
+    Interrupted,
     NotFoundError,
     TransportError,
     UsageError,
@@ -43,6 +45,11 @@ log = logging.getLogger("hcbak.hypercore")
 
 UPLOAD_FORMATS = (".qcow2", ".vmdk", ".vhd", ".vhdx", ".img")
 LOGOUT_TIMEOUT_ROUNDS = 1
+# What a node answers to a mutation on a VM that still has a task running (API notes).
+VM_BUSY_STATUS = 500
+# Task poll interval, at most, once the run is being stopped: the clone removals its
+# exit waits for end up to 2 s (tasks.MAX_POLL) earlier than they would be noticed.
+STOPPING_POLL = 0.1
 # A cluster that was never updated has no update_status.json and its web server answers
 # 404 with an HTML page (API notes). That is an answer, not doubt: no update runs. Treating
 # it as busy would block every backup of a new cluster forever. Everything else that is
@@ -82,6 +89,9 @@ class HyperCoreClient:
         self._password = password
         self._sleep = sleep
         self._clock = clock
+        # Set by the engine when a run stops: the waits for what would only be cleaned
+        # up (a snapshot task, a label) end at once instead of keeping the exit waiting.
+        self.cancel: threading.Event | None = None
         self.pool = NodePool(
             cluster.name,
             list(cluster.nodes),
@@ -209,15 +219,29 @@ class HyperCoreClient:
         everything else reads typed records."""
         return self._get_list(path, missing_ok=True)
 
-    def wait_task(self, tag: Any, *, what: str = "task") -> Task | None:
-        """Wait for a task tag (str or int; empty = nothing), bounded by task_timeout."""
+    def wait_task(self, tag: Any, *, what: str = "task", cancellable: bool = False) -> Task | None:
+        """Wait for a task tag (str or int; empty = nothing), bounded by task_timeout.
+
+        Once `cancel` is set, polls every STOPPING_POLL at most; `cancellable`:
+        Interrupted at once instead (the caller journaled the task)."""
+        cancel = self.cancel
+
+        def pause(seconds: float) -> None:
+            if cancel is None:
+                self._sleep(seconds)
+            elif cancel.is_set():  # a stopping run's cleanup: its exit waits for this
+                self._sleep(min(seconds, STOPPING_POLL))
+            else:
+                cancel.wait(seconds)  # wakes up when the run is stopped
+
         return tasks.wait_for_task(
             lambda t: self._get_list(f"/TaskTag/{quote(t)}", missing_ok=True),
             tag,
             self.cluster.task_timeout,
             what=what,
-            sleep=self._sleep,
+            sleep=pause,
             clock=self._clock,
+            stopped=cancel.is_set if cancel is not None and cancellable else None,
         )
 
     # --- cluster ----------------------------------------------------------------------
@@ -344,24 +368,39 @@ class HyperCoreClient:
     ) -> Snapshot:
         """A USER snapshot with a run-unique label; never two with the same label.
 
-        The label is the idempotency key: it is looked up before the first POST, and
-        again whenever a POST's outcome is unknown (lost response, 5xx) before POSTing
-        again. `replication: false` always: the API default true would ship the
-        snapshot to the replication target. `accepted(task tag)` runs once the cluster
-        took the request, before the task (and so the snapshot) is done.
+        The label is the idempotency key: it is looked up before the first POST and
+        before every re-POST. `replication: false` always: the API default true would
+        ship the snapshot to the replication target. `accepted(task tag)` runs once the
+        cluster took the request, before the task (and so the snapshot) is done; once
+        the run is being stopped (`cancel`) that task is journaled and not waited for.
+
+        A 500 *answer* is the cluster refusing: it answers so to a mutation on a VM
+        that has a task running ("VM busy": another job's snapshot, a dead run's task;
+        API notes). No task was started, so no label will appear: one look, then a
+        re-POST after the backoff, and after `rounds` refusals the VM fails saying so.
+        Only a lost answer (timeout, reset, 504) waits for the label for as long as an
+        answer was allowed to take.
         """
         existing = self.find_snapshot(vm_uuid, label)
         if existing:
             return existing
         body = {"domainUUID": vm_uuid, "label": label, "type": "USER", "replication": False}
         last: MaybeProcessedError | None = None
+        refusals, started = 0, self._clock()
         for attempt in range(self.pool.rounds):
             if attempt:
-                self._sleep(backoff_delay(attempt))
+                self._pause(backoff_delay(attempt))
+                found = self.find_snapshot(vm_uuid, label)  # never a second one
+                if found:
+                    return found
             try:
                 data = self._call("POST", "/VirDomainSnapshot", json=body, idempotent=False)
             except MaybeProcessedError as exc:
                 last = exc
+                if exc.status == VM_BUSY_STATUS:
+                    refusals += 1
+                    log.info("snapshot of VM %s refused (HTTP 500, VM busy?)", vm_uuid)
+                    continue  # the look before the next POST is the bounded wait
                 log.debug("snapshot POST outcome unknown (%s); looking for label %s", exc, label)
                 found = self._await_label(vm_uuid, label)
                 if found:
@@ -370,26 +409,47 @@ class HyperCoreClient:
             result = data if isinstance(data, dict) else {}
             if accepted is not None and result.get("taskTag"):
                 accepted(str(result["taskTag"]))
-            self.wait_task(result.get("taskTag"), what=f"snapshot {label!r} of VM {vm_uuid}")
+            self.wait_task(
+                result.get("taskTag"), what=f"snapshot {label!r} of VM {vm_uuid}", cancellable=True
+            )
             uuid = str(result.get("createdUUID") or "")
             snap = self.get_snapshot(uuid) if uuid else self.find_snapshot(vm_uuid, label)
             if snap is None:
                 raise APIError(f"snapshot {label!r} of VM {vm_uuid} vanished after creation")
             return snap
+        found = self.find_snapshot(vm_uuid, label)
+        if found:
+            return found
         assert last is not None
+        if refusals == self.pool.rounds:
+            raise APIError(
+                f"snapshot of VM {vm_uuid} refused: the cluster answered HTTP 500 to "
+                f"{refusals} request(s) in {self._clock() - started:.1f} s",
+                status=VM_BUSY_STATUS,
+                hint="the VM is busy with another task (another job's snapshot, a "
+                "restore); the job's retries try again",
+            )
         raise last
+
+    def _pause(self, seconds: float) -> None:
+        """Sleep, or less when the run is being stopped."""
+        if self.cancel is None:
+            self._sleep(seconds)
+        elif self.cancel.wait(seconds):
+            raise Interrupted("interrupted while waiting to ask for a snapshot again")
 
     def _await_label(self, vm_uuid: str, label: str) -> Snapshot | None:
         """After an unknown outcome, look for the label for as long as a response was
         allowed to take (read timeout, at least 1 s): the record may appear only when
-        the snapshot task ends, and a re-POST before then could make a duplicate."""
+        the snapshot task ends, and a re-POST before then could make a duplicate.
+        A stopping run stops looking (the snapshot request journal covers it)."""
         deadline = self._clock() + max(1.0, float(self.cluster.read_timeout))
         delay = 0.1
         while True:
             found = self.find_snapshot(vm_uuid, label)
             if found or self._clock() >= deadline:
                 return found
-            self._sleep(max(0.0, min(delay, deadline - self._clock())))
+            self._pause(max(0.0, min(delay, deadline - self._clock())))
             delay = min(delay * 1.6, tasks.MAX_POLL)
 
     def delete_snapshot(self, uuid: str) -> None:

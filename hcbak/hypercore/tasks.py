@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from hcbak.errors import TaskFailedError, TaskTimeoutError
+from hcbak.errors import Interrupted, TaskFailedError, TaskTimeoutError
 from hcbak.hypercore.records import Task
 
 # Poll quickly first, then back off to spare the API. Snapshots and clones are
@@ -40,12 +40,15 @@ def wait_for_task(
     what: str = "task",
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
+    stopped: Callable[[], bool] | None = None,
 ) -> Task | None:
     """Poll `fetch(tag)` (the GET /TaskTag/{tag} array) until the task is terminal.
 
     Returns the final Task, or None when there was nothing to wait for or the record
     vanished. Raises TaskFailedError on ERROR/UNINITIALIZED (with the rendered message)
-    or when `timeout` seconds pass.
+    or when `timeout` seconds pass. Raises Interrupted, with the task still running, once
+    `stopped()` is true: the caller has journaled the task and leaves what it makes to
+    the next run rather than keep a stopping process waiting for it.
     """
     norm = normalize_tag(tag)
     if not norm:
@@ -62,6 +65,8 @@ def wait_for_task(
             raise TaskFailedError(f"{what} failed (task {norm}, state {task.state}){detail}")
         if task.finished:
             return task
+        if stopped is not None and stopped():
+            raise Interrupted(f"interrupted while the {what} ran (task {norm})")
         if clock() >= deadline:
             raise TaskTimeoutError(
                 f"{what} did not finish within {timeout:g} s (task {norm}, state {task.state})",

@@ -6,6 +6,12 @@ are write-once: we never rename over an existing one (SMB/NFS refuse or misbehav
 borg #5253). fsync of a directory and chmod fail with EPERM/ENOTSUP/EINVAL/ENOSYS on
 some network filesystems (restic #1756, #5342); those errnos, and only those, are
 tolerated. ENOSPC/EDQUOT become `NoSpaceError` with the temp file removed.
+
+Everything hcbak writes is private whatever the umask: files 0600, folders 0700. An
+unencrypted repository is the VMs' disks in the clear and an encrypted one holds the
+wrapped key; neither is for other local users. The mode is asked for at creation
+(never a window where the file is readable) and set again with chmod, so a umask that
+masks the owner's own bits cannot make a file unusable either.
 """
 
 from __future__ import annotations
@@ -22,11 +28,14 @@ from hcbak.errors import NoSpaceError, RepoError
 TOLERATED_ERRNOS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS})
 NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 TMP_PREFIX = ".tmp-"
+PRIVATE_FILE = 0o600
+PRIVATE_DIR = 0o700
 
 # Indirection points so tests can make them raise (see tests/repo/test_fsio.py).
 _fsync = os.fsync
 _fdatasync = os.fdatasync
 _chmod = os.chmod
+_fchmod = os.fchmod
 
 
 def fsync_dir(path: Path) -> None:
@@ -53,6 +62,49 @@ def chmod_tolerant(path: Path, mode: int) -> None:
     except OSError as exc:
         if exc.errno not in TOLERATED_ERRNOS:
             raise
+
+
+def fchmod_tolerant(fd: int, mode: int) -> None:
+    """fchmod that ignores the errnos of filesystems without POSIX modes."""
+    try:
+        _fchmod(fd, mode)
+    except OSError as exc:
+        if exc.errno not in TOLERATED_ERRNOS:
+            raise
+
+
+def open_private(path: Path | str, flags: int) -> int:
+    """`os.open` of a new or existing file with O_CREAT and mode 0600 whatever the umask."""
+    fd = os.open(path, flags | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), PRIVATE_FILE)
+    try:
+        fchmod_tolerant(fd, PRIVATE_FILE)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def make_private_dir(path: Path, *, parents: bool = False) -> None:
+    """mkdir with mode 0700 whatever the umask; with `parents`, every folder it has to
+    create is 0700 too. A folder that exists already is left as it is (its owner chose)."""
+    path = Path(path)
+    missing: list[Path] = []
+    if parents:
+        for folder in (path, *path.parents):
+            if folder.is_dir():
+                break
+            missing.append(folder)
+        missing.reverse()
+    else:
+        missing = [path]
+    for folder in missing:
+        try:
+            folder.mkdir(mode=PRIVATE_DIR)
+        except FileExistsError:
+            if not folder.is_dir():
+                raise
+            continue  # created meanwhile by another process or thread: theirs
+        chmod_tolerant(folder, PRIVATE_DIR)
 
 
 def drop_cache(fd: int) -> None:
@@ -120,7 +172,7 @@ def atomic_write(final: Path, data: bytes, *, write_once: bool = False) -> bool:
         return False
     tmp = tmp_path_for(final)
     try:
-        with open(tmp, "xb") as fh:
+        with os.fdopen(open_private(tmp, os.O_WRONLY | os.O_EXCL), "wb") as fh:
             fh.write(data)
             fh.flush()
             if fh.tell() != len(data) or os.fstat(fh.fileno()).st_size != len(data):

@@ -426,7 +426,7 @@ class RepoLock:
         self._renewed = _clock()
         data = self._content()
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = fsio.open_private(tmp, os.O_WRONLY | os.O_EXCL)
         except OSError as exc:
             if exc.errno in READ_ONLY_ERRNOS:
                 raise ReadOnlyRepoError(

@@ -102,7 +102,7 @@ class PackWriter:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.tmp = fsio.tmp_path_for(root / "packs" / "pack")
-        self._fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        self._fd = fsio.open_private(self.tmp, os.O_WRONLY | os.O_EXCL)
         self.entries: list[tuple[bytes, int, int, int]] = []  # id, offset, length, plain
         self.size = 0
         # The pack id (sha256 of the file) grows with the file, in the appending thread
@@ -151,7 +151,7 @@ class PackWriter:
         fsio.drop_cache(self._fd)
         self._close()
         final = pack_path(self.root, pack_id)
-        final.parent.mkdir(exist_ok=True)
+        fsio.make_private_dir(final.parent)
         fsio.commit_tmp(self.tmp, final, write_once=True)
         return pack_id
 

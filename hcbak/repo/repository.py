@@ -144,9 +144,9 @@ def init_repo(
     if kdf is not None and not isinstance(kdf, Argon2Params if version >= 2 else ScryptParams):
         raise UsageError(f"format v{version} does not use {type(kdf).__name__}")
     with fsio.translate_os_errors(f"repository {root}"):
-        root.mkdir(parents=True, exist_ok=True)
+        fsio.make_private_dir(root, parents=True)
         for sub in SUBDIRS:
-            (root / sub).mkdir(exist_ok=True)
+            fsio.make_private_dir(root / sub)
         fsio.fsync_dir(root)
         write_config(root, encode_config(settings, material, passphrase, kdf))
     return settings
@@ -184,7 +184,7 @@ def open_repo(
     settings, material, ids = load_settings(root, passphrase, expect)
     for sub in SUBDIRS:  # empty folders are lost by some copies (git, rsync filters)
         try:
-            (root / sub).mkdir(exist_ok=True)
+            fsio.make_private_dir(root / sub)
         except OSError:
             pass  # a read-only repository can still be read without a lock
     held: RepoLock | None = None

@@ -386,3 +386,60 @@ def test_a_prune_whose_lock_was_removed_deletes_nothing(tmp_path: Path) -> None:
             prune(repo, _hook=steal)
     after = sorted(p.relative_to(root) for p in root.rglob("*") if "locks" not in p.parts)
     assert set(before) <= set(after), "nothing was deleted"
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+@pytest.mark.parametrize("mask", [0o000, 0o022, 0o277], ids=["000", "022", "277"])
+def test_files_and_folders_are_private_whatever_the_umask(tmp_path: Path, mask: int) -> None:
+    """0600/0700 also under a umask that would give others access (000, 022) or take
+    the owner's own write bit (277: the folder could not hold the repository)."""
+    old = os.umask(mask)
+    try:
+        fsio.make_private_dir(tmp_path / "a" / "b", parents=True)
+        fsio.make_private_dir(tmp_path / "a" / "b")  # exists: no error
+        fsio.atomic_write(tmp_path / "a" / "b" / "f", b"data")
+        os.close(fsio.open_private(tmp_path / "a" / "g", os.O_WRONLY))
+    finally:
+        os.umask(old)
+    assert [_mode(tmp_path / p) for p in ("a", "a/b")] == [0o700, 0o700]
+    assert [_mode(tmp_path / p) for p in ("a/b/f", "a/g")] == [0o600, 0o600]
+    assert (tmp_path / "a" / "b" / "f").read_bytes() == b"data"
+
+
+def test_a_folder_that_exists_keeps_its_mode(tmp_path: Path) -> None:
+    (tmp_path / "shared").mkdir(mode=0o755)
+    os.chmod(tmp_path / "shared", 0o755)
+    fsio.make_private_dir(tmp_path / "shared" / "repo", parents=True)
+    assert (_mode(tmp_path / "shared"), _mode(tmp_path / "shared" / "repo")) == (0o755, 0o700)
+
+
+@pytest.mark.parametrize("code", [errno.EPERM, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS])
+def test_a_repository_is_made_where_chmod_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    """CIFS and some NFS mounts refuse chmod with these errnos: the repository is
+    still created and usable (with whatever modes the mount gives)."""
+
+    def refuse(*args: object) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(fsio, "_chmod", refuse)
+    monkeypatch.setattr(fsio, "_fchmod", refuse)
+    root = make_repo(tmp_path / "repo")
+    with open_repo(root, passphrase=PASS) as repo:
+        assert repo.list_points() == []
+
+
+def test_other_chmod_errors_are_not_tolerated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fail(*args: object) -> None:
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(fsio, "_fchmod", fail)
+    with pytest.raises(RepoError, match="I/O error"):
+        fsio.atomic_write(tmp_path / "f", b"data")
+    assert list(tmp_path.iterdir()) == []
