@@ -89,12 +89,22 @@ class SecretRef:
             val = os.environ.get(self.env)
             if not val:
                 raise SecretError(f"environment variable {self.env} is not set or empty")
-            return Secret(val)
+            return Secret(_utf8_only(val, f"environment variable {self.env}"))
         if self.file:
             return Secret(_read_secret_file(Path(self.file).expanduser()))
         if self.command:
             return Secret(_run_secret_command(self.command))
         raise SecretError("no secret source configured")
+
+
+def _utf8_only(value: str, source: str) -> str:
+    """Passphrases are keyed as UTF-8 (docs/format.md): bytes that are not UTF-8 reach
+    Python as surrogates, which no key derivation can take."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise SecretError(f"{source} is not UTF-8 text")
+    return value
 
 
 def _read_secret_file(path: Path) -> str:
@@ -106,6 +116,8 @@ def _read_secret_file(path: Path) -> str:
         raise SecretError(f"secret file {path} is not readable (permission denied)")
     except OSError as exc:
         raise SecretError(f"secret file {path} could not be read: {exc.strerror}")
+    except UnicodeDecodeError:
+        raise SecretError(f"secret file {path} is not UTF-8 text")
     value = text.rstrip("\r\n")
     if not value:
         raise SecretError(f"secret file {path} is empty")
@@ -138,14 +150,17 @@ def _run_secret_command(command: str) -> str:
     import subprocess  # only passphrase commands need it; `job run` starts faster without
 
     try:
-        proc = subprocess.run(
-            command, shell=True, capture_output=True, text=True, timeout=60, check=False
-        )
+        proc = subprocess.run(command, shell=True, capture_output=True, timeout=60, check=False)
     except subprocess.TimeoutExpired:
         raise SecretError("secret command did not finish within 60 s")
     if proc.returncode != 0:
         raise SecretError(f"secret command exited with status {proc.returncode}")
-    value = proc.stdout.rstrip("\r\n")
+    try:
+        text = proc.stdout.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SecretError("secret command printed something that is not UTF-8 text")
+    # universal newlines, as text mode (and a passphrase file) read them
+    value = text.replace("\r\n", "\n").replace("\r", "\n").rstrip("\n")
     if not value:
         raise SecretError("secret command printed nothing")
     return value

@@ -45,3 +45,33 @@ def test_unreadable_and_empty_files_are_errors(tmp_path: Path) -> None:
     (tmp_path / "empty").write_text("\n")
     with pytest.raises(SecretError, match="is empty"):
         SecretRef(file=str(tmp_path / "empty")).resolve()
+
+
+@pytest.mark.parametrize("source", ["env", "file", "command"])
+def test_a_passphrase_that_is_not_utf8_is_a_one_line_error_naming_its_source(
+    tmp_path: Path, hcbak_env: dict[str, str], source: str
+) -> None:
+    """Bytes that are not UTF-8 ended in "internal error (UnicodeEncodeError)", exit 4."""
+    import os
+    import subprocess
+    import sys
+
+    bad = b"caf\xe9 latin-1 passphrase"
+    (tmp_path / "pass").write_bytes(bad + b"\n")
+    (tmp_path / "pass").chmod(0o600)
+    flag = {
+        "env": ["--passphrase-env", "HCBAK_T_LATIN1"],
+        "file": ["--passphrase-file", str(tmp_path / "pass")],
+        "command": ["--passphrase-command", f"cat {tmp_path / 'pass'}"],
+    }[source]
+    env = {os.fsencode(k): os.fsencode(v) for k, v in hcbak_env.items()}
+    env[b"HCBAK_T_LATIN1"] = bad
+    proc = subprocess.run(
+        [sys.executable, "-m", "hcbak", "repo", "add", "main", "--path", str(tmp_path / "r"),
+         "--encrypt", *flag],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: ") and "is not UTF-8 text" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert not (tmp_path / "r" / "config").exists()
