@@ -45,6 +45,9 @@ class JobRun(NamedTuple):
 
 def main() -> None:
     from hcbak.cli.exits import exit_now
+    from hcbak.malloc_tuning import tune_for_blocks
+
+    tune_for_blocks()  # a process setting: every data path moves MiB-sized blocks
 
     call = parse_job_run(sys.argv[1:])
     if call is None:

@@ -31,7 +31,6 @@ from hcbak.errors import (
     RepoLocationError,
     UsageError,
 )
-from hcbak.malloc_tuning import tune_for_blocks
 from hcbak.repo import fsio
 from hcbak.repo.blockmap import ZERO_BLOCK
 from hcbak.repo.codec import ENVELOPE, FLAG_ENCRYPTED, Envelope, codec_id, compress, decompress
@@ -179,7 +178,6 @@ def open_repo(
     as long as this process. `expect` is what hcbak's config pins (settings.Expected): a
     repository that is not the one expected (another id, encryption switched off) is
     refused, exit 6."""
-    tune_for_blocks()  # every data path (backup, restore, verify, prune) passes here
     root = Path(path)
     settings, material, ids = load_settings(root, passphrase, expect)
     for sub in SUBDIRS:  # empty folders are lost by some copies (git, rsync filters)

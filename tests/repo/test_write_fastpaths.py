@@ -110,6 +110,21 @@ def test_malloc_tuning_applies_on_glibc() -> None:
     assert tune_for_blocks() is True  # idempotent
 
 
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_the_hcbak_process_tunes_malloc_once_at_its_entry_point() -> None:
+    """A process setting, made by the console script (not by opening a repository)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import atexit, sys; import hcbak.malloc_tuning as m; "
+        "atexit.register(lambda: print('tuned', m._done, flush=True)); "
+        "sys.argv = ['hcbak', '--version']; from hcbak.cli.entry import main; main()"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert out.stdout.splitlines()[-1] == "tuned True", (out.stdout, out.stderr)
+
+
 def test_write_all_finishes_a_short_writev(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """writev may write less than asked (a signal, a nearly full disk); such a short write
     cannot be arranged on demand, so os.writev is made to stop after 5 bytes once."""
