@@ -50,9 +50,11 @@ OBSERVATIONS_FILE = "lease-observations.json"
 FORGET_SIGHTINGS_AFTER = 24 * 3600.0  # of other folders' locks (they were removed since)
 
 # Test-only: makes this process look like another machine to the others, e.g.
-# {"host": "web01", "machine_id": "...", "boot_id": "..."}. It can only make locks look
-# MORE alive: locks written under it are never judged dead by anyone, and a process
-# running under it never judges any lock dead (its pid checks would be meaningless).
+# {"host": "web01", "machine_id": "...", "boot_id": "...", "clock_offset": -1860}
+# (clock_offset: seconds added to the wall-clock times it writes into its lock, as a
+# machine whose clock is off would). It can only make locks look MORE alive: locks
+# written under it are never judged dead by anyone, and a process running under it
+# never judges any lock dead (its pid checks would be meaningless).
 TEST_IDENTITY_ENV = "HCBAK_TESTONLY_MACHINE_IDENTITY"
 
 DEAD, STALE, LIVE = "dead", "stale", "live"
@@ -161,6 +163,18 @@ def _test_override() -> dict[str, str] | None:
     except ValueError:
         doc = {}
     return {k: str(v) for k, v in doc.items()} if isinstance(doc, dict) else {}
+
+
+def _wall_clock() -> float:
+    """The wall-clock time written into lock files: shown to people, never used to
+    judge a lease (another machine's clock may be off; see _clock)."""
+    override = _test_override()
+    if override is None:
+        return time.time()
+    try:
+        return time.time() + float(override.get("clock_offset", 0))
+    except ValueError:
+        return time.time()
 
 
 def holder_identity() -> dict[str, Any]:
@@ -390,7 +404,7 @@ class RepoLock:
         self.refresh_interval = refresh_interval
         self.stale_after = stale_after
         self.give_up_after = give_up_after if give_up_after is not None else stale_after / 2
-        self.start = time.time()
+        self.start = _wall_clock()
         self._identity = holder_identity()
         self._observations = Observations(state_dir)
         self._counter = 0
@@ -408,7 +422,7 @@ class RepoLock:
                 "pid": os.getpid(),
                 "kind": self.kind,
                 "start": self.start,
-                "refreshed": time.time(),
+                "refreshed": _wall_clock(),
                 "counter": self._counter,
                 "command": self.command,
                 "identity": self._identity,
