@@ -274,9 +274,11 @@ def _account(
     Returns (unindexed packs that are provably unused, packs to keep as they are).
     An indexed pack that is missing, or an unindexed one whose table cannot be read,
     is a problem (prune then refuses). An indexed pack whose table cannot be read is
-    kept (the index still locates its blobs, but what else it holds is unknown). An
-    unindexed pack with a referenced blob that has no other indexed copy (a damaged
-    copy included: it is all there is) is kept: only `repo repair` may index it.
+    kept (the index still locates its blobs, but what else it holds is unknown). A
+    pack holding a referenced blob that has no indexed copy at all, or (unindexed) no
+    other indexed copy, is kept: only `repo repair` may index it. So an index that
+    lost entries (a segment deleted by someone) never makes prune delete or repack
+    away the only copy of a block a point needs.
     """
     on_disk = set(repo.pack_ids())
     problems += [f"pack {p} is missing (the index names it)" for p in sorted(indexed - on_disk)]
@@ -294,17 +296,18 @@ def _account(
                     f"pack {pack} is in no index and its blob table is unreadable ({why})"
                 )
             continue
-        if pack in indexed:
-            continue
         needed = False
         for block_id, _o, _n, _p in table:
             if block_id not in referenced:
                 continue
             loc = repo.index.lookup(block_id)
-            if loc is None or loc.pack == pack:
+            if loc is None or (loc.pack == pack and pack not in indexed):
                 needed = True
                 break
-        (kept if needed else unused).add(pack)
+        if needed:
+            kept.add(pack)
+        elif pack not in indexed:
+            unused.add(pack)
     return unused, kept
 
 

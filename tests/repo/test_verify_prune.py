@@ -228,6 +228,48 @@ def test_prune_keeps_a_pack_in_no_segment_whose_own_table_lists_a_referenced_blo
     assert pack in report.packs_kept
 
 
+def test_prune_keeps_a_partly_indexed_pack_whose_table_lists_an_unindexed_referenced_blob(
+    tmp_path: Path,
+) -> None:
+    """A pack whose index entries are split over two segments, one of them deleted
+    (gone, not damaged: nothing is unreadable). The pack is mostly dead by the index,
+    so prune repacked the one indexed live blob and deleted the pack, and with it the
+    only copies of the point's unindexed blocks. Its own table says they are needed."""
+    from hcbak.repo.index import write_segment
+
+    root = make_repo(tmp_path / "r")
+    with open_repo(root, passphrase=PASS) as repo:
+        for _ in range(8):  # blocks no point references, in the same pack (one flush)
+            block = os.urandom(BS)
+            repo.put_block(repo.block_id(block), block)
+        kept_data = disk_bytes(31, 6)
+        kept = write_point(repo, kept_data, vm="vm1")
+        entries = [e for seg in repo.segments for e in read_segment(root, seg, repo.envelope)]
+        old = list(repo.segments)
+    live_ids = set(kept.disks[0].block_map.ids())
+    [first_live, *rest_live] = sorted((e for e in entries if e.id in live_ids), key=lambda e: e.id)
+    assert len({e.pack for e in entries}) == 1 and rest_live, "one pack holds both points"
+    dead = [e for e in entries if e.id not in live_ids]
+    with open_repo(root, passphrase=PASS, lock=None) as repo:
+        write_segment(root, [*dead, first_live], repo.envelope)
+        lost_segment = write_segment(root, rest_live, repo.envelope)
+    for seg in old:
+        (root / "index" / seg).unlink()
+    (root / "index" / lost_segment).unlink()  # the index no longer lists rest_live
+
+    with open_repo(root, passphrase=PASS, lock="exclusive") as repo:
+        report = prune(repo)
+    [pack] = {e.pack for e in entries}
+    assert pack in report.packs_kept and pack_path(root, pack).exists()
+    assert pack not in report.packs_deleted and pack not in report.packs_repacked
+    with open_repo(root, passphrase=PASS, lock="exclusive") as repo:
+        from hcbak.repo.repair import repair
+
+        repair(repo)
+    with open_repo(root, passphrase=PASS) as repo:
+        assert read_disk(repo, kept.id)[: len(kept_data)] == kept_data
+
+
 def test_prune_refuses_when_a_pack_in_no_segment_has_an_unreadable_table(tmp_path: Path) -> None:
     root = make_repo(tmp_path / "r")
     two_points(root)
