@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import shutil
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -11,6 +13,8 @@ from hcbak.secrets import Secret
 
 BS = 256 * 1024
 PASS = Secret("correct horse battery staple")
+GOLDEN = Path(__file__).parent.parent / "data" / "golden-v1"
+GOLDEN_PASS = "golden-v1 passphrase"
 
 
 def make_repo(root: Path, *, encrypted: bool = True, compression: str = "lz4") -> Path:
@@ -77,3 +81,16 @@ def read_disk(repo: Repository, point_id: str, disk: int = 0) -> bytes:
     img = repo.load_point(point_id).disks[disk]
     out = b"".join(repo.get_block(img.block_map.get(i)) for i in range(len(img.block_map)))
     return out[: img.capacity]
+
+
+def adopt_golden(run_hcbak: Callable[..., object], tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A copy of the committed golden repository, added to the config as `g`; returns
+    the copy and the environment that holds its passphrase."""
+    copy = tmp_path / "golden"
+    shutil.copytree(GOLDEN, copy)
+    env = {"GOLDEN_PASS": GOLDEN_PASS}
+    run_hcbak(
+        "repo", "add", "g", "--path", str(copy), "--passphrase-env", "GOLDEN_PASS",
+        env=env, check=True,
+    )  # fmt: skip
+    return copy, env

@@ -8,9 +8,8 @@ import shutil
 from pathlib import Path
 
 from conftest import RunHcbak, assert_no_traceback, mounted_tmpfs
+from repo_helpers import adopt_golden
 
-GOLDEN = Path(__file__).parent.parent / "data" / "golden-v1"
-GOLDEN_PASS = "golden-v1 passphrase"
 SENTINEL = "sentinel-Passphrase-4711"
 
 
@@ -56,22 +55,10 @@ def test_repo_add_refuses_a_non_empty_foreign_folder(run_hcbak: RunHcbak, tmp_pa
     assert_no_traceback(proc)
 
 
-def _adopt_golden(run_hcbak: RunHcbak, tmp_path: Path) -> tuple[Path, dict[str, str]]:
-    """A copy of the committed golden repository, added to the config as `g`."""
-    copy = tmp_path / "golden"
-    shutil.copytree(GOLDEN, copy)
-    env = {"GOLDEN_PASS": GOLDEN_PASS}
-    run_hcbak(
-        "repo", "add", "g", "--path", str(copy), "--passphrase-env", "GOLDEN_PASS",
-        env=env, check=True,
-    )  # fmt: skip
-    return copy, env
-
-
 def test_adopted_golden_repository_lists_shows_and_verifies(
     run_hcbak: RunHcbak, tmp_path: Path
 ) -> None:
-    _, env = _adopt_golden(run_hcbak, tmp_path)
+    _, env = adopt_golden(run_hcbak, tmp_path)
     points = json.loads(
         run_hcbak("points", "list", "--job", "nightly", "--json", env=env, check=True).stdout
     )
@@ -90,7 +77,7 @@ def test_adopted_golden_repository_lists_shows_and_verifies(
 def test_forget_prune_frees_space_and_verify_exits_6_naming_points_of_a_lost_pack(
     run_hcbak: RunHcbak, tmp_path: Path
 ) -> None:
-    copy, env = _adopt_golden(run_hcbak, tmp_path)
+    copy, env = adopt_golden(run_hcbak, tmp_path)
     run_hcbak("points", "forget", "db@latest", env=env, check=True)
     before = sum(p.stat().st_size for p in copy.rglob("*") if p.is_file())
     dry = json.loads(

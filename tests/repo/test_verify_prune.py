@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 from conftest import RunHcbak, assert_no_traceback
-from repo_helpers import BS, PASS, disk_bytes, make_repo, read_disk, write_point
+from repo_helpers import (
+    BS,
+    PASS,
+    adopt_golden,
+    disk_bytes,
+    make_repo,
+    read_disk,
+    write_point,
+)
 
 from hcbak.errors import LockedError, RepoError
 from hcbak.repo import open_repo
@@ -19,8 +26,6 @@ from hcbak.repo.stats import repo_stats
 from hcbak.repo.verify import verify
 
 TARGET = 1 << 20
-GOLDEN = Path(__file__).parent.parent / "data" / "golden-v1"
-GOLDEN_PASS = "golden-v1 passphrase"
 
 
 def two_points(root: Path) -> tuple[str, str, bytes, bytes]:
@@ -172,17 +177,6 @@ def test_stats_report_dedup_and_compression(tmp_path: Path) -> None:
 # --- prune accounts for every pack before it deletes anything (issue 17, item 1) -------
 
 
-def _golden_as_g(run_hcbak: RunHcbak, tmp_path: Path) -> tuple[Path, dict[str, str]]:
-    copy = tmp_path / "golden"
-    shutil.copytree(GOLDEN, copy)
-    env = {"GOLDEN_PASS": GOLDEN_PASS}
-    run_hcbak(
-        "repo", "add", "g", "--path", str(copy), "--passphrase-env", "GOLDEN_PASS",
-        env=env, check=True,
-    )  # fmt: skip
-    return copy, env
-
-
 def _pack_files(root: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in (root / "packs").rglob("*") if p.is_file()}
 
@@ -190,7 +184,7 @@ def _pack_files(root: Path) -> dict[str, bytes]:
 def test_prune_and_its_dry_run_refuse_with_exit_6_when_an_index_segment_is_damaged(
     run_hcbak: RunHcbak, tmp_path: Path
 ) -> None:
-    copy, env = _golden_as_g(run_hcbak, tmp_path)
+    copy, env = adopt_golden(run_hcbak, tmp_path)
     segment = sorted((copy / "index").iterdir())[0]
     data = bytearray(segment.read_bytes())
     data[len(data) // 2] ^= 0x01
