@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import mounted_tmpfs
-from engine.helpers import MiB, lab
+from engine.helpers import Lab, MiB, lab
 
 from hcbak.config import JobConfig, RepoConfig, save_config
 from hcbak.repo import init_repo
@@ -35,17 +36,7 @@ def test_two_concurrent_jobs_into_one_repo_both_commit_restorable_points(tmp_pat
         ledger = Ledger(L, disks)
         live = ledger.live_hashes()
         L.sim.faults.task_delay(0.3)  # each run holds the repository for a few seconds
-        procs = [spawn(L.env, "job", "run", job) for job in ("nightly", "weekly")]
-        # Prove the runs overlapped: both hold their repository lock at the same moment.
-        pids = {proc.pid for proc in procs}
-        wait_for(
-            lambda: (
-                pids <= {lk.pid for lk in read_locks(L.repo_path)}
-                or any(proc.poll() is not None for proc in procs)
-            )
-        )
-        assert all(proc.poll() is None for proc in procs), "a run ended before the other began"
-        assert pids <= {lk.pid for lk in read_locks(L.repo_path)}
+        procs = _overlapping_runs(L, "nightly", "weekly")
         for proc in procs:
             _, err = proc.communicate(timeout=120)
             assert proc.returncode == 0, err.decode()
@@ -61,6 +52,22 @@ def test_two_concurrent_jobs_into_one_repo_both_commit_restorable_points(tmp_pat
         assert res.code == 0, res.err
 
 
+def _overlapping_runs(L: Lab, *jobs: str) -> list[subprocess.Popen[bytes]]:
+    """`hcbak job run JOB` for each job, at once; returns once every run holds its
+    repository lock at the same moment, which proves the runs overlapped."""
+    procs = [spawn(L.env, "job", "run", job) for job in jobs]
+    pids = {proc.pid for proc in procs}
+    wait_for(
+        lambda: (
+            pids <= {lk.pid for lk in read_locks(L.repo_path)}
+            or any(proc.poll() is not None for proc in procs)
+        )
+    )
+    assert all(proc.poll() is None for proc in procs), "a run ended before the other began"
+    assert pids <= {lk.pid for lk in read_locks(L.repo_path)}
+    return procs
+
+
 def test_two_jobs_hot_add_to_the_shared_worker_one_at_a_time(tmp_path: Path) -> None:
     """Found by CI: two jobs run at once clone onto the same worker VM, and HyperCore
     answers 500 to a mutation of a VM that has a task running. Slow tasks make the two
@@ -74,19 +81,8 @@ def test_two_jobs_hot_add_to_the_shared_worker_one_at_a_time(tmp_path: Path) -> 
             name="weekly", cluster="lab", repo="main", tags=["weekly"]
         )
         save_config(L.config)
-        L.sim.faults.task_delay(0.4)
-        L.sim.faults.task_delay(0.3)  # each run holds the repository for a few seconds
-        procs = [spawn(L.env, "job", "run", job) for job in ("nightly", "weekly")]
-        # Prove the runs overlapped: both hold their repository lock at the same moment.
-        pids = {proc.pid for proc in procs}
-        wait_for(
-            lambda: (
-                pids <= {lk.pid for lk in read_locks(L.repo_path)}
-                or any(proc.poll() is not None for proc in procs)
-            )
-        )
-        assert all(proc.poll() is None for proc in procs), "a run ended before the other began"
-        assert pids <= {lk.pid for lk in read_locks(L.repo_path)}
+        L.sim.faults.task_delay(0.4)  # slow tasks: both runs hold the repository a while
+        procs = _overlapping_runs(L, "nightly", "weekly")
         for proc in procs:
             _, err = proc.communicate(timeout=120)
             assert proc.returncode == 0, err.decode()
