@@ -231,6 +231,11 @@ class SimHandler(BaseHTTPRequestHandler):
                 self._rest(path[len("/rest/v1") :], query, url)
             elif path.startswith("/rest/v2/") and self.server.node.sim.model.serves_v2():
                 self._rest(path[len("/rest/v2") :], query, url, version=2)
+            elif path.startswith("/rest/v2/"):
+                # A cluster before 9.7.1: no v2 API. Logged, so a test sees the attempt.
+                self.server.node.sim.log_request(node.index, self.command, path, None)
+                self._drain()
+                self._send(404, HTML_404, "text/html")
             else:
                 self._drain()
                 self._send(404, HTML_404, "text/html")

@@ -11,8 +11,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import RunHcbak, assert_no_traceback
 
+from hcbak.errors import QuiesceRefusedError
+from hcbak.hypercore.client import hypercore_session
 from hcbak.hypercore.quiesce import plan_quiesce
 
 from .helpers import Lab, MiB, lab, report_vm
@@ -137,6 +140,29 @@ def test_no_quiesce_field_is_sent_when_the_job_does_not_ask(
         run_hcbak("job", "edit", "nightly", "--quiesce", env=L.env, check=True)
         run_hcbak("job", "edit", "nightly", "--no-quiesce", env=L.env, check=True)
         assert "quiesce" not in L.config.path.read_text(encoding="utf-8")
+
+
+def test_client_reads_the_guest_agent_and_an_old_cluster_refuses_the_v2_request(
+    tmp_path: Path,
+) -> None:
+    """In-process: the client's part (an old cluster's /rest/v2 is an HTML 404)."""
+    with lab(tmp_path) as L, hypercore_session(L.config.cluster("lab")) as hc:
+        vm = L.sim.create_vm("app01", [1 * MiB], guest_tools=True)
+        off = L.sim.create_vm("off01", [1 * MiB], guest_tools=True, state="SHUTOFF")
+        assert hc.get_vm(vm).guest_agent_state == "AVAILABLE"
+        assert hc.get_vm(off).guest_agent_state == "UNAVAILABLE"  # no agent while off
+        with pytest.raises(QuiesceRefusedError) as refused:
+            hc.create_snapshot(vm, "old-cluster", quiesce=True)
+        assert refused.value.status == 404 and L.sim.snapshots(vm) == []
+        assert [p for _n, m, p, _b in L.sim.requests if "/rest/v2/" in p] == [
+            "/rest/v2/VirDomainSnapshot"
+        ]
+        L.sim.set_cluster_version(SUPPORTED)
+        assert hc.cluster_info().version == SUPPORTED
+        snap = hc.create_snapshot(vm, "new-cluster", quiesce=True)
+        assert L.sim.snapshot_quiesced(snap.uuid)
+        # An attempt on a VM without an answering agent is taken, crash-consistent.
+        assert not L.sim.snapshot_quiesced(hc.create_snapshot(off, "off", quiesce=True).uuid)
 
 
 def test_the_plan_attempts_only_when_asked_supported_and_the_agent_answers() -> None:
