@@ -61,6 +61,7 @@ from hcbak.engine.state import (
     tasks_of_dead_runs,
 )
 from hcbak.errors import (
+    APIError,
     ClusterBusyError,
     ExitCode,
     HcbakError,
@@ -459,10 +460,10 @@ class _Session:
 
     def _cluster_version(self) -> str:
         """The cluster's version, once per run: whether a snapshot can be quiesced.
-        Unknown ("") when it cannot be read: every VM then warns, none fails."""
+        Unknown ("") when the answer has none: every VM then warns, none fails."""
         try:
             return str(self.hc.cluster_info().version)
-        except HcbakError as exc:
+        except APIError as exc:
             log.warning("%s: cluster version unknown: %s", self.job.name, exc.one_line())
             return ""
 
