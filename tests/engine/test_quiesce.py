@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from conftest import RunHcbak, assert_no_traceback
 
 from hcbak.errors import QuiesceRefusedError
@@ -139,7 +140,8 @@ def test_no_quiesce_field_is_sent_when_the_job_does_not_ask(
         # `--no-quiesce` turns it off again after `--quiesce` (and the YAML drops the key).
         run_hcbak("job", "edit", "nightly", "--quiesce", env=L.env, check=True)
         run_hcbak("job", "edit", "nightly", "--no-quiesce", env=L.env, check=True)
-        assert "quiesce" not in L.config.path.read_text(encoding="utf-8")
+        saved = yaml.safe_load(L.config.path.read_text(encoding="utf-8"))
+        assert "quiesce" not in saved["jobs"]["nightly"]
 
 
 def test_client_reads_the_guest_agent_and_an_old_cluster_refuses_the_v2_request(
