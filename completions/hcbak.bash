@@ -10,7 +10,7 @@ _hcbak_complete() {
         esac
     done
     case "$prev" in
-        --alert-after|--as|--block-size|--ca-file|--cluster|--compression|--config|--device-root|--disk|--exclude|--fingerprint|--format|--job|--keep-daily|--keep-last|--keep-monthly|--keep-weekly|--keep-within|--keep-yearly|--network-map|--node|--nodes|--notify-email|--notify-on|--parallel|--passphrase-command|--passphrase-env|--passphrase-file|--password-command|--password-env|--password-file|--path|--port-base|--post-hook|--pre-hook|--prune|--repo|--report|--retries|--retry-wait|--schedule|--state|--tag|--task-delay|--to|--username|--vm|--wait|--worker-vm|-c|-n|-u) COMPREPLY=(); return 0 ;;
+        --alert-after|--as|--block-size|--ca-file|--cluster|--cluster-version|--compression|--config|--device-root|--disk|--exclude|--fingerprint|--format|--job|--keep-daily|--keep-last|--keep-monthly|--keep-weekly|--keep-within|--keep-yearly|--network-map|--node|--nodes|--notify-email|--notify-on|--parallel|--passphrase-command|--passphrase-env|--passphrase-file|--password-command|--password-env|--password-file|--path|--port-base|--post-hook|--pre-hook|--prune|--repo|--report|--retries|--retry-wait|--schedule|--state|--tag|--task-delay|--to|--username|--vm|--wait|--worker-vm|-c|-n|-u) COMPREPLY=(); return 0 ;;
     esac
     case "$path" in
         "") opts="--config -c --debug --version -V --help -h"; subs="cluster config demo job mount notify points repo restore sim version" ;;
@@ -26,8 +26,8 @@ _hcbak_complete() {
         "/config/show") opts="--json --help -h"; subs="" ;;
         "/demo") opts="--keep --help -h"; subs="" ;;
         "/job") opts="--help -h"; subs="create edit list remove run show" ;;
-        "/job/create") opts="--cluster --repo --vm --tag --exclude --disk --keep-last --keep-daily --keep-weekly --keep-monthly --keep-yearly --keep-within --schedule --parallel --retries --retry-wait --notify-email --notify-on --pre-hook --post-hook --alert-after --prune --force --help -h"; subs="" ;;
-        "/job/edit") opts="--cluster --repo --vm --tag --exclude --disk --keep-last --keep-daily --keep-weekly --keep-monthly --keep-yearly --keep-within --schedule --parallel --retries --retry-wait --notify-email --notify-on --pre-hook --post-hook --alert-after --prune --help -h"; subs="" ;;
+        "/job/create") opts="--cluster --repo --vm --tag --exclude --disk --keep-last --keep-daily --keep-weekly --keep-monthly --keep-yearly --keep-within --schedule --parallel --retries --retry-wait --notify-email --notify-on --pre-hook --post-hook --alert-after --prune --quiesce --no-quiesce --force --help -h"; subs="" ;;
+        "/job/edit") opts="--cluster --repo --vm --tag --exclude --disk --keep-last --keep-daily --keep-weekly --keep-monthly --keep-yearly --keep-within --schedule --parallel --retries --retry-wait --notify-email --notify-on --pre-hook --post-hook --alert-after --prune --quiesce --no-quiesce --help -h"; subs="" ;;
         "/job/list") opts="--json --help -h"; subs="" ;;
         "/job/remove") opts="--help -h"; subs="" ;;
         "/job/run") opts="--all --due --json --dry-run --full --parallel --help -h"; subs="" ;;
@@ -55,7 +55,7 @@ _hcbak_complete() {
         "/restore/vm") opts="--as --cluster --power-on --network-map --keep-macs --replace --repo --json --help -h"; subs="" ;;
         "/sim") opts="--help -h"; subs="check-shapes serve shapes" ;;
         "/sim/check-shapes") opts="--json --help -h"; subs="" ;;
-        "/sim/serve") opts="--state --nodes --port-base --seed --task-delay --help -h"; subs="" ;;
+        "/sim/serve") opts="--state --nodes --port-base --seed --task-delay --cluster-version --help -h"; subs="" ;;
         "/sim/shapes") opts="--help -h"; subs="" ;;
         "/version") opts="--json --help -h"; subs="" ;;
     esac

@@ -169,6 +169,9 @@ class JobConfig:
     post_hook: str | None = None
     alert_after: str | None = None
     prune: str | None = None
+    # Ask HyperCore (9.7.1+) for an application-consistent snapshot; crash-consistent
+    # with a warning where the cluster or the VM's guest agent cannot (docs/hypercore.md).
+    quiesce: bool = False
 
 
 @dataclass
@@ -660,6 +663,7 @@ class _Parser:
             "retry_wait",
             "alert_after",
             "prune",
+            "quiesce",
             "notify",
             "hooks",
         )
@@ -692,6 +696,8 @@ class _Parser:
             job.alert_after = self.duration(m["alert_after"], f"{where}.alert_after")
         if "prune" in m:
             job.prune = self.choice(m["prune"], f"{where}.prune", PRUNE_MODES)
+        if "quiesce" in m:
+            job.quiesce = self.boolean(m["quiesce"], f"{where}.quiesce")
         if "notify" in m:
             job.notify = self.notify(m["notify"], f"{where}.notify")
         if "hooks" in m:
@@ -1058,6 +1064,8 @@ def job_to_dict(j: JobConfig) -> dict[str, Any]:
         out["alert_after"] = j.alert_after
     if j.prune:
         out["prune"] = j.prune
+    if j.quiesce:
+        out["quiesce"] = True
     if j.notify is not None:
         out["notify"] = {"email": {"to": list(j.notify.to), "on": list(j.notify.on)}}
     hooks = {k: v for k, v in (("pre", j.pre_hook), ("post", j.post_hook)) if v}

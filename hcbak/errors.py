@@ -101,6 +101,11 @@ class APIError(ClusterError):
         self.status = status
 
 
+class QuiesceRefusedError(APIError):
+    """The cluster answered a snapshot request with `attemptQuiesce` with a 4xx: that
+    request was not carried out, so a crash-consistent one can be asked for instead."""
+
+
 class TaskFailedError(ClusterError):
     """A HyperCore task ended in ERROR/UNINITIALIZED or did not finish in time."""
 

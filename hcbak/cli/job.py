@@ -69,6 +69,13 @@ AlertOpt = Annotated[
     str | None, typer.Option(help="Warn when the last good run is older than this (e.g. 36h).")
 ]
 PruneOpt = Annotated[str | None, typer.Option(help="Prune repository data: after_run or never.")]
+QuiesceOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--quiesce/--no-quiesce",
+        help="Ask for application-consistent snapshots (HyperCore 9.7.1+, guest agent).",
+    ),
+]
 
 
 @dataclass
@@ -92,6 +99,7 @@ class JobOptions:
     post_hook: str | None = None
     alert_after: str | None = None
     prune: str | None = None
+    quiesce: bool | None = None
 
 
 @app.command("create")
@@ -119,6 +127,7 @@ def create(
     post_hook: PostHookOpt = None,
     alert_after: AlertOpt = None,
     prune: PruneOpt = None,
+    quiesce: QuiesceOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Replace a job of the same name.")] = False,
 ) -> None:
     """Create a backup job: which VMs go from which cluster into which repository.
@@ -133,7 +142,7 @@ def create(
     keep = _keep(keep_last, keep_daily, keep_weekly, keep_monthly, keep_yearly, keep_within)
     opts = JobOptions(
         cluster, repo, vm, tag, exclude, disk, keep, schedule, parallel, retries, retry_wait,
-        notify_email, notify_on, pre_hook, post_hook, alert_after, prune,
+        notify_email, notify_on, pre_hook, post_hook, alert_after, prune, quiesce,
     )  # fmt: skip
     _apply(job, opts, config)
     config.jobs[name] = job
@@ -166,6 +175,7 @@ def edit(
     post_hook: PostHookOpt = None,
     alert_after: AlertOpt = None,
     prune: PruneOpt = None,
+    quiesce: QuiesceOpt = None,
 ) -> None:
     """Change a job; only the options given change.
 
@@ -176,7 +186,7 @@ def edit(
     keep = _keep(keep_last, keep_daily, keep_weekly, keep_monthly, keep_yearly, keep_within)
     opts = JobOptions(
         cluster, repo, vm, tag, exclude, disk, keep, schedule, parallel, retries, retry_wait,
-        notify_email, notify_on, pre_hook, post_hook, alert_after, prune,
+        notify_email, notify_on, pre_hook, post_hook, alert_after, prune, quiesce,
     )  # fmt: skip
     if all(getattr(opts, f.name) in (None, {}) for f in fields(opts)):  # keep: {} if none
         raise UsageError("nothing to change: give the options to set", hint="hcbak job edit -h")
@@ -223,6 +233,7 @@ def show(name: NameArg, json_out: JsonOpt = False) -> None:
             ("retries", f"{job.retries} (wait {job.retry_wait:g}s)"),
             ("alert_after", job.alert_after or "-"),
             ("prune", job.prune or "-"),
+            ("quiesce", "yes (application-consistent where supported)" if job.quiesce else "no"),
             ("notify", f"{', '.join(notify.to)} on {', '.join(notify.on)}" if notify else "-"),
             ("pre_hook", job.pre_hook or "-"),
             ("post_hook", job.post_hook or "-"),
@@ -282,6 +293,8 @@ def _apply(job: JobConfig, opts: "JobOptions", config: Config) -> None:
         job.retries = opts.retries
     if opts.retry_wait is not None:
         job.retry_wait = opts.retry_wait
+    if opts.quiesce is not None:
+        job.quiesce = opts.quiesce
     _apply_notify(job, opts, config)
 
 
@@ -361,6 +374,7 @@ def job_json(j: JobConfig) -> dict[str, Any]:
         "retry_wait": j.retry_wait,
         "alert_after": j.alert_after,
         "prune": j.prune,
+        "quiesce": j.quiesce,
         "notify": {"email": {"to": list(j.notify.to), "on": list(j.notify.on)}}
         if j.notify
         else None,

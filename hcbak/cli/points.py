@@ -156,6 +156,7 @@ def show(spec: PointArg, repo: RepoOpt = None, json_out: JsonOpt = False) -> Non
         "created": p.created.isoformat(),
         "snapshot_uuid": p.snapshot_uuid,
         "snapshot_label": p.snapshot_label,
+        "consistency": p.consistency,
         "hcbak_version": p.hcbak_version,
         "stats": p.stats,
         "disks": disks,
@@ -182,6 +183,7 @@ def _print_point(doc: dict[str, Any], disks: list[dict[str, Any]]) -> None:
                 "vm_uuid",
                 "created",
                 "snapshot_uuid",
+                "consistency",
             )
         ]
     )

@@ -29,6 +29,13 @@ def serve(
     task_delay: Annotated[
         float, typer.Option("--task-delay", min=0.0, help="Seconds a task takes.")
     ] = 0.02,
+    cluster_version: Annotated[
+        str | None,
+        typer.Option(
+            "--cluster-version",
+            help="icosVersion to report; 9.7.1 or later also serves the v2 quiesced snapshot.",
+        ),
+    ] = None,
 ) -> None:
     """Serve a simulated cluster until SIGINT/SIGTERM; prints how to connect to it."""
     from hcbak.sim import Simulator
@@ -42,6 +49,8 @@ def serve(
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     with Simulator(state, nodes=nodes, task_delay=task_delay, port_base=port_base) as sim:
+        if cluster_version:
+            sim.set_cluster_version(cluster_version)
         if seed:
             seed_demo(sim)
         user, password = sim.admin

@@ -61,6 +61,7 @@ from hcbak.engine.state import (
     tasks_of_dead_runs,
 )
 from hcbak.errors import (
+    APIError,
     ClusterBusyError,
     ExitCode,
     HcbakError,
@@ -68,10 +69,12 @@ from hcbak.errors import (
     Interrupted,
     LockedError,
     NotFoundError,
+    QuiesceRefusedError,
     TaskFailedError,
     TaskTimeoutError,
     TransportError,
 )
+from hcbak.hypercore.quiesce import CRASH, plan_quiesce
 from hcbak.transport.device import list_devices, locate_device
 from hcbak.transport.reader import DiskReader
 
@@ -211,6 +214,7 @@ class _Session:
         self.hc: Any = None
         self.repo: Any = None
         self.worker_uuid: str | None = None
+        self.cluster_version = ""  # pinned per run, read only for a `quiesce` job
         self.worker_lock = WorkerLock(state_dir)  # one hot-add/remove at a time
         self.snapshots: dict[str, Any] = {}  # uuid -> Snapshot, at run start
         self.latest: dict[str, Any] = {}  # vm uuid -> PointSummary of this job
@@ -285,6 +289,8 @@ class _Session:
             hc.cancel = self.interrupted  # a stopping run waits for no snapshot task
             self._wait_for_update()
             vms = hc.list_vms()
+            if self.job.quiesce:
+                self.cluster_version = self._cluster_version()
             if not self.report.dry_run:
                 self.worker_uuid = self._worker_uuid(vms)
             selection = select_vms(vms, self.job, worker_vm_uuid=self.worker_uuid)
@@ -452,10 +458,29 @@ class _Session:
             except HcbakError as exc:
                 self.warn(f"could not remove orphaned snapshot {snap.label}: {exc.one_line()}")
 
-    def _create_snapshot(self, vm: Any, label: str) -> Any:
-        """The snapshot task is journaled while it runs (see tasks_of_dead_runs). It
+    def _cluster_version(self) -> str:
+        """The cluster's version, once per run: whether a snapshot can be quiesced.
+        Unknown ("") when the answer has none: every VM then warns, none fails."""
+        try:
+            return str(self.hc.cluster_info().version)
+        except APIError as exc:
+            log.warning("%s: cluster version unknown: %s", self.job.name, exc.one_line())
+            return ""
+
+    def _create_snapshot(self, vm: Any, label: str, report: VmReport) -> tuple[Any, str]:
+        """The VM's snapshot and its consistency ("application" or "crash").
+
+        A `quiesce` job asks for an application-consistent snapshot where the cluster
+        and the VM's guest agent allow it (hypercore/quiesce.py) and warns for this VM
+        where not; a cluster that refuses the request gets a crash-consistent one.
+
+        The snapshot task is journaled while it runs (see tasks_of_dead_runs). It
         stays journaled when we cannot know it ended (a timeout, a lost connection):
         the next run waits for it before it looks for orphans."""
+        plan = plan_quiesce(bool(self.job.quiesce), self.cluster_version, vm.guest_agent_state)
+        if plan.warning:
+            self.warn_vm(report, plan.warning)
+        consistency = plan.consistency
         started: list[str] = []
 
         def accepted(task: str) -> None:
@@ -469,13 +494,24 @@ class _Session:
 
         journal_snapshot_request(self.state_dir, self.job.cluster, vm.uuid, label)
         try:
-            snap = self.hc.create_snapshot(vm.uuid, label, accepted=accepted)
+            try:
+                snap = self.hc.create_snapshot(
+                    vm.uuid, label, accepted=accepted, quiesce=plan.attempt
+                )
+            except QuiesceRefusedError as exc:
+                self.warn_vm(
+                    report,
+                    "crash-consistent snapshot: the cluster refused the quiesced snapshot "
+                    f"request ({exc.one_line()})",
+                )
+                consistency = CRASH
+                snap = self.hc.create_snapshot(vm.uuid, label, accepted=accepted)
         except TaskFailedError as exc:
             if not isinstance(exc, TaskTimeoutError):  # it ended in ERROR: nothing to await
                 settled()
             raise
         settled()
-        return snap
+        return snap, consistency
 
     def _remove_dead_runs_requested_snapshots(self) -> None:
         """Snapshots a killed run asked for just before it died, before it learnt their
@@ -604,8 +640,13 @@ class _Session:
         if target.replica:
             snap = self._newest_replica_snapshot(vm)
             created = False
+            report.consistency = CRASH  # hcbak did not take it: nothing says it was quiesced
+            if self.job.quiesce:
+                self.warn_vm(report, "crash-consistent: a replica is backed up from its "
+                             "newest replicated snapshot, which hcbak cannot quiesce")  # fmt: skip
         else:
-            snap = self._create_snapshot(vm, snapshot_label(self.job.name, point_id))
+            label = snapshot_label(self.job.name, point_id)
+            snap, report.consistency = self._create_snapshot(vm, label, report)
             created = True
         report.snapshot_uuid = snap.uuid
         # Clones are removed in the background while the point commits; every removal
@@ -690,6 +731,7 @@ class _Session:
             vm=definition,
             snapshot_uuid=snap.uuid,
             snapshot_label=snap.label,
+            consistency=report.consistency or CRASH,
             disks=images,
             stats={
                 **totals,

@@ -102,6 +102,7 @@ class VmReport:
     point_id: str | None = None
     snapshot_uuid: str | None = None
     source: str = "snapshot"  # snapshot | replica snapshot
+    consistency: str | None = None  # application | crash (None: no snapshot taken)
     attempts: int = 0
     started: datetime | None = None
     duration: float = 0.0
@@ -280,6 +281,7 @@ def vm_to_dict(vm: VmReport) -> dict[str, Any]:
         "point_id": vm.point_id,
         "snapshot_uuid": vm.snapshot_uuid,
         "source": vm.source,
+        "consistency": vm.consistency,
         "attempts": vm.attempts,
         "started": iso(vm.started),
         "duration": round(vm.duration, 3),

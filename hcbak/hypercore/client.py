@@ -22,11 +22,13 @@ from hcbak.errors import (
     ClusterError,
     Interrupted,
     NotFoundError,
+    QuiesceRefusedError,
     TransportError,
     UsageError,
 )
 from hcbak.hypercore import tasks
 from hcbak.hypercore.failover import MaybeProcessedError, NodePool, backoff_delay
+from hcbak.hypercore.quiesce import QUIESCE_REFUSED_STATUS, QUIESCE_SNAPSHOT_PATH
 from hcbak.hypercore.records import (
     VM,
     ClusterInfo,
@@ -364,9 +366,20 @@ class HyperCoreClient:
         return next((s for s in self.list_snapshots(vm_uuid) if s.label == label), None)
 
     def create_snapshot(
-        self, vm_uuid: str, label: str, *, accepted: Callable[[str], None] | None = None
+        self,
+        vm_uuid: str,
+        label: str,
+        *,
+        accepted: Callable[[str], None] | None = None,
+        quiesce: bool = False,
     ) -> Snapshot:
         """A USER snapshot with a run-unique label; never two with the same label.
+
+        `quiesce` asks for an application-consistent snapshot: the same body plus
+        `attemptQuiesce: true`, POSTed to the v2 API (HyperCore 9.7.1+; the caller
+        decides with hypercore/quiesce.py). A 4xx answer to that (a cluster without the
+        v2 call or the field) raises QuiesceRefusedError: nothing was started, and the
+        caller asks again without it.
 
         The label is the idempotency key: it is looked up before the first POST and
         before every re-POST. `replication: false` always: the API default true would
@@ -384,7 +397,14 @@ class HyperCoreClient:
         existing = self.find_snapshot(vm_uuid, label)
         if existing:
             return existing
-        body = {"domainUUID": vm_uuid, "label": label, "type": "USER", "replication": False}
+        body: dict[str, Any] = {
+            "domainUUID": vm_uuid,
+            "label": label,
+            "type": "USER",
+            "replication": False,
+        }
+        if quiesce:
+            body["attemptQuiesce"] = True
         last: MaybeProcessedError | None = None
         refusals, started = 0, self._clock()
         for attempt in range(self.pool.rounds):
@@ -394,7 +414,20 @@ class HyperCoreClient:
                 if found:
                     return found
             try:
-                data = self._call("POST", "/VirDomainSnapshot", json=body, idempotent=False)
+                if quiesce:
+                    resp = self.pool.send(
+                        "POST", QUIESCE_SNAPSHOT_PATH, json=body, idempotent=False, rest=False
+                    )
+                    what = f"POST {QUIESCE_SNAPSHOT_PATH} (attemptQuiesce)"
+                    try:
+                        _check_status(resp, what, self.cluster.username)
+                    except APIError as exc:
+                        if exc.status in QUIESCE_REFUSED_STATUS:
+                            raise QuiesceRefusedError(exc.message, status=exc.status) from None
+                        raise
+                    data = _json(resp, what)
+                else:
+                    data = self._call("POST", "/VirDomainSnapshot", json=body, idempotent=False)
             except MaybeProcessedError as exc:
                 last = exc
                 if exc.status == VM_BUSY_STATUS:

@@ -153,6 +153,8 @@ class VM:
     snap_uuids: list[str]
     source_vm_uuid: str
     raw: dict[str, Any] = field(repr=False, compare=False)
+    # "AVAILABLE" when the guest agent answers (quiesce needs it); "" when not reported.
+    guest_agent_state: str = ""
 
     @classmethod
     def from_api(cls, d: dict[str, Any]) -> VM:
@@ -172,6 +174,7 @@ class VM:
             snap_uuids=[str(x) for x in _list(d, "snapUUIDs")],
             source_vm_uuid=_str(d, "sourceVirDomainUUID"),
             raw=dict(d),
+            guest_agent_state=_str(d, "guestAgentState"),
         )
 
     @property

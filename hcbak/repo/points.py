@@ -20,6 +20,9 @@ from hcbak.repo.codec import Envelope
 
 POINT_MAGIC = b"HCBKPNT1"
 MANIFEST_VERSION = 1
+# What a point's snapshot was: "application" (taken with the guest quiesced) or "crash".
+# Points written before the header had the key were all crash-consistent.
+CONSISTENCY_DEFAULT = "crash"
 
 
 @dataclass
@@ -53,6 +56,7 @@ class Point:
     disks: list[DiskImage] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
     hcbak_version: str = ""
+    consistency: str = CONSISTENCY_DEFAULT
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,7 @@ class PointSummary:
     n_disks: int
     capacity: int
     stats: dict[str, Any]
+    consistency: str = CONSISTENCY_DEFAULT
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -81,6 +86,7 @@ class PointSummary:
             "snapshot_uuid": self.snapshot_uuid,
             "disks": self.n_disks,
             "capacity": self.capacity,
+            "consistency": self.consistency,
             "stats": self.stats,
         }
 
@@ -105,6 +111,7 @@ def _header(point: Point) -> dict[str, Any]:
         "vm": point.vm,
         "snapshot_uuid": point.snapshot_uuid,
         "snapshot_label": point.snapshot_label,
+        "consistency": point.consistency,
         "stats": point.stats,
         "hcbak_version": point.hcbak_version,
         "disks": [
@@ -171,6 +178,7 @@ def _summary(h: dict[str, Any]) -> PointSummary:
         n_disks=len(h.get("disks", [])),
         capacity=sum(int(d["capacity"]) for d in h.get("disks", [])),
         stats=h.get("stats", {}),
+        consistency=str(h.get("consistency") or CONSISTENCY_DEFAULT),
     )
 
 
@@ -237,4 +245,5 @@ def _decode_manifest(data: bytes, point_id: str, envelope: Envelope) -> Point:
         disks=disks,
         stats=h.get("stats", {}),
         hcbak_version=h.get("hcbak_version", ""),
+        consistency=str(h.get("consistency") or CONSISTENCY_DEFAULT),
     )

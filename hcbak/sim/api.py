@@ -18,6 +18,8 @@ from hcbak.sim.model import ClusterModel, Json, RestError, user_record
 # Quirk: these list endpoints reject any query filter with 400 (filter client-side).
 NO_FILTER = ("VirDomainSnapshot", "VirDomainBlockDevice", "VirDomainNetDevice")
 NO_FILTER_ALL = (*NO_FILTER, "VirDomainSnapshotSchedule")
+# The simulated v2 API (9.7.1+) serves only what hcbak uses of it.
+V2_ROUTES = (("POST", "/VirDomainSnapshot"),)
 
 
 @dataclass
@@ -30,6 +32,7 @@ class Request:
     body: Any
     user: str = ""
     session: str = ""
+    api: int = 1  # 2: the request came below /rest/v2
 
 
 @dataclass
@@ -54,6 +57,8 @@ def route(method: str, pattern: str, role: str | None = None) -> Callable[[Handl
 
 def dispatch(model: ClusterModel, req: Request) -> Response:
     """Find the route, check the caller's role, run it; RestError -> JSON error."""
+    if req.api == 2 and (req.method, req.path.rstrip("/")) not in V2_ROUTES:
+        return error(404, f"No such resource /rest/v2{req.path} in the simulated v2 API")
     matched_path = False
     for method, pattern, role, fn in ROUTES:
         m = pattern.match(req.path)
@@ -306,7 +311,7 @@ def get_snapshot(model: ClusterModel, req: Request, m: re.Match[str]) -> Respons
 
 @route("POST", "/VirDomainSnapshot", role="Backup")
 def post_snapshot(model: ClusterModel, req: Request, m: re.Match[str]) -> Response:
-    return task(*model.ops.request_snapshot(_body(req), req.session))
+    return task(*model.ops.request_snapshot(_body(req), req.session, req.api))
 
 
 @route("DELETE", f"/VirDomainSnapshot/{UUID}", role="Backup")

@@ -50,6 +50,7 @@ class Faults:
         # Observation point for tests: REST calls answered 500 by error_rate/fail_next.
         self.injected_500s = 0
         self.missing_as_404 = False
+        self.quiesce_refused = False
 
     # --- nodes ----------------------------------------------------------------------
     def _set_node(self, i: int, mode: str) -> None:
@@ -125,6 +126,11 @@ class Faults:
         else:
             self.failing_snapshot_vms.discard(vm_uuid)
 
+    def refuse_quiesce(self, enabled: bool = True) -> None:
+        """The v2 snapshot call answers 400 to `attemptQuiesce`, as a build that
+        reports 9.7.1+ but lacks the field would (nothing is started)."""
+        self.quiesce_refused = enabled
+
     def update(self, phase: str | None) -> None:
         """update_status.json: None = never updated (404 HTML); "preparing",
         "running", "complete" (idle), "error", "malformed" (fields missing)."""
@@ -158,6 +164,7 @@ class Faults:
         self.update_phase = None
         self.upload_fail_after = None
         self.missing_as_404 = False
+        self.quiesce_refused = False
         for i, mode in enumerate(self.node_modes):
             if mode != "ok":
                 self.node_ok(i)

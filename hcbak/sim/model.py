@@ -33,6 +33,14 @@ MAX_TASKS = 5000
 DISK_TYPES = ("VIRTIO_DISK", "SCSI_DISK", "IDE_DISK", "IDE_CDROM", "IDE_FLOPPY", "NVRAM", "VTPM")
 NVRAM_SIZE = 540672  # what real clusters report for an NVRAM device
 ICOS_VERSION = "9.4.30.217736"
+# HyperCore 9.7.1 adds `attemptQuiesce` to snapshot creation in its v2 API (API notes).
+# The simulator serves /rest/v2 only from that version (set_cluster_version).
+V2_QUIESCE_SINCE = (9, 7, 1)
+# guestAgentState of a running VM whose guest agent answers (vendor's RestAPIExamples,
+# Zabbix template); any other value means no agent. The simulator's "no agent" value
+# is assumed.
+GUEST_AGENT_AVAILABLE = "AVAILABLE"
+GUEST_AGENT_ABSENT = "UNAVAILABLE"
 ALL_ROLES = (
     "Admin",
     "Read",
@@ -119,6 +127,7 @@ class ClusterModel:
         while len(self.s["nodes"]) < nodes:
             self.s["nodes"].append({"uuid": new_uuid()})
         self.ports: list[int] = [0] * nodes
+        self.icos_version = ICOS_VERSION  # what GET /Cluster says; v2 API from 9.7.1
         self.sessions: dict[str, str] = {}
         self._save_lock = threading.Lock()
         # Tags of unfinished tasks, so the 5 ms ticker never scans finished ones.
@@ -364,6 +373,7 @@ class ClusterModel:
         rec.setdefault("stats", [])
         rec.setdefault("affinityStrategy", dict(DEFAULT_AFFINITY))
         rec["machineTypeKeyword"] = MACHINE_TYPE_KEYWORDS.get(vm["machineType"], "bios")
+        rec["guestAgentState"] = self.guest_agent_state(vm)
         latest = self.task_record(vm.get("_latestTaskTag", ""), advance=False)
         rec["latestTaskTag"] = latest or {}
         return rec
@@ -413,7 +423,20 @@ class ClusterModel:
         ]
 
     def cluster_record(self) -> Json:
-        return {**self.s["cluster"], "icosVersion": ICOS_VERSION}
+        return {**self.s["cluster"], "icosVersion": self.icos_version}
+
+    def serves_v2(self) -> bool:
+        """Whether this cluster version has the v2 API (snapshot `attemptQuiesce`)."""
+        parts = self.icos_version.split(".")[:3]
+        try:
+            return tuple(int(p) for p in parts) >= V2_QUIESCE_SINCE
+        except ValueError:
+            return False
+
+    def guest_agent_state(self, vm: Json) -> str:
+        """A guest agent answers only in a running VM that has guest tools installed."""
+        running = vm.get("state") == "RUNNING"
+        return GUEST_AGENT_AVAILABLE if vm.get("_guestTools") and running else GUEST_AGENT_ABSENT
 
     def vd_record(self, vd: Json) -> Json:
         return {
@@ -467,6 +490,7 @@ class ClusterModel:
         state: str = "RUNNING",
         description: str = "",
         source_vm_uuid: str = "",
+        guest_tools: bool = False,
     ) -> str:
         with self.lock:
             vm_uuid = new_uuid()
@@ -484,6 +508,7 @@ class ClusterModel:
                 },
             )
             vm = self.s["vms"][vm_uuid]
+            vm["_guestTools"] = guest_tools  # its agent answers while the VM runs
             for slot, cap in enumerate(disks):
                 self.add_disk(new_uuid(), vm_uuid, disk_type, cap, slot=slot)
             if cdrom:

@@ -2,7 +2,8 @@
 
 Covers what a backup has to cope with: several disks per VM, a tag-selected group,
 two VMs with identical content (dedup), a UEFI VM with NVRAM, a CD-ROM to skip, a
-disk with snapshots disabled, and a replication target with replicated snapshots.
+disk with snapshots disabled, a replication target with replicated snapshots, and
+one VM with guest tools (db01: a quiesce job can quiesce it on a 9.7.1+ cluster).
 """
 
 from __future__ import annotations
@@ -36,7 +37,10 @@ def seed_demo(sim: Simulator, scale: float = 1.0) -> dict[str, str]:
     for i, disk in enumerate(sim.disk_uuids(twin)):
         sim.fill(disk, seed=100 + i, written=0.6, compressible=0.6)
 
-    db = sim.create_vm("db01", [size(32), size(4)], tags=(GROUP_TAG, "db"), cdrom=True, mem=8 << 30)
+    db = sim.create_vm(
+        "db01", [size(32), size(4)], tags=(GROUP_TAG, "db"), cdrom=True, mem=8 << 30,
+        guest_tools=True,  # its guest agent answers: quiesce works from 9.7.1
+    )  # fmt: skip
     out["db01"] = db
     data, scratch = sim.disk_uuids(db)
     sim.fill(data, seed=200, written=0.8, compressible=0.3)

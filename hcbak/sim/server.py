@@ -229,6 +229,13 @@ class SimHandler(BaseHTTPRequestHandler):
                 self._update_status()
             elif path.startswith("/rest/v1/"):
                 self._rest(path[len("/rest/v1") :], query, url)
+            elif path.startswith("/rest/v2/") and self.server.node.sim.model.serves_v2():
+                self._rest(path[len("/rest/v2") :], query, url, version=2)
+            elif path.startswith("/rest/v2/"):
+                # A cluster before 9.7.1: no v2 API. Logged, so a test sees the attempt.
+                self.server.node.sim.log_request(node.index, self.command, path, None)
+                self._drain()
+                self._send(404, HTML_404, "text/html")
             else:
                 self._drain()
                 self._send(404, HTML_404, "text/html")
@@ -242,7 +249,7 @@ class SimHandler(BaseHTTPRequestHandler):
             except OSError:
                 pass
 
-    def _rest(self, sub: str, query: dict[str, str], url: Any) -> None:
+    def _rest(self, sub: str, query: dict[str, str], url: Any, version: int = 1) -> None:
         sim = self.server.node.sim
         model = sim.model
         is_upload = self.command == "PUT" and sub.rstrip("/") == "/VirtualDisk/upload"
@@ -280,7 +287,7 @@ class SimHandler(BaseHTTPRequestHandler):
             self._upload(user, session, query)
             return
         model.advance()
-        req = api.Request(self.command, sub, query, body, user=user, session=session)
+        req = api.Request(self.command, sub, query, body, user=user, session=session, api=version)
         resp = api.dispatch(model, req)
         self._json(resp.status, resp.body, resp.headers)
 

@@ -201,8 +201,11 @@ class Simulator:
         nics: int = 1,
         state: str = "RUNNING",
         description: str = "",
+        guest_tools: bool = False,
     ) -> str:
-        """A VM with sparse (all-zero) disks in slot order; returns its uuid."""
+        """A VM with sparse (all-zero) disks in slot order; returns its uuid.
+        `guest_tools`: its guest agent answers while it runs (guestAgentState
+        AVAILABLE), so a snapshot with attemptQuiesce is quiesced."""
         return self.model.create_vm(
             name,
             list(disks),
@@ -216,7 +219,20 @@ class Simulator:
             nics=nics,
             state=state,
             description=description,
+            guest_tools=guest_tools,
         )
+
+    def set_cluster_version(self, version: str) -> None:
+        """What GET /Cluster answers as icosVersion; from 9.7.1 the node also serves
+        the v2 snapshot call that takes attemptQuiesce (older: /rest/v2 is a 404)."""
+        with self.model.lock:
+            self.model.icos_version = version
+
+    def snapshot_quiesced(self, snapshot_uuid: str) -> bool:
+        """Whether the simulator quiesced the guest for this snapshot (not in the REST
+        record: whether a real record says so is not known)."""
+        with self.model.lock:
+            return bool(self.model.s["snapshots"][snapshot_uuid].get("_quiesced"))
 
     def create_replica(self, name: str, disks: list[int] | tuple[int, ...] = ()) -> str:
         """A replication-target VM: sourceVirDomainUUID set, REST snapshots refused.
@@ -350,6 +366,7 @@ class Simulator:
         "expire_sessions",
         "update",
         "fail_snapshot",
+        "refuse_quiesce",
         "out_of_space",
         "fail_upload_after",
         "clear",

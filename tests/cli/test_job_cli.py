@@ -27,7 +27,7 @@ def test_create_with_every_option_round_trips_through_show_json(
         "--schedule", "0 1 * * *", "--parallel", "2", "--retries", "3", "--retry-wait", "30",
         "--notify-email", "ops@example.com", "--notify-on", "failure", "--notify-on", "success",
         "--pre-hook", "/bin/pre", "--post-hook", "/bin/post", "--alert-after", "36h",
-        "--prune", "after_run",
+        "--prune", "after_run", "--quiesce",
     )  # fmt: skip
     expect(proc, 0, "job 'nightly' saved")
     shown = json.loads(run_inproc("job", "show", "nightly", "--json", check=True).stdout)
@@ -49,6 +49,7 @@ def test_create_with_every_option_round_trips_through_show_json(
         "retry_wait": 30.0,
         "alert_after": "36h",
         "prune": "after_run",
+        "quiesce": True,
         "notify": {"email": {"to": ["ops@example.com"], "on": ["failure", "success"]}},
         "hooks": {"pre": "/bin/pre", "post": "/bin/post"},
     }  # fmt: skip

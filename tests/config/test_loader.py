@@ -58,6 +58,7 @@ jobs:
     retry_wait: 60
     alert_after: 36h
     prune: after_run
+    quiesce: true
     notify: {email: {to: [ops@example.com], on: [failure, warning]}}
     hooks: {pre: /usr/local/bin/pre.sh, post: /usr/local/bin/post.sh}
 """.replace("FINGERPRINT", ":".join(["AB", "12"] * 16))
@@ -103,6 +104,7 @@ def test_full_example_loads_into_typed_model(tmp_path: Path) -> None:
     assert job.retention.keep_within == "2d" and job.retention.keep_yearly == 2
     assert job.notify is not None and job.notify.on == ["failure", "warning"]
     assert (job.pre_hook, job.post_hook) == ("/usr/local/bin/pre.sh", "/usr/local/bin/post.sh")
+    assert job.quiesce is True
     assert config.smtp is not None and config.smtp.password == SecretRef(env="SMTP_PW")
 
 
@@ -247,6 +249,7 @@ def test_unknown_key_names_line_and_suggests_the_right_one(tmp_path: Path) -> No
         ("to: [ops@example.com]", "to: [ops]", "'ops' is not an email address"),
         ("security: starttls", "security: tls", "not one of starttls, ssl, none"),
         ("prune: after_run", "prune: always", "not one of after_run, never"),
+        ("quiesce: true", "quiesce: yes please", "must be true or false"),
         ("    vms: [web01]\n    tags: [backup-nightly]\n", "", "selects no VMs"),
         ('"10.0.0.11": "', '"10.0.0.99": "', "10.0.0.99 is not one of the cluster's nodes"),
         ("password_env: HCBAK_PROD_PASSWORD", "password_env: A\n    password_file: /x", "only one"),
