@@ -38,6 +38,7 @@ from urllib3.exceptions import (
     InsecureRequestWarning,
     NewConnectionError,
 )
+from urllib3.exceptions import TimeoutError as LibraryTimeout
 
 log = logging.getLogger("hcbak.hypercore")
 
@@ -271,9 +272,7 @@ class NodeConnection:
             presented = _FINGERPRINT_GOT.search(str(cause))
             if presented and "Fingerprints did not match" in str(cause):
                 return PinMismatch(presented.group(1).lower())
-        timed_out = isinstance(exc, requests.Timeout) or any(
-            isinstance(c, TimeoutError) for c in chain
-        )
+        timed_out = any(isinstance(c, TimeoutError | LibraryTimeout) for c in chain)
         if sent:
             if timed_out:
                 return MaybeSent(f"timed out after {self.read_timeout:g} s")
@@ -291,9 +290,6 @@ class NodeConnection:
             detail = verify.verify_message or verify.reason
             return NotSent(f"TLS certificate not trusted ({detail})")
         return NotSent(f"TLS handshake failed ({_describe(chain)})")
-
-    def close(self) -> None:
-        self.adapter.close()
 
 
 _FINGERPRINT_GOT = re.compile(r'got "(?:b\')?([0-9a-fA-F]{40,64})')
