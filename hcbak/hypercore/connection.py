@@ -40,6 +40,8 @@ from urllib3.exceptions import (
 )
 from urllib3.exceptions import TimeoutError as LibraryTimeout
 
+from hcbak.hypercore.tls import tls_context as tls_context  # the trust modes' contexts
+
 log = logging.getLogger("hcbak.hypercore")
 
 IDLE_PER_NODE = 8  # kept-alive connections per node; parallel VM workers share them
@@ -75,32 +77,6 @@ class PinMismatch(Exception):
     def __init__(self, presented: str) -> None:
         super().__init__(f"certificate fingerprint {presented}")
         self.presented = presented
-
-
-def tls_context(mode: str, ca_file: str | None = None) -> ssl.SSLContext:
-    """The client context for a trust mode (tls.NodeTrust.mode).
-
-    pin and insecure: no CA validation (clusters ship self-signed certificates); pin
-    is checked per connection by the fingerprint. ca: that bundle, with the hostname
-    or IP checked. system: the OS store (honours SSL_CERT_FILE/SSL_CERT_DIR).
-    """
-    if mode in ("pin", "insecure"):
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    else:
-        try:
-            ctx = ssl.create_default_context(cafile=ca_file if mode == "ca" else None)
-        except (ssl.SSLError, OSError) as exc:  # not PEM, unreadable, gone since added
-            from hcbak.errors import TLSError
-
-            reason = getattr(exc, "reason", None) or exc.strerror or type(exc).__name__
-            raise TLSError(
-                f"cannot use CA file {ca_file}: {reason}",
-                hint="it must hold the PEM certificate(s) that signed the nodes' certificates",
-            ) from exc
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    return ctx
 
 
 # --- the session ----------------------------------------------------------------------
@@ -220,7 +196,6 @@ class NodeConnection:
     ) -> None:
         self.session = session
         self.base_url = base_url
-        self.pin = pin
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.adapter = _NodeAdapter(ctx, pin)

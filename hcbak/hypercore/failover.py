@@ -40,7 +40,6 @@ from hcbak.hypercore.connection import (
     new_session,
     session_cookie,
     set_session_cookie,
-    tls_context,
 )
 
 if TYPE_CHECKING:
@@ -124,7 +123,7 @@ class NodePool:
         trust = tls.trust_for(address, self.tls_config)
         key = (trust.mode, trust.ca_file)
         if key not in self._contexts:
-            self._contexts[key] = tls_context(trust.mode, trust.ca_file)
+            self._contexts[key] = tls.tls_context(trust.mode, trust.ca_file)
         self.addresses.append(address)
         self.trust[address] = trust
         self.connections[address] = NodeConnection(
