@@ -1,36 +1,58 @@
-"""HTTPS to one HyperCore node: keep-alive connections, TLS trust, two timeouts.
+"""HTTPS to the nodes of one cluster, through `requests` (urllib3 underneath).
 
-Built on the standard library's `http.client` and `ssl`. hcbak used `requests` before;
-importing it (with urllib3, its cookie jar and charset detection) cost 0.1-0.17 s of
-every `hcbak job run` on a 2-core VM, a sixth of an incremental run, while hcbak needs
-none of what it adds: no redirects, proxies, cookie jars or content decoding.
-
-What this module decides, because failover (failover.py) depends on it:
+The library does the HTTP: keep-alive pools, TLS, the pin check, stale-socket
+detection, streamed bodies. This module only adds what HyperCore failover needs, and
+failover.py builds on it:
+- one `requests.Session` per node pool, with one adapter per node mounted at the
+  node's URL: each node has its own trust (pin), and nothing else is reachable;
 - the connect timeout covers the TCP connect and the TLS handshake together; the read
   timeout covers sending the request and every read of the answer;
 - a failure before the first request byte is sent raises `NotSent` (the API never saw
   the request), anything later raises `MaybeSent`;
-- a pinned certificate is checked right after the handshake, before any byte of the
-  request (password, session cookie) is sent; a mismatch raises `PinMismatch`.
+- a pinned certificate is checked by urllib3 (`assert_fingerprint`) right after the
+  handshake, before any byte of the request (password, session cookie) is sent; a
+  mismatch raises `PinMismatch`;
+- the library never retries, never follows a redirect and never reads proxies or CA
+  bundles from the environment: what is repeated, and where, is failover.py's call.
 """
 
 from __future__ import annotations
 
-import hashlib
-import http.client
-import json as jsonlib
 import logging
-import select
+import re
 import socket
 import ssl
 import threading
 import time
+import warnings
 from collections.abc import Iterable, Mapping
+from http.cookiejar import DefaultCookiePolicy
 from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPSConnection
+from urllib3.connectionpool import HTTPSConnectionPool
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    InsecureRequestWarning,
+    NewConnectionError,
+)
+from urllib3.exceptions import TimeoutError as LibraryTimeout
+
+from hcbak.hypercore.tls import tls_context as tls_context  # the trust modes' contexts
 
 log = logging.getLogger("hcbak.hypercore")
 
 IDLE_PER_NODE = 8  # kept-alive connections per node; parallel VM workers share them
+SESSION_COOKIE = "sessionID"
+
+# `insecure: true` is warned about once per run by the client, not once per request.
+warnings.filterwarnings("ignore", category=InsecureRequestWarning)
+# urllib3 would log "pool is full, discarding connection" when more VM workers than
+# IDLE_PER_NODE share a node (the extra sockets are simply closed, as intended), and
+# full URLs with --debug, where hcbak logs each request itself.
+logging.getLogger("urllib3").setLevel(logging.ERROR)
 
 
 class _Failure(Exception):
@@ -57,132 +79,127 @@ class PinMismatch(Exception):
         self.presented = presented
 
 
-class Response:
-    """A complete answer: status, headers and the whole (small, JSON) body."""
+# --- the session ----------------------------------------------------------------------
+class _ExplicitCookiesOnly(DefaultCookiePolicy):
+    """The jar holds only the session cookie hcbak sets after login.
 
-    def __init__(self, status_code: int, headers: http.client.HTTPMessage, content: bytes):
-        self.status_code = status_code
-        self.headers = headers
-        self.content = content
-
-    @property
-    def text(self) -> str:
-        return self.content.decode("utf-8", "replace")
-
-    def json(self) -> Any:
-        """The decoded body; ValueError when it is not JSON."""
-        return jsonlib.loads(self.content)
-
-    @property
-    def cookies(self) -> dict[str, str]:
-        """Name -> value of the Set-Cookie headers (attributes dropped)."""
-        found = {}
-        for header in self.headers.get_all("Set-Cookie") or []:
-            name, sep, value = header.split(";", 1)[0].partition("=")
-            if sep:
-                found[name.strip()] = value.strip().strip('"')
-        return found
-
-
-def tls_context(mode: str, ca_file: str | None = None) -> ssl.SSLContext:
-    """The client context for a trust mode (tls.NodeTrust.mode).
-
-    pin and insecure: no CA validation (clusters ship self-signed certificates); pin
-    is checked per connection by the fingerprint. ca: that bundle, with the hostname
-    or IP checked. system: the OS store (honours SSL_CERT_FILE/SSL_CERT_DIR).
+    Cookies the nodes set are not stored: they would be scoped to one host (every node
+    is another host) and could shadow the session hcbak sends to all of them.
     """
-    if mode in ("pin", "insecure"):
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
+
+    def set_ok(self, cookie: Any, request: Any) -> bool:
+        return False
+
+
+def new_session() -> requests.Session:
+    """A session with no adapter mounted yet (NodeConnection mounts one per node)."""
+    session = requests.Session()
+    session.trust_env = False  # no proxies, no REQUESTS_CA_BUNDLE: nodes are reached directly
+    session.adapters.clear()  # a URL that is no configured node is refused, not fetched
+    session.cookies.set_policy(_ExplicitCookiesOnly())
+    session.headers["Accept"] = "application/json"
+    return session
+
+
+def set_session_cookie(session: requests.Session, value: str | None) -> None:
+    """Send `sessionID=value` to every node from now on (None: to none)."""
+    if value is None:
+        session.cookies.clear()
     else:
-        try:
-            ctx = ssl.create_default_context(cafile=ca_file if mode == "ca" else None)
-        except (ssl.SSLError, OSError) as exc:  # not PEM, unreadable, gone since added
-            from hcbak.errors import TLSError
-
-            reason = getattr(exc, "reason", None) or exc.strerror or type(exc).__name__
-            raise TLSError(
-                f"cannot use CA file {ca_file}: {reason}",
-                hint="it must hold the PEM certificate(s) that signed the nodes' certificates",
-            ) from exc
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    return ctx
+        # No domain: the cookie goes to every host, i.e. every node of the cluster.
+        session.cookies.set(SESSION_COOKIE, value)
 
 
-class _Connection(http.client.HTTPConnection):
-    """One socket to the node; `open` makes it, nothing reconnects behind our back."""
+def session_cookie(session: requests.Session) -> str | None:
+    value = session.cookies.get(SESSION_COOKIE)
+    return str(value) if value is not None else None
 
-    auto_open = 0  # a dropped socket raises instead of silently reconnecting
 
-    def open(
-        self, ctx: ssl.SSLContext, pin: str | None, connect_timeout: float, read_timeout: float
+# --- one node -------------------------------------------------------------------------
+# What the connection layer tells NodeConnection.request about the attempt running in
+# this thread: urllib3 sends synchronously in the caller's thread, and nothing else
+# knows whether the failure came before or after the first request byte.
+_attempt = threading.local()
+
+
+class _NodeHTTPSConnection(HTTPSConnection):
+    """urllib3's connection with two timing rules of hcbak's, and the sent mark."""
+
+    def _new_conn(self) -> socket.socket:
+        started = time.monotonic()
+        sock = super()._new_conn()
+        if isinstance(self.timeout, int | float):
+            # The TLS handshake gets what is left of the connect timeout, not a new one.
+            sock.settimeout(max(0.001, self.timeout - (time.monotonic() - started)))
+        return sock
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _attempt.sent = True  # from here on the node may receive bytes of the request
+        send_timeout = getattr(_attempt, "send_timeout", None)
+        if send_timeout is not None:
+            # urllib3 sends under the connect timeout on a new connection; an upload
+            # the node reads slowly gets the read timeout, as every read does.
+            self.timeout = send_timeout
+        super().request(*args, **kwargs)
+
+
+class _NodeHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _NodeHTTPSConnection
+
+
+class _NodeAdapter(HTTPAdapter):
+    """One node's connections: its TLS context and pin, IDLE_PER_NODE kept alive, no
+    retries (failover.py decides what may be repeated)."""
+
+    def __init__(self, ctx: ssl.SSLContext, pin: str | None) -> None:
+        self._ctx = ctx
+        self._pin = pin
+        super().__init__(pool_connections=1, pool_maxsize=IDLE_PER_NODE, max_retries=0)
+
+    def init_poolmanager(
+        self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any
     ) -> None:
-        deadline = time.monotonic() + connect_timeout
-        try:
-            raw = socket.create_connection((self.host, self.port), timeout=connect_timeout)
-        except ConnectionRefusedError:
-            raise NotSent("refused")
-        except TimeoutError:
-            raise NotSent(f"connect timed out after {connect_timeout:g} s")
-        except OSError as exc:
-            raise NotSent(f"connect failed ({exc.strerror or exc})")
-        try:
-            # http.client writes the headers and the body separately: without NODELAY
-            # the body waits for the node's delayed ACK, 40 ms on every mutation.
-            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            raw.settimeout(max(0.001, deadline - time.monotonic()))
-            sock = ctx.wrap_socket(raw, server_hostname=self.host)
-        except TimeoutError:
-            raw.close()
-            raise NotSent(f"timed out in the TLS handshake after {connect_timeout:g} s")
-        except ssl.SSLCertVerificationError as exc:
-            raw.close()
-            raise NotSent(f"TLS certificate not trusted ({exc.verify_message or exc.reason})")
-        except (ssl.SSLError, OSError) as exc:
-            raw.close()
-            raise NotSent(f"TLS handshake failed ({_describe(exc)})")
-        if pin is not None:
-            der = sock.getpeercert(binary_form=True) or b""
-            presented = hashlib.sha256(der).hexdigest()
-            if presented != pin:
-                sock.close()
-                raise PinMismatch(presented)
-        sock.settimeout(read_timeout)
-        self.sock = sock
+        super().init_poolmanager(
+            connections,
+            maxsize,
+            block,
+            ssl_context=self._ctx,
+            # urllib3 sets the context's verify mode from this: keep the mode's own
+            cert_reqs=self._ctx.verify_mode,
+            assert_fingerprint=self._pin,
+            **pool_kwargs,
+        )
+        self.poolmanager.pool_classes_by_scheme = {"https": _NodeHTTPSPool}
 
-    def is_stale(self) -> bool:
-        """An idle keep-alive socket the node closed (or wrote to) cannot carry a request."""
-        if self.sock is None:
-            return True
-        try:
-            readable, _, _ = select.select([self.sock], [], [], 0)
-        except (OSError, ValueError):
-            return True
-        return bool(readable)
+    def build_connection_pool_key_attributes(
+        self, request: requests.PreparedRequest, verify: Any, cert: Any = None
+    ) -> Any:  # (host params, pool kwargs); the stubs' TypedDicts exist only in stubs
+        host_params, _ = super().build_connection_pool_key_attributes(request, verify, cert)
+        return host_params, {}  # trust is the node's context and pin, never `verify`
+
+    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        """Nothing: requests would load certifi's CAs into the node's context."""
 
 
 class NodeConnection:
-    """Requests to one node, over a small pool of kept-alive connections."""
+    """Requests to one node over the pool's session (its own adapter and trust)."""
 
     def __init__(
         self,
-        host: str,
-        port: int,
+        session: requests.Session,
+        base_url: str,
         ctx: ssl.SSLContext,
         *,
         pin: str | None,
         connect_timeout: float,
         read_timeout: float,
     ) -> None:
-        self.host = host
-        self.port = port
-        self.ctx = ctx
-        self.pin = pin
+        self.session = session
+        self.base_url = base_url
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
-        self._idle: list[_Connection] = []
-        self._lock = threading.Lock()
+        self.adapter = _NodeAdapter(ctx, pin)
+        session.mount(base_url + "/", self.adapter)
 
     def request(
         self,
@@ -190,67 +207,90 @@ class NodeConnection:
         target: str,
         headers: Mapping[str, str],
         body: bytes | Iterable[bytes] | None = None,
-    ) -> Response:
-        """Send one request and read the whole answer; NotSent/MaybeSent/PinMismatch."""
-        conn = self._take()
+        *,
+        auth: bool = True,
+    ) -> requests.Response:
+        """Send one request and read the whole answer; NotSent/MaybeSent/PinMismatch.
+
+        `auth`: send the session cookie (login and the update status go without)."""
+        request = requests.Request(method, self.base_url + target, dict(headers), data=body)
+        prepared = self.session.prepare_request(request)
+        if not auth:
+            prepared.headers.pop("Cookie", None)
         started = time.monotonic()
+        _attempt.sent = False
+        _attempt.send_timeout = self.read_timeout
         try:
-            if conn.sock is None:
-                conn.open(self.ctx, self.pin, self.connect_timeout, self.read_timeout)
-            try:
-                conn.request(method, target, body=body, headers=dict(headers))
-                answer = conn.getresponse()
-                content = answer.read()
-            except TimeoutError:
-                raise MaybeSent(f"timed out after {self.read_timeout:g} s")
-            except (OSError, http.client.HTTPException) as exc:
-                raise MaybeSent(f"connection failed ({_describe(exc)})")
-        except BaseException:
-            conn.close()  # in an unknown state: never reused
-            raise
+            answer = self.session.send(
+                prepared,
+                timeout=(self.connect_timeout, self.read_timeout),
+                allow_redirects=False,
+            )
+        except requests.RequestException as exc:
+            raise self._failure(exc, sent=bool(_attempt.sent)) from exc
+        finally:
+            _attempt.send_timeout = None
         log.debug(
-            "%s %s on %s:%s -> %s (%.0f ms)",
+            "%s %s on %s -> %s (%.0f ms)",
             method,
             target.split("?")[0],
-            self.host,
-            self.port,
-            answer.status,
+            self.base_url,
+            answer.status_code,
             (time.monotonic() - started) * 1000,
         )
-        if answer.will_close or conn.sock is None:
-            conn.close()
-        else:
-            self._give_back(conn)
-        return Response(answer.status, answer.headers, content)
+        return answer
 
-    def _take(self) -> _Connection:
-        with self._lock:
-            while self._idle:
-                conn = self._idle.pop()
-                if not conn.is_stale():
-                    return conn
-                conn.close()
-        return _Connection(self.host, self.port, timeout=self.read_timeout)
+    def _failure(self, exc: requests.RequestException, *, sent: bool) -> Exception:
+        """The library's exception as hcbak's NotSent/MaybeSent/PinMismatch."""
+        chain = _causes(exc)
+        for cause in chain:
+            presented = _FINGERPRINT_GOT.search(str(cause))
+            if presented and "Fingerprints did not match" in str(cause):
+                return PinMismatch(presented.group(1).lower())
+        timed_out = any(isinstance(c, TimeoutError | LibraryTimeout) for c in chain)
+        if sent:
+            if timed_out:
+                return MaybeSent(f"timed out after {self.read_timeout:g} s")
+            return MaybeSent(f"connection failed ({_describe(chain)})")
+        if any(isinstance(c, ConnectionRefusedError) for c in chain):
+            return NotSent("refused")
+        if any(isinstance(c, NewConnectionError) for c in chain):
+            return NotSent(f"connect failed ({_describe(chain)})")
+        if any(isinstance(c, ConnectTimeoutError) for c in chain):
+            return NotSent(f"connect timed out after {self.connect_timeout:g} s")
+        if timed_out:
+            return NotSent(f"timed out in the TLS handshake after {self.connect_timeout:g} s")
+        verify = next((c for c in chain if isinstance(c, ssl.SSLCertVerificationError)), None)
+        if verify is not None:
+            detail = verify.verify_message or verify.reason
+            return NotSent(f"TLS certificate not trusted ({detail})")
+        return NotSent(f"TLS handshake failed ({_describe(chain)})")
 
-    def _give_back(self, conn: _Connection) -> None:
-        with self._lock:
-            if len(self._idle) < IDLE_PER_NODE:
-                self._idle.append(conn)
-                return
-        conn.close()
 
-    def close(self) -> None:
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
+_FINGERPRINT_GOT = re.compile(r'got "(?:b\')?([0-9a-fA-F]{40,64})')
 
 
-def _describe(exc: BaseException) -> str:
-    """A one-line reason without addresses doubled or Python class paths."""
-    if isinstance(exc, ssl.SSLError) and exc.reason:
-        return str(exc.reason).replace("_", " ").lower()
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    text = str(exc) or type(exc).__name__
-    return " ".join(text.split())[:160]
+def _causes(exc: BaseException) -> list[BaseException]:
+    """The exception and everything it wraps, outermost first (requests -> urllib3 ->
+    OSError/ssl)."""
+    chain: list[BaseException] = []
+    todo: list[object] = [exc]
+    while todo:
+        item = todo.pop(0)
+        if not isinstance(item, BaseException) or any(item is seen for seen in chain):
+            continue
+        chain.append(item)
+        todo += [getattr(item, "reason", None), item.__cause__, item.__context__, *item.args]
+    return chain
+
+
+def _describe(chain: list[BaseException]) -> str:
+    """A one-line reason from the innermost cause that has one, without addresses
+    doubled or Python class paths."""
+    for exc in reversed(chain):
+        if isinstance(exc, ssl.SSLError) and exc.reason:
+            return str(exc.reason).replace("_", " ").lower()
+        if isinstance(exc, OSError) and exc.strerror:
+            return exc.strerror
+    innermost = chain[-1]
+    return " ".join((str(innermost) or type(innermost).__name__).split())[:160]

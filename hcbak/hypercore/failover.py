@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from hcbak.errors import APIError, ClusterUnreachableError
@@ -37,9 +37,13 @@ from hcbak.hypercore.connection import (
     NodeConnection,
     NotSent,
     PinMismatch,
-    Response,
-    tls_context,
+    new_session,
+    session_cookie,
+    set_session_cookie,
 )
+
+if TYPE_CHECKING:
+    from requests import Response
 
 log = logging.getLogger("hcbak.hypercore")
 
@@ -78,8 +82,8 @@ def backoff_delay(round_index: int) -> float:
 class NodePool:
     """The nodes of one cluster, each with its own TLS trust and kept-alive connections.
 
-    The session cookie is sent explicitly to every node (each node is a different
-    host, so a cookie jar would scope it wrongly); nothing else is kept between calls.
+    One `requests.Session` serves all nodes: each node's adapter is mounted at its URL,
+    and its cookie jar holds the session cookie for every node (connection.py).
     """
 
     def __init__(
@@ -106,7 +110,7 @@ class NodePool:
         self.trust: dict[str, tls.NodeTrust] = {}
         self.connections: dict[str, NodeConnection] = {}
         self._contexts: dict[tuple[str, str | None], Any] = {}
-        self.session_cookie: str | None = None
+        self.session = new_session()
         self.relogin: Callable[[], None] | None = None
         self._login_lock = threading.Lock()
         self.last_failures: dict[str, str] = {}  # address -> reason, of the last failed send
@@ -119,18 +123,26 @@ class NodePool:
         trust = tls.trust_for(address, self.tls_config)
         key = (trust.mode, trust.ca_file)
         if key not in self._contexts:
-            self._contexts[key] = tls_context(trust.mode, trust.ca_file)
-        host, port = tls.split_address(address)
+            self._contexts[key] = tls.tls_context(trust.mode, trust.ca_file)
         self.addresses.append(address)
         self.trust[address] = trust
         self.connections[address] = NodeConnection(
-            host,
-            port,
+            self.session,
+            tls.base_url(address),
             self._contexts[key],
             pin=trust.fingerprint if trust.mode == "pin" else None,
             connect_timeout=self.timeout[0],
             read_timeout=self.timeout[1],
         )
+
+    @property
+    def session_cookie(self) -> str | None:
+        """The API session (`POST /login`'s sessionID), sent to every node; None: none."""
+        return session_cookie(self.session)
+
+    @session_cookie.setter
+    def session_cookie(self, value: str | None) -> None:
+        set_session_cookie(self.session, value)
 
     def add_discovered(self, lan_ips: list[str]) -> list[str]:
         """Add `GET /Node` lanIPs to the rotation when their host is not known yet.
@@ -250,9 +262,7 @@ class NodePool:
         target = (REST_PREFIX if rest else "") + path
         if params:
             target += "?" + urlencode(params)
-        all_headers = {"Accept": "application/json"}
-        if auth and self.session_cookie:
-            all_headers["Cookie"] = f"sessionID={self.session_cookie}"
+        all_headers = {}
         body = data
         if json is not None:
             body = jsonlib.dumps(json).encode()
@@ -261,7 +271,7 @@ class NodePool:
             all_headers["Content-Length"] = str(len(body))  # a sized stream, never chunked
         all_headers.update(headers or {})
         try:
-            resp = self.connections[address].request(method, target, all_headers, body)
+            resp = self.connections[address].request(method, target, all_headers, body, auth=auth)
         except PinMismatch as exc:
             # Never fail over past a wrong certificate silently: someone must look.
             raise tls.mismatch_error(address, self.trust[address].fingerprint or "", exc.presented)
@@ -278,8 +288,7 @@ class NodePool:
         return resp
 
     def close(self) -> None:
-        for connection in self.connections.values():
-            connection.close()
+        self.session.close()
 
 
 def _is_html(resp: Response) -> bool:

@@ -3,8 +3,9 @@
 Clusters ship a self-signed certificate per node, so there are three explicit choices
 (per node, from `TLSConfig`):
 - *pin*: the SHA-256 of the node certificate's DER bytes, checked on each connection
-  right after the handshake and before any request byte is sent (connection.py), so a
-  mismatch never leaks the session cookie or password.
+  right after the handshake and before any request byte is sent (urllib3's
+  `assert_fingerprint`, set up in connection.py), so a mismatch never leaks the
+  session cookie or password.
 - *ca*: a CA bundle file (which may simply be the node's own PEM).
 - *insecure*: no verification; callers warn about it on every run.
 Without any of these, the system CA store is used.
@@ -20,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from hcbak.errors import ClusterUnreachableError, TLSError, UsageError
-from hcbak.hypercore.connection import tls_context
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -76,6 +76,30 @@ def fetch_fingerprint(address: str, timeout: float = 5.0) -> str:
     if not der:
         raise TLSError(f"{address} presented no certificate")
     return hashlib.sha256(der).hexdigest()
+
+
+def tls_context(mode: str, ca_file: str | None = None) -> ssl.SSLContext:
+    """The client context for a trust mode (tls.NodeTrust.mode).
+
+    pin and insecure: no CA validation (clusters ship self-signed certificates); pin
+    is checked per connection by the fingerprint. ca: that bundle, with the hostname
+    or IP checked. system: the OS store (honours SSL_CERT_FILE/SSL_CERT_DIR).
+    """
+    if mode in ("pin", "insecure"):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    else:
+        try:
+            ctx = ssl.create_default_context(cafile=ca_file if mode == "ca" else None)
+        except (ssl.SSLError, OSError) as exc:  # not PEM, unreadable, gone since added
+            reason = getattr(exc, "reason", None) or exc.strerror or type(exc).__name__
+            raise TLSError(
+                f"cannot use CA file {ca_file}: {reason}",
+                hint="it must hold the PEM certificate(s) that signed the nodes' certificates",
+            ) from exc
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
 
 
 @dataclass(frozen=True)

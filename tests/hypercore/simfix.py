@@ -36,3 +36,13 @@ def requests_to(sim: Any, method: str, path_prefix: str) -> list[tuple[int, str,
 
 def secret_of(cfg: ClusterConfig) -> Secret:
     return cfg.password.resolve()
+
+
+def idle_connections(pool: Any) -> list[Any]:
+    """The kept-alive (urllib3) connections of a `NodePool`, from each node's adapter."""
+    idle = []
+    for node in pool.connections.values():
+        manager = node.adapter.poolmanager
+        for key in manager.pools.keys():  # noqa: SIM118 (the container cannot iterate)
+            idle += [c for c in manager.pools[key].pool.queue if c is not None and c.sock]
+    return idle

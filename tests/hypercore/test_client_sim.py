@@ -19,7 +19,7 @@ from hcbak.hypercore.client import hypercore_session
 from hcbak.hypercore.failover import NodePool, backoff_delay
 
 from .conftest import CANARY
-from .simfix import requests_to, sim_client, sim_cluster
+from .simfix import idle_connections, requests_to, sim_client, sim_cluster
 
 TIMEOUT = 1.0
 
@@ -298,11 +298,11 @@ def test_an_idle_connection_the_node_closed_is_replaced_before_a_mutation(sim: A
 
 
 def test_connections_send_without_waiting_for_delayed_acks(sim: Any) -> None:
-    """http.client writes headers and body separately; with Nagle on, each mutation's
+    """HTTP clients write headers and body separately; with Nagle on, each mutation's
     body waited for the node's delayed ACK (40 ms a call: 2x slower snapshots)."""
     hc = sim_client(sim)
     hc.list_vms()
-    idle = [c for node in hc.pool.connections.values() for c in node._idle]
+    idle = idle_connections(hc.pool)
     assert idle, "no kept-alive connection to inspect"
     for conn in idle:
         assert conn.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)

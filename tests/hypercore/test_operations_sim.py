@@ -7,17 +7,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import urllib3.util.connection
 
 from hcbak.config import TLSConfig
 from hcbak.errors import AuthError, ClusterUnreachableError, NotFoundError, TransportError
-from hcbak.hypercore import connection
 from hcbak.hypercore.client import HyperCoreClient, SizedStream
 from hcbak.hypercore.failover import NodePool
 from hcbak.hypercore.tls import fetch_fingerprint
 from hcbak.secrets import Secret
 
 from .conftest import CANARY, make_cluster, refused_address
-from .simfix import requests_to, sim_client, sim_cluster
+from .simfix import idle_connections, requests_to, sim_client, sim_cluster
 
 
 def test_clone_keeps_disk_id_and_appears_on_the_worker(sim: Any) -> None:
@@ -97,20 +97,21 @@ def test_every_connection_of_a_workflow_has_connect_and_read_timeouts(
 ) -> None:
     vm_uuid = sim.create_vm("web01", [1 << 20])
     connects: list[Any] = []
-    real_connect = connection.socket.create_connection
+    # urllib3 opens every socket of the client through this function
+    real_connect = urllib3.util.connection.create_connection
 
-    def recording_connect(address: Any, timeout: Any = None, *args: Any) -> Any:
+    def recording_connect(address: Any, timeout: Any = None, *args: Any, **kw: Any) -> Any:
         connects.append(timeout)
-        return real_connect(address, timeout, *args)
+        return real_connect(address, timeout, *args, **kw)
 
-    monkeypatch.setattr(connection.socket, "create_connection", recording_connect)
+    monkeypatch.setattr(urllib3.util.connection, "create_connection", recording_connect)
     hc = sim_client(sim)
     read_timeouts: list[Any] = []
     for node in hc.pool.connections.values():
 
-        def checked(*args: Any, _node: Any = node, _request: Any = node.request) -> Any:
-            answer = _request(*args)
-            read_timeouts.extend(c.sock.gettimeout() for c in _node._idle)
+        def checked(*args: Any, _request: Any = node.request, **kw: Any) -> Any:
+            answer = _request(*args, **kw)
+            read_timeouts.extend(c.sock.gettimeout() for c in idle_connections(hc.pool))
             return answer
 
         monkeypatch.setattr(node, "request", checked)
