@@ -7,8 +7,6 @@ pip-installed hcbak has no completions/ folder, and a script rendered here alway
 matches the hcbak that prints it.
 """
 
-from __future__ import annotations
-
 import os
 import re
 from pathlib import Path

@@ -9,8 +9,6 @@ systemctl is run only when asked (`--enable`, `--disable`); otherwise the comman
 prints the line to run, so nothing here changes what systemd does behind the user's back.
 """
 
-from __future__ import annotations
-
 import os
 import shlex
 import shutil
