@@ -11,7 +11,8 @@ every job; a wake-up for job A leaves job B alone because B is not due. With
 and `--due` then runs every job whose time passed.
 
 Exactness: every five-field cron expression hcbak accepts has an exact `OnCalendar=`
-form. Both fire on wall-clock minutes in local time, and both take a day-of-month
+form. Both fire on wall-clock minutes (in the zone the caller names: the one `--due`
+evaluates schedules in, see `hcbak/cli/schedule_cmd.py`), and both take a day-of-month
 that a month lacks (the 31st of April) as "no run". The one difference in meaning is
 cron's rule that when both day fields are restricted (`0 1 1 * mon`), *either* one
 matching is enough, while systemd requires both: that schedule becomes two
@@ -60,9 +61,12 @@ class JobTimes:
     on_calendar: tuple[str, ...]
 
 
-def on_calendar(schedule: CronSchedule) -> tuple[str, ...]:
-    """The OnCalendar= expressions whose union fires exactly on `schedule`'s minutes."""
+def on_calendar(schedule: CronSchedule, zone: str | None = None) -> tuple[str, ...]:
+    """The OnCalendar= expressions whose union fires exactly on `schedule`'s minutes,
+    read in time zone `zone` (None: the host's local time)."""
     time = f"{_numbers(schedule.hours, 0, 23)}:{_numbers(schedule.minutes, 0, 59)}:00"
+    if zone:
+        time += f" {zone}"
     month = _numbers(schedule.months, 1, 12)
     every_day = len(schedule.weekdays) == 7 or set(schedule.days) >= set(range(1, 32))
     if schedule.days_restricted and schedule.weekdays_restricted and every_day:
@@ -77,10 +81,10 @@ def on_calendar(schedule: CronSchedule) -> tuple[str, ...]:
     return (f"{weekdays}*-{month}-{_numbers(schedule.days, 1, 31)} {time}",)
 
 
-def plan_times(schedules: Iterable[tuple[str, str]]) -> list[JobTimes]:
+def plan_times(schedules: Iterable[tuple[str, str]], zone: str | None = None) -> list[JobTimes]:
     """(job, cron text) pairs -> their OnCalendar= expressions, by job name."""
     return [
-        JobTimes(job, cron, on_calendar(CronSchedule.parse(cron)))
+        JobTimes(job, cron, on_calendar(CronSchedule.parse(cron), zone))
         for job, cron in sorted(schedules)
     ]
 

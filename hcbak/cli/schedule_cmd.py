@@ -40,6 +40,10 @@ app = typer.Typer(
 )
 
 SYSTEM_UNIT_DIR = Path("/etc/systemd/system")
+# The zone `hcbak job run --due` reads schedules in: it asks "is it due?" at
+# datetime.now(UTC) (hcbak/cli/job_run.py), so a timer in local time would wake it at
+# the wrong hour on any host not on UTC. tests/cli/test_schedule_cmd.py pins the two.
+DUE_ZONE = "UTC"
 
 SystemOpt = Annotated[
     bool,
@@ -265,7 +269,7 @@ def _build(
         info(f"job {name} has no schedule: the timer never runs it (`hcbak job run {name}`)")
     config_path = unit_config or Path(os.path.abspath(config.path))
     command = [*_hcbak_command(hcbak), "--config", str(config_path), "job", "run", "--due"]
-    times = plan_times(schedules)
+    times = plan_times(schedules, DUE_ZONE)
     return Units(
         unit_dir=_unit_dir(system, unit_dir),
         system=system,

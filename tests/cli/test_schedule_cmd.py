@@ -13,11 +13,13 @@ import os
 import shutil
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from conftest import HCBAK, RunHcbak
 
+from hcbak.cli.schedule_cmd import DUE_ZONE
 from hcbak.systemd_units import MARKER
 
 from .helpers import BASE, expect
@@ -69,9 +71,9 @@ def test_show_prints_the_unit_pair_and_the_crontab_line(
     out = proc.stdout
     assert f"# {_unit_dir(home)}/hcbak.service" in out and f"# {_unit_dir(home)}/hcbak.timer" in out
     assert f"ExecStart=/usr/bin/hcbak --config {jobs_config} job run --due" in out
-    assert "OnCalendar=*-*-* 01:00:00\n" in out and "Persistent=true" in out
+    assert "OnCalendar=*-*-* 01:00:00 UTC\n" in out and "Persistent=true" in out
     # cron: "the 1st, the 15th, or any Friday" is two OnCalendar= lines (systemd ANDs)
-    assert "OnCalendar=*-*-01,15 02:30:00\nOnCalendar=Fri *-*-* 02:30:00\n" in out
+    assert "OnCalendar=*-*-01,15 02:30:00 UTC\nOnCalendar=Fri *-*-* 02:30:00 UTC\n" in out
     assert f"*/15 * * * * /usr/bin/hcbak --config {jobs_config} job run --due" in out
     assert "job adhoc has no schedule" in proc.stderr
     assert not _unit_dir(home).exists()  # show writes nothing
@@ -273,3 +275,39 @@ def test_committed_example_units_match_what_schedule_show_prints(run_hcbak: RunH
     regenerate = "regenerate with the command in examples/systemd/README.md"
     assert (EXAMPLES / "systemd" / "hcbak.service").read_text() == report["service"], regenerate
     assert (EXAMPLES / "systemd" / "hcbak.timer").read_text() == report["timer"], regenerate
+
+
+def test_the_timer_and_job_run_due_read_schedules_in_the_same_zone(
+    run_hcbak: RunHcbak, config_path: Path, hcbak_env: dict[str, str], home: dict[str, str]
+) -> None:
+    """On a host not on UTC, the job is due exactly when the timer wakes hcbak.
+
+    The schedule names the UTC minute three minutes ago, and the job last ran ten
+    minutes ago. `job run --due` reads schedules in UTC, so the job is due now; read
+    in the host's zone (+05:30) it would not be. The timer must say the same zone, or
+    it wakes hcbak hours off and the job never comes due on time.
+    """
+    now = datetime.now(UTC)
+    fired = now.replace(second=0, microsecond=0) - timedelta(minutes=3)
+    config_path.write_text(
+        'clusters:\n  prod: {nodes: ["127.0.0.1:9"], username: hcbak, password_env: '
+        "HCBAK_TEST_PW, tls: {insecure: true}, retries: 0}\n"
+        f"repositories:\n  main: {{path: {config_path.parent / 'repo'}}}\n"
+        "jobs:\n  nightly: {cluster: prod, repo: main, vms: [web01], retries: 0, "
+        f'schedule: "{fired.minute} {fired.hour} * * *"}}\n'
+    )
+    history = Path(hcbak_env["HCBAK_STATE_DIR"]) / "jobs" / "nightly.json"
+    history.parent.mkdir(parents=True)
+    last = (now - timedelta(minutes=10)).isoformat()
+    history.write_text(json.dumps({"last_run": last, "last_success": last}))
+    env = {**home, "TZ": "Asia/Kolkata"}
+
+    timer = json.loads(run_hcbak("schedule", "show", "--json", env=env, check=True).stdout)
+    assert f"OnCalendar=*-*-* {fired:%H:%M}:00 {DUE_ZONE}\n" in timer["timer"]
+    proc = run_hcbak("job", "run", "--due", "--json", env=env, timeout=60)
+    ran = [job["job"] for job in json.loads(proc.stdout)["jobs"]]
+    assert ran == ["nightly"], (
+        "job run --due no longer reads schedules in UTC: change DUE_ZONE in "
+        "hcbak/cli/schedule_cmd.py to match",
+        proc.stderr,
+    )

@@ -117,6 +117,13 @@ CALENDAR_CASES = [
 ]
 
 
+def test_a_zone_is_appended_to_every_expression() -> None:
+    assert on_calendar(CronSchedule.parse("0 0 1 * mon"), "UTC") == (
+        "*-*-01 00:00:00 UTC",
+        "Mon *-*-* 00:00:00 UTC",
+    )
+
+
 @pytest.mark.skipif(
     shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed (no systemd)"
 )
