@@ -79,7 +79,7 @@ HcbakOpt = Annotated[
     typer.Option(
         "--hcbak",
         metavar="PATH",
-        help="The hcbak executable the units run (default: the hcbak on $PATH).",
+        help="The hcbak executable the units run (default: this hcbak, else the one on $PATH).",
         show_default=False,
     ),
 ]
@@ -300,9 +300,13 @@ def _units_json(units: Units) -> dict[str, Any]:
 
 
 def _hcbak_command(given: str | None) -> list[str]:
-    """An absolute hcbak for ExecStart= (systemd needs one) and for cron's short PATH."""
+    """An absolute hcbak for ExecStart= (systemd needs one) and for cron's short PATH:
+    the one running now when started as `hcbak`, else the one on $PATH."""
     if given:
         return [os.path.abspath(os.path.expanduser(given))]
+    running = sys.argv[0] if sys.argv else ""
+    if Path(running).name == "hcbak" and os.access(running, os.X_OK):
+        return [os.path.abspath(running)]
     found = shutil.which("hcbak")
     if found:
         return [os.path.abspath(found)]

@@ -89,6 +89,22 @@ def test_show_prints_the_unit_pair_and_the_crontab_line(
     assert report["service_path"] == str(_unit_dir(home) / "hcbak.service")
 
 
+@pytest.mark.skipif(not VENV_HCBAK.is_file(), reason="no hcbak console script next to python")
+def test_the_units_run_the_hcbak_that_wrote_them(
+    hcbak_env: dict[str, str], jobs_config: Path, home: dict[str, str]
+) -> None:
+    proc = subprocess.run(
+        [str(VENV_HCBAK), "schedule", "show", "--json"],
+        env={**hcbak_env, **home, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    service = json.loads(proc.stdout)["service"]
+    assert f"ExecStart={VENV_HCBAK} --config {jobs_config} job run --due" in service
+
+
 def test_install_writes_units_that_systemd_accepts_and_remove_takes_them_away(
     run_hcbak: RunHcbak,
     jobs_config: Path,
@@ -164,6 +180,13 @@ def test_enable_and_disable_run_systemctl_only_when_asked(
         "--user daemon-reload",
     ]
     assert not any(_unit_dir(home).iterdir())
+
+    # a systemctl that fails is exit 4, naming the step; the units stay written
+    fake = Path(home["PATH"].split(":")[0]) / "systemctl"
+    fake.write_text("#!/bin/sh\nexit 3\n")
+    proc = run_hcbak("schedule", "install", "--yes", "--enable", env=home)
+    expect(proc, 4, "`systemctl --user daemon-reload` exited 3")
+    assert (_unit_dir(home) / "hcbak.timer").is_file()
 
 
 def test_system_units_go_where_asked_with_the_system_manager_line(
