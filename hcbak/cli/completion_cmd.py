@@ -76,7 +76,8 @@ def install_path(shell: str) -> Path:
     home = Path.home()
     if shell == "bash":  # bash-completion 2.x loads these on first <TAB>
         data = os.environ.get("XDG_DATA_HOME") or str(home / ".local" / "share")
-        return Path(data) / "bash-completion" / "completions" / "hcbak"
+        user_dir = os.environ.get("BASH_COMPLETION_USER_DIR") or str(Path(data) / "bash-completion")
+        return Path(user_dir) / "completions" / "hcbak"
     if shell == "zsh":
         return home / ".zfunc" / "_hcbak"
     config = os.environ.get("XDG_CONFIG_HOME") or str(home / ".config")

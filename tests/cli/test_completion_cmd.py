@@ -24,7 +24,8 @@ COMPLETIONS = Path(__file__).resolve().parents[2] / "completions"
 def home(tmp_path: Path) -> dict[str, str]:
     """A HOME of our own, with no XDG variables (the defaults under HOME apply)."""
     (tmp_path / "home").mkdir()
-    return {"HOME": str(tmp_path / "home"), "XDG_DATA_HOME": "", "XDG_CONFIG_HOME": ""}
+    unset = ("XDG_DATA_HOME", "XDG_CONFIG_HOME", "BASH_COMPLETION_USER_DIR", "ZDOTDIR")
+    return {"HOME": str(tmp_path / "home"), **dict.fromkeys(unset, "")}
 
 
 @pytest.mark.parametrize(
@@ -66,6 +67,10 @@ def test_shell_comes_from_dollar_shell_and_xdg_dirs_are_honoured(
     proc = run_hcbak("completion", "install", env=env, check=True)
     assert (tmp_path / "xdg-data/bash-completion/completions/hcbak").is_file()
     assert not (Path(home["HOME"]) / ".local").exists()
+    # bash-completion's own override of that folder wins
+    env["BASH_COMPLETION_USER_DIR"] = str(tmp_path / "bc")
+    run_hcbak("completion", "install", "bash", env=env, check=True)
+    assert (tmp_path / "bc/completions/hcbak").is_file()
 
 
 def test_zsh_names_the_zshrc_line_only_when_it_is_missing(
