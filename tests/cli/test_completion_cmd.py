@@ -6,8 +6,12 @@ Real `hcbak` subprocesses with HOME and the XDG folders inside tmp_path.
 from __future__ import annotations
 
 import json
+import os
+import select
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -123,3 +127,74 @@ def test_the_installed_bash_script_completes(run_hcbak: RunHcbak, home: dict[str
     )
     proc = subprocess.run(["bash", "-c", program], capture_output=True, text=True, check=True)
     assert proc.stdout.split() == ["install", "remove", "show"]
+
+
+def _stub_hcbak(home: dict[str, str]) -> dict[str, str]:
+    """An `hcbak` on PATH: fish loads a command's completions only when it exists."""
+    bin_dir = Path(home["HOME"]) / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "hcbak").symlink_to(Path(sys.executable).parent / "hcbak")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "HCBAK_"))}
+    return {**env, "HOME": home["HOME"], "PATH": f"{bin_dir}:{env.get('PATH', '/usr/bin:/bin')}"}
+
+
+@pytest.mark.skipif(shutil.which("fish") is None, reason="fish not installed: not run")
+def test_fish_loads_the_installed_script_and_completes(
+    run_hcbak: RunHcbak, home: dict[str, str]
+) -> None:
+    run_hcbak("completion", "install", "fish", env=home, check=True)
+    env = _stub_hcbak(home)
+
+    def complete(line: str) -> list[str]:
+        proc = subprocess.run(
+            ["fish", "-c", f"complete -C '{line}'"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=home["HOME"],
+        )
+        return [row.split("\t")[0] for row in proc.stdout.splitlines()]
+
+    assert complete("hcbak sched") == ["schedule"]
+    assert complete("hcbak schedule ") == ["install", "remove", "show"]
+    assert "--every" in complete("hcbak schedule install --e")
+    assert complete("hcbak --config x.yaml completion i") == ["install"]
+
+
+@pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh not installed: not run")
+def test_zsh_completes_on_the_first_tab_from_zfunc(
+    run_hcbak: RunHcbak, home: dict[str, str]
+) -> None:
+    """An interactive zsh on a pseudo-terminal, set up as `install` says, completes
+    `hcbak sched<TAB>` on the very first <TAB> (compinit autoloads the file then)."""
+    proc = run_hcbak("completion", "install", "zsh", env=home, check=True)
+    rc_lines = [ln.strip() for ln in proc.stdout.splitlines()[2:]]
+    (Path(home["HOME"]) / ".zshrc").write_text("\n".join([*rc_lines, "PS1='> '", ""]))
+    env = {**_stub_hcbak(home), "TERM": "dumb"}
+    master, slave = os.openpty()
+    shell = subprocess.Popen(
+        ["zsh", "-i"], stdin=slave, stdout=slave, stderr=slave, env=env, cwd=home["HOME"]
+    )
+    os.close(slave)
+    try:
+        _read_until(master, b"> ")
+        os.write(master, b"hcbak sched\t")
+        assert b"hcbak schedule " in _read_until(master, b"schedule ")
+    finally:
+        shell.kill()
+        shell.wait(timeout=10)
+        os.close(master)
+
+
+def _read_until(fd: int, wanted: bytes, timeout: float = 15) -> bytes:
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while wanted not in seen and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                seen += os.read(fd, 4096)
+            except OSError:
+                break
+    return seen
