@@ -193,6 +193,11 @@ def install(
         typer.echo(f"enabled: {_joined(enable_steps)}")
     else:
         typer.echo(f"To start the timer, run: {_joined(enable_steps)}")
+    if not units.system:
+        typer.echo(
+            "A user timer runs only while you are logged in, unless lingering is on: "
+            "loginctl enable-linger $USER (or install system units with --system as root)."
+        )
 
 
 @app.command("remove")
@@ -343,12 +348,14 @@ def _confirmed(yes: bool, question: str) -> bool:
 
 
 def _systemctl_steps(system: bool, first: list[str], second: list[str]) -> list[list[str]]:
+    """Two systemctl calls for the user or system manager; enable/disable name the timer."""
     scope = [] if system else ["--user"]
-    steps = [["systemctl", *scope, *first], ["systemctl", *scope, *second]]
-    for step in steps:
-        if step[len(scope) + 1] in ("enable", "disable"):
-            step.append(TIMER_NAME)
-    return steps
+
+    def step(action: list[str]) -> list[str]:
+        target = [TIMER_NAME] if action[0] in ("enable", "disable") else []
+        return ["systemctl", *scope, *action, *target]
+
+    return [step(first), step(second)]
 
 
 def _joined(steps: list[list[str]]) -> str:
