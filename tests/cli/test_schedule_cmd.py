@@ -105,7 +105,7 @@ def test_the_units_run_the_hcbak_that_wrote_them(
     assert f"ExecStart={VENV_HCBAK} --config {jobs_config} job run --due" in service
 
 
-def test_install_writes_units_that_systemd_accepts_and_remove_takes_them_away(
+def test_install_writes_the_units_show_prints_and_remove_takes_them_away(
     run_hcbak: RunHcbak,
     jobs_config: Path,
     home: dict[str, str],
@@ -120,7 +120,6 @@ def test_install_writes_units_that_systemd_accepts_and_remove_takes_them_away(
     assert (units / "hcbak.timer").read_text() == shown["timer"]
     assert f"To start the timer, run: {USER_ENABLE}" in proc.stdout
     assert not systemctl_log.exists()  # printed, not run
-    _verify(units, tmp_path)
 
     again = run_hcbak("schedule", "install", *hcbak, "--yes", "--json", env=home, check=True)
     assert [f["action"] for f in json.loads(again.stdout)["files"]] == ["unchanged"] * 2
@@ -135,34 +134,51 @@ def test_install_writes_units_that_systemd_accepts_and_remove_takes_them_away(
     assert not systemctl_log.exists()
 
 
-def _verify(folder: Path, tmp_path: Path) -> None:
-    """`systemd-analyze verify --user` is silent on both units. It exits 0 even for an
-    OnCalendar= it cannot parse (a warning on stderr), so silence is the check; a broken
-    copy proves the check would see one."""
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        pytest.skip("systemd-analyze not installed: the generated units were not verified")
+def _analyze_verify(units: list[Path], scope: list[str], tmp_path: Path) -> str:
+    """stderr of `systemd-analyze verify [--user] UNITS` (a user manager needs a
+    runtime folder of its own)."""
     runtime = tmp_path / "runtime"
     runtime.mkdir(mode=0o700, exist_ok=True)
+    proc = subprocess.run(
+        ["systemd-analyze", "verify", *scope, *map(str, units)],
+        env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stderr
 
-    def verify(*units: Path) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime)}
-        return subprocess.run(
-            [analyze, "verify", "--user", *map(str, units)],
-            env=env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
 
-    proc = verify(folder / "hcbak.timer", folder / "hcbak.service")
-    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
-    broken = tmp_path / "broken" / "hcbak.timer"
-    broken.parent.mkdir()
-    broken.write_text((folder / "hcbak.timer").read_text().replace("01:00:00", "25:00:00"))
-    shutil.copy(folder / "hcbak.service", broken.parent)
-    assert "calendar specification" in verify(broken, broken.parent / "hcbak.service").stderr
+@pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None,
+    reason="systemd-analyze not installed: the generated units were not verified",
+)
+@pytest.mark.parametrize(
+    "options", [[], ["--system"], ["--every", "10"]], ids=["user", "system", "every"]
+)
+def test_systemd_analyze_verify_accepts_the_units(
+    run_hcbak: RunHcbak, jobs_config: Path, home: dict[str, str], tmp_path: Path, options: list[str]
+) -> None:
+    """verify exits 0 even for an OnCalendar= it cannot parse (it warns on stderr and
+    ignores the line), so a silent stderr is the check; a broken copy shows it speaks up."""
+    folder = tmp_path / "units"
+    run_hcbak(
+        "schedule", "install", *options, "--unit-dir", str(folder),
+        "--hcbak", str(VENV_HCBAK), "--yes", env=home, check=True,
+    )  # fmt: skip
+    scope = [] if "--system" in options else ["--user"]
+    units = [folder / "hcbak.timer", folder / "hcbak.service"]
+    assert _analyze_verify(units, scope, tmp_path) == ""
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for unit in units:
+        text = unit.read_text().replace("Persistent=", "OnCalendar=*-*-* 25:00:00\nPersistent=")
+        (broken / unit.name).write_text(text)
+    assert "calendar specification" in _analyze_verify(
+        [broken / "hcbak.timer", broken / "hcbak.service"], scope, tmp_path
+    )
 
 
 def test_enable_and_disable_run_systemctl_only_when_asked(
