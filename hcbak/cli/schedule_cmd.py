@@ -130,8 +130,14 @@ def show(
 ) -> None:
     """Print the service + timer pair (and the crontab line) for the jobs' schedules."""
     units = _build(system, unit_dir, every, hcbak, unit_config)
+    installed = _installed_state(units)
+    if installed == "outdated":
+        info(
+            f"the installed units in {units.unit_dir} differ from these (a job or schedule "
+            f"changed?): run `hcbak schedule install{_scope_args(units)}` again"
+        )
     if json_out:
-        emit_json(_units_json(units))
+        emit_json({**_units_json(units), "installed": installed})
         return
     typer.echo(f"# {units.service_path}")
     typer.echo(units.service)
@@ -285,6 +291,21 @@ def _build(
         unscheduled=unscheduled,
         every_minutes=every,
     )
+
+
+def _installed_state(units: Units) -> str:
+    """What is in the unit folder now: `absent`, `current`, `outdated` (ours, but not
+    what the config gives today) or `foreign` (a file hcbak did not write)."""
+    from hcbak.cli.owned_files import is_ours
+
+    present = [(p, text) for p, text in units.files() if p.exists() or p.is_symlink()]
+    if not present:
+        return "absent"
+    if any(not is_ours(p, MARKER) or p.is_symlink() for p, _ in present):
+        return "foreign"
+    if len(present) == 2 and all(p.read_text(encoding="utf-8") == t for p, t in present):
+        return "current"
+    return "outdated"
 
 
 def _units_json(units: Units) -> dict[str, Any]:

@@ -85,7 +85,7 @@ def test_show_prints_the_unit_pair_and_the_crontab_line(
     assert "OnCalendar=*-*-* *:00/10:00" in report["timer"] and "# job" not in report["timer"]
     assert report["crontab"].startswith("*/10 * * * * ")
     assert [j["job"] for j in report["jobs"]] == ["nightly", "twice-monthly"]
-    assert report["unscheduled"] == ["adhoc"]
+    assert report["unscheduled"] == ["adhoc"] and report["installed"] == "absent"
     assert report["service_path"] == str(_unit_dir(home) / "hcbak.service")
 
 
@@ -123,6 +123,17 @@ def test_install_writes_the_units_show_prints_and_remove_takes_them_away(
 
     again = run_hcbak("schedule", "install", *hcbak, "--yes", "--json", env=home, check=True)
     assert [f["action"] for f in json.loads(again.stdout)["files"]] == ["unchanged"] * 2
+    shown = json.loads(run_hcbak("schedule", "show", *hcbak, "--json", env=home).stdout)
+    assert shown["installed"] == "current"
+
+    # a new schedule: show says the installed timer is out of date, install updates it
+    jobs_config.write_text(jobs_config.read_text().replace('"0 1 * * *"', '"0 4 * * *"'))
+    proc = run_hcbak("schedule", "show", *hcbak, "--json", env=home, check=True)
+    assert json.loads(proc.stdout)["installed"] == "outdated"
+    assert "run `hcbak schedule install` again" in proc.stderr
+    again = run_hcbak("schedule", "install", *hcbak, "--yes", "--json", env=home, check=True)
+    assert [f["action"] for f in json.loads(again.stdout)["files"]] == ["unchanged", "written"]
+    assert "OnCalendar=*-*-* 04:00:00 UTC" in (units / "hcbak.timer").read_text()
 
     proc = run_hcbak("schedule", "remove", "--yes", "--json", env=home, check=True)
     report = json.loads(proc.stdout)
