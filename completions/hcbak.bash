@@ -6,14 +6,14 @@ _hcbak_complete() {
     for ((i = 1; i < COMP_CWORD; i++)); do
         word="${COMP_WORDS[i]}"
         case "$path/$word" in
-            /cluster|/cluster/add|/cluster/list|/cluster/probe|/cluster/remove|/cluster/show|/cluster/test|/config|/config/check|/config/show|/demo|/job|/job/create|/job/edit|/job/list|/job/remove|/job/run|/job/show|/mount|/notify|/notify/test|/points|/points/forget|/points/list|/points/show|/repo|/repo/add|/repo/forget|/repo/list|/repo/passwd|/repo/prune|/repo/remove|/repo/repair|/repo/show|/repo/unlock|/repo/verify|/restore|/restore/disk|/restore/vm|/sim|/sim/check-shapes|/sim/serve|/sim/shapes|/version) path="$path/$word" ;;
+            /cluster|/cluster/add|/cluster/list|/cluster/probe|/cluster/remove|/cluster/show|/cluster/test|/completion|/completion/install|/completion/show|/config|/config/check|/config/show|/demo|/job|/job/create|/job/edit|/job/list|/job/remove|/job/run|/job/show|/mount|/notify|/notify/test|/points|/points/forget|/points/list|/points/show|/repo|/repo/add|/repo/forget|/repo/list|/repo/passwd|/repo/prune|/repo/remove|/repo/repair|/repo/show|/repo/unlock|/repo/verify|/restore|/restore/disk|/restore/vm|/schedule|/schedule/install|/schedule/remove|/schedule/show|/sim|/sim/check-shapes|/sim/serve|/sim/shapes|/version) path="$path/$word" ;;
         esac
     done
     case "$prev" in
-        --alert-after|--as|--block-size|--ca-file|--cluster|--cluster-version|--compression|--config|--device-root|--disk|--exclude|--fingerprint|--format|--job|--keep-daily|--keep-last|--keep-monthly|--keep-weekly|--keep-within|--keep-yearly|--network-map|--node|--nodes|--notify-email|--notify-on|--parallel|--passphrase-command|--passphrase-env|--passphrase-file|--password-command|--password-env|--password-file|--path|--port-base|--post-hook|--pre-hook|--prune|--repo|--report|--retries|--retry-wait|--schedule|--state|--tag|--task-delay|--to|--username|--vm|--wait|--worker-vm|-c|-n|-u) COMPREPLY=(); return 0 ;;
+        --alert-after|--as|--block-size|--ca-file|--cluster|--cluster-version|--compression|--config|--device-root|--disk|--every|--exclude|--fingerprint|--format|--hcbak|--job|--keep-daily|--keep-last|--keep-monthly|--keep-weekly|--keep-within|--keep-yearly|--network-map|--node|--nodes|--notify-email|--notify-on|--parallel|--passphrase-command|--passphrase-env|--passphrase-file|--password-command|--password-env|--password-file|--path|--port-base|--post-hook|--pre-hook|--prune|--repo|--report|--retries|--retry-wait|--schedule|--state|--tag|--task-delay|--to|--unit-config|--unit-dir|--username|--vm|--wait|--worker-vm|-c|-n|-u) COMPREPLY=(); return 0 ;;
     esac
     case "$path" in
-        "") opts="--config -c --debug --version -V --help -h"; subs="cluster config demo job mount notify points repo restore sim version" ;;
+        "") opts="--config -c --debug --version -V --help -h"; subs="cluster completion config demo job mount notify points repo restore schedule sim version" ;;
         "/cluster") opts="--help -h"; subs="add list probe remove show test" ;;
         "/cluster/add") opts="--node -n --username -u --password-env --password-file --password-command --worker-vm --device-root --fingerprint --trust-on-first-use --ca-file --insecure --force --help -h"; subs="" ;;
         "/cluster/list") opts="--json --help -h"; subs="" ;;
@@ -21,6 +21,9 @@ _hcbak_complete() {
         "/cluster/remove") opts="--help -h"; subs="" ;;
         "/cluster/show") opts="--json --help -h"; subs="" ;;
         "/cluster/test") opts="--json --help -h"; subs="" ;;
+        "/completion") opts="--help -h"; subs="install show" ;;
+        "/completion/install") opts="--force --json --help -h"; subs="" ;;
+        "/completion/show") opts="--help -h"; subs="" ;;
         "/config") opts="--help -h"; subs="check show" ;;
         "/config/check") opts="--secrets --no-secrets --json --help -h"; subs="" ;;
         "/config/show") opts="--json --help -h"; subs="" ;;
@@ -53,6 +56,10 @@ _hcbak_complete() {
         "/restore") opts="--help -h"; subs="disk vm" ;;
         "/restore/disk") opts="--disk --to --format --repo --json --help -h"; subs="" ;;
         "/restore/vm") opts="--as --cluster --power-on --network-map --keep-macs --replace --repo --json --help -h"; subs="" ;;
+        "/schedule") opts="--help -h"; subs="install remove show" ;;
+        "/schedule/install") opts="--system --unit-dir --every --hcbak --unit-config --yes -y --force --enable --json --help -h"; subs="" ;;
+        "/schedule/remove") opts="--system --unit-dir --yes -y --disable --json --help -h"; subs="" ;;
+        "/schedule/show") opts="--system --unit-dir --every --hcbak --unit-config --json --help -h"; subs="" ;;
         "/sim") opts="--help -h"; subs="check-shapes serve shapes" ;;
         "/sim/check-shapes") opts="--json --help -h"; subs="" ;;
         "/sim/serve") opts="--state --nodes --port-base --seed --task-delay --cluster-version --help -h"; subs="" ;;

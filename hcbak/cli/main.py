@@ -34,6 +34,8 @@ GROUPS = {
     "restore": "hcbak.cli.restore",
     "notify": "hcbak.cli.notify",
     "sim": "hcbak.cli.sim",
+    "schedule": "hcbak.cli.schedule_cmd",
+    "completion": "hcbak.cli.completion_cmd",
 }
 # Single top-level commands, also built on use, by the module whose `app` holds it.
 COMMANDS = {
