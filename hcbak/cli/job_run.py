@@ -242,7 +242,10 @@ def _due_jobs(config: Any, sdir: Path, now: datetime) -> list[Any]:
         if not job.schedule:
             continue
         history = load_history(sdir, job.name)
-        if CronSchedule.parse(job.schedule).is_due(history.last_run, now):
+        # Schedules are the worker's local wall clock, as cron's (docs/config.md); the
+        # history holds UTC instants: both are compared as local times.
+        last = history.last_run.astimezone() if history.last_run is not None else None
+        if CronSchedule.parse(job.schedule).is_due(last, now.astimezone()):
             out.append(job)
     return out
 

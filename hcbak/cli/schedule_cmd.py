@@ -40,10 +40,10 @@ app = typer.Typer(
 )
 
 SYSTEM_UNIT_DIR = Path("/etc/systemd/system")
-# The zone `hcbak job run --due` reads schedules in: it asks "is it due?" at
-# datetime.now(UTC) (hcbak/cli/job_run.py), so a timer in local time would wake it at
-# the wrong hour on any host not on UTC. tests/cli/test_schedule_cmd.py pins the two.
-DUE_ZONE = "UTC"
+# The zone `hcbak job run --due` reads schedules in: the worker's local wall clock, as
+# cron's (hcbak/cli/job_run.py, docs/config.md); None writes OnCalendar= without a zone,
+# which systemd reads as local time. tests/cli/test_schedule_cmd.py pins the two.
+DUE_ZONE: str | None = None
 
 SystemOpt = Annotated[
     bool,

@@ -13,7 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -71,9 +71,9 @@ def test_show_prints_the_unit_pair_and_the_crontab_line(
     out = proc.stdout
     assert f"# {_unit_dir(home)}/hcbak.service" in out and f"# {_unit_dir(home)}/hcbak.timer" in out
     assert f"ExecStart=/usr/bin/hcbak --config {jobs_config} job run --due" in out
-    assert "OnCalendar=*-*-* 01:00:00 UTC\n" in out and "Persistent=true" in out
+    assert "OnCalendar=*-*-* 01:00:00\n" in out and "Persistent=true" in out
     # cron: "the 1st, the 15th, or any Friday" is two OnCalendar= lines (systemd ANDs)
-    assert "OnCalendar=*-*-01,15 02:30:00 UTC\nOnCalendar=Fri *-*-* 02:30:00 UTC\n" in out
+    assert "OnCalendar=*-*-01,15 02:30:00\nOnCalendar=Fri *-*-* 02:30:00\n" in out
     assert f"*/15 * * * * /usr/bin/hcbak --config {jobs_config} job run --due" in out
     assert "job adhoc has no schedule" in proc.stderr
     assert not _unit_dir(home).exists()  # show writes nothing
@@ -133,7 +133,7 @@ def test_install_writes_the_units_show_prints_and_remove_takes_them_away(
     assert "run `hcbak schedule install` again" in proc.stderr
     again = run_hcbak("schedule", "install", *hcbak, "--yes", "--json", env=home, check=True)
     assert [f["action"] for f in json.loads(again.stdout)["files"]] == ["unchanged", "written"]
-    assert "OnCalendar=*-*-* 04:00:00 UTC" in (units / "hcbak.timer").read_text()
+    assert "OnCalendar=*-*-* 04:00:00\n" in (units / "hcbak.timer").read_text()
 
     proc = run_hcbak("schedule", "remove", "--yes", "--json", env=home, check=True)
     report = json.loads(proc.stdout)
@@ -332,13 +332,15 @@ def test_the_timer_and_job_run_due_read_schedules_in_the_same_zone(
 ) -> None:
     """On a host not on UTC, the job is due exactly when the timer wakes hcbak.
 
-    The schedule names the UTC minute three minutes ago, and the job last ran ten
-    minutes ago. `job run --due` reads schedules in UTC, so the job is due now; read
-    in the host's zone (+05:30) it would not be. The timer must say the same zone, or
+    The schedule names the host's local minute (+05:30) three minutes ago, and the job
+    last ran ten minutes ago. `job run --due` reads schedules in local time, as cron
+    does (docs/config.md), so the job is due now; read in UTC it would not be (until
+    then it was, against the docs). The timer must say the same zone (none: local), or
     it wakes hcbak hours off and the job never comes due on time.
     """
     now = datetime.now(UTC)
-    fired = now.replace(second=0, microsecond=0) - timedelta(minutes=3)
+    kolkata = timezone(timedelta(hours=5, minutes=30))  # no DST: a fixed offset is exact
+    fired = now.astimezone(kolkata).replace(second=0, microsecond=0) - timedelta(minutes=3)
     config_path.write_text(
         'clusters:\n  prod: {nodes: ["127.0.0.1:9"], username: hcbak, password_env: '
         "HCBAK_TEST_PW, tls: {insecure: true}, retries: 0}\n"
@@ -353,11 +355,12 @@ def test_the_timer_and_job_run_due_read_schedules_in_the_same_zone(
     env = {**home, "TZ": "Asia/Kolkata"}
 
     timer = json.loads(run_hcbak("schedule", "show", "--json", env=env, check=True).stdout)
-    assert f"OnCalendar=*-*-* {fired:%H:%M}:00 {DUE_ZONE}\n" in timer["timer"]
+    assert DUE_ZONE is None, "the timer's OnCalendar= carries no zone: local time"
+    assert f"OnCalendar=*-*-* {fired:%H:%M}:00\n" in timer["timer"]
     proc = run_hcbak("job", "run", "--due", "--json", env=env, timeout=60)
     ran = [job["job"] for job in json.loads(proc.stdout)["jobs"]]
     assert ran == ["nightly"], (
-        "job run --due no longer reads schedules in UTC: change DUE_ZONE in "
+        "job run --due no longer reads schedules in local time: change DUE_ZONE in "
         "hcbak/cli/schedule_cmd.py to match",
         proc.stderr,
     )
