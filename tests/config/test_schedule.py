@@ -10,24 +10,14 @@ from hypothesis import strategies as st
 
 from hcbak.schedule import CronSchedule, format_duration, parse_duration
 
+from .cron_strategies import cron_field, cron_schedules, instants
+
 MINUTE = timedelta(minutes=1)
 
 
-def _field(low: int, high: int) -> st.SearchStrategy[str]:
-    number = st.integers(low, high)
-    single = number.map(str)
-    ranged = st.tuples(number, number).map(lambda t: f"{min(t)}-{max(t)}")
-    step = st.tuples(st.sampled_from(["*", f"{low}-{high}"]), st.integers(1, high - low + 1))
-    items = st.one_of(single, ranged, step.map(lambda t: f"{t[0]}/{t[1]}"))
-    return st.one_of(st.just("*"), st.lists(items, min_size=1, max_size=3).map(",".join))
-
-
 # Frequent schedules (every day, several times a day) keep brute-force checks cheap.
-frequent = st.tuples(_field(0, 59), _field(0, 23)).map(lambda t: f"{t[0]} {t[1]} * * *")
-any_schedule = st.tuples(
-    _field(0, 59), _field(0, 23), _field(1, 28), _field(1, 12), _field(0, 7)
-).map(" ".join)
-instants = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2090, 1, 1))
+frequent = st.tuples(cron_field(0, 59), cron_field(0, 23)).map(lambda t: f"{t[0]} {t[1]} * * *")
+any_schedule = cron_schedules(last_day=28)
 
 
 @settings(max_examples=150, deadline=None)

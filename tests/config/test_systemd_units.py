@@ -21,22 +21,12 @@ from hypothesis import strategies as st
 from hcbak.schedule import CronSchedule
 from hcbak.systemd_units import crontab_line, on_calendar, service_unit, timer_unit
 
+from .cron_strategies import cron_schedules, instants
+
 _WEEKDAYS = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]  # systemd order
 
 
-def _field(low: int, high: int) -> st.SearchStrategy[str]:
-    number = st.integers(low, high)
-    single = number.map(str)
-    ranged = st.tuples(number, number).map(lambda t: f"{min(t)}-{max(t)}")
-    step = st.tuples(st.sampled_from(["*", f"{low}-{high}"]), st.integers(1, high - low + 1))
-    items = st.one_of(single, ranged, step.map(lambda t: f"{t[0]}/{t[1]}"))
-    return st.one_of(st.just("*"), st.lists(items, min_size=1, max_size=3).map(",".join))
-
-
-schedules = st.tuples(_field(0, 59), _field(0, 23), _field(1, 31), _field(1, 12), _field(0, 7)).map(
-    " ".join
-)
-instants = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2090, 1, 1))
+schedules = cron_schedules()
 
 
 def _values(text: str, names: list[str] | None = None) -> set[int] | None:
