@@ -340,8 +340,13 @@ def _check_ip(text: str, address: str) -> None:
 
 
 def normalize_fingerprint(text: str) -> str:
-    """SHA-256 fingerprint as 64 lowercase hex digits (colons and case accepted)."""
-    cleaned = text.replace(":", "").strip().lower()
+    """SHA-256 fingerprint as 64 lowercase hex digits. Accepted as people paste them:
+    any case, colons or spaces between bytes, a leading `sha256/`, `sha256=` or
+    `SHA256:`. The one parser for the config, the CLI and the TLS layer."""
+    cleaned = text.strip().lower().replace(" ", "")
+    if cleaned.startswith("sha256"):
+        cleaned = cleaned.removeprefix("sha256").lstrip("/=:")
+    cleaned = cleaned.replace(":", "")
     if not re.fullmatch(r"[0-9a-f]{64}", cleaned):
         raise ValueError("fingerprint must be a SHA-256 hash: 64 hex digits (colons allowed)")
     return cleaned

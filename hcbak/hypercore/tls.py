@@ -14,25 +14,13 @@ Without any of these, the system CA store is used.
 from __future__ import annotations
 
 import hashlib
-import re
 import socket
 import ssl
 from dataclasses import dataclass
 from typing import Any
 
-from hcbak.errors import ClusterUnreachableError, TLSError, UsageError
-
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-
-
-def normalize_fingerprint(text: str) -> str:
-    """Lowercase hex without colons or spaces; raises UsageError when not a SHA-256."""
-    fp = text.strip().lower().replace(":", "").replace(" ", "")
-    if fp.startswith("sha256"):
-        fp = fp.removeprefix("sha256").lstrip("/=")
-    if not _HEX64.match(fp):
-        raise UsageError(f"not a SHA-256 fingerprint: {text!r}", hint="64 hex digits")
-    return fp
+from hcbak.config import normalize_fingerprint
+from hcbak.errors import ClusterUnreachableError, TLSError
 
 
 def split_address(address: str, default_port: int = 443) -> tuple[str, int]:

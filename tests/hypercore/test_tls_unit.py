@@ -8,10 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hcbak.config import TLSConfig
-from hcbak.errors import UsageError
+from hcbak.config import TLSConfig, normalize_fingerprint
 from hcbak.hypercore.connection import tls_context
-from hcbak.hypercore.tls import base_url, normalize_fingerprint, split_address, trust_for
+from hcbak.hypercore.tls import base_url, split_address, trust_for
 
 FP = "ab" * 32
 
@@ -22,11 +21,15 @@ def test_fingerprint_forms_normalize_to_lower_hex(raw: bytes, colons: bool, uppe
     text = ":".join(hexed[i : i + 2] for i in range(0, 64, 2)) if colons else hexed
     text = text.upper() if upper else text
     assert normalize_fingerprint(text) == hexed
+    # as people paste them: openssl's bytes with spaces, a sha256/ or SHA256: prefix
+    assert normalize_fingerprint(f"sha256/{text}") == hexed
+    assert normalize_fingerprint(f"SHA256:{text.replace(':', ' ')}") == hexed
 
 
 @pytest.mark.parametrize("bad", ["", "abc", "zz" * 32, "ab" * 20])
 def test_non_sha256_fingerprints_are_refused(bad: str) -> None:
-    with pytest.raises(UsageError):
+    """ValueError: the config parser names the line, the CLI turns it into exit 2."""
+    with pytest.raises(ValueError, match="64 hex digits"):
         normalize_fingerprint(bad)
 
 
