@@ -304,10 +304,7 @@ class Repository:
             index.reserve(sum(len(raw) for _, raw in decoded) // 32)
             while decoded:
                 packs, raw = decoded.pop()
-                if skip:
-                    index.add_segment(packs, raw, skip)
-                else:
-                    index.add_segment(packs, raw)
+                index.add_segment(packs, raw, skip)
             self._index, self._bad_segments = index, bad
         except BaseException as exc:  # MemoryError and the like: raised at first use
             self._index_failure = exc
@@ -595,6 +592,8 @@ class Repository:
         blocks again even where they did not change, or its point cannot restore."""
         with self._cv:
             suspects = self.damaged.ids() | self._damaged_here
+            if not suspects:  # the usual case: no wait for the index load in the background
+                return set()
             return {block_id for block_id in suspects if not self._known(block_id)}
 
     def record_damage(self, copies: list[DamagedCopy]) -> None:

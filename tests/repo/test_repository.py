@@ -323,9 +323,9 @@ def test_the_index_is_built_after_open_and_its_first_use_waits_for_it(
     release = threading.Event()
     real = CompactIndex.add_segment
 
-    def held(self: CompactIndex, packs: list[str], raw: bytes) -> None:
+    def held(self: CompactIndex, packs: list[str], raw: bytes, *skip: object) -> None:
         assert release.wait(10), "the test never let the build go on"
-        real(self, packs, raw)
+        real(self, packs, raw, *skip)  # type: ignore[arg-type]
 
     monkeypatch.setattr(CompactIndex, "add_segment", held)
     with open_repo(root, passphrase=PASS) as repo:  # returns with the build held
