@@ -166,3 +166,10 @@ class Interrupted(HcbakError):
     """Interrupted by the user (Ctrl-C / SIGINT / SIGTERM)."""
 
     exit_code = ExitCode.INTERRUPTED
+
+
+def describe_os_error(exc: OSError) -> str:
+    """`No space left on device: /path` rather than "internal error (OSError)": for an
+    OSError that reaches the CLI edge or ends a job."""
+    what = exc.strerror or type(exc).__name__
+    return f"{what}: {exc.filename}" if exc.filename else what

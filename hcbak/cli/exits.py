@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from hcbak.errors import ExitCode, HcbakError
+from hcbak.errors import ExitCode, HcbakError, describe_os_error
 
 
 def debug_requested(argv: list[str]) -> bool:
@@ -48,12 +48,6 @@ def guarded(call: Callable[[], int], argv: list[str]) -> int:
         more = "" if debug else "; rerun with --debug for details"
         sys.stderr.write(f"error: internal error ({type(exc).__name__}){more}\n")
         return int(ExitCode.FAILED)
-
-
-def describe_os_error(exc: OSError) -> str:
-    """`No space left on device: /path` rather than "internal error (OSError)"."""
-    what = exc.strerror or type(exc).__name__
-    return f"{what}: {exc.filename}" if exc.filename else what
 
 
 def _print_traceback() -> None:

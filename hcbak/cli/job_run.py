@@ -203,7 +203,7 @@ def _run_one(
     except HcbakError as exc:  # e.g. a state dir where the job lock cannot be written
         return _ended(job, dry_run, full, "failed", exc.exit_code, exc.one_line())
     except OSError as exc:
-        from hcbak.cli.exits import describe_os_error
+        from hcbak.errors import describe_os_error
 
         return _ended(job, dry_run, full, "failed", ExitCode.FAILED, describe_os_error(exc))
 

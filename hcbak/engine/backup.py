@@ -73,6 +73,7 @@ from hcbak.errors import (
     TaskFailedError,
     TaskTimeoutError,
     TransportError,
+    describe_os_error,
 )
 from hcbak.hypercore.quiesce import CRASH, plan_quiesce
 from hcbak.transport.device import list_devices, locate_device
@@ -168,7 +169,7 @@ def run_job(
             status = "locked" if isinstance(exc, LockedError) else "failed"
             _end_job(report, status, exc.exit_code, exc.one_line())
         except OSError as exc:  # the system said no (a repository folder gone, EIO)
-            _end_job(report, "failed", ExitCode.FAILED, _describe_os_error(exc))
+            _end_job(report, "failed", ExitCode.FAILED, describe_os_error(exc))
         except Exception as exc:  # a bug: the job still ends with its report and email
             log.exception("job %s: internal error", job.name)
             reason = f"internal error ({type(exc).__name__}: {exc}); see the run log"
@@ -181,12 +182,6 @@ def run_job(
 def _end_job(report: JobReport, status: str, code: ExitCode, reason: str) -> None:
     report.status, report.error_code, report.reason = status, code, " ".join(reason.split())
     log.error("job %s %s: %s", report.job, status, report.reason)
-
-
-def _describe_os_error(exc: OSError) -> str:
-    """`No such file or directory: /srv/repo/points`, not a traceback."""
-    what = exc.strerror or type(exc).__name__
-    return f"{what}: {exc.filename}" if exc.filename else what
 
 
 def _threads_from_env() -> int | None:
