@@ -254,8 +254,24 @@ def clone_journal_dir(state_dir: Path) -> Path:
     return Path(state_dir) / "clones"
 
 
+def _writer() -> dict[str, Any]:
+    """Who wrote a journal entry: the pid, and the identity that tells a later process
+    whether that writer is still alive (a pid alone is reused: pid_max is 32768 here)."""
+    return {"pid": os.getpid(), "identity": holder_identity()}
+
+
+def _writer_alive(entry: dict[str, Any]) -> bool:
+    """Whether the process that wrote `entry` is still running. With an identity, a
+    pid now used by another process (or thread) is not taken for the writer."""
+    identity = entry.get("identity")
+    if isinstance(identity, dict):
+        return not local_holder_gone(identity)
+    pid = entry.get("pid")  # entries written before identities were kept
+    return isinstance(pid, int) and pid_alive(pid)
+
+
 def journal_clone(state_dir: Path, clone_uuid: str, info: dict[str, Any]) -> None:
-    entry = dict(info, clone_uuid=clone_uuid, created=time.time(), pid=os.getpid())
+    entry = dict(info, clone_uuid=clone_uuid, created=time.time(), **_writer())
     _write_json_atomic(clone_journal_dir(state_dir) / f"{clone_uuid}.json", entry)
 
 
@@ -276,8 +292,7 @@ def _entries_of_dead_runs(folder: Path, cluster: str) -> list[dict[str, Any]]:
         entry = _read_json(path)
         if not entry or entry.get("cluster") != cluster:
             continue
-        pid = entry.get("pid")
-        if isinstance(pid, int) and pid != os.getpid() and pid_alive(pid):
+        if entry.get("pid") != os.getpid() and _writer_alive(entry):
             continue  # another live run (other job) owns it
         out.append(entry)
     return out
@@ -293,7 +308,7 @@ def _task_file(state_dir: Path, task: str, prefix: str = "") -> Path:
 
 def journal_task(state_dir: Path, task: str, cluster: str) -> None:
     """A snapshot task this run started: what it creates appears only when it ends."""
-    entry = {"task": task, "cluster": cluster, "created": time.time(), "pid": os.getpid()}
+    entry = {"task": task, "cluster": cluster, "created": time.time(), **_writer()}
     _write_json_atomic(_task_file(state_dir, task), entry)
 
 
@@ -305,7 +320,7 @@ def journal_snapshot_request(state_dir: Path, cluster: str, vm_uuid: str, label:
     """Written before a snapshot POST: a run killed before the cluster's answer leaves
     a snapshot whose task nobody journaled; the next run finds it by this label."""
     entry = {"cluster": cluster, "vm": vm_uuid, "label": label, "created": time.time(),
-             "pid": os.getpid()}  # fmt: skip
+             **_writer()}  # fmt: skip
     _write_json_atomic(_task_file(state_dir, label, "request-"), entry)
 
 
@@ -334,7 +349,6 @@ def live_clone_uuids(state_dir: Path) -> set[str]:
     folder = clone_journal_dir(state_dir)
     for path in folder.glob("*.json") if folder.is_dir() else []:
         entry = _read_json(path)
-        pid = entry.get("pid") if entry else None
-        if entry and isinstance(pid, int) and pid_alive(pid) and not entry.get("pending"):
+        if entry and _writer_alive(entry) and not entry.get("pending"):
             out.add(str(entry.get("clone_uuid")))
     return out

@@ -70,8 +70,17 @@ def test_history_roundtrip_and_rpo_overdue(tmp_path: Path) -> None:
     assert not state.rpo_overdue(state.JobHistory(), "1h", now)
 
 
-def _set_pid(path: Path, pid: int) -> None:
-    path.write_text(path.read_text().replace(f'"pid": {os.getpid()}', f'"pid": {pid}'))
+def _set_pid(path: Path, pid: int, *, start: str | None = None) -> None:
+    """Make a journal entry look written by process `pid` (its identity too: its start
+    time, or `start` for a writer that had this pid before)."""
+    import json
+
+    from hcbak.repo.locks import _process_start
+
+    entry = json.loads(path.read_text())
+    entry["pid"] = pid
+    entry["identity"].update(pid=pid, pid_start=start or _process_start(pid) or "1")
+    path.write_text(json.dumps(entry))
 
 
 def test_clone_journal_lists_clones_of_dead_runs_only_for_its_cluster(tmp_path: Path) -> None:
@@ -85,6 +94,30 @@ def test_clone_journal_lists_clones_of_dead_runs_only_for_its_cluster(tmp_path: 
         assert [e["clone_uuid"] for e in state.journaled_clones(tmp_path, "prod")] == ["c1"]
         state.forget_clone(tmp_path, "c1")
         assert state.journaled_clones(tmp_path, "prod") == []
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_a_journal_entry_whose_pid_now_names_another_process_is_of_a_dead_run(
+    tmp_path: Path,
+) -> None:
+    """pid_max is 32768 here and a busy host wraps it: a dead run's pid taken by
+    another process (or thread) kept its clone "live" and the next run left it on the
+    worker (an orphan clone in the full suite). The writer's start time tells them apart."""
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        state.journal_clone(tmp_path, "c1", {"cluster": "prod"})
+        state.journal_task(tmp_path, "task-9", "prod")
+        _set_pid(tmp_path / "clones" / "c1.json", live.pid, start="1")  # an earlier owner
+        [task_file] = (tmp_path / "tasks").glob("*.json")
+        _set_pid(task_file, live.pid, start="1")
+        assert [e["clone_uuid"] for e in state.journaled_clones(tmp_path, "prod")] == ["c1"]
+        assert state.tasks_of_dead_runs(tmp_path, "prod") == ["task-9"]
+        assert state.live_clone_uuids(tmp_path) == set()
+        _set_pid(tmp_path / "clones" / "c1.json", live.pid)  # the live process wrote it
+        assert state.journaled_clones(tmp_path, "prod") == []
+        assert state.live_clone_uuids(tmp_path) == {"c1"}
     finally:
         live.kill()
         live.wait()
