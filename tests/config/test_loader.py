@@ -167,7 +167,7 @@ def test_broken_yaml_is_explained_as_the_python_parser_does(
 def test_libyaml_and_python_compose_the_example_config_alike(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from hcbak import config as config_module
+    from hcbak.config import parser as config_module
 
     example = Path(__file__).resolve().parents[2] / "examples" / "config.yaml"
     text = example.read_text(encoding="utf-8")
@@ -184,7 +184,7 @@ def test_libyaml_nodes_match_the_python_parser(document: object, flow: bool) -> 
     """Same tags, values and line/column marks, whatever the layout."""
     import yaml
 
-    from hcbak import config as config_module
+    from hcbak.config import parser as config_module
 
     if config_module._LIBYAML_LOADER is None:
         pytest.skip("PyYAML without libyaml: only the Python parser is used")

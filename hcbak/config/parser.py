@@ -1,385 +1,49 @@
-"""The YAML config: typed model, validating loader with line numbers, atomic save.
-
-Plain dataclasses, not pydantic (docs/config.md says why): the loader walks PyYAML's
-node tree so each error can name `file:line: field: what`, and the model stays a
-leaf module importable from anywhere without a validation framework.
-
-Commands that edit the config rewrite the whole file with a fixed layout; comments
-are not preserved (documented), hand edits are welcome.
-"""
+"""YAML text -> Config: composes PyYAML's node tree and walks it, so every error names
+`file:line: field: what`."""
 
 from __future__ import annotations
 
-import errno
-import ipaddress
-import os
-import re
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
-from hcbak.errors import ConfigError, HcbakError, NotFoundError, UsageError
+from hcbak.config.model import (
+    RETENTION_KEYS,
+    TIMEOUT_FIELDS,
+    ClusterConfig,
+    Config,
+    EmailNotify,
+    JobConfig,
+    RepoConfig,
+    Retention,
+    SMTPConfig,
+    TLSConfig,
+)
+from hcbak.config.paths import default_config_path
+from hcbak.config.validation import (
+    COMPRESSIONS,
+    NAME_RE,
+    NOTIFY_EVENTS,
+    PRUNE_MODES,
+    SMTP_SECURITY,
+    did_you_mean,
+    normalize_fingerprint,
+    parse_block_size,
+    parse_repo_id,
+    validate_disk_filter,
+    validate_email,
+    validate_node,
+)
+from hcbak.errors import ConfigError
 from hcbak.schedule import CronSchedule, parse_duration
 from hcbak.secrets import Secret, SecretRef
-
-__all__ = [
-    "COMPRESSIONS",
-    "NAME_RE",
-    "NOTIFY_EVENTS",
-    "ClusterConfig",
-    "Config",
-    "EmailNotify",
-    "JobConfig",
-    "RepoConfig",
-    "Retention",
-    "SMTPConfig",
-    "TLSConfig",
-    "default_config_path",
-    "format_block_size",
-    "jobs_using",
-    "load_config",
-    "normalize_fingerprint",
-    "parse_block_size",
-    "save_config",
-    "state_dir",
-    "validate_name",
-    "validate_node",
-]
-
-NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
-COMPRESSIONS = ("lz4", "zstd", "none")
-NOTIFY_EVENTS = ("failure", "warning", "success")
-SMTP_SECURITY = ("starttls", "ssl", "none")
-PRUNE_MODES = ("after_run", "never")
-MIN_BLOCK_SIZE = 256 * 1024
-MAX_BLOCK_SIZE = 4 * 1024 * 1024
-DEFAULT_BLOCK_SIZE = 1024 * 1024
-
-SAVE_HEADER = (
-    "# hcbak config. hcbak commands rewrite this file (comments are not kept);\n"
-    "# hand edits are welcome. Reference: docs/config.md\n"
-)
-
-
-# --- model ------------------------------------------------------------------------------
-@dataclass
-class TLSConfig:
-    """How a cluster's certificate is trusted: pinned fingerprints, a CA file, or not."""
-
-    ca_file: str | None = None
-    fingerprints: dict[str, str] = field(default_factory=dict)
-    insecure: bool = False
-
-
-@dataclass
-class ClusterConfig:
-    """A cluster entry: how to reach and trust its nodes, and the worker VM hcbak runs on."""
-
-    name: str
-    nodes: list[str]
-    username: str
-    password: SecretRef
-    tls: TLSConfig = field(default_factory=TLSConfig)
-    worker_vm: str | None = None
-    device_root: str = "/dev"
-    connect_timeout: float = 5.0
-    read_timeout: float = 30.0
-    task_timeout: float = 900.0
-    update_wait: float = 1800.0
-    retries: int = 3
-
-
-@dataclass
-class RepoConfig:
-    """A repository entry; the format settings themselves live in the repository.
-
-    It pins what hcbak expects of the repository: encrypted exactly when it has a
-    passphrase reference, and (entries written by `repo add` since format v2) the
-    repository's id. A repository that differs is refused, exit 6: a `config` replaced
-    by whoever can write the folder must never make hcbak back up in clear.
-    """
-
-    name: str
-    path: str
-    compression: str = "lz4"
-    block_size: int = DEFAULT_BLOCK_SIZE
-    passphrase: SecretRef | None = None
-    repo_id: str | None = None
-
-    @property
-    def encrypted(self) -> bool:
-        return self.passphrase is not None
-
-
-@dataclass
-class Retention:
-    """keep_* rules of a job; a point is kept when any rule keeps it."""
-
-    keep_last: int | None = None
-    keep_daily: int | None = None
-    keep_weekly: int | None = None
-    keep_monthly: int | None = None
-    keep_yearly: int | None = None
-    keep_within: str | None = None
-
-    def is_empty(self) -> bool:
-        return all(getattr(self, name) is None for name in RETENTION_KEYS)
-
-
-RETENTION_KEYS = (
-    "keep_last",
-    "keep_daily",
-    "keep_weekly",
-    "keep_monthly",
-    "keep_yearly",
-    "keep_within",
-)
-
-
-@dataclass
-class EmailNotify:
-    """Who gets a job's report, and for which outcomes."""
-
-    to: list[str]
-    on: list[str] = field(default_factory=lambda: ["failure", "warning"])
-
-
-@dataclass
-class JobConfig:
-    """What one job backs up, where to, and how it runs (as written in the YAML)."""
-
-    name: str
-    cluster: str
-    repo: str
-    vms: list[str] = field(default_factory=list)
-    tags: list[str] = field(default_factory=list)
-    exclude: list[str] = field(default_factory=list)
-    disks: list[str] = field(default_factory=list)
-    retention: Retention = field(default_factory=Retention)
-    schedule: str | None = None
-    parallel: int = 4
-    retries: int = 1
-    retry_wait: float = 60.0
-    notify: EmailNotify | None = None
-    pre_hook: str | None = None
-    post_hook: str | None = None
-    alert_after: str | None = None
-    prune: str | None = None
-    # Ask HyperCore (9.7.1+) for an application-consistent snapshot; crash-consistent
-    # with a warning where the cluster or the VM's guest agent cannot (docs/hypercore.md).
-    quiesce: bool = False
-
-
-@dataclass
-class SMTPConfig:
-    """The one mail server every job's notification goes through."""
-
-    host: str
-    sender: str
-    port: int = 25
-    security: str = "starttls"
-    username: str | None = None
-    password: SecretRef | None = None
-
-
-@dataclass
-class Config:
-    """The whole config file, parsed and checked; `save_config` writes it back."""
-
-    path: Path
-    clusters: dict[str, ClusterConfig] = field(default_factory=dict)
-    repositories: dict[str, RepoConfig] = field(default_factory=dict)
-    jobs: dict[str, JobConfig] = field(default_factory=dict)
-    smtp: SMTPConfig | None = None
-    state_dir: str | None = None
-
-    def cluster(self, name: str) -> ClusterConfig:
-        return _lookup(self.clusters, name, "cluster", "hcbak cluster list")
-
-    def repo(self, name: str) -> RepoConfig:
-        return _lookup(self.repositories, name, "repository", "hcbak repo list")
-
-    def job(self, name: str) -> JobConfig:
-        return _lookup(self.jobs, name, "job", "hcbak job list")
-
-    def has_inline_secret(self) -> bool:
-        refs: list[SecretRef | None] = [c.password for c in self.clusters.values()]
-        refs += [r.passphrase for r in self.repositories.values()]
-        refs.append(self.smtp.password if self.smtp else None)
-        return any(ref is not None and ref.is_inline() for ref in refs)
-
 
 T = TypeVar("T")
 
 
-def _lookup(table: dict[str, T], name: str, kind: str, list_cmd: str) -> T:
-    try:
-        return table[name]
-    except KeyError:
-        hint = _did_you_mean(name, table) or f"see `{list_cmd}`"
-        raise NotFoundError(f"no {kind} named {name!r}", hint=hint) from None
-
-
-def jobs_using(config: Config, cluster: str | None = None, repo: str | None = None) -> list[str]:
-    """Names of jobs that use `cluster` and/or `repo` (sorted): removal must refuse them."""
-    return sorted(
-        job.name
-        for job in config.jobs.values()
-        if (cluster is not None and job.cluster == cluster)
-        or (repo is not None and job.repo == repo)
-    )
-
-
-def ensure_unused(config: Config, *, cluster: str | None = None, repo: str | None = None) -> None:
-    """Refuse to remove a cluster or repository that a job still names."""
-    users = jobs_using(config, cluster=cluster, repo=repo)
-    if users:
-        what = f"cluster {cluster!r}" if cluster is not None else f"repository {repo!r}"
-        raise UsageError(
-            f"{what} is used by job(s) {', '.join(users)}",
-            hint="remove or edit those jobs first",
-        )
-
-
-# --- paths ------------------------------------------------------------------------------
-def _is_root() -> bool:
-    return hasattr(os, "geteuid") and os.geteuid() == 0
-
-
-def default_config_path() -> Path:
-    """$HCBAK_CONFIG, else /etc/hcbak/config.yaml for root, else the user config dir."""
-    env = os.environ.get("HCBAK_CONFIG")
-    if env:
-        return Path(env).expanduser()
-    if _is_root():
-        return Path("/etc/hcbak/config.yaml")
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "hcbak" / "config.yaml"
-
-
-def state_dir(config: Config | None = None) -> Path:
-    """$HCBAK_STATE_DIR, else config `state_dir`, else /var/lib/hcbak (root) or XDG state."""
-    env = os.environ.get("HCBAK_STATE_DIR")
-    if env:
-        return Path(env).expanduser()
-    if config is not None and config.state_dir:
-        return Path(config.state_dir).expanduser()
-    if _is_root():
-        return Path("/var/lib/hcbak")
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "hcbak"
-
-
-# --- value validators (shared with the CLI) ---------------------------------------------
-def validate_name(name: str, kind: str = "name") -> str:
-    """Names become file and lock names: letters, digits, '-' and '_' only."""
-    if not NAME_RE.match(name):
-        raise ValueError(f"{kind} {name!r} may contain only letters, digits, '-' and '_'")
-    return name
-
-
-def validate_email(address: str) -> str:
-    """One address, `name@domain`: the same check the config's notify.email.to gets."""
-    if not _EMAIL_RE.match(address):
-        raise ValueError(f"{address!r} is not an email address")
-    return address
-
-
-# The data disk types: what a job's disk filter can name, and what selection backs up.
-FILTER_DISK_TYPES = ("VIRTIO_DISK", "SCSI_DISK", "IDE_DISK")
-_UUID_RE = re.compile(r"^[0-9A-Fa-f]{8}(-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}$")
-
-
-def validate_disk_filter(item: str) -> str:
-    """A slot number, a data disk type or a disk uuid: a typo here would otherwise
-    leave every disk of the job's VMs out without a word."""
-    text = str(item).strip()
-    if text.isdigit() or text.upper() in FILTER_DISK_TYPES or _UUID_RE.match(text):
-        return text
-    raise ValueError(
-        f"disk {item!r} is not a slot number, a disk type ({', '.join(FILTER_DISK_TYPES)}) "
-        "or a disk uuid"
-    )
-
-
-_HOST_RE = re.compile(
-    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
-)
-
-
-def validate_node(address: str) -> str:
-    """`host`, `host:port` or `[ipv6]:port`; https is implied."""
-    host, port = address, None
-    if address.startswith("["):
-        inner, sep, rest = address[1:].partition("]")
-        if not sep or (rest and not rest.startswith(":")):
-            raise ValueError(f"node address {address!r} is malformed")
-        host, port = inner, rest[1:] or None
-        _check_ip(host, address)
-    elif address.count(":") == 1:
-        host, port = address.split(":")
-    elif address.count(":") > 1:
-        _check_ip(address, address)
-        return address
-    if port is not None and not (port.isdigit() and 1 <= int(port) <= 65535):
-        raise ValueError(f"node address {address!r} has a bad port (1-65535)")
-    if not address.startswith("[") and not _HOST_RE.match(host):
-        raise ValueError(f"node address {address!r} is not a host name or IP address")
-    return address
-
-
-def _check_ip(text: str, address: str) -> None:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        raise ValueError(f"node address {address!r} is not a valid IP address") from None
-
-
-def normalize_fingerprint(text: str) -> str:
-    """SHA-256 fingerprint as 64 lowercase hex digits. Accepted as people paste them:
-    any case, colons or spaces between bytes, a leading `sha256/`, `sha256=` or
-    `SHA256:`. The one parser for the config, the CLI and the TLS layer."""
-    cleaned = text.strip().lower().replace(" ", "")
-    if cleaned.startswith("sha256"):
-        cleaned = cleaned.removeprefix("sha256").lstrip("/=:")
-    cleaned = cleaned.replace(":", "")
-    if not re.fullmatch(r"[0-9a-f]{64}", cleaned):
-        raise ValueError("fingerprint must be a SHA-256 hash: 64 hex digits (colons allowed)")
-    return cleaned
-
-
-_SIZE_RE = re.compile(r"^(\d+)\s*([kmg]?)(i?b?)$", re.IGNORECASE)
-
-
-def parse_block_size(value: object) -> int:
-    """1048576, "1MiB", "1M", "256KiB", "256k": a power of two from 256 KiB to 4 MiB."""
-    if isinstance(value, bool):
-        raise ValueError("block_size must be a size like 1MiB")
-    if isinstance(value, int):
-        size = value
-    elif isinstance(value, str) and (match := _SIZE_RE.match(value.strip())):
-        size = (
-            int(match.group(1))
-            * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[match.group(2).lower()]
-        )
-    else:
-        raise ValueError(f"block_size {value!r} is not a size like 1MiB, 4M or 262144")
-    if not MIN_BLOCK_SIZE <= size <= MAX_BLOCK_SIZE or size & (size - 1):
-        raise ValueError("block_size must be a power of two from 256KiB to 4MiB")
-    return size
-
-
-def format_block_size(size: int) -> str:
-    if size % (1024 * 1024) == 0:
-        return f"{size // (1024 * 1024)}MiB"
-    return f"{size // 1024}KiB"
-
-
-# --- loading ----------------------------------------------------------------------------
 def load_config(path: Path | None = None, *, missing_ok: bool = False) -> Config:
     """Read and validate the config; the first problem raises ConfigError (exit 2).
 
@@ -519,14 +183,14 @@ class _Parser:
                     fields["cluster"],
                     f"jobs.{name}.cluster",
                     f"no cluster named {job.cluster!r}",
-                    _did_you_mean(job.cluster, config.clusters),
+                    did_you_mean(job.cluster, config.clusters),
                 )
             if job.repo not in config.repositories:
                 self.error(
                     fields["repo"],
                     f"jobs.{name}.repo",
                     f"no repository named {job.repo!r}",
-                    _did_you_mean(job.repo, config.repositories),
+                    did_you_mean(job.repo, config.repositories),
                 )
             if job.notify is not None and config.smtp is None:
                 self.error(
@@ -598,8 +262,8 @@ class _Parser:
         if "device_root" in m:
             cluster.device_root = self.string(m["device_root"], f"{where}.device_root")
         if "timeouts" in m:
-            t = self.mapping(m["timeouts"], f"{where}.timeouts", tuple(_TIMEOUT_FIELDS))
-            for tkey, attr in _TIMEOUT_FIELDS.items():
+            t = self.mapping(m["timeouts"], f"{where}.timeouts", tuple(TIMEOUT_FIELDS))
+            for tkey, attr in TIMEOUT_FIELDS.items():
                 if tkey in t:
                     setattr(cluster, attr, self.number(t[tkey], f"{where}.timeouts.{tkey}"))
         if "retries" in m:
@@ -621,7 +285,7 @@ class _Parser:
                         fp_node,
                         f"{where}.fingerprints",
                         f"{address} is not one of the cluster's nodes",
-                        _did_you_mean(address, nodes),
+                        did_you_mean(address, nodes),
                     )
                 text = self.string(fp_node, f"{where}.fingerprints.{address}")
                 tls.fingerprints[address] = self.check(
@@ -742,7 +406,7 @@ class _Parser:
                         item,
                         f"{where}.email.on",
                         f"{event!r} is not one of {', '.join(NOTIFY_EVENTS)}",
-                        _did_you_mean(event, NOTIFY_EVENTS),
+                        did_you_mean(event, NOTIFY_EVENTS),
                     )
         return notify
 
@@ -794,7 +458,7 @@ class _Parser:
                     key,
                     f"{where}.{name}" if where != "config" else name,
                     "unknown key",
-                    _did_you_mean(name, allowed) or f"allowed: {', '.join(allowed)}",
+                    did_you_mean(name, allowed) or f"allowed: {', '.join(allowed)}",
                 )
             if name in out:
                 self.error(key, f"{where}.{name}", "key given twice")
@@ -868,7 +532,7 @@ class _Parser:
                 node,
                 where,
                 f"{value!r} is not one of {', '.join(choices)}",
-                _did_you_mean(value, choices),
+                did_you_mean(value, choices),
             )
         return value
 
@@ -886,15 +550,6 @@ class _Parser:
             raise  # pragma: no cover - error() always raises
 
 
-_TIMEOUT_FIELDS = {
-    "connect": "connect_timeout",
-    "read": "read_timeout",
-    "task": "task_timeout",
-    "update_wait": "update_wait",
-}
-_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+$")
-
-
 def _secret_keys(prefix: str) -> tuple[str, ...]:
     return (f"{prefix}_env", f"{prefix}_file", f"{prefix}_command", prefix)
 
@@ -909,184 +564,3 @@ def _is_null(node: Node) -> bool:
 
 def _show(value: Any) -> str:
     return "a list or mapping" if isinstance(value, yaml.Node) else repr(value)
-
-
-def _did_you_mean(word: str, candidates: Any) -> str | None:
-    import difflib  # only a misspelt name needs it
-
-    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
-    return f"did you mean {close[0]!r}?" if close else None
-
-
-# --- saving -----------------------------------------------------------------------------
-def save_config(config: Config) -> None:
-    """Write the config atomically with mode 0600 (temp in the same dir, fsync, rename)."""
-    path = config.path
-    text = SAVE_HEADER + yaml.safe_dump(
-        config_to_dict(config), sort_keys=False, default_flow_style=False, width=100
-    )
-    try:
-        _write_atomic(path, text)
-    except OSError as exc:
-        message = f"could not save the config {path}: {exc.strerror or exc}"
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # a full disk is not a config error
-            raise HcbakError(message, hint="the config is unchanged") from None
-        raise ConfigError(
-            f"could not save the config: {exc.strerror or exc}", path=str(path)
-        ) from None
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    # A crash at any point leaves either the old file or the new one, never a mix:
-    # the temp file is complete and fsynced before the rename replaces the old file.
-    directory = path.parent
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    import tempfile  # only commands that edit the config write it
-
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            os.fchmod(handle.fileno(), 0o600)
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(directory)
-
-
-def _fsync_dir(directory: Path) -> None:
-    # The rename is durable only once the directory entry is; some filesystems
-    # refuse fsync on directories, which is harmless.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def config_to_dict(config: Config) -> dict[str, Any]:
-    """The YAML layout `save_config` writes (and `config show --json` prints)."""
-    out: dict[str, Any] = {}
-    if config.state_dir:
-        out["state_dir"] = config.state_dir
-    if config.smtp is not None:
-        out["smtp"] = smtp_to_dict(config.smtp)
-    out["clusters"] = {n: cluster_to_dict(c) for n, c in sorted(config.clusters.items())}
-    out["repositories"] = {n: repo_to_dict(r) for n, r in sorted(config.repositories.items())}
-    out["jobs"] = {n: job_to_dict(j) for n, j in sorted(config.jobs.items())}
-    return out
-
-
-def secret_to_dict(prefix: str, ref: SecretRef | None, *, reveal: bool = True) -> dict[str, str]:
-    """YAML keys for a reference; `reveal=False` masks an inline value (for display)."""
-    if ref is None:
-        return {}
-    if ref.env:
-        return {f"{prefix}_env": ref.env}
-    if ref.file:
-        return {f"{prefix}_file": ref.file}
-    if ref.command:
-        return {f"{prefix}_command": ref.command}
-    if ref.value is not None:
-        return {prefix: ref.value.reveal() if reveal else "***"}
-    return {}
-
-
-def cluster_to_dict(c: ClusterConfig, *, reveal: bool = True) -> dict[str, Any]:
-    out: dict[str, Any] = {"nodes": list(c.nodes), "username": c.username}
-    out.update(secret_to_dict("password", c.password, reveal=reveal))
-    tls: dict[str, Any] = {}
-    if c.tls.ca_file:
-        tls["ca_file"] = c.tls.ca_file
-    if c.tls.fingerprints:
-        tls["fingerprints"] = dict(sorted(c.tls.fingerprints.items()))
-    if c.tls.insecure:
-        tls["insecure"] = True
-    if tls:
-        out["tls"] = tls
-    if c.worker_vm:
-        out["worker_vm"] = c.worker_vm
-    if c.device_root != "/dev":
-        out["device_root"] = c.device_root
-    defaults = ClusterConfig(name="", nodes=[], username="", password=SecretRef())
-    timeouts = {
-        key: _num(getattr(c, attr))
-        for key, attr in _TIMEOUT_FIELDS.items()
-        if getattr(c, attr) != getattr(defaults, attr)
-    }
-    if timeouts:
-        out["timeouts"] = timeouts
-    if c.retries != defaults.retries:
-        out["retries"] = c.retries
-    return out
-
-
-def parse_repo_id(text: str) -> str:
-    """A repository id as `repo add` records it: 32 lowercase hex digits."""
-    if len(text) != 32 or text.strip("0123456789abcdef"):
-        raise ValueError(f"{text!r} is not a repository id (32 lowercase hex digits)")
-    return text
-
-
-def repo_to_dict(r: RepoConfig, *, reveal: bool = True) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "path": r.path,
-        "compression": r.compression,
-        "block_size": format_block_size(r.block_size),
-    }
-    if r.repo_id is not None:
-        out["repo_id"] = r.repo_id
-    out.update(secret_to_dict("passphrase", r.passphrase, reveal=reveal))
-    return out
-
-
-def job_to_dict(j: JobConfig) -> dict[str, Any]:
-    out: dict[str, Any] = {"cluster": j.cluster, "repo": j.repo}
-    for attr in ("vms", "tags", "exclude", "disks"):
-        if getattr(j, attr):
-            out[attr] = list(getattr(j, attr))
-    retention = {k: getattr(j.retention, k) for k in RETENTION_KEYS}
-    retention = {k: v for k, v in retention.items() if v is not None}
-    if retention:
-        out["retention"] = retention
-    if j.schedule:
-        out["schedule"] = j.schedule
-    out["parallel"] = j.parallel
-    out["retries"] = j.retries
-    out["retry_wait"] = _num(j.retry_wait)
-    if j.alert_after:
-        out["alert_after"] = j.alert_after
-    if j.prune:
-        out["prune"] = j.prune
-    if j.quiesce:
-        out["quiesce"] = True
-    if j.notify is not None:
-        out["notify"] = {"email": {"to": list(j.notify.to), "on": list(j.notify.on)}}
-    hooks = {k: v for k, v in (("pre", j.pre_hook), ("post", j.post_hook)) if v}
-    if hooks:
-        out["hooks"] = hooks
-    return out
-
-
-def smtp_to_dict(s: SMTPConfig, *, reveal: bool = True) -> dict[str, Any]:
-    out: dict[str, Any] = {"host": s.host, "port": s.port, "security": s.security}
-    if s.username:
-        out["username"] = s.username
-    out.update(secret_to_dict("password", s.password, reveal=reveal))
-    out["sender"] = s.sender
-    return out
-
-
-def _num(value: float) -> int | float:
-    return int(value) if float(value).is_integer() else value

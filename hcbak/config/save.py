@@ -1,0 +1,194 @@
+"""Config -> YAML: the fixed layout commands write back, saved atomically with mode 0600."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hcbak.config.model import (
+    RETENTION_KEYS,
+    TIMEOUT_FIELDS,
+    ClusterConfig,
+    Config,
+    JobConfig,
+    RepoConfig,
+    SMTPConfig,
+)
+from hcbak.config.validation import format_block_size
+from hcbak.errors import ConfigError, HcbakError
+from hcbak.secrets import SecretRef
+
+SAVE_HEADER = (
+    "# hcbak config. hcbak commands rewrite this file (comments are not kept);\n"
+    "# hand edits are welcome. Reference: docs/config.md\n"
+)
+
+
+def save_config(config: Config) -> None:
+    """Write the config atomically with mode 0600 (temp in the same dir, fsync, rename)."""
+    path = config.path
+    text = SAVE_HEADER + yaml.safe_dump(
+        config_to_dict(config), sort_keys=False, default_flow_style=False, width=100
+    )
+    try:
+        _write_atomic(path, text)
+    except OSError as exc:
+        message = f"could not save the config {path}: {exc.strerror or exc}"
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # a full disk is not a config error
+            raise HcbakError(message, hint="the config is unchanged") from None
+        raise ConfigError(
+            f"could not save the config: {exc.strerror or exc}", path=str(path)
+        ) from None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    # A crash at any point leaves either the old file or the new one, never a mix:
+    # the temp file is complete and fsynced before the rename replaces the old file.
+    directory = path.parent
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    import tempfile  # only commands that edit the config write it
+
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            os.fchmod(handle.fileno(), 0o600)
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(directory)
+
+
+def _fsync_dir(directory: Path) -> None:
+    # The rename is durable only once the directory entry is; some filesystems
+    # refuse fsync on directories, which is harmless.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    """The YAML layout `save_config` writes (and `config show --json` prints)."""
+    out: dict[str, Any] = {}
+    if config.state_dir:
+        out["state_dir"] = config.state_dir
+    if config.smtp is not None:
+        out["smtp"] = smtp_to_dict(config.smtp)
+    out["clusters"] = {n: cluster_to_dict(c) for n, c in sorted(config.clusters.items())}
+    out["repositories"] = {n: repo_to_dict(r) for n, r in sorted(config.repositories.items())}
+    out["jobs"] = {n: job_to_dict(j) for n, j in sorted(config.jobs.items())}
+    return out
+
+
+def secret_to_dict(prefix: str, ref: SecretRef | None, *, reveal: bool = True) -> dict[str, str]:
+    """YAML keys for a reference; `reveal=False` masks an inline value (for display)."""
+    if ref is None:
+        return {}
+    if ref.env:
+        return {f"{prefix}_env": ref.env}
+    if ref.file:
+        return {f"{prefix}_file": ref.file}
+    if ref.command:
+        return {f"{prefix}_command": ref.command}
+    if ref.value is not None:
+        return {prefix: ref.value.reveal() if reveal else "***"}
+    return {}
+
+
+def cluster_to_dict(c: ClusterConfig, *, reveal: bool = True) -> dict[str, Any]:
+    out: dict[str, Any] = {"nodes": list(c.nodes), "username": c.username}
+    out.update(secret_to_dict("password", c.password, reveal=reveal))
+    tls: dict[str, Any] = {}
+    if c.tls.ca_file:
+        tls["ca_file"] = c.tls.ca_file
+    if c.tls.fingerprints:
+        tls["fingerprints"] = dict(sorted(c.tls.fingerprints.items()))
+    if c.tls.insecure:
+        tls["insecure"] = True
+    if tls:
+        out["tls"] = tls
+    if c.worker_vm:
+        out["worker_vm"] = c.worker_vm
+    if c.device_root != "/dev":
+        out["device_root"] = c.device_root
+    defaults = ClusterConfig(name="", nodes=[], username="", password=SecretRef())
+    timeouts = {
+        key: _num(getattr(c, attr))
+        for key, attr in TIMEOUT_FIELDS.items()
+        if getattr(c, attr) != getattr(defaults, attr)
+    }
+    if timeouts:
+        out["timeouts"] = timeouts
+    if c.retries != defaults.retries:
+        out["retries"] = c.retries
+    return out
+
+
+def repo_to_dict(r: RepoConfig, *, reveal: bool = True) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "path": r.path,
+        "compression": r.compression,
+        "block_size": format_block_size(r.block_size),
+    }
+    if r.repo_id is not None:
+        out["repo_id"] = r.repo_id
+    out.update(secret_to_dict("passphrase", r.passphrase, reveal=reveal))
+    return out
+
+
+def job_to_dict(j: JobConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {"cluster": j.cluster, "repo": j.repo}
+    for attr in ("vms", "tags", "exclude", "disks"):
+        if getattr(j, attr):
+            out[attr] = list(getattr(j, attr))
+    retention = {k: getattr(j.retention, k) for k in RETENTION_KEYS}
+    retention = {k: v for k, v in retention.items() if v is not None}
+    if retention:
+        out["retention"] = retention
+    if j.schedule:
+        out["schedule"] = j.schedule
+    out["parallel"] = j.parallel
+    out["retries"] = j.retries
+    out["retry_wait"] = _num(j.retry_wait)
+    if j.alert_after:
+        out["alert_after"] = j.alert_after
+    if j.prune:
+        out["prune"] = j.prune
+    if j.quiesce:
+        out["quiesce"] = True
+    if j.notify is not None:
+        out["notify"] = {"email": {"to": list(j.notify.to), "on": list(j.notify.on)}}
+    hooks = {k: v for k, v in (("pre", j.pre_hook), ("post", j.post_hook)) if v}
+    if hooks:
+        out["hooks"] = hooks
+    return out
+
+
+def smtp_to_dict(s: SMTPConfig, *, reveal: bool = True) -> dict[str, Any]:
+    out: dict[str, Any] = {"host": s.host, "port": s.port, "security": s.security}
+    if s.username:
+        out["username"] = s.username
+    out.update(secret_to_dict("password", s.password, reveal=reveal))
+    out["sender"] = s.sender
+    return out
+
+
+def _num(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else value
