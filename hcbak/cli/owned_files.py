@@ -2,17 +2,17 @@
 
 One rule for all of them: a file is hcbak's when it carries hcbak's marker text; hcbak
 replaces or deletes only such files, and another file at the same path is the user's,
-left alone unless `--force` says otherwise. Writes are atomic (temp file + rename), so
-a crash never leaves half a unit file for systemd to read.
+left alone unless `--force` says otherwise. Writes go through hcbak.fsio.write_atomic
+(temp file + fsync + rename), so a crash never leaves half a unit file for systemd to
+read.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from hcbak.errors import UsageError
+from hcbak.fsio import write_atomic
 
 
 def is_ours(path: Path, marker: str) -> bool:
@@ -46,19 +46,9 @@ def write_file(path: Path, text: str) -> str:
     except UnicodeDecodeError:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        if path.is_symlink() or path.is_dir():
-            _remove(path)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    if path.is_symlink() or path.is_dir():
+        _remove(path)
+    write_atomic(path, text.encode("utf-8"), mode=0o644)
     return "written"
 
 

@@ -589,7 +589,7 @@ def _verify_file(config: Config, repo_id: str) -> Path:
 
 
 def _save_last_verify(config: Config, repo_id: str, ok: bool, percent: float) -> None:
-    from hcbak.repo import fsio
+    from hcbak import fsio
 
     path = _verify_file(config, repo_id)
     try:
@@ -599,7 +599,7 @@ def _save_last_verify(config: Config, repo_id: str, ok: bool, percent: float) ->
             "ok": ok,
             "read_data_percent": percent,
         }
-        fsio.atomic_write(path, json.dumps(doc).encode())
+        fsio.write_atomic(path, json.dumps(doc).encode())
     except (OSError, HcbakError):
         pass  # informational only
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import errno
-import os
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -20,6 +18,7 @@ from hcbak.config.model import (
 )
 from hcbak.config.validation import format_block_size
 from hcbak.errors import ConfigError, HcbakError
+from hcbak.fsio import write_atomic
 from hcbak.secrets import SecretRef
 
 SAVE_HEADER = (
@@ -35,7 +34,9 @@ def save_config(config: Config) -> None:
         config_to_dict(config), sort_keys=False, default_flow_style=False, width=100
     )
     try:
-        _write_atomic(path, text)
+        # A crash at any point leaves either the old file or the new one, never a mix.
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_atomic(path, text.encode("utf-8"), mode=0o600)
     except OSError as exc:
         message = f"could not save the config {path}: {exc.strerror or exc}"
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # a full disk is not a config error
@@ -43,45 +44,6 @@ def save_config(config: Config) -> None:
         raise ConfigError(
             f"could not save the config: {exc.strerror or exc}", path=str(path)
         ) from None
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    # A crash at any point leaves either the old file or the new one, never a mix:
-    # the temp file is complete and fsynced before the rename replaces the old file.
-    directory = path.parent
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    import tempfile  # only commands that edit the config write it
-
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            os.fchmod(handle.fileno(), 0o600)
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(directory)
-
-
-def _fsync_dir(directory: Path) -> None:
-    # The rename is durable only once the directory entry is; some filesystems
-    # refuse fsync on directories, which is harmless.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:

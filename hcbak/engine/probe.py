@@ -20,7 +20,6 @@ import functools
 import hashlib
 import json
 import logging
-import os
 import secrets
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hcbak.errors import HcbakError, NotFoundError, TransportError
+from hcbak.fsio import write_atomic
 from hcbak.hypercore.shapes import make_report
 from hcbak.transport.device import list_devices, locate_device
 from hcbak.transport.qcow2 import DEFAULT_CLUSTER_SIZE, qcow2_image
@@ -150,9 +150,7 @@ class ProbeJournal:
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(self.data), encoding="utf-8")
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps(self.data).encode("utf-8"))
 
     def clear(self) -> None:
         self.data = {}

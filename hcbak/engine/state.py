@@ -28,8 +28,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from hcbak import fsio
 from hcbak.errors import LockedError, UsageError
-from hcbak.repo import fsio
 from hcbak.repo.locks import holder_identity, local_holder_gone, pid_alive
 
 log = logging.getLogger(__name__)
@@ -43,13 +43,7 @@ def make_state_dir(path: Path) -> None:
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     make_state_dir(path.parent)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = fsio.open_private(tmp, os.O_WRONLY | os.O_TRUNC)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    fsio.write_atomic(path, json.dumps(data, indent=2, sort_keys=True).encode("utf-8"))
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

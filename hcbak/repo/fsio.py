@@ -1,17 +1,15 @@
 """File-system primitives every repository file goes through.
 
-One atomic-write helper (restic's local backend pattern): temp name in the same folder,
-write, check the length, fsync, `os.replace`, fsync the folder. Content-addressed files
-are write-once: we never rename over an existing one (SMB/NFS refuse or misbehave,
-borg #5253). fsync of a directory and chmod fail with EPERM/ENOTSUP/EINVAL/ENOSYS on
-some network filesystems (restic #1756, #5342); those errnos, and only those, are
-tolerated. ENOSPC/EDQUOT become `NoSpaceError` with the temp file removed.
+The atomic writer and the private-mode helpers are hcbak.fsio's (the one writer for
+every file hcbak writes: temp name in the same folder, write, check the length, fsync,
+`os.replace`, fsync the folder; network-filesystem errnos tolerated for fsync(dir) and
+chmod). This module adds what only the repository needs: its error types (an OSError
+becomes RepoError, ENOSPC/EDQUOT `NoSpaceError` with the temp file removed), vectored
+and positional writes, page-cache dropping and durable deletes.
 
 Everything hcbak writes is private whatever the umask: files 0600, folders 0700. An
 unencrypted repository is the VMs' disks in the clear and an encrypted one holds the
-wrapped key; neither is for other local users. The mode is asked for at creation
-(never a window where the file is readable) and set again with chmod, so a umask that
-masks the owner's own bits cannot make a file unusable either.
+wrapped key; neither is for other local users.
 """
 
 from __future__ import annotations
@@ -23,88 +21,53 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from hcbak.errors import NoSpaceError, RepoError
+from hcbak.fsio import (
+    PRIVATE_DIR,
+    PRIVATE_FILE,
+    TMP_PREFIX,
+    TOLERATED_ERRNOS,
+    chmod_tolerant,
+    commit_tmp,
+    fchmod_tolerant,
+    fsync_dir,
+    make_private_dir,
+    open_private,
+    remove_quietly,
+    tmp_path_for,
+    write_atomic,
+)
 
-# errnos that network filesystems return for fsync(dir)/chmod although the data is safe.
-TOLERATED_ERRNOS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS})
+__all__ = [
+    "NO_SPACE_ERRNOS",
+    "PRIVATE_DIR",
+    "PRIVATE_FILE",
+    "TMP_PREFIX",
+    "TOLERATED_ERRNOS",
+    "atomic_write",
+    "chmod_tolerant",
+    "commit_tmp",
+    "drop_cache",
+    "fchmod_tolerant",
+    "fsync_dir",
+    "make_private_dir",
+    "open_private",
+    "pwrite_all",
+    "raise_os_error",
+    "read_file",
+    "remove_durably",
+    "remove_quietly",
+    "tmp_path_for",
+    "translate_os_errors",
+    "typed_os_error",
+    "write_all",
+]
+
 NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
-TMP_PREFIX = ".tmp-"
-PRIVATE_FILE = 0o600
-PRIVATE_DIR = 0o700
 
-# Indirection points so tests can make them raise (see tests/repo/test_fsio.py).
+# Indirection points for the pack writer's and the lock's own syncs, so tests can make
+# them raise (see tests/repo/test_write_fastpaths.py); hcbak.fsio has the writer's.
 _fsync = os.fsync
 _fdatasync = os.fdatasync
-_chmod = os.chmod
-_fchmod = os.fchmod
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename/create in `path` durable; tolerate filesystems that cannot."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError as exc:
-        if exc.errno in TOLERATED_ERRNOS:
-            return
-        raise
-    try:
-        _fsync(fd)
-    except OSError as exc:
-        if exc.errno not in TOLERATED_ERRNOS:
-            raise
-    finally:
-        os.close(fd)
-
-
-def chmod_tolerant(path: Path, mode: int) -> None:
-    """chmod that ignores the errnos of filesystems without POSIX modes (CIFS, some NFS)."""
-    try:
-        _chmod(path, mode)
-    except OSError as exc:
-        if exc.errno not in TOLERATED_ERRNOS:
-            raise
-
-
-def fchmod_tolerant(fd: int, mode: int) -> None:
-    """fchmod that ignores the errnos of filesystems without POSIX modes."""
-    try:
-        _fchmod(fd, mode)
-    except OSError as exc:
-        if exc.errno not in TOLERATED_ERRNOS:
-            raise
-
-
-def open_private(path: Path | str, flags: int) -> int:
-    """`os.open` of a new or existing file with O_CREAT and mode 0600 whatever the umask."""
-    fd = os.open(path, flags | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), PRIVATE_FILE)
-    try:
-        fchmod_tolerant(fd, PRIVATE_FILE)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def make_private_dir(path: Path, *, parents: bool = False) -> None:
-    """mkdir with mode 0700 whatever the umask; with `parents`, every folder it has to
-    create is 0700 too. A folder that exists already is left as it is (its owner chose)."""
-    path = Path(path)
-    missing: list[Path] = []
-    if parents:
-        for folder in (path, *path.parents):
-            if folder.is_dir():
-                break
-            missing.append(folder)
-        missing.reverse()
-    else:
-        missing = [path]
-    for folder in missing:
-        try:
-            folder.mkdir(mode=PRIVATE_DIR)
-        except FileExistsError:
-            if not folder.is_dir():
-                raise
-            continue  # created meanwhile by another process or thread: theirs
-        chmod_tolerant(folder, PRIVATE_DIR)
 
 
 def drop_cache(fd: int) -> None:
@@ -142,10 +105,6 @@ def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
         view, offset = view[done:], offset + done
 
 
-def tmp_path_for(final: Path) -> Path:
-    return final.parent / f"{TMP_PREFIX}{final.name[:24]}-{os.urandom(6).hex()}"
-
-
 def typed_os_error(exc: OSError, what: str) -> RepoError:
     """The typed repository error for an OSError (ENOSPC/EDQUOT -> NoSpaceError)."""
     if exc.errno in NO_SPACE_ERRNOS:
@@ -163,46 +122,15 @@ def raise_os_error(exc: OSError, what: str) -> None:
 
 
 def atomic_write(final: Path, data: bytes, *, write_once: bool = False) -> bool:
-    """Write `data` to `final` atomically and durably.
+    """hcbak.fsio.write_atomic (mode 0600) with the repository's error types.
 
     With `write_once` (content-addressed names) an existing file is left alone and
     False is returned: equal names mean equal content. Returns True when written.
     """
-    if write_once and final.exists():
-        return False
-    tmp = tmp_path_for(final)
     try:
-        with os.fdopen(open_private(tmp, os.O_WRONLY | os.O_EXCL), "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            if fh.tell() != len(data) or os.fstat(fh.fileno()).st_size != len(data):
-                raise RepoError(f"short write to {tmp}")
-            _fsync(fh.fileno())
-        commit_tmp(tmp, final, write_once=write_once)
+        return write_atomic(final, data, write_once=write_once)
     except OSError as exc:
-        remove_quietly(tmp)
-        raise_os_error(exc, str(final))
-    except BaseException:
-        remove_quietly(tmp)
-        raise
-    return True
-
-
-def commit_tmp(tmp: Path, final: Path, *, write_once: bool) -> bool:
-    """Rename a fully written, fsynced temp file into place and fsync the folder."""
-    if write_once and final.exists():
-        remove_quietly(tmp)
-        return False
-    os.replace(tmp, final)
-    fsync_dir(final.parent)
-    return True
-
-
-def remove_quietly(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
+        raise typed_os_error(exc, str(final)) from exc
 
 
 def remove_durably(path: Path) -> None:

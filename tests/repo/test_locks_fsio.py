@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from repo_helpers import PASS, disk_bytes, make_repo, write_point
 
+from hcbak import fsio as files
 from hcbak.errors import LockedError, NoSpaceError, RepoError
 from hcbak.repo import fsio, open_repo
 from hcbak.repo.locks import (
@@ -211,8 +212,8 @@ def test_dir_fsync_and_chmod_errors_of_network_filesystems_are_tolerated(
     def chmod(path: object, mode: int) -> None:
         raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(fsio, "_fsync", fsync)
-    monkeypatch.setattr(fsio, "_chmod", chmod)
+    monkeypatch.setattr(files, "_fsync", fsync)
+    monkeypatch.setattr(files, "_chmod", chmod)
     fsio.atomic_write(tmp_path / "f", b"data")
     fsio.chmod_tolerant(tmp_path / "f", 0o600)
     assert (tmp_path / "f").read_bytes() == b"data"
@@ -224,7 +225,7 @@ def test_other_fsync_errors_are_not_tolerated(
     def fsync(fd: int) -> None:
         raise OSError(errno.EIO, "I/O error")
 
-    monkeypatch.setattr(fsio, "_fsync", fsync)
+    monkeypatch.setattr(files, "_fsync", fsync)
     with pytest.raises(RepoError, match="I/O error"):
         fsio.atomic_write(tmp_path / "f", b"data")
     assert list(tmp_path.iterdir()) == []
@@ -236,7 +237,7 @@ def test_no_space_becomes_no_space_error_and_removes_the_temp_file(
     def fsync(fd: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(fsio, "_fsync", fsync)
+    monkeypatch.setattr(files, "_fsync", fsync)
     with pytest.raises(NoSpaceError, match="no space"):
         fsio.atomic_write(tmp_path / "f", b"data")
     assert list(tmp_path.iterdir()) == []
@@ -409,6 +410,22 @@ def test_files_and_folders_are_private_whatever_the_umask(tmp_path: Path, mask: 
     assert (tmp_path / "a" / "b" / "f").read_bytes() == b"data"
 
 
+@pytest.mark.parametrize("mask", [0o000, 0o077], ids=["000", "077"])
+def test_the_one_writer_gives_each_caller_its_mode(tmp_path: Path, mask: int) -> None:
+    """Completion scripts and systemd units are 0644 (other users' shells read them),
+    the config and the state files 0600: one writer, the mode passed in."""
+    from hcbak.cli.owned_files import write_file
+
+    old = os.umask(mask)
+    try:
+        assert write_file(tmp_path / "unit", "[Unit]\n") == "written"
+        files.write_atomic(tmp_path / "state.json", b"{}")
+    finally:
+        os.umask(old)
+    assert (_mode(tmp_path / "unit"), _mode(tmp_path / "state.json")) == (0o644, 0o600)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json", "unit"]
+
+
 def test_a_folder_that_exists_keeps_its_mode(tmp_path: Path) -> None:
     (tmp_path / "shared").mkdir(mode=0o755)
     os.chmod(tmp_path / "shared", 0o755)
@@ -426,8 +443,8 @@ def test_a_repository_is_made_where_chmod_is_refused(
     def refuse(*args: object) -> None:
         raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(fsio, "_chmod", refuse)
-    monkeypatch.setattr(fsio, "_fchmod", refuse)
+    monkeypatch.setattr(files, "_chmod", refuse)
+    monkeypatch.setattr(files, "_fchmod", refuse)
     root = make_repo(tmp_path / "repo")
     with open_repo(root, passphrase=PASS) as repo:
         assert repo.list_points() == []
@@ -439,7 +456,7 @@ def test_other_chmod_errors_are_not_tolerated(
     def fail(*args: object) -> None:
         raise OSError(errno.EIO, "I/O error")
 
-    monkeypatch.setattr(fsio, "_fchmod", fail)
+    monkeypatch.setattr(files, "_fchmod", fail)
     with pytest.raises(RepoError, match="I/O error"):
         fsio.atomic_write(tmp_path / "f", b"data")
     assert list(tmp_path.iterdir()) == []
