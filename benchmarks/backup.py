@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from image import HOLE, REGION, _Bytes, changed_writes, region_kinds
 from measure import parse_size, run_measured
 
+from hcbak.cli.sim import sim_cluster_config
 from hcbak.config import Config, JobConfig, RepoConfig, save_config
 from hcbak.repo import init_repo
 from hcbak.secrets import SecretRef
@@ -53,7 +54,8 @@ def setup(work: Path, sim: Simulator, size: int, encrypt: bool) -> dict[str, str
     config = Config(
         path=work / "config.yaml",
         clusters={
-            "sim": sim.cluster_config(
+            "sim": sim_cluster_config(
+                sim,
                 "sim",
                 password_env="HCBAK_BENCH_PW",
                 read_timeout=120.0,

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from image import write_image
 from measure import parse_size, run_measured, sha256_file
 
+from hcbak.cli.sim import sim_cluster_config
 from hcbak.config import Config, RepoConfig, save_config
 from hcbak.repo import BlockMap, DiskImage, Point, init_repo, open_repo
 
@@ -99,8 +100,8 @@ def bench_sim(
 
     with Simulator(work / "sim", nodes=1, task_delay=0.005) as sim:
         password = sim.backup_user[1]
-        config.clusters["sim"] = sim.cluster_config(
-            "sim", password_env="HCBAK_BENCH_PW", read_timeout=300.0, task_timeout=600.0
+        config.clusters["sim"] = sim_cluster_config(
+            sim, "sim", password_env="HCBAK_BENCH_PW", read_timeout=300.0, task_timeout=600.0
         )
         save_config(config)
         argv = [*HCBAK, "restore", "vm", point_id, "--as", "bench-restored"]

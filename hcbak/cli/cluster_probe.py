@@ -36,12 +36,13 @@ def cluster_probe(
     all and tries a restore upload. Run it on the worker VM.
     """
     from hcbak.config import state_dir
+    from hcbak.engine.connect import connection_settings
     from hcbak.engine.probe import run_probe
     from hcbak.hypercore.client import hypercore_session
 
     config = load_config()
     cfg = config.cluster(name)
-    with hypercore_session(cfg, warn=warn) as client:
+    with hypercore_session(connection_settings(cfg), warn=warn) as client:
         result = run_probe(client, cfg, state_dir(config), keep=keep)
     if report is not None:
         report.write_text(json.dumps(result.report(), indent=2, sort_keys=True) + "\n")

@@ -28,9 +28,10 @@ def cluster_test(
     """
     cfg = load_config().cluster(name)
     password = cfg.password.resolve()
+    from hcbak.engine.connect import connection_settings
     from hcbak.hypercore.readiness import check_cluster  # requests is slow to import
 
-    report = check_cluster(cfg, password, warn=warn)
+    report = check_cluster(connection_settings(cfg), password, worker_vm=cfg.worker_vm, warn=warn)
     if json_out:
         emit_json(_nulls(report.to_json()))
     else:

@@ -46,7 +46,12 @@ DiskOpt = Annotated[
     list[str] | None,
     typer.Option("--disk", help="Only these disks: slot number or disk type (repeat)."),
 ]
+# The keep_* options, once for `create` and `edit` (the RETENTION_KEYS of the config).
 KeepLastOpt = Annotated[int | None, typer.Option(min=0, help="Keep the N newest points.")]
+KeepDailyOpt = Annotated[int | None, typer.Option(min=0, help="Keep N daily points.")]
+KeepWeeklyOpt = Annotated[int | None, typer.Option(min=0, help="Keep N weekly points.")]
+KeepMonthlyOpt = Annotated[int | None, typer.Option(min=0, help="Keep N monthly points.")]
+KeepYearlyOpt = Annotated[int | None, typer.Option(min=0, help="Keep N yearly points.")]
 KeepWithinOpt = Annotated[
     str | None, typer.Option(help="Keep every point younger than this (e.g. 2d, 36h).")
 ]
@@ -112,10 +117,10 @@ def create(
     exclude: ExcludeOpt = None,
     disk: DiskOpt = None,
     keep_last: KeepLastOpt = None,
-    keep_daily: Annotated[int | None, typer.Option(min=0, help="Keep N daily points.")] = None,
-    keep_weekly: Annotated[int | None, typer.Option(min=0, help="Keep N weekly points.")] = None,
-    keep_monthly: Annotated[int | None, typer.Option(min=0, help="Keep N monthly points.")] = None,
-    keep_yearly: Annotated[int | None, typer.Option(min=0, help="Keep N yearly points.")] = None,
+    keep_daily: KeepDailyOpt = None,
+    keep_weekly: KeepWeeklyOpt = None,
+    keep_monthly: KeepMonthlyOpt = None,
+    keep_yearly: KeepYearlyOpt = None,
     keep_within: KeepWithinOpt = None,
     schedule: ScheduleOpt = None,
     parallel: ParallelOpt = None,
@@ -160,10 +165,10 @@ def edit(
     exclude: ExcludeOpt = None,
     disk: DiskOpt = None,
     keep_last: KeepLastOpt = None,
-    keep_daily: Annotated[int | None, typer.Option(min=0, help="Keep N daily points.")] = None,
-    keep_weekly: Annotated[int | None, typer.Option(min=0, help="Keep N weekly points.")] = None,
-    keep_monthly: Annotated[int | None, typer.Option(min=0, help="Keep N monthly points.")] = None,
-    keep_yearly: Annotated[int | None, typer.Option(min=0, help="Keep N yearly points.")] = None,
+    keep_daily: KeepDailyOpt = None,
+    keep_weekly: KeepWeeklyOpt = None,
+    keep_monthly: KeepMonthlyOpt = None,
+    keep_yearly: KeepYearlyOpt = None,
     keep_within: KeepWithinOpt = None,
     schedule: ScheduleOpt = None,
     parallel: ParallelOpt = None,

@@ -71,6 +71,7 @@ def vm_command(
     json_out: JsonOpt = False,
 ) -> None:
     """Create a VM from a restore point and stream its disks to the cluster."""
+    from hcbak.engine.connect import connection_settings
     from hcbak.engine.restore import VmOptions, restore_vm
     from hcbak.hypercore import hypercore_session
 
@@ -86,7 +87,7 @@ def vm_command(
     with ExitStack() as stack:
         repository, point = stack.enter_context(opened_point(config, point_spec, repo, warnings))
         cluster_cfg = _target_cluster(config, cluster, point)
-        client = stack.enter_context(hypercore_session(cluster_cfg, warn=warn))
+        client = stack.enter_context(hypercore_session(connection_settings(cluster_cfg), warn=warn))
         progress = stack.enter_context(_progress(json_out))
         info(f"restoring point {point.id[:12]} ({point.vm_name}) to cluster {cluster_cfg.name}")
         result = restore_vm(repository, point, client, options, progress)

@@ -5,9 +5,13 @@ import signal
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from hcbak.config import ClusterConfig, TLSConfig
+    from hcbak.sim import Simulator
 
 app = typer.Typer(
     help="Run the built-in SC//HyperCore simulator (HTTPS REST API on 127.0.0.1).",
@@ -128,3 +132,32 @@ def check_shapes(
         typer.echo(f"{len(differences)} difference(s) over {len(field)} resource(s)", err=True)
     if differences:
         raise typer.Exit(int(ExitCode.WARNINGS))
+
+
+# --- the config entry for a simulator (tests, benchmarks; the simulator knows no config) ---
+def pinned_tls(sim: "Simulator") -> "TLSConfig":
+    """TLS settings that pin every node's certificate (as `cluster add --fingerprint`)."""
+    from hcbak.config import TLSConfig
+
+    return TLSConfig(fingerprints=dict(zip(sim.node_addresses, sim.fingerprints, strict=True)))
+
+
+def sim_cluster_config(
+    sim: "Simulator", name: str, *, password_env: str, **overrides: Any
+) -> "ClusterConfig":
+    """The config entry an operator would write for this simulator: every node with
+    its pinned certificate, the backup user (password read from `password_env`), the
+    worker VM and the device folder. `overrides` set other fields (timeouts, ...)."""
+    from hcbak.config import ClusterConfig
+    from hcbak.secrets import SecretRef
+
+    fields: dict[str, Any] = {
+        "name": name,
+        "nodes": list(sim.node_addresses),
+        "username": sim.backup_user[0],
+        "password": SecretRef(env=password_env),
+        "tls": pinned_tls(sim),
+        "worker_vm": "hcbak-worker",
+        "device_root": str(sim.device_root),
+    }
+    return ClusterConfig(**{**fields, **overrides})

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
 
 from hcbak.config.validation import DEFAULT_BLOCK_SIZE, did_you_mean
 from hcbak.errors import NotFoundError, UsageError
+from hcbak.schedule import parse_duration
 from hcbak.secrets import SecretRef
 
 # YAML `timeouts:` keys -> ClusterConfig attributes (the parser reads them, save writes them).
@@ -70,7 +72,11 @@ class RepoConfig:
 
 @dataclass
 class Retention:
-    """keep_* rules of a job; a point is kept when any rule keeps it."""
+    """keep_* rules of a job; a point is kept when any rule keeps it.
+
+    The one retention record: the config parses it, `job create/edit` set it, and
+    hcbak.repo.retention.select applies it (docs/format.md, Retention).
+    """
 
     keep_last: int | None = None
     keep_daily: int | None = None
@@ -81,6 +87,16 @@ class Retention:
 
     def is_empty(self) -> bool:
         return all(getattr(self, name) is None for name in RETENTION_KEYS)
+
+    def within(self) -> timedelta | None:
+        """keep_within as a duration (the config's syntax: 36h, 7d, 2w, 1y = 365 days,
+        1d12h); ValueError when it is not one (the loader and the CLI check it first)."""
+        if not self.keep_within:
+            return None
+        try:
+            return parse_duration(self.keep_within)
+        except ValueError as exc:
+            raise ValueError(f"keep_within: {exc}") from None
 
 
 RETENTION_KEYS = (

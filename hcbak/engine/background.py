@@ -71,7 +71,7 @@ def derive_repository_key_early(config: Any, job: Any) -> None:
         ref = repo_cfg.passphrase
         if job.pre_hook or ref is None or ref.command:
             return
-        from hcbak.repo.kdf import derive_early
+        from hcbak.repo.settings import derive_early
 
         derive_early(repo_cfg.path, ref.resolve())
     except HcbakError:

@@ -277,9 +277,10 @@ class _Session:
             self._prune(passphrase)
 
     def _run_with(self, opened_repo: Callable[[], Any]) -> None:
+        from hcbak.engine.connect import connection_settings
         from hcbak.hypercore.client import hypercore_session
 
-        with hypercore_session(self.cluster_cfg, warn=self.warn) as hc:
+        with hypercore_session(connection_settings(self.cluster_cfg), warn=self.warn) as hc:
             self.hc = hc
             hc.cancel = self.interrupted  # a stopping run waits for no snapshot task
             self._wait_for_update()

@@ -41,7 +41,7 @@ from hcbak.hypercore.records import (
 from hcbak.secrets import Secret
 
 if TYPE_CHECKING:
-    from hcbak.config import ClusterConfig
+    from hcbak.hypercore.settings import ConnectionSettings
 
 log = logging.getLogger("hcbak.hypercore")
 
@@ -61,7 +61,7 @@ NEVER_UPDATED_IS_IDLE = True
 
 @contextlib.contextmanager
 def hypercore_session(
-    cluster_cfg: ClusterConfig, *, warn: Callable[[str], None] | None = None
+    cluster_cfg: ConnectionSettings, *, warn: Callable[[str], None] | None = None
 ) -> Iterator[HyperCoreClient]:
     """Log in (resolving the password reference), yield the client, always log out."""
     password = cluster_cfg.password.resolve()
@@ -80,7 +80,7 @@ class HyperCoreClient:
 
     def __init__(
         self,
-        cluster: ClusterConfig,
+        cluster: ConnectionSettings,
         password: Secret,
         *,
         warn: Callable[[str], None] | None = None,

@@ -21,7 +21,7 @@ from hcbak.hypercore.roles import check_roles
 from hcbak.secrets import Secret
 
 if TYPE_CHECKING:
-    from hcbak.config import ClusterConfig
+    from hcbak.hypercore.settings import ConnectionSettings
 
 
 @dataclass
@@ -67,10 +67,15 @@ class Readiness:
 
 
 def check_cluster(
-    cfg: ClusterConfig, password: Secret, *, warn: Callable[[str], None] | None = None
+    cfg: ConnectionSettings,
+    password: Secret,
+    *,
+    worker_vm: str | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> Readiness:
-    """Probe nodes, log in, and check everything a backup and a restore need."""
-    report = Readiness(cluster=cfg.name, worker_vm=cfg.worker_vm)
+    """Probe nodes, log in, and check everything a backup and a restore need
+    (`worker_vm`: the VM hcbak reads disks on, as configured)."""
+    report = Readiness(cluster=cfg.name, worker_vm=worker_vm)
     client = HyperCoreClient(cfg, password, warn=warn)
     try:
         try:
@@ -89,7 +94,7 @@ def check_cluster(
     return report
 
 
-def _probe_node(cfg: ClusterConfig, address: str, cookie: str | None) -> NodeReport:
+def _probe_node(cfg: ConnectionSettings, address: str, cookie: str | None) -> NodeReport:
     node = NodeReport(address)
     pool = NodePool(
         cfg.name,
@@ -124,7 +129,7 @@ def _probe_node(cfg: ClusterConfig, address: str, cookie: str | None) -> NodeRep
     return node
 
 
-def _check_account(client: HyperCoreClient, cfg: ClusterConfig, report: Readiness) -> None:
+def _check_account(client: HyperCoreClient, cfg: ConnectionSettings, report: Readiness) -> None:
     try:
         report.cluster_name = client.cluster_info().name
     except HcbakError as exc:
@@ -143,12 +148,12 @@ def _check_account(client: HyperCoreClient, cfg: ClusterConfig, report: Readines
     except HcbakError as exc:
         report.reasons.append(f"VMs could not be listed: {exc.one_line()}")
         vms = []
-    if cfg.worker_vm:
+    if report.worker_vm:
         try:
-            report.worker_vm_uuid = client.find_vm(cfg.worker_vm).uuid
+            report.worker_vm_uuid = client.find_vm(report.worker_vm).uuid
         except NotFoundError:
             report.worker_hint = (
-                f"no VM {cfg.worker_vm!r} on the cluster; set the worker with "
+                f"no VM {report.worker_vm!r} on the cluster; set the worker with "
                 f"`hcbak cluster add {cfg.name} ... --worker-vm NAME_OR_UUID`"
             )
         except HcbakError as exc:

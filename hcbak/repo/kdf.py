@@ -11,9 +11,10 @@ benchmark ~0.7 s (2x) slower; scrypt at OWASP's N=2^17 cost 0.54 s and +128 MiB.
 Format v1 repositories keep scrypt, read as they were written.
 
 A backup run knows its repository and passphrase ~0.2 s before it opens the
-repository (it still imports the CLI and the engine, and logs in). `derive_early`
-starts the derivation then, in a helper thread (hashlib's scrypt and OpenSSL's
-Argon2id both release the GIL), and `derive_kek` takes that result instead of
+repository (it still imports the CLI and the engine, and logs in).
+`settings.derive_early` reads the repository's parameters and `start_early` starts the
+derivation then, in a helper thread (hashlib's scrypt and OpenSSL's Argon2id both
+release the GIL), and `derive_kek` takes that result instead of
 computing it again. Only stdlib imports at module level, so starting it costs no
 import time (`cryptography` is imported inside the helper thread).
 """
@@ -24,7 +25,6 @@ import hashlib
 import os
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 from hcbak.secrets import Secret
 
@@ -140,24 +140,10 @@ def derive_kek(passphrase: Secret, params: KdfParams) -> bytes:
     return key if key is not None else _stretch(passphrase, params)
 
 
-def derive_early(root: Path, passphrase: Secret) -> None:
-    """Start deriving the key of the repository at `root` in a helper thread.
-
-    Best effort: when the config cannot be read, the repository is not encrypted or
-    its parameters are refused, nothing starts, and opening the repository reports
-    whatever is wrong.
-    """
-    from hcbak.errors import HcbakError
-    from hcbak.repo.settings import kdf_from, read_config_doc
-
-    try:
-        doc = read_config_doc(Path(root))
-        enc = doc.get("encryption")
-        params = kdf_from(enc, doc["version"]) if isinstance(enc, dict) else None
-    except HcbakError:  # missing, damaged, foreign: the open says which
-        return
-    if params is None:
-        return
+def start_early(passphrase: Secret, params: KdfParams) -> None:
+    """Start deriving the key for `params` in a helper thread (at most once per
+    passphrase and parameters); `derive_kek` takes the result. hcbak.repo.settings'
+    `derive_early` reads the parameters from a repository and calls this."""
     slot = _slot(passphrase, params)
     with _early_lock:
         if slot in _early:  # already started (the console script, then `job run`)

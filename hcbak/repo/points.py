@@ -167,19 +167,28 @@ def summary_from_header(h: dict[str, Any]) -> PointSummary:
 
 
 def _summary(h: dict[str, Any]) -> PointSummary:
+    disks = h.get("disks", [])
     return PointSummary(
-        id=h["id"],
-        job=h.get("job", ""),
-        cluster=h.get("cluster", ""),
-        vm_uuid=h.get("vm_uuid", ""),
-        vm_name=h.get("vm_name", ""),
-        created=_created(h["created"]),
-        snapshot_uuid=h.get("snapshot_uuid"),
-        n_disks=len(h.get("disks", [])),
-        capacity=sum(int(d["capacity"]) for d in h.get("disks", [])),
-        stats=h.get("stats", {}),
-        consistency=str(h.get("consistency") or CONSISTENCY_DEFAULT),
+        **_header_fields(h),
+        n_disks=len(disks),
+        capacity=sum(int(d["capacity"]) for d in disks),
     )
+
+
+def _header_fields(h: dict[str, Any]) -> dict[str, Any]:
+    """The header fields a summary and a full point share, decoded in this one place
+    (defaults for keys older manifests lack included)."""
+    return {
+        "id": h["id"],
+        "job": h.get("job", ""),
+        "cluster": h.get("cluster", ""),
+        "vm_uuid": h.get("vm_uuid", ""),
+        "vm_name": h.get("vm_name", ""),
+        "created": _created(h["created"]),
+        "snapshot_uuid": h.get("snapshot_uuid"),
+        "stats": h.get("stats", {}),
+        "consistency": str(h.get("consistency") or CONSISTENCY_DEFAULT),
+    }
 
 
 def _created(text: str) -> datetime:
@@ -233,17 +242,9 @@ def _decode_manifest(data: bytes, point_id: str, envelope: Envelope) -> Point:
     if at != len(maps):
         raise IntegrityError(f"point {point_id} block maps are longer than its disks")
     return Point(
-        id=h["id"],
-        job=h.get("job", ""),
-        cluster=h.get("cluster", ""),
-        vm_uuid=h.get("vm_uuid", ""),
-        vm_name=h.get("vm_name", ""),
-        created=_created(h["created"]),
+        **_header_fields(h),
         vm=h.get("vm", {}),
-        snapshot_uuid=h.get("snapshot_uuid"),
         snapshot_label=h.get("snapshot_label"),
         disks=disks,
-        stats=h.get("stats", {}),
         hcbak_version=h.get("hcbak_version", ""),
-        consistency=str(h.get("consistency") or CONSISTENCY_DEFAULT),
     )

@@ -2,25 +2,26 @@
 
 Points are grouped per (job, VM). Within a group, newest first:
 - keep_last N keeps the N newest points;
-- keep_hourly/daily/weekly/monthly/yearly N keep the newest point of each of the N
-  most recent hours/days/ISO weeks/months/years that have points (UTC buckets);
+- keep_daily/weekly/monthly/yearly N keep the newest point of each of the N most
+  recent days/ISO weeks/months/years that have points (UTC buckets);
 - keep_within D keeps every point no older than D before the group's newest point
   (D in the config's duration syntax: "36h", "7d", "2w", "1y" = 365 days; relative to
   the newest point, not to now, so a backup that stops running never erodes the
   history - restic's choice).
 A point is kept when any rule keeps it; the reasons name every rule that did.
-An empty policy keeps everything (forgetting must be asked for explicitly).
+An empty policy keeps everything (forgetting must be asked for explicitly), and so
+does one whose counts are all 0.
+
+The policy is the job's `hcbak.config.Retention`, the one retention record.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol, TypeVar
+from datetime import UTC, datetime
+from typing import Protocol, TypeVar
 
-from hcbak.errors import UsageError
-from hcbak.schedule import parse_duration
+from hcbak.config import RETENTION_KEYS, Retention
 
 
 class PointLike(Protocol):
@@ -37,37 +38,7 @@ class PointLike(Protocol):
 P = TypeVar("P", bound=PointLike)
 
 
-@dataclass(frozen=True)
-class Policy:
-    keep_last: int | None = None
-    keep_hourly: int | None = None
-    keep_daily: int | None = None
-    keep_weekly: int | None = None
-    keep_monthly: int | None = None
-    keep_yearly: int | None = None
-    keep_within: str | None = None
-
-    def is_empty(self) -> bool:
-        counts = (
-            self.keep_last,
-            self.keep_hourly,
-            self.keep_daily,
-            self.keep_weekly,
-            self.keep_monthly,
-            self.keep_yearly,
-        )
-        return all(not c for c in counts) and not self.keep_within
-
-    @classmethod
-    def from_config(cls, retention: Any) -> Policy:
-        """Build from hcbak.config.Retention (or anything with the same attributes)."""
-        names = ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly")
-        kw = {n: getattr(retention, n, None) for n in (*names, "keep_yearly", "keep_within")}
-        return cls(**kw)
-
-
 _BUCKETS: list[tuple[str, Callable[[datetime], Hashable]]] = [
-    ("hourly", lambda t: (t.year, t.month, t.day, t.hour)),
     ("daily", lambda t: (t.year, t.month, t.day)),
     ("weekly", lambda t: t.isocalendar()[:2]),
     ("monthly", lambda t: (t.year, t.month)),
@@ -75,30 +46,19 @@ _BUCKETS: list[tuple[str, Callable[[datetime], Hashable]]] = [
 ]
 
 
-def parse_within(text: str) -> timedelta:
-    """keep_within uses the config's duration syntax (hcbak.schedule.parse_duration):
-    a number and a unit s, m (minutes), h, d, w, y (365 days), e.g. 7d, 2w, 1d12h."""
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise UsageError(f"keep_within: {exc}")
-
-
 def _utc(t: datetime) -> datetime:
     return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
 
 
 def select(
-    points: Iterable[P], policy: Policy | Any, now: datetime | None = None
+    points: Iterable[P], policy: Retention, now: datetime | None = None
 ) -> list[tuple[P, bool, list[str]]]:
     """Decide per point: (point, keep, reasons). Newest first within each group.
 
-    `policy` is a `Policy` or hcbak.config.Retention. `now` is accepted for interface
-    stability; restic semantics make keep_within relative to the newest point, so the
-    result does not depend on it.
+    `now` is accepted for interface stability; restic semantics make keep_within
+    relative to the newest point, so the result does not depend on it. A malformed
+    keep_within raises ValueError (the config and the CLI refuse one before).
     """
-    if not isinstance(policy, Policy):
-        policy = Policy.from_config(policy)
     groups: dict[tuple[str, str], list[P]] = {}
     for p in points:
         groups.setdefault((p.job, p.vm_uuid), []).append(p)
@@ -108,9 +68,9 @@ def select(
     return out
 
 
-def _select_group(points: Sequence[P], policy: Policy) -> list[tuple[P, bool, list[str]]]:
+def _select_group(points: Sequence[P], policy: Retention) -> list[tuple[P, bool, list[str]]]:
     ordered = sorted(points, key=lambda p: (_utc(p.created), p.id), reverse=True)
-    if policy.is_empty():
+    if not any(getattr(policy, key) for key in RETENTION_KEYS):
         return [(p, True, ["no retention policy"]) for p in ordered]
     reasons: list[list[str]] = [[] for _ in ordered]
     if policy.keep_last:
@@ -130,8 +90,9 @@ def _select_group(points: Sequence[P], policy: Policy) -> list[tuple[P, bool, li
                 reasons[i].append(f"{name} {count}")
                 seen = b
                 left -= 1
-    if policy.keep_within and ordered:
-        limit = _utc(ordered[0].created) - parse_within(policy.keep_within)
+    within = policy.within()
+    if within is not None and ordered:
+        limit = _utc(ordered[0].created) - within
         for i, p in enumerate(ordered):
             if _utc(p.created) >= limit:
                 reasons[i].append(f"within {policy.keep_within}")

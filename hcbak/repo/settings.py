@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hcbak.errors import IntegrityError, PassphraseError, RepoError
+from hcbak.errors import HcbakError, IntegrityError, PassphraseError, RepoError
 from hcbak.repo import fsio
 from hcbak.repo.ids import ID_HASH_V2, BlockIdFn, blake3_ids, xxh3_ids
-from hcbak.repo.kdf import Argon2Params, KdfParams, ScryptParams, below_floor
+from hcbak.repo.kdf import Argon2Params, KdfParams, ScryptParams, below_floor, start_early
 from hcbak.secrets import Secret
 
 if TYPE_CHECKING:
@@ -329,3 +329,20 @@ def _hex_field(doc: dict[str, Any], key: str, prefix: str, length: int | None = 
 
 def write_config(root: Path, data: bytes) -> None:
     fsio.atomic_write(root / "config", data)
+
+
+def derive_early(root: Path, passphrase: Secret) -> None:
+    """Start deriving the key of the repository at `root` in a helper thread (kdf.py).
+
+    Best effort: when the config cannot be read, the repository is not encrypted or
+    its parameters are refused, nothing starts, and opening the repository reports
+    whatever is wrong.
+    """
+    try:
+        doc = read_config_doc(Path(root))
+        enc = doc.get("encryption")
+        params = kdf_from(enc, doc["version"]) if isinstance(enc, dict) else None
+    except HcbakError:  # missing, damaged, foreign: the open says which
+        return
+    if params is not None:
+        start_early(passphrase, params)

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from hcbak.sim.model import ClusterModel, Json, RestError, user_record
+from hcbak.sim.model import ClusterModel
+from hcbak.sim.records import Json, RestError, user_record
 
 # Quirk: these list endpoints reject any query filter with 400 (filter client-side).
 NO_FILTER = ("VirDomainSnapshot", "VirDomainBlockDevice", "VirDomainNetDevice")

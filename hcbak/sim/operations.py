@@ -12,7 +12,8 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from hcbak.sim.disks import merge_intervals
-from hcbak.sim.model import (
+from hcbak.sim.qcow2 import Qcow2Error, qcow2_to_raw
+from hcbak.sim.records import (
     DEFAULT_AFFINITY,
     GUEST_AGENT_AVAILABLE,
     KEYWORD_MACHINE_TYPES,
@@ -28,7 +29,6 @@ from hcbak.sim.model import (
     new_uuid,
     nic_record,
 )
-from hcbak.sim.qcow2 import Qcow2Error, qcow2_to_raw
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -14,7 +14,7 @@ from typing import Any
 
 from hcbak.hypercore.shapes import RESOURCES, make_report
 from hcbak.sim import api
-from hcbak.sim.model import ICOS_VERSION
+from hcbak.sim.records import ICOS_VERSION
 from hcbak.sim.simulator import Simulator
 
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 from hcbak.sim import api
-from hcbak.sim.model import RestError
+from hcbak.sim.records import RestError
 
 if TYPE_CHECKING:
     from hcbak.sim.simulator import Simulator

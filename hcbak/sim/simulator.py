@@ -17,16 +17,14 @@ import threading
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hcbak.sim.certs import ensure_cert, fingerprint
 from hcbak.sim.disks import read_range, sparse_copy
 from hcbak.sim.faults import Faults
-from hcbak.sim.model import ClusterModel, Json, new_uuid
+from hcbak.sim.model import ClusterModel
+from hcbak.sim.records import Json, new_uuid
 from hcbak.sim.server import Node
-
-if TYPE_CHECKING:
-    from hcbak.config import ClusterConfig, TLSConfig
 
 REQUEST_LOG_LIMIT = 100_000
 
@@ -145,32 +143,6 @@ class Simulator:
     @property
     def worker_vm_uuid(self) -> str:
         return str(self.model.s["worker"])
-
-    def pinned_tls(self) -> TLSConfig:
-        """TLS settings that pin every node's certificate (as `cluster add --fingerprint`)."""
-        from hcbak.config import TLSConfig
-
-        return TLSConfig(
-            fingerprints=dict(zip(self.node_addresses, self.fingerprints, strict=True))
-        )
-
-    def cluster_config(self, name: str, *, password_env: str, **overrides: Any) -> ClusterConfig:
-        """The config entry an operator would write for this simulator: every node with
-        its pinned certificate, the backup user (password read from `password_env`), the
-        worker VM and the device folder. `overrides` set other fields (timeouts, ...)."""
-        from hcbak.config import ClusterConfig
-        from hcbak.secrets import SecretRef
-
-        fields: dict[str, Any] = {
-            "name": name,
-            "nodes": list(self.node_addresses),
-            "username": self.backup_user[0],
-            "password": SecretRef(env=password_env),
-            "tls": self.pinned_tls(),
-            "worker_vm": "hcbak-worker",
-            "device_root": str(self.device_root),
-        }
-        return ClusterConfig(**{**fields, **overrides})
 
     def check_admin_token(self, token: str) -> bool:
         import secrets

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hcbak.cli.sim import sim_cluster_config
 from hcbak.config import (
     Config,
     JobConfig,
@@ -85,7 +86,8 @@ def lab(tmp: Path, *, retries: int = 0, nodes: int = 2, **job_fields: Any) -> It
         password = sim.backup_user[1]
         env_var = "HCBAK_TEST_CLUSTER_PW"
         os.environ[env_var] = password
-        cluster = sim.cluster_config(
+        cluster = sim_cluster_config(
+            sim,
             "lab",
             password_env=env_var,
             connect_timeout=2.0,

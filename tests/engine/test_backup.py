@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from hcbak.engine.backup import run_job
+from hcbak.engine.connect import connection_settings
 from hcbak.engine.report import JobReport
 from hcbak.errors import ExitCode
 from hcbak.hypercore.client import hypercore_session
@@ -100,7 +101,7 @@ def test_base_snapshot_deleted_by_a_human_falls_back_to_full_read_but_stores_not
         L.sim.fill(L.sim.disk_uuids(vm)[0], seed=5)
         first = _run(L)
         assert first.exit_code() == ExitCode.OK  # no base on a first run: expected
-        with hypercore_session(L.config.cluster("lab")) as hc:
+        with hypercore_session(connection_settings(L.config.cluster("lab"))) as hc:
             hc.delete_snapshot(_vm(first, "web01").snapshot_uuid)
         second = _run(L)
         (disk,) = _vm(second, "web01").disks

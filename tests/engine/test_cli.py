@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from conftest import RunHcbak, assert_no_traceback
 
+from hcbak.cli.sim import sim_cluster_config
 from hcbak.config import EmailNotify, SMTPConfig, save_config
 
 from .helpers import MiB, lab
@@ -485,7 +486,7 @@ def test_a_cluster_with_an_unusable_ca_file_fails_its_job_only(
         )
         garbage = tmp_path / "garbage.pem"
         garbage.write_text("junk\n")
-        bad = L.sim.cluster_config("bad", password_env="HCBAK_TEST_CLUSTER_PW")
+        bad = sim_cluster_config(L.sim, "bad", password_env="HCBAK_TEST_CLUSTER_PW")
         bad.tls = TLSConfig(ca_file=str(garbage))
         L.config.clusters["bad"] = bad
         L.config.jobs["other"] = JobConfig(name="other", cluster="bad", repo="main", vms=["web01"])

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from hcbak.config import EmailNotify, Retention, SMTPConfig, save_config
+from hcbak.engine.connect import connection_settings
 from hcbak.errors import Interrupted
 from hcbak.hypercore.client import hypercore_session
 
@@ -180,7 +181,7 @@ def test_a_stopping_run_drops_its_snapshot_task_and_notices_its_cleanup_at_once(
     STOPPING_POLL instead of the 2 s a long wait backs off to: 1.5 s tasks here."""
     with lab(tmp_path) as L:
         vm = L.sim.create_vm("web01", [1 * MiB], tags=["nightly"])
-        with hypercore_session(L.config.clusters["lab"]) as hc:
+        with hypercore_session(connection_settings(L.config.clusters["lab"])) as hc:
             hc.cancel = threading.Event()
             L.sim.faults.task_delay(1.5)
             threading.Timer(0.3, hc.cancel.set).start()

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from conftest import RunHcbak
 
+from hcbak.engine.connect import connection_settings
 from hcbak.engine.probe import STEPS, ProbeJournal, run_probe
 from hcbak.hypercore.client import hypercore_session
 
@@ -95,7 +96,7 @@ def test_a_fault_at_each_step_fails_that_step_and_leaves_nothing_behind(
                 clone = next(d["uuid"] for d in sim.block_devices() if d["sourceSnapshotUUID"])
                 sim.write(clone, 4096, b"not the pattern")
 
-        with hypercore_session(cluster) as client:
+        with hypercore_session(connection_settings(cluster)) as client:
             result = run_probe(
                 client, cluster, tmp_path / "state", on_step=on_step, locate_timeout=0.2
             )

@@ -15,6 +15,7 @@ import pytest
 import yaml
 from conftest import RunHcbak, assert_no_traceback
 
+from hcbak.engine.connect import connection_settings
 from hcbak.errors import QuiesceRefusedError
 from hcbak.hypercore.client import hypercore_session
 from hcbak.hypercore.quiesce import plan_quiesce
@@ -148,7 +149,7 @@ def test_client_reads_the_guest_agent_and_an_old_cluster_refuses_the_v2_request(
     tmp_path: Path,
 ) -> None:
     """In-process: the client's part (an old cluster's /rest/v2 is an HTML 404)."""
-    with lab(tmp_path) as L, hypercore_session(L.config.cluster("lab")) as hc:
+    with lab(tmp_path) as L, hypercore_session(connection_settings(L.config.cluster("lab"))) as hc:
         vm = L.sim.create_vm("app01", [1 * MiB], guest_tools=True)
         off = L.sim.create_vm("off01", [1 * MiB], guest_tools=True, state="SHUTOFF")
         assert hc.get_vm(vm).guest_agent_state == "AVAILABLE"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from conftest import RunHcbak, assert_no_traceback
 
+from hcbak.engine.connect import connection_settings
 from hcbak.hypercore.client import hypercore_session
 
 from .helpers import Lab, MiB, lab
@@ -22,7 +23,7 @@ def _keep_vm_busy(L: Lab, vm: str, seconds: float) -> None:
     tasks, hcbak's own included, take the lab's usual few milliseconds)."""
     L.sim.faults.task_delay(seconds)
     try:
-        with hypercore_session(L.config.clusters["lab"]) as hc:
+        with hypercore_session(connection_settings(L.config.clusters["lab"])) as hc:
             body = {"domainUUID": vm, "label": "other-job", "type": "USER", "replication": False}
             resp = hc.pool.send("POST", "/VirDomainSnapshot", json=body, idempotent=False)
             assert resp.status_code == 200, resp.text

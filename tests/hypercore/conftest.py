@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from hcbak.config import ClusterConfig, TLSConfig
+from hcbak.config import TLSConfig
+from hcbak.hypercore.settings import ConnectionSettings
 from hcbak.secrets import Secret, SecretRef
 
 try:
@@ -38,12 +39,12 @@ def make_cluster(
     password: str = CANARY,
     tls: TLSConfig | None = None,
     **kw: Any,
-) -> ClusterConfig:
+) -> ConnectionSettings:
     kw.setdefault("connect_timeout", 1.0)
     kw.setdefault("read_timeout", 1.0)
     kw.setdefault("task_timeout", 10.0)
     kw.setdefault("retries", 2)
-    return ClusterConfig(
+    return ConnectionSettings(
         name="lab",
         nodes=nodes,
         username=user,

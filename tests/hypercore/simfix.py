@@ -4,22 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from hcbak.config import ClusterConfig, TLSConfig
+from hcbak.cli.sim import pinned_tls
+from hcbak.config import TLSConfig
 from hcbak.hypercore.client import HyperCoreClient
+from hcbak.hypercore.settings import ConnectionSettings
 from hcbak.secrets import Secret
 
 from .conftest import make_cluster
 
 
 def pinned(sim: Any) -> TLSConfig:
-    tls: TLSConfig = sim.pinned_tls()
-    return tls
+    return pinned_tls(sim)
 
 
-def sim_cluster(sim: Any, *, user: str = "admin", **kw: Any) -> ClusterConfig:
+def sim_cluster(sim: Any, *, user: str = "admin", **kw: Any) -> ConnectionSettings:
     name, password = sim.admin if user == "admin" else sim.backup_user
     kw.setdefault("tls", pinned(sim))
-    kw.setdefault("worker_vm", "hcbak-worker")
     return make_cluster(list(sim.node_addresses), user=name, password=password, **kw)
 
 
@@ -34,7 +34,7 @@ def requests_to(sim: Any, method: str, path_prefix: str) -> list[tuple[int, str,
     return [r for r in sim.requests if r[1] == method and r[2].startswith(path_prefix)]
 
 
-def secret_of(cfg: ClusterConfig) -> Secret:
+def secret_of(cfg: ConnectionSettings) -> Secret:
     return cfg.password.resolve()
 
 

@@ -62,10 +62,11 @@ def _logged_in_again(L: Lab, hit: Hit) -> None:
 def _finished_while_updating(L: Lab, hit: Hit) -> None:
     """The run went on after the update started, and hcbak reads the cluster as
     updating now (so a run still before its update check would have waited)."""
+    from hcbak.engine.connect import connection_settings
     from hcbak.hypercore.client import hypercore_session
 
     assert L.sim.requests[hit.at :], "the run made no call after the update started"
-    with hypercore_session(L.config.clusters["lab"]) as hc:
+    with hypercore_session(connection_settings(L.config.clusters["lab"])) as hc:
         status = hc.update_status()
     assert not status.idle, status.detail
 

@@ -10,7 +10,7 @@ import pytest
 from repo_helpers import PASS, make_repo
 
 from hcbak.errors import PassphraseError
-from hcbak.repo import kdf, open_repo
+from hcbak.repo import kdf, open_repo, settings
 from hcbak.secrets import Secret
 
 
@@ -19,7 +19,7 @@ def started(tmp_path: Path, scrypt_calls: list[str]) -> Path:
     """An encrypted repository whose key derivation was started early."""
     root = make_repo(tmp_path / "r")
     scrypt_calls.clear()  # init_repo's own
-    kdf.derive_early(root, PASS)
+    settings.derive_early(root, PASS)
     return root
 
 
@@ -56,7 +56,7 @@ def test_nothing_starts_where_there_is_nothing_to_derive(
         make_repo(root)
         (root / "config").write_text("{not json")
     scrypt_calls.clear()  # init_repo's own
-    kdf.derive_early(root, PASS)  # never raises: the open reports what is wrong
+    settings.derive_early(root, PASS)  # never raises: the open reports what is wrong
     assert scrypt_calls == [] and not kdf._early
 
 
@@ -68,7 +68,7 @@ def test_starting_the_derivation_imports_no_codec_and_no_repository(tmp_path: Pa
     code = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from hcbak.repo.kdf import derive_early\n"
+        "from hcbak.repo.settings import derive_early\n"
         "from hcbak.secrets import Secret\n"
         f"derive_early(Path({str(root)!r}), Secret('x'))\n"
         "print(' '.join(sorted(sys.modules)))\n"

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from hcbak.cli.sim import sim_cluster_config
 from hcbak.config import Config, JobConfig, RepoConfig, save_config
 from hcbak.engine.backup import run_job
 from hcbak.repo import BlockMap, DiskImage, Point, Repository, init_repo, open_repo
@@ -129,7 +130,8 @@ def restore_lab(tmp: Path, env_var: str = "HCBAK_RESTORE_TEST_PW") -> Iterator[R
     with Simulator(tmp / "sim", nodes=2, task_delay=0.005) as sim:
         password = sim.backup_user[1]
         os.environ[env_var] = password
-        cluster = sim.cluster_config(
+        cluster = sim_cluster_config(
+            sim,
             "lab",
             password_env=env_var,
             connect_timeout=2.0,

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from hcbak.engine.connect import connection_settings
 from hcbak.engine.restore import VmOptions, restore_disk, restore_vm
 from hcbak.errors import HcbakError, UsageError
 from hcbak.hypercore import hypercore_session
@@ -170,7 +171,7 @@ def test_incremental_point_restores_like_a_full_point_of_the_same_content(
 def _restore(lab: RestoreLab, options: VmOptions, progress: Any = None) -> Any:
     with open_repo(lab.repo_path, lock="shared") as repo:
         point = repo.load_point(repo.resolve_point("web01@latest"))
-        with hypercore_session(lab.config.cluster("lab")) as client:
+        with hypercore_session(connection_settings(lab.config.cluster("lab"))) as client:
             return restore_vm(repo, point, client, options, progress)
 
 
