@@ -189,7 +189,7 @@ def list_(json_out: JsonOpt = False) -> None:
     config = load_config()
     clusters = [config.clusters[n] for n in sorted(config.clusters)]
     if json_out:
-        emit_json([cluster_json(c) for c in clusters])
+        emit_json({"clusters": [cluster_json(c) for c in clusters]})
         return
     print_table(
         ["NAME", "NODES", "USERNAME", "TLS", "WORKER_VM"],

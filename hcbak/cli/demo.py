@@ -169,7 +169,7 @@ def _explain(report: dict[str, Any]) -> None:
     job = report["jobs"][0]
     for vm in job["vms"]:
         t = vm["totals"]
-        say(f"   {vm['name']:<8} {vm['status']:<7} read {t['bytes_read'] >> 10:>6} KiB, "
+        say(f"   {vm['vm']:<8} {vm['status']:<7} read {t['bytes_read'] >> 10:>6} KiB, "
             f"new {t['bytes_new'] >> 10:>6} KiB, stored {t['bytes_stored'] >> 10:>6} KiB "
             f"{'; '.join(vm['warnings'])}")  # fmt: skip
     t = job["totals"]
@@ -178,7 +178,7 @@ def _explain(report: dict[str, Any]) -> None:
 
 
 def _disk(report: dict[str, Any], vm_name: str, disk_uuid: str) -> dict[str, Any]:
-    vm = next(v for v in report["jobs"][0]["vms"] if v["name"] == vm_name)
+    vm = next(v for v in report["jobs"][0]["vms"] if v["vm"] == vm_name)
     return dict(next(d for d in vm["disks"] if d["uuid"] == disk_uuid))
 
 
@@ -188,7 +188,7 @@ def _restore_check(
     if importlib.util.find_spec("hcbak.engine.restore") is None:
         say("   (restore is not part of this build yet; skipped)")
         return
-    vm = next(v for v in report["jobs"][0]["vms"] if v["name"] == "web01")
+    vm = next(v for v in report["jobs"][0]["vms"] if v["vm"] == "web01")
     target = folder / "web01-disk0.raw"
     hcbak("restore", "disk", "web01@latest", "--disk", "0", "--to", str(target), "--repo", "demo")
     expected = sim.read_snapshot(vm["snapshot_uuid"], disk_uuid, 0, capacity)

@@ -206,7 +206,7 @@ def list_(json_out: JsonOpt = False) -> None:
     config = load_config()
     jobs = [config.jobs[n] for n in sorted(config.jobs)]
     if json_out:
-        emit_json([job_json(j) for j in jobs])
+        emit_json({"jobs": [job_json(j) for j in jobs]})
         return
     print_table(
         ["NAME", "CLUSTER", "REPO", "SELECTION", "SCHEDULE", "RETENTION"],

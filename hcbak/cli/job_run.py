@@ -362,7 +362,7 @@ def _start_log(sdir: Path) -> "_RunLog | None":
 
 
 def _print_summary(report: Any) -> None:
-    from hcbak.engine.report import human_bytes
+    from hcbak.engine.report import human_bytes, vm_status_word
 
     rows = []
     for job in report.jobs:
@@ -373,7 +373,7 @@ def _print_summary(report: Any) -> None:
                 [
                     job.job,
                     vm.name,
-                    vm.status,
+                    vm_status_word(vm),
                     cbt,
                     human_bytes(t["bytes_read"]),
                     human_bytes(t["bytes_stored"]),
@@ -383,7 +383,8 @@ def _print_summary(report: Any) -> None:
         if not job.vms and job.reason:
             rows.append([job.job, "-", job.status, "-", "-", "-", job.reason])
     if rows:
-        print_table(["JOB", "VM", "STATUS", "CBT", "READ", "STORED", "POINT/REASON"], rows)
+        columns = ["JOB", "VM", "STATUS", "CBT", "READ", "STORED", "POINT/REASON"]
+        print_table(columns, rows, whole=["POINT/REASON"])
 
 
 # --- progress display -------------------------------------------------------------------

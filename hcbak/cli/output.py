@@ -27,20 +27,35 @@ def emit_json(obj: Any) -> None:
 
 
 def print_table(
-    columns: Sequence[str], rows: Iterable[Sequence[Any]], *, title: str | None = None
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    *,
+    title: str | None = None,
+    whole: Sequence[str] = (),
 ) -> None:
-    """A rich table on a TTY, tab-separated lines with a header otherwise."""
+    """A rich table on a TTY, tab-separated lines with a header otherwise.
+
+    On a narrow terminal a long cell folds onto more lines instead of ending in `…`;
+    a word in a `whole` column (point ids: people copy them into the next command)
+    is never split, whatever the width: the column is as wide as its longest word.
+    """
     rows = [["" if v is None else str(v) for v in row] for row in rows]
     if is_tty():
         from rich.console import Console
         from rich.table import Table
 
         table = Table(title=title)
-        for col in columns:
-            table.add_column(col)
+        for i, col in enumerate(columns):
+            if col in whole:
+                longest = max((len(w) for row in rows for w in row[i].split()), default=0)
+                table.add_column(col, overflow="fold", min_width=max(longest, len(col)))
+            else:
+                table.add_column(col, overflow="fold")
         for row in rows:
             table.add_row(*row)
-        Console().print(table)
+        # crop=False: a table that cannot shrink to the terminal (whole columns) runs
+        # past the edge and the terminal wraps it, rather than losing its right end.
+        Console().print(table, crop=False)
         return
     sys.stdout.write("\t".join(columns) + "\n")
     for row in rows:

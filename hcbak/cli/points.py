@@ -71,16 +71,17 @@ def _print_points(rows: list[dict[str, Any]]) -> None:
         ["ID", "REPO", "JOB", "VM", "CREATED", "DISKS", "SIZE"],
         [
             [
-                p["id"][:12],
+                p["id"],
                 p["repo"],
                 p["job"],
-                p["vm_name"],
+                p["vm"],
                 p["created"][:19],
                 p["disks"],
                 p["capacity"],
             ]
             for p in rows
         ],
+        whole=["ID"],
     )
 
 
@@ -152,7 +153,7 @@ def show(spec: PointArg, repo: RepoOpt = None, json_out: JsonOpt = False) -> Non
         "job": p.job,
         "cluster": p.cluster,
         "vm_uuid": p.vm_uuid,
-        "vm_name": p.vm_name,
+        "vm": p.vm_name,
         "created": p.created.isoformat(),
         "snapshot_uuid": p.snapshot_uuid,
         "snapshot_label": p.snapshot_label,
@@ -160,7 +161,7 @@ def show(spec: PointArg, repo: RepoOpt = None, json_out: JsonOpt = False) -> Non
         "hcbak_version": p.hcbak_version,
         "stats": p.stats,
         "disks": disks,
-        "vm": p.vm,
+        "vm_definition": p.vm,
     }
     if json_out:
         emit_json(doc)
@@ -179,7 +180,7 @@ def _print_point(doc: dict[str, Any], disks: list[dict[str, Any]]) -> None:
                 "repo",
                 "job",
                 "cluster",
-                "vm_name",
+                "vm",
                 "vm_uuid",
                 "created",
                 "snapshot_uuid",

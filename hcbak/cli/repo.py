@@ -359,15 +359,16 @@ def _print_plan(plan: list[dict[str, Any]]) -> None:
         ["ID", "JOB", "VM", "CREATED", "ACTION", "REASONS"],
         [
             [
-                p["id"][:12],
+                p["id"],
                 p["job"],
-                p["vm_name"],
+                p["vm"],
                 p["created"][:19],
                 "keep" if p["keep"] else "forget",
                 ", ".join(p["reasons"]),
             ]
             for p in plan
         ],
+        whole=["ID"],
     )
 
 

@@ -16,7 +16,14 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Any
 
-from hcbak.engine.report import VM_OK, JobReport, human_bytes, job_to_dict, status_word
+from hcbak.engine.report import (
+    VM_OK,
+    JobReport,
+    human_bytes,
+    job_to_dict,
+    status_word,
+    vm_status_word,
+)
 from hcbak.errors import ConfigError, HcbakError
 
 SEND_TIMEOUT = 30.0
@@ -67,7 +74,8 @@ def render_body(job: JobReport) -> str:
         cbt = "yes" if vm.disks and all(x.cbt_used for x in vm.disks) else "no"
         tail = vm.point_id if vm.status == VM_OK else vm.reason
         lines.append(
-            f"{vm.name[:24]:<24} {vm.status:<8} {cbt:<5} {human_bytes(vt['bytes_read']):>11} "
+            f"{vm.name[:24]:<24} {vm_status_word(vm):<8} {cbt:<5} "
+            f"{human_bytes(vt['bytes_read']):>11} "
             f"{human_bytes(vt['bytes_stored']):>11}  {tail or ''}"
         )
     warnings = list(job.warnings) + [f"{vm.name}: {w}" for vm in job.vms for w in vm.warnings]

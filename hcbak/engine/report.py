@@ -14,7 +14,7 @@ from typing import Any
 
 from hcbak.errors import ExitCode
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 VM_OK = "ok"
 VM_FAILED = "failed"
@@ -189,6 +189,12 @@ def job_exit_code(job: JobReport) -> ExitCode:
     return ExitCode.OK
 
 
+def vm_status_word(vm: VmReport) -> str:
+    """A VM's status in human tables and mail: `warning` when it was backed up with
+    warnings (the JSON keeps `status` ok and lists the `warnings`)."""
+    return "warning" if vm.status == VM_OK and vm.warnings else vm.status
+
+
 def status_word(code: ExitCode) -> str:
     return {
         ExitCode.OK: "success",
@@ -274,8 +280,8 @@ def job_to_dict(job: JobReport) -> dict[str, Any]:
 
 def vm_to_dict(vm: VmReport) -> dict[str, Any]:
     return {
-        "name": vm.name,
-        "uuid": vm.uuid,
+        "vm": vm.name,
+        "vm_uuid": vm.uuid,
         "status": vm.status,
         "reason": vm.reason,
         "point_id": vm.point_id,

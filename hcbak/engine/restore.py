@@ -88,7 +88,9 @@ class VmResult:
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
+        """The --json shape: the VM is `vm` (its name) and `vm_uuid`, as everywhere."""
         out = dict(self.__dict__)
+        out["vm"] = out.pop("vm_name")
         out["disks"] = [d.to_dict() for d in self.disks]
         return out
 

@@ -81,7 +81,7 @@ class PointSummary:
             "job": self.job,
             "cluster": self.cluster,
             "vm_uuid": self.vm_uuid,
-            "vm_name": self.vm_name,
+            "vm": self.vm_name,
             "created": self.created.isoformat(),
             "snapshot_uuid": self.snapshot_uuid,
             "disks": self.n_disks,

@@ -66,7 +66,7 @@ class PointHealth:
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id,
-            "vm_name": self.vm_name,
+            "vm": self.vm_name,
             "created": self.created,
             "whole": self.whole,
             "unreadable": self.unreadable,

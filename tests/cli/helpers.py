@@ -11,6 +11,7 @@ import pytest
 from conftest import assert_no_traceback
 
 FP = "ab" * 32
+RunInproc = Callable[..., subprocess.CompletedProcess[str]]
 
 BASE = f"""\
 clusters:

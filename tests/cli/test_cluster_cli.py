@@ -44,7 +44,7 @@ def test_add_creates_config_0600_and_list_show_report_it(
     listed = run_inproc("cluster", "list", check=True)
     assert listed.stdout.splitlines()[0].split("\t")[:3] == ["NAME", "NODES", "USERNAME"]
     assert "prod\t10.0.0.11,10.0.0.12:8443\thcbak" in listed.stdout
-    as_json = json.loads(run_inproc("cluster", "list", "--json", check=True).stdout)
+    as_json = json.loads(run_inproc("cluster", "list", "--json", check=True).stdout)["clusters"]
     assert [c["name"] for c in as_json] == ["prod"]
     shown = json.loads(run_inproc("cluster", "show", "prod", "--json", check=True).stdout)
     assert shown == as_json[0]

@@ -53,7 +53,7 @@ def test_create_with_every_option_round_trips_through_show_json(
         "notify": {"email": {"to": ["ops@example.com"], "on": ["failure", "success"]}},
         "hooks": {"pre": "/bin/pre", "post": "/bin/post"},
     }  # fmt: skip
-    listed = json.loads(run_inproc("job", "list", "--json", check=True).stdout)
+    listed = json.loads(run_inproc("job", "list", "--json", check=True).stdout)["jobs"]
     assert listed == [shown]
     table = run_inproc("job", "list", check=True).stdout.splitlines()
     assert table[0].split("\t") == ["NAME", "CLUSTER", "REPO", "SELECTION", "SCHEDULE", "RETENTION"]
@@ -122,7 +122,7 @@ def test_duplicate_job_is_refused_unless_force(run_inproc: RunHcbak, base_config
     expect(run_inproc(*CREATE, "--vm", "b", "--force"), 0)
     assert yaml.safe_load(base_config.read_text())["jobs"]["nightly"]["vms"] == ["b"]
     expect(run_inproc("job", "remove", "nightly"), 0, "job 'nightly' removed")
-    assert json.loads(run_inproc("job", "list", "--json", check=True).stdout) == []
+    assert json.loads(run_inproc("job", "list", "--json", check=True).stdout) == {"jobs": []}
 
 
 def test_a_job_run_in_process_gives_the_logging_level_back(

@@ -124,7 +124,7 @@ def lab(tmp: Path, *, retries: int = 0, nodes: int = 2, **job_fields: Any) -> It
 
 
 def report_vm(report: dict[str, Any], name: str) -> dict[str, Any]:
-    return next(v for j in report["jobs"] for v in j["vms"] if v["name"] == name)
+    return next(v for j in report["jobs"] for v in j["vms"] if v["vm"] == name)
 
 
 def parse_report(stdout: str) -> dict[str, Any]:

@@ -440,8 +440,8 @@ def test_a_damaged_point_hides_no_other_point_from_listing_restore_or_backup(
         for i, vm in enumerate((web, db)):
             L.sim.fill(L.sim.disk_uuids(vm)[0], seed=80 + i)
         first = json.loads(run_hcbak("job", "run", "nightly", "--json", env=L.env).stdout)
-        damaged = next(v for v in first["jobs"][0]["vms"] if v["name"] == "web01")["point_id"]
-        db_point = next(v for v in first["jobs"][0]["vms"] if v["name"] == "db01")
+        damaged = next(v for v in first["jobs"][0]["vms"] if v["vm"] == "web01")["point_id"]
+        db_point = next(v for v in first["jobs"][0]["vms"] if v["vm"] == "db01")
         disk = L.sim.disk_uuids(db)[0]
         expected = L.snapshot_content(db_point["snapshot_uuid"], disk, 2 * MiB)
         manifest = L.repo_path / "points" / damaged
@@ -459,7 +459,7 @@ def test_a_damaged_point_hides_no_other_point_from_listing_restore_or_backup(
         assert_no_traceback(proc)
     assert listed.returncode == 6, listed.stderr
     doc = json.loads(listed.stdout)
-    assert [p["vm_name"] for p in doc["points"]] == ["db01"]
+    assert [p["vm"] for p in doc["points"]] == ["db01"]
     assert [d["id"] for d in doc["damaged"]] == [damaged]
     assert damaged in listed.stderr
     assert restored.returncode == 1, restored.stderr
@@ -467,7 +467,7 @@ def test_a_damaged_point_hides_no_other_point_from_listing_restore_or_backup(
     assert out.read_bytes() == expected
     assert second.returncode == 1, second.stderr
     report = json.loads(second.stdout)
-    statuses = {v["name"]: v["status"] for v in report["jobs"][0]["vms"]}
+    statuses = {v["vm"]: v["status"] for v in report["jobs"][0]["vms"]}
     assert statuses == {"web01": "ok", "db01": "ok"}
     assert any(damaged in w for w in report["jobs"][0]["warnings"])
     assert f"hcbak:nightly:{damaged}" in web_snapshots, "the unreadable point's snapshot stays"

@@ -85,7 +85,7 @@ def test_supported_cluster_quiesces_a_vm_with_guest_tools_and_warns_for_one_with
         assert _point(L, run_hcbak, quiesced["point_id"])["consistency"] == "application"
         assert _point(L, run_hcbak, crash["point_id"])["consistency"] == "crash"
         listed = run_hcbak("points", "list", "--json", env=L.env, check=True)
-        by_vm = {p["vm_name"]: p["consistency"] for p in json.loads(listed.stdout)["points"]}
+        by_vm = {p["vm"]: p["consistency"] for p in json.loads(listed.stdout)["points"]}
         assert by_vm == {"app01": "application", "plain01": "crash"}
 
 

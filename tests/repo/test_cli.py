@@ -62,7 +62,7 @@ def test_adopted_golden_repository_lists_shows_and_verifies(
     points = json.loads(
         run_hcbak("points", "list", "--job", "nightly", "--json", env=env, check=True).stdout
     )
-    assert [p["vm_name"] for p in points["points"]] == ["web", "db"]
+    assert [p["vm"] for p in points["points"]] == ["web", "db"]
     web = json.loads(
         run_hcbak("points", "show", "web@latest", "--json", env=env, check=True).stdout
     )
