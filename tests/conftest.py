@@ -1,43 +1,28 @@
 """Fixtures shared by every test package.
 
-Tests run the real `hcbak` program: `run_hcbak` starts it as a subprocess with an
-isolated config and state directory, so nothing touches the developer's own files.
+Tests run the real `hcbak` program through tests/harness.py, the one harness:
+`run_hcbak` starts it as a subprocess and `run_inproc` calls its entry point in this
+process, both with an isolated config and state directory, so nothing touches the
+developer's own files.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from harness import WEAKEN_KDF, RunHcbak, isolated_env, run_in_process, run_subprocess
 
-HCBAK = [sys.executable, "-m", "hcbak"]
-# Every repository the tests create gets a cheap Argon2id (~1 ms instead of ~0.3 s per
-# open) and every hcbak they start accepts it (hcbak/repo/kdf.py, WEAKEN_ENV). Tests of
-# the real parameters and of the floor remove it with monkeypatch.delenv.
-WEAKEN_KDF = "HCBAK_TESTONLY_WEAKEN_KDF"
 os.environ[WEAKEN_KDF] = "1"
 
 
 @pytest.fixture
 def hcbak_env(tmp_path: Path) -> dict[str, str]:
     """Environment for a subprocess: its own config path and state dir under tmp_path."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HCBAK_")}
-    if WEAKEN_KDF in os.environ:
-        env[WEAKEN_KDF] = os.environ[WEAKEN_KDF]
-    env["HCBAK_CONFIG"] = str(tmp_path / "config.yaml")
-    env["HCBAK_STATE_DIR"] = str(tmp_path / "state")
-    env["PYTHONUNBUFFERED"] = "1"
-    env.setdefault("COLUMNS", "200")
-    return env
-
-
-RunHcbak = Callable[..., subprocess.CompletedProcess[str]]
+    return isolated_env(tmp_path)
 
 
 @pytest.fixture
@@ -51,30 +36,24 @@ def run_hcbak(hcbak_env: dict[str, str]) -> RunHcbak:
         timeout: float = 120,
         check: bool = False,
     ) -> subprocess.CompletedProcess[str]:
-        merged = dict(hcbak_env)
-        if env:
-            merged.update(env)
-        proc = subprocess.run(
-            [*HCBAK, *args],
-            input=input,
-            env=merged,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        if check and proc.returncode != 0:
-            raise AssertionError(
-                f"hcbak {' '.join(args)} exited {proc.returncode}\n"
-                f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-            )
-        return proc
+        merged = {**hcbak_env, **(env or {})}
+        return run_subprocess(list(args), merged, input=input, timeout=timeout, check=check)
 
     return run
 
 
-def assert_no_traceback(proc: subprocess.CompletedProcess[str]) -> None:
-    assert "Traceback" not in proc.stderr, proc.stderr
-    assert "Traceback" not in proc.stdout, proc.stdout
+@pytest.fixture
+def run_inproc(hcbak_env: dict[str, str]) -> RunHcbak:
+    """`hcbak ARGS...` in this process (harness.run_in_process), with the same
+    environment as `run_hcbak`: the same entry point as the console script, without
+    the interpreter start, for the long tables of bad input."""
+
+    def call(
+        *args: str, env: dict[str, str] | None = None, check: bool = False
+    ) -> subprocess.CompletedProcess[str]:
+        return run_in_process(list(args), {**hcbak_env, **(env or {})}, check=check)
+
+    return call
 
 
 @pytest.fixture
@@ -93,18 +72,3 @@ def scrypt_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     monkeypatch.setattr(kdf, "_stretch", counting)
     monkeypatch.setattr(kdf, "_early", {})
     return calls
-
-
-@contextmanager
-def mounted_tmpfs(path: Path, size: str) -> Iterator[Path]:
-    """A size-limited tmpfs at `path` for full-disk tests (needs root: the test is
-    skipped otherwise), unmounted afterwards."""
-    path.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True, text=True)  # fmt: skip
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a size-limited tmpfs here (needs root): {proc.stderr}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)

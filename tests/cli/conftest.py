@@ -1,5 +1,5 @@
 """CLI test fixtures (see helpers.py)."""
 
-from .helpers import base_config, config_path, run_inproc
+from .helpers import base_config, config_path
 
-__all__ = ["base_config", "config_path", "run_inproc"]
+__all__ = ["base_config", "config_path"]

@@ -1,17 +1,15 @@
-"""Shared pieces of the CLI tests: a base config and an exit-code/message check."""
+"""Shared pieces of the CLI tests: a base config and an exit-code/message check
+(the runners, `run_hcbak` and `run_inproc`, are tests/harness.py's, via conftest.py)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import assert_no_traceback
+from harness import assert_no_traceback
 
 FP = "ab" * 32
-RunInproc = Callable[..., subprocess.CompletedProcess[str]]
 
 BASE = f"""\
 clusters:
@@ -44,33 +42,3 @@ def expect(proc: subprocess.CompletedProcess[str], code: int, *fragments: str) -
     for fragment in fragments:
         assert fragment in proc.stderr, proc.stderr
     assert_no_traceback(proc)
-
-
-@pytest.fixture
-def run_inproc(
-    hcbak_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> Callable[..., subprocess.CompletedProcess[str]]:
-    """`hcbak.cli.main.run(argv)` in this process: the same entry point as the console
-    script, without the ~0.7 s interpreter start, for the long tables of bad input."""
-    from hcbak.cli.main import run
-
-    for key in [k for k in os.environ if k.startswith("HCBAK_")]:
-        monkeypatch.delenv(key)
-    for key in [k for k in hcbak_env if k.startswith("HCBAK_")]:
-        monkeypatch.setenv(key, hcbak_env[key])
-
-    def call(
-        *args: str, env: dict[str, str] | None = None, check: bool = False
-    ) -> subprocess.CompletedProcess[str]:
-        with monkeypatch.context() as patch:
-            for key, value in (env or {}).items():
-                patch.setenv(key, value)
-            capsys.readouterr()
-            code = run(list(args))
-            out, err = capsys.readouterr()
-        proc = subprocess.CompletedProcess(["hcbak", *args], code, out, err)
-        if check:
-            assert code == 0, (args, code, out, err)
-        return proc
-
-    return call

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import RunHcbak
+from harness import HCBAK, RunHcbak
 
 from .helpers import FP, expect
 
@@ -194,12 +194,11 @@ def _run_on_tty(
     import pty
     import select
     import subprocess
-    import sys
     import time
 
     master, slave = pty.openpty()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hcbak", *args],
+        [*HCBAK, *args],
         stdin=slave,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

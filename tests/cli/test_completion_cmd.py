@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import RunHcbak
+from harness import RunHcbak
 
 from hcbak.cli.completions import FILES
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import RunHcbak
+from harness import RunHcbak
 
 from .helpers import BASE, expect
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RunHcbak
+from harness import RunHcbak
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 

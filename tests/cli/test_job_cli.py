@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import RunHcbak
+from harness import RunHcbak
 
 from .helpers import expect
 

@@ -15,17 +15,15 @@ import os
 import pty
 import re
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from engine.helpers import Lab, MiB, lab
+from harness import HCBAK, RunHcbak
 
 from hcbak.cli.main import root_command
-
-from .helpers import RunInproc
 
 # Each listing's list, by command.
 LISTINGS = {
@@ -95,7 +93,7 @@ def args_for(L: Lab, point_id: str, tmp: Path) -> dict[str, list[str]]:
 
 
 @pytest.fixture
-def backed_up(tmp_path: Path, run_inproc: RunInproc) -> Iterator[tuple[Lab, str]]:
+def backed_up(tmp_path: Path, run_inproc: RunHcbak) -> Iterator[tuple[Lab, str]]:
     """A lab whose job quiesces on a cluster too old for it (so its VM is backed up
     with a warning), with one point of VM web01."""
     with lab(tmp_path, quiesce=True, schedule="0 1 * * *") as L:
@@ -108,7 +106,7 @@ def backed_up(tmp_path: Path, run_inproc: RunInproc) -> Iterator[tuple[Lab, str]
 
 
 def test_every_json_command_prints_one_object_with_one_name_per_thing(
-    backed_up: tuple[Lab, str], run_inproc: RunInproc, tmp_path: Path
+    backed_up: tuple[Lab, str], run_inproc: RunHcbak, tmp_path: Path
 ) -> None:
     L, point_id = backed_up
     env = {**L.env, "HOME": str(tmp_path / "home")}
@@ -167,7 +165,7 @@ def _on_a_terminal(argv: list[str], env: dict[str, str]) -> str:
     """stdout of `hcbak ARGV` when stdout is a terminal (rich tables), as text."""
     master, slave = pty.openpty()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hcbak", *argv],
+        [*HCBAK, *argv],
         stdout=slave,
         stderr=subprocess.DEVNULL,
         stdin=subprocess.DEVNULL,

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from conftest import HCBAK, RunHcbak
+from harness import HCBAK, RunHcbak
 
 from hcbak.cli.schedule_cmd import DUE_ZONE
 from hcbak.systemd_units import MARKER

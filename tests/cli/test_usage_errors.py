@@ -11,7 +11,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from conftest import RunHcbak
+from harness import RunHcbak
 
 from .helpers import expect
 

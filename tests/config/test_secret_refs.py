@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from harness import HCBAK
 
 from hcbak.errors import ExitCode, SecretError
 from hcbak.secrets import Secret, SecretRef
@@ -54,7 +55,6 @@ def test_a_passphrase_that_is_not_utf8_is_a_one_line_error_naming_its_source(
     """Bytes that are not UTF-8 ended in "internal error (UnicodeEncodeError)", exit 4."""
     import os
     import subprocess
-    import sys
 
     bad = b"caf\xe9 latin-1 passphrase"
     (tmp_path / "pass").write_bytes(bad + b"\n")
@@ -67,7 +67,7 @@ def test_a_passphrase_that_is_not_utf8_is_a_one_line_error_naming_its_source(
     env = {os.fsencode(k): os.fsencode(v) for k, v in hcbak_env.items()}
     env[b"HCBAK_T_LATIN1"] = bad
     proc = subprocess.run(
-        [sys.executable, "-m", "hcbak", "repo", "add", "main", "--path", str(tmp_path / "r"),
+        [*HCBAK, "repo", "add", "main", "--path", str(tmp_path / "r"),
          "--encrypt", *flag],
         env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip

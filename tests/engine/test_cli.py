@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RunHcbak, assert_no_traceback
+from harness import HCBAK, RunHcbak, assert_no_traceback
 
 from hcbak.cli.sim import sim_cluster_config
 from hcbak.config import EmailNotify, SMTPConfig, save_config
@@ -168,7 +168,7 @@ def _kill_job_run(
     """SIGKILL `hcbak job run nightly` `after` seconds after its first entry in `journal`."""
     L.sim.faults.task_delay(task_delay)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hcbak", "job", "run", "nightly"],
+        [*HCBAK, "job", "run", "nightly"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -322,7 +322,7 @@ def test_tty_shows_a_live_view_per_disk_on_stderr(
         master, slave = pty.openpty()
         env = {**hcbak_env, **L.env, "TERM": "xterm", "COLUMNS": "120"}
         proc = subprocess.Popen(
-            [sys.executable, "-m", "hcbak", "job", "run", "nightly"],
+            [*HCBAK, "job", "run", "nightly"],
             env=env,
             stdout=subprocess.PIPE,
             stderr=slave,
@@ -356,7 +356,7 @@ def test_sigterm_mid_run_removes_the_new_snapshot_and_clone_and_exits_130(
         L.sim.fill(L.sim.disk_uuids(vm)[0], seed=4)
         L.sim.faults.task_delay(0.3)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "hcbak", "job", "run", "nightly"],
+            [*HCBAK, "job", "run", "nightly"],
             env={**hcbak_env, **L.env},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from conftest import RunHcbak, assert_no_traceback
+from harness import RunHcbak, assert_no_traceback
 
 
 def test_demo_runs_full_and_incremental_backup_and_restore_check(run_hcbak: RunHcbak) -> None:

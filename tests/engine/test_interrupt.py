@@ -9,13 +9,13 @@ import json
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import HCBAK
 
 from hcbak.config import EmailNotify, Retention, SMTPConfig, save_config
 from hcbak.engine.connect import connection_settings
@@ -37,7 +37,7 @@ class _Run:
 
     def __init__(self, L: Lab, env: dict[str, str], *args: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "hcbak", *args, "job", "run", "nightly", "--json"],
+            [*HCBAK, *args, "job", "run", "nightly", "--json"],
             env={**env, **L.env},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -126,7 +126,7 @@ def test_an_interrupted_json_run_reports_mails_records_and_exits_130_at_once(
         # and the next run removes it (the report's reason says so).
         assert not L.worker_clones()
         again = subprocess.run(
-            [sys.executable, "-m", "hcbak", "job", "run", "nightly", "--json"],
+            [*HCBAK, "job", "run", "nightly", "--json"],
             env={**hcbak_env, **L.env},
             capture_output=True,
             text=True,

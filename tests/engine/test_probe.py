@@ -12,13 +12,12 @@ import dataclasses
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RunHcbak
+from harness import HCBAK, RunHcbak
 
 from hcbak.engine.connect import connection_settings
 from hcbak.engine.probe import STEPS, ProbeJournal, run_probe
@@ -126,7 +125,7 @@ def test_a_probe_killed_midway_is_cleaned_up_by_the_next_one(
         sim = lb.sim
         sim.faults.task_delay(0.4)  # slow tasks: time to kill the probe mid-run
         proc = subprocess.Popen(
-            [sys.executable, "-m", "hcbak", "cluster", "probe", "lab"],
+            [*HCBAK, "cluster", "probe", "lab"],
             env={**hcbak_env, **lb.env},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

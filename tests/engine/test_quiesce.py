@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import RunHcbak, assert_no_traceback
+from harness import RunHcbak, assert_no_traceback
 
 from hcbak.engine.connect import connection_settings
 from hcbak.errors import QuiesceRefusedError

@@ -10,7 +10,7 @@ import json
 import time
 from pathlib import Path
 
-from conftest import RunHcbak, assert_no_traceback
+from harness import RunHcbak, assert_no_traceback
 
 from hcbak.engine.connect import connection_settings
 from hcbak.hypercore.client import hypercore_session

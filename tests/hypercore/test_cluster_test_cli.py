@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import RunHcbak, assert_no_traceback
+from harness import RunHcbak, assert_no_traceback
 
 from .conftest import CANARY
 

@@ -11,9 +11,7 @@ steps are too short to hit by timing, `kill_at_prune_phase` kills a driver proce
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import os
 import random
 import signal
@@ -25,12 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.helpers import Lab, wait_for  # noqa: F401  (the reliability tests' helper too)
+from harness import HCBAK, run_in_process
 
-from hcbak.cli.main import run as cli_run
 from hcbak.errors import ExitCode
 from hcbak.repo import ZERO_BLOCK, open_repo
 
-HCBAK = [sys.executable, "-m", "hcbak"]
 PRUNE_DRIVER = Path(__file__).parents[1] / "repo" / "crash_writer.py"
 # The steps of prune at which PRUNE_DRIVER can stop, in protocol order.
 PRUNE_PHASES = ("packs-written", "index-written", "old-index-deleted", "pack-deleted")
@@ -56,22 +53,8 @@ def cli(env: dict[str, str], *argv: str) -> CliResult:
     In-process calls save the ~1 s interpreter start of a subprocess; the crash tests
     still kill real subprocesses, this is only for the runs around them.
     """
-    out, err = io.StringIO(), io.StringIO()
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    stdin = sys.stdin
-    sys.stdin = io.StringIO("")  # prompts read EOF instead of hanging on pytest's stdin
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = cli_run(list(argv))
-    finally:
-        sys.stdin = stdin
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    return CliResult(code, out.getvalue(), err.getvalue())
+    proc = run_in_process(list(argv), env)
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
 def spawn(env: dict[str, str], *argv: str) -> subprocess.Popen[bytes]:

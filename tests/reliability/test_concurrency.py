@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import mounted_tmpfs
 from engine.helpers import Lab, MiB, lab
+from harness import mounted_tmpfs
 
 from hcbak.config import JobConfig, RepoConfig, save_config
 from hcbak.repo import init_repo

@@ -7,7 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
-from conftest import RunHcbak, assert_no_traceback, mounted_tmpfs
+from harness import RunHcbak, assert_no_traceback, mounted_tmpfs
 from repo_helpers import adopt_golden
 
 SENTINEL = "sentinel-Passphrase-4711"

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import RunHcbak, assert_no_traceback, mounted_tmpfs
 from crash_writer import point_data
+from harness import RunHcbak, assert_no_traceback, mounted_tmpfs
 from reliability.helpers import (
     PRUNE_PHASES,
     RepoFiles,

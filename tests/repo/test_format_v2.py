@@ -19,13 +19,13 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from engine.helpers import MiB, lab
+from harness import HCBAK
 from reliability.helpers import cli
 from repo_helpers import PASS, make_repo
 
@@ -141,7 +141,7 @@ def test_the_console_script_job_run_refuses_it_too(case: Setup) -> None:
     key derivation started early), which must check the pin as well."""
     _switch_encryption_off(case.repo)
     proc = subprocess.run(
-        [sys.executable, "-m", "hcbak", "job", "run", "nightly"],
+        [*HCBAK, "job", "run", "nightly"],
         env={**os.environ, **case.env},
         capture_output=True,
         text=True,

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import RunHcbak, assert_no_traceback
+from harness import RunHcbak, assert_no_traceback
 from repo_helpers import (
     BS,
     PASS,

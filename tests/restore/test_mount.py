@@ -7,11 +7,11 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from harness import HCBAK
 
 from hcbak.config import Config, RepoConfig, save_config
 from hcbak.repo import init_repo, open_repo
@@ -64,7 +64,7 @@ def test_mounted_point_shows_each_disk_as_raw_file_and_ctrl_c_unmounts(
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hcbak", "mount", point.id, str(mnt)],
+        [*HCBAK, "mount", point.id, str(mnt)],
         env=hcbak_env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -103,7 +103,7 @@ def test_mount_on_a_folder_that_is_not_empty_is_refused_before_mounting(
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "someone's file").write_text("keep")
-    proc = subprocess.run([sys.executable, "-m", "hcbak", "mount", point.id, str(busy)],
+    proc = subprocess.run([*HCBAK, "mount", point.id, str(busy)],
                           env=hcbak_env, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr == f"error: mount point {busy} is not empty\n"

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import RunHcbak, assert_no_traceback, mounted_tmpfs
+from harness import RunHcbak, assert_no_traceback, mounted_tmpfs
 
 from hcbak.config import Config, RepoConfig, save_config
 from hcbak.engine.restore import restore_disk, select_disk

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import HCBAK
 
 from hcbak.engine.connect import connection_settings
 from hcbak.engine.restore import VmOptions, restore_disk, restore_vm
@@ -63,7 +63,7 @@ def run_cli(lab: RestoreLab, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HCBAK_")}
     env.update(lab.env)
     return subprocess.run(
-        [sys.executable, "-m", "hcbak", *args],
+        [*HCBAK, *args],
         env=env,
         capture_output=True,
         text=True,

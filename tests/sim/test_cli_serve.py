@@ -9,18 +9,18 @@ import shutil
 import signal
 import ssl
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from harness import HCBAK
 
 
 def _start(
     env: dict[str, str], state: Path, *extra: str
 ) -> tuple[subprocess.Popen[str], list[str]]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hcbak", "sim", "serve", "--state", str(state), *extra],
+        [*HCBAK, "sim", "serve", "--state", str(state), *extra],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from conftest import RunHcbak
+from harness import RunHcbak
 from hypothesis import given
 from hypothesis import strategies as st
 
