@@ -8,6 +8,8 @@ Nouns used throughout:
 - *records* (records.py): typed dataclasses built from API dicts in one place; nothing
   outside this package sees a raw API dict except through `VM.raw`.
 - *pin*: a node's certificate SHA-256 fingerprint that the config trusts (tls.py).
+- *connection settings* (settings.py): what the client needs of a cluster (nodes,
+  login, trust, timeouts); built from the config's cluster entry by the engine/CLI.
 
 See docs/hypercore.md for failover, retry, timeout and TLS behaviour.
 """
@@ -25,10 +27,12 @@ from hcbak.hypercore.records import (
     UpdateStatus,
     VirtualDisk,
 )
+from hcbak.hypercore.settings import ConnectionSettings
 
 __all__ = [
     "VM",
     "ClusterInfo",
+    "ConnectionSettings",
     "DeviceSnapshot",
     "Disk",
     "HyperCoreClient",
