@@ -1,0 +1,229 @@
+"""engine/copy.py on real folder repositories: round trips restore bit-exact, a second
+copy sends nothing, keys and id keys differ, damage in SRC costs only its point, and a
+SIGKILL at an observed phase leaves DST consistent for the next copy to complete."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hcbak.engine.copy import COPIED, FAILED, PRESENT, CopyReport, CopySelection, copy_points
+from hcbak.errors import ExitCode
+from hcbak.repo import open_repo
+from hcbak.repo.kdf import WEAKEN_ENV
+from hcbak.repo.verify import verify
+from hcbak.secrets import Secret
+
+from .copy_driver import (
+    PASS,
+    PASS2,
+    T0,
+    fill_source,
+    make_repo,
+    read_disk,
+)
+
+DRIVER = Path(__file__).parent / "copy_driver.py"
+DATA = Path(__file__).parent.parent / "data"
+
+
+def _files(root: Path) -> dict[str, int]:
+    """Every file under packs/, index/ and points/ with its size."""
+    return {
+        str(p.relative_to(root)): p.stat().st_size
+        for sub in ("packs", "index", "points")
+        for p in (root / sub).rglob("*")
+        if p.is_file()
+    }
+
+
+def _copy(
+    src_root: Path,
+    dst_root: Path,
+    src_pass: Secret | None = PASS,
+    dst_pass: Secret | None = PASS2,
+    selection: CopySelection | None = None,
+) -> CopyReport:
+    with (
+        open_repo(src_root, passphrase=src_pass) as src,
+        open_repo(dst_root, passphrase=dst_pass) as dst,
+    ):
+        return copy_points(src, dst, selection or CopySelection())
+
+
+def _assert_restores(dst_root: Path, dst_pass: Secret | None, expected: dict[str, bytes]) -> None:
+    with open_repo(dst_root, passphrase=dst_pass) as dst:
+        assert sorted(dst.point_ids()) == sorted(expected)
+        for pid, data in expected.items():
+            assert read_disk(dst, pid) == data, pid
+        assert verify(dst, read_data_percent=100).errors == []
+
+
+@pytest.mark.parametrize(
+    ("src_pass", "dst_pass"),
+    [(PASS, PASS2), (None, PASS2), (PASS, None)],
+    ids=["encrypted-to-other-passphrase", "plain-to-encrypted", "encrypted-to-plain"],
+)
+def test_round_trip_restores_bit_exact_and_a_second_copy_sends_nothing(
+    tmp_path: Path, src_pass: Secret | None, dst_pass: Secret | None
+) -> None:
+    src_root = make_repo(tmp_path / "src", src_pass)
+    dst_root = make_repo(tmp_path / "dst", dst_pass)
+    expected = fill_source(src_root, src_pass)
+    report = _copy(src_root, dst_root, src_pass, dst_pass)
+    assert report.exit_code() == ExitCode.OK, report.to_json()
+    assert not report.same_ids  # each repo has its own id key
+    copied = report.points
+    assert [p.status for p in copied] == [COPIED] * 4
+    assert all(p.blocks_verified > 0 for p in copied)
+    # The incrementals were translated through their base: only their changed blocks
+    # were read from SRC, not the whole disk again.
+    web = [p for p in copied if p.vm_name == "web"]
+    assert web[1].blocks_read <= 2 < web[1].blocks and web[2].blocks_read <= 2
+    _assert_restores(dst_root, dst_pass, expected)
+
+    before = _files(dst_root)
+    again = _copy(src_root, dst_root, src_pass, dst_pass)
+    assert [p.status for p in again.points] == [PRESENT] * 4
+    totals = again.totals()
+    assert (totals["blocks_sent"], totals["bytes_sent"], totals["blocks_read"]) == (0, 0, 0)
+    assert _files(dst_root) == before  # not one byte written to DST
+
+
+def test_same_id_keys_send_only_missing_blocks_without_reading_the_others(tmp_path: Path) -> None:
+    """DST made from a copy of SRC's config (same keys): ids are the same, and a block
+    DST already has is never read from SRC."""
+    src_root = make_repo(tmp_path / "src")
+    dst_root = tmp_path / "dst"
+    shutil.copytree(src_root, dst_root)  # empty: same config, same keys
+    expected = fill_source(src_root)
+    first_id = min(expected, key=lambda pid: pid)
+    report = _copy(src_root, dst_root, PASS, PASS, CopySelection(point_ids=(first_id,)))
+    assert report.same_ids and report.exit_code() == ExitCode.OK
+    rest = _copy(src_root, dst_root, PASS, PASS)
+    assert report.points[0].status == COPIED
+    for p in rest.points:
+        assert p.status == (PRESENT if p.id == first_id else COPIED)
+        assert p.blocks_read == p.blocks_sent  # only blocks DST lacked were read
+    _assert_restores(dst_root, PASS, expected)
+
+
+def test_v1_golden_copies_into_a_v2_repository_bit_exact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(WEAKEN_ENV)  # the golden repository has real KDF parameters
+    src_root = tmp_path / "golden-v1"
+    shutil.copytree(DATA / "golden-v1", src_root)
+    dst_root = make_repo(tmp_path / "dst")
+    golden = Secret("golden-v1 passphrase")
+    report = _copy(src_root, dst_root, golden, PASS)
+    assert report.exit_code() == ExitCode.OK
+    with open_repo(dst_root, passphrase=PASS) as dst, open_repo(src_root, passphrase=golden) as src:
+        assert dst.config.version == 2
+        for p in src.list_points():
+            assert read_disk(dst, p.id) == read_disk(src, p.id)
+            digest = hashlib.sha256(read_disk(dst, p.id)).hexdigest()
+            assert (
+                digest
+                == {
+                    "web": "76f789f9c0eeb663d02493b266b8709cefb1287fdbaea8adc27f79d87ffd0675",
+                    "db": "2ad8eda4ad4ffd0c8aedcdd8f130b2a6001dd7c2a8ae8a721f2835810d06bdf2",
+                }[p.vm_name]
+            )
+
+
+def test_selection_by_job_vm_and_since(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    src_root, dst_root = make_repo(tmp_path / "src"), make_repo(tmp_path / "dst", PASS2)
+    fill_source(src_root)
+    by_job = _copy(src_root, dst_root, selection=CopySelection(jobs=("weekly",)))
+    assert [p.vm_name for p in by_job.points] == ["db"]
+    since = _copy(
+        src_root, dst_root, selection=CopySelection(vms=("web",), since=T0 + timedelta(days=1))
+    )
+    assert [(p.vm_name, p.created.day) for p in since.points] == [("web", 2), ("web", 3)]
+    by_uuid = _copy(src_root, dst_root, selection=CopySelection(vms=("uuid-web",)))
+    assert [p.status for p in by_uuid.points] == [COPIED, PRESENT, PRESENT]
+
+
+def test_a_damaged_block_in_src_fails_only_its_point(tmp_path: Path) -> None:
+    src_root, dst_root = make_repo(tmp_path / "src"), make_repo(tmp_path / "dst", PASS2)
+    expected = fill_source(src_root)
+    with open_repo(src_root, passphrase=PASS) as src:
+        db = src.list_points(vm="db")[0].id
+        block = next(src.load_point(db).disks[0].block_map.ids())
+        loc = src.locate(block)
+        assert loc is not None
+    path = next((src_root / "packs").rglob(loc.pack))
+    with open(path, "r+b") as fh:  # flip a byte in the middle of the blob's payload
+        fh.seek(loc.offset + loc.length // 2)
+        byte = fh.read(1)
+        fh.seek(loc.offset + loc.length // 2)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    report = _copy(src_root, dst_root)
+    failed = report.of(FAILED)
+    assert [p.id for p in failed] == [db]
+    assert failed[0].error_code == ExitCode.INTEGRITY and block.hex() in failed[0].reason
+    assert len(report.of(COPIED)) == 3
+    assert report.exit_code() == ExitCode.PARTIAL
+    del expected[db]
+    _assert_restores(dst_root, PASS2, expected)
+    only_db = _copy(src_root, dst_root, selection=CopySelection(vms=("db",)))
+    assert only_db.exit_code() == ExitCode.INTEGRITY
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("phase", ["blocks-sent", "before-manifest"])
+def test_sigkill_mid_copy_leaves_dst_consistent_and_the_next_copy_completes(
+    tmp_path: Path, phase: str
+) -> None:
+    src_root, dst_root = make_repo(tmp_path / "src"), make_repo(tmp_path / "dst", PASS2)
+    expected = fill_source(src_root)
+    proc = subprocess.Popen(
+        [sys.executable, str(DRIVER), str(src_root), str(dst_root), phase],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    committed = []
+    for line in proc.stdout:
+        if line.startswith("committed "):
+            committed.append(line.split()[1])
+        if line.split() == ["phase", phase]:
+            break
+    else:
+        proc.wait()
+        err = proc.stderr.read()
+        raise AssertionError(f"copy ended (exit {proc.returncode}) before {phase}: {err}")
+    assert committed  # the phase is in the second point, after the first's commit
+    with open_repo(dst_root, passphrase=PASS2, lock=None) as dst:
+        in_flight = dst.list_points()
+        assert [p.id for p in in_flight] == committed
+    assert proc.poll() is None, "the copy died before the kill"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    proc.stdout.close()
+    proc.stderr.close()
+
+    # DST is consistent: what is committed restores, verify reads everything clean.
+    with open_repo(dst_root, passphrase=PASS2) as dst:
+        assert dst.point_ids() == committed
+        assert read_disk(dst, committed[0]) == expected[committed[0]]
+        assert verify(dst, read_data_percent=100).errors == []
+    # The next copy completes; what the killed one made durable is not sent again.
+    report = _copy(src_root, dst_root)
+    assert report.exit_code() == ExitCode.OK
+    second = next(p for p in report.points if p.status == COPIED)
+    if phase == "before-manifest":
+        assert second.blocks_sent == 0  # every block was durable before the kill
+    _assert_restores(dst_root, PASS2, expected)
