@@ -39,9 +39,10 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from hcbak.errors import ExitCode, HcbakError, IntegrityError, LockedError
+from hcbak.errors import ExitCode, HcbakError, IntegrityError, LockedError, UsageError
 from hcbak.repo.blockmap import ZERO_BLOCK, BlockMap
 from hcbak.repo.points import DiskImage, Point, PointSummary
 from hcbak.repo.repository import Repository
@@ -507,3 +508,69 @@ def _sample_ids(point: Point, k: int, rnd: random.Random) -> list[bytes]:
 def _all_ids(disks: Iterable[DiskImage]) -> Iterable[bytes]:
     for disk in disks:
         yield from disk.block_map.ids()
+
+
+def copy_between(
+    config: Any,
+    src_name: str,
+    dst_name: str,
+    selection: CopySelection,
+    progress: CopyProgress | None = None,
+    *,
+    dry_run: bool = False,
+    state_dir: Path | None = None,
+    lock_wait: float = 0.0,
+) -> CopyReport:
+    """Open two configured repositories and copy between them: SRC with a shared lock
+    as a restore takes (or none where it cannot be written: a read-only SRC), DST with
+    a shared lock as a backup takes, so a prune of either waits. A repository that
+    cannot be opened ends the copy with its error's code (5 locked, 6 damaged, ...)."""
+    from hcbak.repo import open_repo
+    from hcbak.repo.settings import Expected
+
+    say = progress or _no_progress
+    report = CopyReport(src_name, dst_name, dry_run=dry_run)
+    src_cfg, dst_cfg = config.repo(src_name), config.repo(dst_name)
+    if src_name == dst_name:
+        raise UsageError("copy needs two different repositories")
+
+    def opened(cfg: Any, *, read_only: bool, command: str) -> Any:
+        return open_repo(
+            Path(cfg.path),
+            passphrase=cfg.passphrase.resolve() if cfg.passphrase else None,
+            lock="shared",
+            lock_wait=lock_wait,
+            command=command,
+            read_only_ok=read_only,
+            state_dir=state_dir,
+            expect=Expected(encrypted=cfg.encrypted, repo_id=cfg.repo_id),
+        )
+
+    try:
+        with (
+            opened(src_cfg, read_only=True, command=f"repo copy to {dst_name}") as src,
+            opened(dst_cfg, read_only=dry_run, command=f"repo copy from {src_name}") as dst,
+        ):
+            if src.config.repo_id == dst.config.repo_id:
+                raise UsageError(f"{src_name} and {dst_name} are the same repository")
+            for repo, name in ((src, src_name), (dst, dst_name)):
+                if repo.unlocked_reason:
+                    say(CopyEvent("warning", message=f"{name}: read without a lock "
+                                  f"({repo.unlocked_reason})"))  # fmt: skip
+            return copy_points(
+                src, dst, selection, say, dry_run=dry_run, names=(src_name, dst_name)
+            )
+    except UsageError:
+        raise
+    except KeyboardInterrupt:
+        report.status, report.reason = "interrupted", "interrupted by the user"
+        report.error_code = ExitCode.INTERRUPTED
+    except HcbakError as exc:
+        report.status = "locked" if isinstance(exc, LockedError) else "failed"
+        report.reason, report.error_code = exc.one_line(), exc.exit_code
+    except OSError as exc:
+        from hcbak.errors import describe_os_error
+
+        report.status, report.reason = "failed", describe_os_error(exc)
+        report.error_code = ExitCode.FAILED
+    return report
