@@ -172,6 +172,9 @@ class JobConfig:
     # Ask HyperCore (9.7.1+) for an application-consistent snapshot; crash-consistent
     # with a warning where the cluster or the VM's guest agent cannot (docs/hypercore.md).
     quiesce: bool = False
+    # --- copy_to (issue 20) ---
+    # Repositories the job's new points are copied to after its backups (engine/copy_to.py).
+    copy_to: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -230,7 +233,7 @@ def jobs_using(config: Config, cluster: str | None = None, repo: str | None = No
         job.name
         for job in config.jobs.values()
         if (cluster is not None and job.cluster == cluster)
-        or (repo is not None and job.repo == repo)
+        or (repo is not None and (job.repo == repo or repo in job.copy_to))  # copy_to too
     )
 
 
@@ -528,6 +531,7 @@ class _Parser:
                     f"no repository named {job.repo!r}",
                     _did_you_mean(job.repo, config.repositories),
                 )
+            self.check_copy_to(job, fields, config)
             if job.notify is not None and config.smtp is None:
                 self.error(
                     fields["notify"],
@@ -535,6 +539,19 @@ class _Parser:
                     "email notification needs an `smtp:` section",
                 )
         return config
+
+    # --- copy_to (issue 20) ---
+    def check_copy_to(self, job: JobConfig, fields: dict[str, Node], config: Config) -> None:
+        """Each copy_to target is a configured repository, named once, not the job's own."""
+        where = f"jobs.{job.name}.copy_to"
+        for i, target in enumerate(job.copy_to):
+            if target not in config.repositories:
+                hint = _did_you_mean(target, config.repositories)
+                self.error(fields["copy_to"], where, f"no repository named {target!r}", hint)
+            elif target == job.repo:
+                self.error(fields["copy_to"], where, f"{target!r} is the job's own repository")
+            elif target in job.copy_to[:i]:
+                self.error(fields["copy_to"], where, f"{target!r} is named twice")
 
     def named(self, node: Node | None, where: str) -> list[tuple[str, Node, Node]]:
         """A mapping of name -> section, names validated."""
@@ -671,6 +688,7 @@ class _Parser:
             "quiesce",
             "notify",
             "hooks",
+            "copy_to",
         )
         m = self.mapping(node, where, keys)
         job = JobConfig(
@@ -705,6 +723,8 @@ class _Parser:
             job.quiesce = self.boolean(m["quiesce"], f"{where}.quiesce")
         if "notify" in m:
             job.notify = self.notify(m["notify"], f"{where}.notify")
+        if "copy_to" in m:  # copy_to (issue 20): names checked with the repositories
+            job.copy_to = self.string_list(m["copy_to"], f"{where}.copy_to")
         if "hooks" in m:
             hooks = self.mapping(m["hooks"], f"{where}.hooks", ("pre", "post"))
             if "pre" in hooks:
@@ -1071,6 +1091,8 @@ def job_to_dict(j: JobConfig) -> dict[str, Any]:
         out["prune"] = j.prune
     if j.quiesce:
         out["quiesce"] = True
+    if j.copy_to:  # copy_to (issue 20)
+        out["copy_to"] = list(j.copy_to)
     if j.notify is not None:
         out["notify"] = {"email": {"to": list(j.notify.to), "on": list(j.notify.on)}}
     hooks = {k: v for k, v in (("pre", j.pre_hook), ("post", j.post_hook)) if v}

@@ -59,21 +59,46 @@ COPIED, PRESENT, FAILED, PLANNED = "copied", "present", "failed", "planned"
 
 @dataclass(frozen=True)
 class CopySelection:
-    """Which SRC points to copy; every filter given must match (empty: any)."""
+    """Which SRC points to copy; every filter given must match (empty: any).
+
+    `point_ids` limits the copy to those points; with `catch_up` (a job's `copy_to`)
+    a point is also chosen when DST holds an older point of the same job and VM, so a
+    copy that failed last run is sent with the next, while points older than DST's
+    newest (copied and forgotten there by DST's retention) are not sent again."""
 
     jobs: tuple[str, ...] = ()
     vms: tuple[str, ...] = ()  # VM name or uuid
     since: datetime | None = None  # created at or after
-    point_ids: tuple[str, ...] = ()  # only these (a job's `copy_to`: its new points)
+    point_ids: tuple[str, ...] = ()
+    catch_up: bool = False
 
     def matches(self, s: PointSummary) -> bool:
+        """The filters on the point alone (job, VM, since)."""
         if self.jobs and s.job not in self.jobs:
             return False
         if self.vms and s.vm_name not in self.vms and s.vm_uuid not in self.vms:
             return False
-        if self.since is not None and s.created < self.since:
-            return False
-        return not self.point_ids or s.id in self.point_ids
+        return self.since is None or s.created >= self.since
+
+
+def choose(
+    summaries: list[PointSummary], selection: CopySelection, in_dst: list[PointSummary]
+) -> list[PointSummary]:
+    """The SRC points a copy considers, oldest first (pure: no I/O)."""
+    newest: dict[tuple[str, str], datetime] = {}
+    if selection.catch_up:
+        for d in in_dst:
+            key = (d.job, d.vm_uuid)
+            newest[key] = max(newest.get(key, d.created), d.created)
+    out = []
+    for s in summaries:
+        if not selection.matches(s):
+            continue
+        named = not selection.point_ids or s.id in selection.point_ids
+        after = newest.get((s.job, s.vm_uuid))
+        if named or (after is not None and s.created > after):
+            out.append(s)
+    return sorted(out, key=lambda s: (s.created, s.id))
 
 
 @dataclass
@@ -221,7 +246,8 @@ def copy_points(
     as a backup) and SRC's (shared, as a restore)."""
     say = progress or _no_progress
     report = CopyReport(names[0], names[1], dry_run=dry_run)
-    summaries = [s for s in src.list_points() if selection.matches(s)]
+    in_dst = dst.list_points() if selection.catch_up else []
+    summaries = choose(src.list_points(), selection, in_dst)
     for why in sorted(src.unreadable_points.values()):
         report.warnings.append(f"{names[0]}: {why}: not copied")
     present = set(dst.point_ids())

@@ -5,6 +5,8 @@ SIGKILL at an observed phase leaves DST consistent for the next copy to complete
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 import shutil
 import signal
 import subprocess
@@ -12,13 +14,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import RunHcbak
 
 from hcbak.engine.copy import COPIED, FAILED, PRESENT, CopyReport, CopySelection, copy_points
 from hcbak.errors import ExitCode
 from hcbak.repo import open_repo
 from hcbak.repo.kdf import WEAKEN_ENV
 from hcbak.repo.verify import verify
-from hcbak.secrets import Secret
+from hcbak.secrets import Secret, SecretRef
 
 from .copy_driver import (
     PASS,
@@ -227,3 +230,66 @@ def test_sigkill_mid_copy_leaves_dst_consistent_and_the_next_copy_completes(
     if phase == "before-manifest":
         assert second.blocks_sent == 0  # every block was durable before the kill
     _assert_restores(dst_root, PASS2, expected)
+
+
+def test_job_copy_to_copies_new_points_and_a_failed_copy_is_partial_then_caught_up(
+    tmp_path: Path, run_hcbak: RunHcbak
+) -> None:
+    """`copy_to` after `job run`: the point is restorable from the target bit-exact, an
+    incremental sends only its changed block, a copy that cannot run (target locked)
+    makes the job partial (3) with the reason in the report and the email, and the next
+    run sends the missed point too."""
+    from hcbak.config import EmailNotify, RepoConfig, SMTPConfig, save_config
+
+    from .helpers import BLOCK, MiB, lab
+    from .smtp_server import smtp_server
+
+    with lab(tmp_path, copy_to=["offsite"]) as L, smtp_server() as inbox:
+        offsite = tmp_path / "offsite"
+        make_repo(offsite, PASS2)
+        L.config.repositories["offsite"] = RepoConfig(
+            name="offsite", path=str(offsite), passphrase=SecretRef(env="OFFSITE_PASS")
+        )
+        L.config.smtp = SMTPConfig(host=inbox.host, port=inbox.port, security="none", sender="h@x")
+        L.config.jobs["nightly"].notify = EmailNotify(to=["ops@example.com"], on=["failure", "warning", "success"])
+        save_config(L.config)
+        env = {**L.env, "OFFSITE_PASS": PASS2.reveal()}
+        vm = L.sim.create_vm("web01", [4 * MiB], tags=["nightly"])
+        disk = L.sim.disk_uuids(vm)[0]
+        L.sim.fill(disk, seed=3)
+
+        first = run_hcbak("job", "run", "nightly", "--json", env=env)
+        assert first.returncode == 0, first.stderr
+        job = json.loads(first.stdout)["jobs"][0]
+        point = job["vms"][0]["point_id"]
+        (copy,) = job["copies"]
+        assert (copy["dst"], copy["exit_code"]) == ("offsite", 0)
+        assert [p["id"] for p in copy["points"] if p["status"] == COPIED] == [point]
+        assert re.search(r"nightly/web01: copy: to offsite: copied point " + point, first.stderr)
+        with open_repo(offsite, passphrase=PASS2) as dst:
+            image = dst.load_point(point).disks[0]
+            restored = b"".join(
+                bytes(image.block_size) if b == bytes(16) else dst.get_block(b)
+                for b in (image.block_map.get(i) for i in range(len(image.block_map)))
+            )[: image.capacity]
+        snap = job["vms"][0]["snapshot_uuid"]
+        assert restored == L.snapshot_content(snap, disk, image.capacity)
+
+        L.sim.write(disk, 2 * BLOCK + 7, b"changed")
+        with open_repo(offsite, passphrase=PASS2, lock="exclusive"):  # a prune there
+            second = run_hcbak("job", "run", "nightly", "--json", env=env)
+        assert second.returncode == 3, second.stderr
+        job2 = json.loads(second.stdout)["jobs"][0]
+        assert job2["vms"][0]["status"] == "ok" and job2["status"] == "partial"
+        assert job2["copies"][0]["status"] == "locked" and "exclusive lock" in second.stderr
+
+        third = run_hcbak("job", "run", "nightly", "--json", env=env)
+        assert third.returncode == 0, third.stderr
+        job3 = json.loads(third.stdout)["jobs"][0]
+        sent = {p["id"]: p for p in job3["copies"][0]["points"]}
+        assert set(sent) == {job2["vms"][0]["point_id"], job3["vms"][0]["point_id"]}
+        missed = sent[job2["vms"][0]["point_id"]]
+        assert (missed["status"], missed["blocks_sent"]) == (COPIED, 1)  # only the changed block
+    bodies = [str(m.get_payload()) for m in inbox.messages]
+    assert "copy to offsite: 1 point(s) copied" in bodies[0]
+    assert "copy to offsite: 0 point(s) copied" in bodies[1] and "locked" in bodies[1]
