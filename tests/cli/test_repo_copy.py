@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import RunHcbak, assert_no_traceback
@@ -116,3 +117,40 @@ def test_usage_errors_and_a_locked_destination(
         locked = _copy(run_hcbak)
     assert locked.returncode == 5, locked.stderr
     assert "exclusive lock" in locked.stderr
+
+
+@pytest.mark.parametrize(
+    ("copy_to", "fragment"),
+    [
+        ("[offsit]", "jobs.nightly.copy_to: no repository named 'offsit' (did you mean"),
+        ("[main]", "jobs.nightly.copy_to: 'main' is the job's own repository"),
+        ("[offsite, offsite]", "jobs.nightly.copy_to: 'offsite' is named twice"),
+    ],
+)
+def test_copy_to_names_configured_repositories_other_than_the_jobs_own(
+    base_config: Path, run_inproc: Any, copy_to: str, fragment: str
+) -> None:
+    base_config.write_text(
+        base_config.read_text()
+        + "  offsite: {path: /srv/offsite}\n"
+        + f"jobs:\n  nightly: {{cluster: prod, repo: main, tags: [x], copy_to: {copy_to}}}\n"
+    )
+    proc = run_inproc("config", "check")
+    assert proc.returncode == 2 and fragment in proc.stderr, proc.stderr
+    assert "config.yaml:" in proc.stderr  # with the file and line
+
+
+def test_a_copy_to_target_is_in_use_and_survives_a_config_save(
+    base_config: Path, run_inproc: Any
+) -> None:
+    base_config.write_text(
+        base_config.read_text()
+        + "  offsite: {path: /srv/offsite}\n"
+        + "jobs:\n  nightly: {cluster: prod, repo: main, tags: [x], copy_to: [offsite]}\n"
+    )
+    proc = run_inproc("repo", "remove", "offsite")
+    assert proc.returncode == 2 and "used by job(s) nightly" in proc.stderr
+    listed = json.loads(run_inproc("repo", "list", "--json", check=True).stdout)
+    assert {r["name"]: r["jobs"] for r in listed["repositories"]}["offsite"] == ["nightly"]
+    run_inproc("job", "edit", "nightly", "--parallel", "2", check=True)  # saves the config
+    assert "copy_to:\n    - offsite" in base_config.read_text()

@@ -243,6 +243,7 @@ def test_job_copy_to_copies_new_points_and_a_failed_copy_is_partial_then_caught_
 
     from .helpers import BLOCK, MiB, lab
     from .smtp_server import smtp_server
+    from .test_cli import _schema, _validate
 
     with lab(tmp_path, copy_to=["offsite"]) as L, smtp_server() as inbox:
         offsite = tmp_path / "offsite"
@@ -251,7 +252,9 @@ def test_job_copy_to_copies_new_points_and_a_failed_copy_is_partial_then_caught_
             name="offsite", path=str(offsite), passphrase=SecretRef(env="OFFSITE_PASS")
         )
         L.config.smtp = SMTPConfig(host=inbox.host, port=inbox.port, security="none", sender="h@x")
-        L.config.jobs["nightly"].notify = EmailNotify(to=["ops@example.com"], on=["failure", "warning", "success"])
+        L.config.jobs["nightly"].notify = EmailNotify(
+            to=["ops@example.com"], on=["failure", "warning", "success"]
+        )
         save_config(L.config)
         env = {**L.env, "OFFSITE_PASS": PASS2.reveal()}
         vm = L.sim.create_vm("web01", [4 * MiB], tags=["nightly"])
@@ -260,6 +263,7 @@ def test_job_copy_to_copies_new_points_and_a_failed_copy_is_partial_then_caught_
 
         first = run_hcbak("job", "run", "nightly", "--json", env=env)
         assert first.returncode == 0, first.stderr
+        _validate(json.loads(first.stdout), _schema())  # docs/run-report.md
         job = json.loads(first.stdout)["jobs"][0]
         point = job["vms"][0]["point_id"]
         (copy,) = job["copies"]
@@ -279,6 +283,7 @@ def test_job_copy_to_copies_new_points_and_a_failed_copy_is_partial_then_caught_
         with open_repo(offsite, passphrase=PASS2, lock="exclusive"):  # a prune there
             second = run_hcbak("job", "run", "nightly", "--json", env=env)
         assert second.returncode == 3, second.stderr
+        _validate(json.loads(second.stdout), _schema())
         job2 = json.loads(second.stdout)["jobs"][0]
         assert job2["vms"][0]["status"] == "ok" and job2["status"] == "partial"
         assert job2["copies"][0]["status"] == "locked" and "exclusive lock" in second.stderr
