@@ -6,6 +6,7 @@ result (a table, or the report with --json) and maps it to the exit codes of `jo
 """
 
 import re
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -88,17 +89,22 @@ def run_copy(
     config = load_config()
     for name in (src, dst):
         config.repo(name)  # an unknown name: exit 2 before anything opens
-    with _display(quiet=json_out) as progress:
-        report = copy_between(
-            config,
-            src,
-            dst,
-            selection,
-            progress,
-            dry_run=dry_run,
-            state_dir=state_dir(config),
-            lock_wait=wait,
-        )
+    previous = _sigterm_as_interrupt()  # SIGTERM stops as Ctrl-C does: report, exit 130
+    try:
+        with _display(quiet=json_out) as progress:
+            report = copy_between(
+                config,
+                src,
+                dst,
+                selection,
+                progress,
+                dry_run=dry_run,
+                state_dir=state_dir(config),
+                lock_wait=wait,
+            )
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     if json_out:
         emit_json(report.to_json())
     else:
@@ -106,6 +112,19 @@ def run_copy(
     for line in error_lines(report):
         sys.stderr.write(f"error: {line}\n")
     return int(report.exit_code())
+
+
+def _sigterm_as_interrupt() -> Any:
+    """SIGTERM (systemd stop, kill) stops the copy as Ctrl-C does: the point in flight
+    is not committed, the report is printed, exit 130. Returns the previous handler."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (embedded use): leave signals alone
+        return None
 
 
 def parse_since(text: str | None, now: datetime) -> datetime | None:

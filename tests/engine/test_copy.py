@@ -298,3 +298,31 @@ def test_job_copy_to_copies_new_points_and_a_failed_copy_is_partial_then_caught_
     bodies = [str(m.get_payload()) for m in inbox.messages]
     assert "copy to offsite: 1 point(s) copied" in bodies[0]
     assert "copy to offsite: 0 point(s) copied" in bodies[1] and "locked" in bodies[1]
+
+
+def test_ctrl_c_before_a_manifest_commits_nothing_more_and_exits_130(tmp_path: Path) -> None:
+    src_root, dst_root = make_repo(tmp_path / "src"), make_repo(tmp_path / "dst", PASS2)
+    expected = fill_source(src_root)
+    proc = subprocess.Popen(
+        [sys.executable, str(DRIVER), str(src_root), str(dst_root), "before-manifest"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    committed = []
+    for line in proc.stdout:
+        if line.startswith("committed "):
+            committed.append(line.split()[1])
+        if line.split() == ["phase", "before-manifest"]:
+            break
+    assert proc.poll() is None, "the copy ended before the phase"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == ExitCode.INTERRUPTED, err
+    assert "committed" not in out  # the point in flight was not committed after the stop
+    with open_repo(dst_root, passphrase=PASS2) as dst:
+        assert dst.point_ids() == committed
+        assert verify(dst).errors == []
+    assert _copy(src_root, dst_root).exit_code() == ExitCode.OK
+    _assert_restores(dst_root, PASS2, expected)
