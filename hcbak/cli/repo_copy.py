@@ -149,7 +149,10 @@ def parse_since(text: str | None, now: datetime) -> datetime | None:
 
 def error_lines(report: "CopyReport") -> list[str]:
     """One line per failed point (or for the whole copy), naming it, for stderr."""
-    if report.status and report.status != "interrupted":
+    if report.status == "interrupted":
+        done = len(report.of("copied"))
+        return [f"copy from {report.src} to {report.dst} interrupted after {done} point(s)"]
+    if report.status:
         return [f"copy from {report.src} to {report.dst} {report.status}: {report.reason}"]
     return [
         f"point {p.id} ({p.vm_name} {p.created:%Y-%m-%d %H:%M}) not copied: {p.reason}"

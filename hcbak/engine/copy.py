@@ -246,8 +246,9 @@ def copy_points(
     as a backup) and SRC's (shared, as a restore)."""
     say = progress or _no_progress
     report = CopyReport(names[0], names[1], dry_run=dry_run)
-    in_dst = dst.list_points() if selection.catch_up else []
-    summaries = choose(src.list_points(), selection, in_dst)
+    in_src = src.list_points()
+    in_dst = dst.list_points()  # headers only: what is there, and the bases of re-ids
+    summaries = choose(in_src, selection, in_dst)
     for why in sorted(src.unreadable_points.values()):
         report.warnings.append(f"{names[0]}: {why}: not copied")
     present = set(dst.point_ids())
@@ -259,7 +260,7 @@ def copy_points(
         return report
     report.same_ids = all(src.block_id(p) == dst.block_id(p) for p in _PROBES)
     copier = _Copier(src, dst, report.same_ids, say, names[0])
-    copier.bases_from(dst, present, summaries)
+    copier.bases_from(in_dst, {s.id for s in in_src}, summaries)
     try:
         for item, summary in zip(report.points, summaries, strict=True):
             if item.status == PRESENT:
@@ -292,15 +293,17 @@ class _Copier:
         self.base_ref: dict[str, tuple[datetime, str]] = {}
         self.base_pair: dict[str, tuple[Point, Point]] = {}
 
-    def bases_from(self, dst: Repository, present: set[str], wanted: list[PointSummary]) -> None:
-        """Remember, per VM, the newest point both repositories hold (before the first
-        point to copy): its block maps in SRC and in DST translate most ids."""
+    def bases_from(
+        self, in_dst: list[PointSummary], src_ids: set[str], wanted: list[PointSummary]
+    ) -> None:
+        """Remember, per VM, the newest point both repositories hold: its block maps in
+        SRC and in DST translate most ids of the VM's next point."""
         if self.same_ids:
             return
         vms = {s.vm_uuid for s in wanted}
-        for s in dst.list_points():
-            if s.vm_uuid in vms and s.id in present:
-                self.base_ref[s.vm_uuid] = (s.created, s.id)  # oldest first: newest wins
+        for s in in_dst:  # oldest first: the newest wins
+            if s.vm_uuid in vms and s.id in src_ids:
+                self.base_ref[s.vm_uuid] = (s.created, s.id)
 
     def copy_one(self, item: PointCopy, summary: PointSummary) -> None:
         started = datetime.now(UTC)

@@ -326,3 +326,18 @@ def test_ctrl_c_before_a_manifest_commits_nothing_more_and_exits_130(tmp_path: P
         assert verify(dst).errors == []
     assert _copy(src_root, dst_root).exit_code() == ExitCode.OK
     _assert_restores(dst_root, PASS2, expected)
+
+
+def test_an_unreadable_manifest_in_src_is_a_warning_and_the_others_copy(tmp_path: Path) -> None:
+    src_root, dst_root = make_repo(tmp_path / "src"), make_repo(tmp_path / "dst", PASS2)
+    expected = fill_source(src_root)
+    bad = sorted(expected)[0]
+    manifest = src_root / "points" / bad
+    raw = bytearray(manifest.read_bytes())
+    raw[40] ^= 0xFF  # inside the sealed header (past its 24-byte envelope head)
+    manifest.write_bytes(bytes(raw))
+    report = _copy(src_root, dst_root)
+    assert report.exit_code() == ExitCode.WARNINGS
+    assert len(report.warnings) == 1 and bad in report.warnings[0]
+    del expected[bad]
+    _assert_restores(dst_root, PASS2, expected)
