@@ -341,3 +341,34 @@ def test_an_unreadable_manifest_in_src_is_a_warning_and_the_others_copy(tmp_path
     assert len(report.warnings) == 1 and bad in report.warnings[0]
     del expected[bad]
     _assert_restores(dst_root, PASS2, expected)
+
+
+def test_choose_for_copy_to_sends_the_runs_points_and_catches_up_only_after_dsts_newest() -> None:
+    """A job's copy_to: this run's point, plus the job's points of the same VM newer
+    than DST's newest (a missed copy); older ones (forgotten by DST's retention, or
+    from before copy_to was set) are not sent."""
+    from datetime import timedelta
+
+    from hcbak.engine.copy_report import choose
+    from hcbak.repo.points import PointSummary
+
+    def summary(pid: str, day: int, vm: str = "web", job: str = "nightly") -> PointSummary:
+        created = T0 + timedelta(days=day)
+        return PointSummary(pid, job, "c", f"uuid-{vm}", vm, created, None, 1, 1, {})
+
+    src = [summary("p0", 0), summary("p1", 1), summary("p2", 2), summary("p3", 3),
+           summary("d3", 3, vm="db"), summary("o3", 3, job="other")]  # fmt: skip
+    in_dst = [summary("p1", 1)]  # p0 was forgotten in DST; p2's copy failed last run
+    run = CopySelection(jobs=("nightly",), vms=("uuid-web", "uuid-db"), catch_up=True,
+                        point_ids=("p3", "d3"))  # fmt: skip
+    assert [s.id for s in choose(src, run, in_dst)] == ["p2", "d3", "p3"]
+    first_run = choose(src, run, [])  # DST has nothing of the job: the run's points only
+    assert [s.id for s in first_run] == ["d3", "p3"]
+    assert [s.id for s in choose(src, CopySelection(), in_dst)] == [
+        "p0",
+        "p1",
+        "p2",
+        "d3",
+        "o3",
+        "p3",
+    ]
