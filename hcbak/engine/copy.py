@@ -114,9 +114,6 @@ def copy_points(
         report.error_code = ExitCode.INTERRUPTED
     except LockedError as exc:  # DST's lease lost: nothing more can be committed
         report.status, report.reason, report.error_code = "locked", exc.one_line(), exc.exit_code
-    for item in report.points:
-        if item.status == FAILED:
-            log.error("copy of point %s failed: %s", item.id, item.reason)
     return report
 
 
@@ -199,7 +196,7 @@ class _Copier:
             try:
                 pair = (self.src.load_point(ref[1]), self.dst.load_point(ref[1]))
             except HcbakError as exc:  # only a shortcut: every block is read instead
-                log.warning("base point %s unusable for the copy: %s", ref[1], exc)
+                log.info("base point %s unusable for the copy: %s", ref[1], exc)
                 return None
             self.base_pair[point.vm_uuid] = pair
         return pair

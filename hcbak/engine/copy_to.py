@@ -74,6 +74,8 @@ def copy_after_job(
         job_report.copies.append(report)
         level = logging.INFO if int(report.exit_code()) == 0 else logging.ERROR
         log.log(level, "%s: %s", job.name, report.summary())
+        for failed in report.of("failed"):
+            log.error("%s: point %s not copied: %s", job.name, failed.id, failed.reason)
         _emit(progress, ProgressEvent("copy", job.name, message=report.summary()))
         if report.status == "interrupted":
             break  # the copies after it do not start
