@@ -31,8 +31,12 @@ def register(app: "typer.Typer") -> None:
 
     @app.command("copy")
     def copy(
-        src: Annotated[str, typer.Argument(help="Repository to copy from (its name).")],
-        dst: Annotated[str, typer.Argument(help="Repository to copy to (its name).")],
+        src: Annotated[
+            str, typer.Argument(metavar="SRC", help="Repository to copy from (its name).")
+        ],
+        dst: Annotated[
+            str, typer.Argument(metavar="DST", help="Repository to copy to (its name).")
+        ],
         job: Annotated[
             list[str] | None, typer.Option("--job", help="Only points of this job (repeatable).")
         ] = None,
