@@ -59,7 +59,14 @@ from hcbak.engine.copy_report import (  # noqa: F401  (re-exported: the copy's p
     choose,
     no_progress,
 )
-from hcbak.errors import ExitCode, HcbakError, IntegrityError, LockedError, UsageError
+from hcbak.errors import (
+    ExitCode,
+    HcbakError,
+    IntegrityError,
+    LockedError,
+    RepoError,
+    UsageError,
+)
 from hcbak.repo.blockmap import ZERO_BLOCK, BlockMap
 from hcbak.repo.points import DiskImage, Point, PointSummary
 from hcbak.repo.repository import Repository
@@ -177,12 +184,23 @@ class _Copier:
         copied = replace(point, disks=disks)
         self.dst.flush()  # packs, then index segments: durable before the manifest
         item.blocks_verified = self._check_in_dst(copied, state.sent)
-        self.dst.save_point(copied)  # the commit (write-once manifest)
+        committed_here = self._commit(copied)
         self._check_committed(copied)
-        item.status = COPIED
+        item.status = COPIED if committed_here else PRESENT
         if summary.vm_uuid:
             self.base_ref[summary.vm_uuid] = (summary.created, point.id)
             self.base_pair[summary.vm_uuid] = (point, copied)
+
+    def _commit(self, point: Point) -> bool:
+        """Write the manifest (write-once); False when another copy into DST committed
+        the same point meanwhile (both hold DST's shared lock)."""
+        try:
+            self.dst.save_point(point)
+        except RepoError:
+            if point.id not in self.dst.point_ids():
+                raise
+            return False
+        return True
 
     def _base(self, point: Point) -> tuple[Point, Point] | None:
         """SRC and DST versions of the newest earlier point of this VM both hold."""

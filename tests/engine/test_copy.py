@@ -372,3 +372,30 @@ def test_choose_for_copy_to_sends_the_runs_points_and_catches_up_only_after_dsts
         "o3",
         "p3",
     ]
+
+
+def test_two_copies_into_one_dst_at_once_commit_each_point_once(tmp_path: Path) -> None:
+    """Both hold DST's shared lock. Here a second copy commits the point between the
+    first's block check and its manifest write: the first reports it `present` (exit 0),
+    not a failure, and DST holds it once."""
+    src_root, dst_root = make_repo(tmp_path / "src"), make_repo(tmp_path / "dst", PASS2)
+    expected = fill_source(src_root)
+    first_id = min(expected)
+    only = CopySelection(point_ids=(first_id,))
+    with (
+        open_repo(src_root, passphrase=PASS) as src,
+        open_repo(dst_root, passphrase=PASS2) as dst,
+    ):
+        real_save = dst.save_point
+        other_reports = []
+
+        def save_point(point: object) -> None:
+            other_reports.append(_copy(src_root, dst_root, selection=only))  # wins the race
+            real_save(point)  # type: ignore[arg-type]
+
+        dst.save_point = save_point  # type: ignore[method-assign]
+        report = copy_points(src, dst, only)
+    assert [p.status for p in other_reports[0].points] == [COPIED]
+    assert [p.status for p in report.points] == [PRESENT]
+    assert report.exit_code() == ExitCode.OK
+    _assert_restores(dst_root, PASS2, {first_id: expected[first_id]})
