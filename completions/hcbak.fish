@@ -3,7 +3,7 @@
 function __hcbak_at
     set -l path ""
     for word in (commandline -opc)[2..-1]
-        if contains -- "$path/$word" /cluster /cluster/add /cluster/list /cluster/probe /cluster/remove /cluster/show /cluster/test /completion /completion/install /completion/show /config /config/check /config/show /demo /job /job/create /job/edit /job/list /job/remove /job/run /job/show /mount /notify /notify/test /points /points/forget /points/list /points/show /repo /repo/add /repo/forget /repo/list /repo/passwd /repo/prune /repo/remove /repo/repair /repo/show /repo/unlock /repo/verify /restore /restore/disk /restore/vm /schedule /schedule/install /schedule/remove /schedule/show /sim /sim/check-shapes /sim/serve /sim/shapes /version
+        if contains -- "$path/$word" /cluster /cluster/add /cluster/list /cluster/probe /cluster/remove /cluster/show /cluster/test /completion /completion/install /completion/show /config /config/check /config/show /demo /job /job/create /job/edit /job/list /job/remove /job/run /job/show /mount /notify /notify/test /points /points/forget /points/list /points/show /repo /repo/add /repo/copy /repo/forget /repo/list /repo/passwd /repo/prune /repo/remove /repo/repair /repo/show /repo/unlock /repo/verify /restore /restore/disk /restore/vm /schedule /schedule/install /schedule/remove /schedule/show /sim /sim/check-shapes /sim/serve /sim/shapes /version
             set path "$path/$word"
         end
     end
@@ -199,6 +199,7 @@ complete -c hcbak -n '__hcbak_at "/points/show"' -l json -d 'Print JSON (stable 
 complete -c hcbak -n '__hcbak_at "/points/show"' -l help -d 'Show help and exit.'
 complete -c hcbak -n '__hcbak_at "/points/show"' -s h -d 'Show help and exit.'
 complete -c hcbak -f -n '__hcbak_at "/repo"' -a add -d 'Create a repository in an empty folder, or adopt an existing hcbak repository'
+complete -c hcbak -f -n '__hcbak_at "/repo"' -a copy -d 'Copy the restore points DST lacks from SRC to DST (e.g'
 complete -c hcbak -f -n '__hcbak_at "/repo"' -a forget -d 'Forget points beyond each job\'s retention policy (data is freed by prune)'
 complete -c hcbak -f -n '__hcbak_at "/repo"' -a list -d 'List configured repositories'
 complete -c hcbak -f -n '__hcbak_at "/repo"' -a passwd -d 'Change the passphrase: rewraps the master key only, no data is rewritten'
@@ -222,6 +223,14 @@ complete -c hcbak -n '__hcbak_at "/repo/add"' -l force -d 'Replace a config entr
 complete -c hcbak -n '__hcbak_at "/repo/add"' -l no-force -d 'Replace a config entry of the same name'
 complete -c hcbak -n '__hcbak_at "/repo/add"' -l help -d 'Show help and exit.'
 complete -c hcbak -n '__hcbak_at "/repo/add"' -s h -d 'Show help and exit.'
+complete -c hcbak -n '__hcbak_at "/repo/copy"' -l job -r -d 'Only points of this job (repeatable)'
+complete -c hcbak -n '__hcbak_at "/repo/copy"' -l vm -r -d 'Only points of this VM, by name or uuid (repeatable)'
+complete -c hcbak -n '__hcbak_at "/repo/copy"' -l since -r -d 'Only points created since then: 2026-11-30, 2026-11-30T18:00, or a duration back from now (36h, 7d)'
+complete -c hcbak -n '__hcbak_at "/repo/copy"' -l dry-run -d 'List what would be copied; write nothing'
+complete -c hcbak -n '__hcbak_at "/repo/copy"' -l wait -r -d 'Seconds to wait for other locks'
+complete -c hcbak -n '__hcbak_at "/repo/copy"' -l json -d 'Print the copy report'
+complete -c hcbak -n '__hcbak_at "/repo/copy"' -l help -d 'Show help and exit.'
+complete -c hcbak -n '__hcbak_at "/repo/copy"' -s h -d 'Show help and exit.'
 complete -c hcbak -n '__hcbak_at "/repo/forget"' -l dry-run -d 'Show what would be forgotten and why'
 complete -c hcbak -n '__hcbak_at "/repo/forget"' -l no-dry-run -d 'Show what would be forgotten and why'
 complete -c hcbak -n '__hcbak_at "/repo/forget"' -l json -d 'Print JSON (stable keys, docs/cli.md)'

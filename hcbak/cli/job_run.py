@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from hcbak.cli.common import load_config
 from hcbak.cli.output import emit_json, info, is_tty, print_table, warn
+from hcbak.engine.copy_to import copy_after_job
 from hcbak.errors import ExitCode, HcbakError, LockedError, UsageError
 
 if TYPE_CHECKING:
@@ -120,6 +121,7 @@ def run_jobs(
                     config, job, sdir, display, dry_run, full, parallel, single=single
                 )
                 job_report.log_file = str(log_file.path) if log_file else None
+                copy_after_job(config, job, job_report, sdir, display.event)  # copy_to
                 report.jobs.append(job_report)
                 _after_job(config, sdir, job, job_report)
                 if job_report.status == "interrupted":

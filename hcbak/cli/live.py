@@ -62,7 +62,7 @@ class LiveDisplay:
             elif ev.kind == "disk_done" and key in self.tasks:
                 task, total = self.tasks[key]
                 self.progress.update(task, completed=total)
-            elif ev.kind in ("vm_done", "vm_retry", "warning", "job_start"):
+            elif ev.kind in ("vm_done", "vm_retry", "warning", "job_start", "copy"):
                 label = f"{ev.job}/{ev.vm}" if ev.vm else ev.job
                 what = "warning: " if ev.kind == "warning" else ""
                 self.progress.console.print(escape(f"{label}: {what}{ev.message}"))

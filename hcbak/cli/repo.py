@@ -611,3 +611,9 @@ def _last_verify(config: Config, repo_id: str) -> dict[str, Any] | None:
         return doc
     except (OSError, ValueError):
         return None
+
+
+# `repo copy` lives in its own module (issue 20).
+from hcbak.cli import repo_copy  # noqa: E402
+
+repo_copy.register(app)

@@ -141,6 +141,8 @@ class JobConfig:
     # Ask HyperCore (9.7.1+) for an application-consistent snapshot; crash-consistent
     # with a warning where the cluster or the VM's guest agent cannot (docs/hypercore.md).
     quiesce: bool = False
+    # Repositories the job's new points are copied to after its backups (engine/copy_to.py).
+    copy_to: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -199,7 +201,7 @@ def jobs_using(config: Config, cluster: str | None = None, repo: str | None = No
         job.name
         for job in config.jobs.values()
         if (cluster is not None and job.cluster == cluster)
-        or (repo is not None and job.repo == repo)
+        or (repo is not None and (job.repo == repo or repo in job.copy_to))
     )
 
 

@@ -192,6 +192,7 @@ class _Parser:
                     f"no repository named {job.repo!r}",
                     did_you_mean(job.repo, config.repositories),
                 )
+            self.check_copy_to(job, fields, config)
             if job.notify is not None and config.smtp is None:
                 self.error(
                     fields["notify"],
@@ -199,6 +200,18 @@ class _Parser:
                     "email notification needs an `smtp:` section",
                 )
         return config
+
+    def check_copy_to(self, job: JobConfig, fields: dict[str, Node], config: Config) -> None:
+        """Each copy_to target is a configured repository, named once, not the job's own."""
+        where = f"jobs.{job.name}.copy_to"
+        for i, target in enumerate(job.copy_to):
+            if target not in config.repositories:
+                hint = did_you_mean(target, config.repositories)
+                self.error(fields["copy_to"], where, f"no repository named {target!r}", hint)
+            elif target == job.repo:
+                self.error(fields["copy_to"], where, f"{target!r} is the job's own repository")
+            elif target in job.copy_to[:i]:
+                self.error(fields["copy_to"], where, f"{target!r} is named twice")
 
     def named(self, node: Node | None, where: str) -> list[tuple[str, Node, Node]]:
         """A mapping of name -> section, names validated."""
@@ -333,6 +346,7 @@ class _Parser:
             "alert_after",
             "prune",
             "quiesce",
+            "copy_to",
             "notify",
             "hooks",
         )
@@ -367,6 +381,8 @@ class _Parser:
             job.prune = self.choice(m["prune"], f"{where}.prune", PRUNE_MODES)
         if "quiesce" in m:
             job.quiesce = self.boolean(m["quiesce"], f"{where}.quiesce")
+        if "copy_to" in m:  # names checked with the repositories
+            job.copy_to = self.string_list(m["copy_to"], f"{where}.copy_to")
         if "notify" in m:
             job.notify = self.notify(m["notify"], f"{where}.notify")
         if "hooks" in m:

@@ -135,6 +135,8 @@ def job_to_dict(j: JobConfig) -> dict[str, Any]:
         out["prune"] = j.prune
     if j.quiesce:
         out["quiesce"] = True
+    if j.copy_to:
+        out["copy_to"] = list(j.copy_to)
     if j.notify is not None:
         out["notify"] = {"email": {"to": list(j.notify.to), "on": list(j.notify.on)}}
     hooks = {k: v for k, v in (("pre", j.pre_hook), ("post", j.post_hook)) if v}

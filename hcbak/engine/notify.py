@@ -78,6 +78,13 @@ def render_body(job: JobReport) -> str:
             f"{human_bytes(vt['bytes_read']):>11} "
             f"{human_bytes(vt['bytes_stored']):>11}  {tail or ''}"
         )
+    if job.copies:  # copy_to: one line per target, one per point not copied
+        lines += ["", "Copies:"] + [f"  - {c.summary()}" for c in job.copies]
+        lines += [
+            f"    point {p.id} ({p.vm_name}): {p.reason}"
+            for c in job.copies
+            for p in c.of("failed")
+        ]
     warnings = list(job.warnings) + [f"{vm.name}: {w}" for vm in job.vms for w in vm.warnings]
     if warnings:
         lines += ["", "Warnings:"] + [f"  - {w}" for w in warnings]

@@ -135,6 +135,9 @@ class JobReport:
     # The code of the error that ended the job ("failed"): 2 for a config problem a
     # retry cannot fix, 6 for a damaged repository, else 4.
     error_code: ExitCode = ExitCode.FAILED
+    # Copies of the new points to the job's `copy_to` repositories (engine/copy_to.py):
+    # engine.copy.CopyReport objects, one per target.
+    copies: list[Any] = field(default_factory=list)
 
     def exit_code(self) -> ExitCode:
         return job_exit_code(self)
@@ -170,7 +173,15 @@ def _sum_disks(disks: list[DiskReport]) -> dict[str, int]:
 
 
 def job_exit_code(job: JobReport) -> ExitCode:
-    """Map one job's outcome to the exit-code contract."""
+    """Map one job's outcome, its copies included, to the exit-code contract: a copy
+    that fails after good backups makes the job partial (3)."""
+    code = _backup_exit_code(job)
+    if not job.copies:
+        return code
+    return combine_exit_codes([code, *(c.exit_code() for c in job.copies)])
+
+
+def _backup_exit_code(job: JobReport) -> ExitCode:
     if job.status == "locked":
         return ExitCode.BUSY
     if job.status in ("failed", "interrupted"):
@@ -273,6 +284,7 @@ def job_to_dict(job: JobReport) -> dict[str, Any]:
             "store_seconds": round(timings.store, 3),
         },
         "retention": {"forgotten": list(job.forgotten), "pruned": job.pruned},
+        "copies": [c.to_json() for c in job.copies],
         "log_file": job.log_file,
         "vms": [vm_to_dict(vm) for vm in job.vms],
     }

@@ -75,6 +75,7 @@ def args_for(L: Lab, point_id: str, tmp: Path) -> dict[str, list[str]]:
         "repo prune": ["main", "--dry-run"],
         "repo repair": ["main", "--dry-run"],
         "repo verify": ["main"],
+        "repo copy": ["main", "spare", "--dry-run"],
         "job list": [],
         "job show": ["nightly"],
         "job run": ["nightly", "--dry-run"],
@@ -113,6 +114,8 @@ def test_every_json_command_prints_one_object_with_one_name_per_thing(
     shapes = run_inproc("sim", "shapes", env=env)
     assert shapes.returncode == 0, shapes.stderr
     (tmp_path / "shapes.json").write_text(shapes.stdout)
+    spare = run_inproc("repo", "add", "spare", "--path", str(tmp_path / "spare"), env=env)
+    assert spare.returncode == 0, spare.stderr
     table = args_for(L, point_id, tmp_path)
     assert json_commands() == set(table), "add the new --json command to args_for()"
     problems: list[str] = []
