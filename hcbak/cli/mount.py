@@ -62,7 +62,7 @@ def mount_command(
         raise UsageError(f"mount point {mountpoint} is not empty")
     if not os.path.exists("/dev/fuse"):
         raise UsageError("/dev/fuse is missing", hint="load the fuse module or run with FUSE")
-    from hcbak.cli.restore import opened_point
+    from hcbak.cli.repo_access import opened_point
 
     config = load_config()
     with opened_point(config, point_spec, repo) as (repository, point):
