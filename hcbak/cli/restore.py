@@ -1,4 +1,5 @@
-"""`hcbak restore vm` and `hcbak restore disk`: the operator's edge of engine/restore.py.
+"""`hcbak restore vm` and `hcbak restore disk`: the operator's edge of the engine's
+restore_vm.py and restore_disk.py.
 
 Finding the point: POINT is resolved by the repository (`resolve_point`: id, unique
 prefix, VM@latest, VM@YYYY-MM-DD). With --repo only that repository is searched;
@@ -23,7 +24,7 @@ from hcbak.errors import ExitCode, UsageError
 
 if TYPE_CHECKING:
     from hcbak.config import ClusterConfig, Config
-    from hcbak.engine.restore import Progress
+    from hcbak.engine.point_reader import Progress
     from hcbak.repo import Point
 
 app = typer.Typer(
@@ -72,7 +73,7 @@ def vm_command(
     json_out: JsonOpt = False,
 ) -> None:
     """Create a VM from a restore point and stream its disks to the cluster."""
-    from hcbak.engine.restore import VmOptions, restore_vm
+    from hcbak.engine.restore_vm import VmOptions, restore_vm
     from hcbak.hypercore import hypercore_session
 
     options = VmOptions(
@@ -131,7 +132,7 @@ def disk_command(
     json_out: JsonOpt = False,
 ) -> None:
     """Write one disk of a restore point to a file (no cluster needed)."""
-    from hcbak.engine.restore import FORMATS, check_destination, restore_disk
+    from hcbak.engine.restore_disk import FORMATS, check_destination, restore_disk
 
     if fmt not in FORMATS:
         raise UsageError(f"unknown --format {fmt!r}", hint="use raw, qcow2, vmdk or vhdx")

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hcbak import __version__
 from hcbak.engine import cbt
@@ -62,7 +62,6 @@ from hcbak.engine.state import (
 )
 from hcbak.errors import (
     APIError,
-    ClusterBusyError,
     ExitCode,
     HcbakError,
     HookError,
@@ -78,6 +77,9 @@ from hcbak.errors import (
 from hcbak.hypercore.quiesce import CRASH, plan_quiesce
 from hcbak.transport.device import list_devices, locate_device
 from hcbak.transport.reader import DiskReader
+
+if TYPE_CHECKING:
+    from hcbak.hypercore.records import UpdateStatus
 
 log = logging.getLogger("hcbak.engine")
 
@@ -395,30 +397,13 @@ class _Session:
             raise Interrupted(self.stop_reason)
 
     def _wait_for_update(self) -> None:
-        """Do not start snapshots while the cluster updates; wait (bounded), then skip.
+        """Do not start snapshots while the cluster updates; wait (bounded), then skip
+        (ClusterBusyError after the cluster's update_wait)."""
 
-        update_status.json answers 404 on a cluster that was never updated
-        (hypercore-api.md): that is the normal state of many clusters, so it counts as
-        idle here; anything else that is not COMPLETE/COMPLETE (an update phase, 502,
-        timeouts) means wait. ClusterBusyError after the cluster's update_wait.
-        """
-        limit = float(self.cluster_cfg.update_wait)
-        poll = min(30.0, max(0.2, limit / 20))
-        started = time.monotonic()
-        while True:
-            status = self.hc.update_status()
-            if status.idle or "HTTP 404" in status.detail:
-                return
-            waited = time.monotonic() - started
-            if waited >= limit:
-                raise ClusterBusyError(
-                    f"skipped: cluster {self.job.cluster} is updating ({status.detail}); "
-                    f"waited {waited:.0f} s",
-                    hint="the next run tries again; raise update_wait to wait longer",
-                )
+        def waiting(status: UpdateStatus, waited: float) -> None:
             self.emit("warning", message=f"cluster updating ({status.detail}); waiting")
-            if self.cancel.wait(min(poll, limit - waited)):
-                return
+
+        self.hc.wait_for_update(on_wait=waiting)
 
     def _worker_uuid(self, vms: list[Any]) -> str:
         name = self.cluster_cfg.worker_vm

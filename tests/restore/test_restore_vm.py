@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from hcbak.engine.restore import VmOptions, restore_disk, restore_vm
+from hcbak.engine.restore_disk import restore_disk
+from hcbak.engine.restore_vm import VmOptions, restore_vm
 from hcbak.errors import HcbakError, UsageError
 from hcbak.hypercore import hypercore_session
 from hcbak.repo import open_repo
