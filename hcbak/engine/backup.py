@@ -35,6 +35,7 @@ from hcbak import __version__
 from hcbak.engine import cbt
 from hcbak.engine.background import entered_in_background
 from hcbak.engine.pipeline import DEFAULT_THREADS, back_up_disk
+from hcbak.engine.progress import ProgressEvent, ProgressFn, no_progress
 from hcbak.engine.report import (
     VM_FAILED,
     VM_OK,
@@ -96,45 +97,6 @@ def label_point_id(label: str, job: str) -> str | None:
     return label[len(prefix) :] if label.startswith(prefix) and len(label) > len(prefix) else None
 
 
-@dataclass(frozen=True)
-class ProgressEvent:
-    """What the CLI shows: kind is job_start, vm_start, disk_start, disk_progress,
-    disk_done, vm_done, vm_retry, warning, job_done."""
-
-    kind: str
-    job: str
-    vm: str | None = None
-    disk: str | None = None
-    message: str = ""
-    done: int = 0  # bytes processed (disk_progress: since the last event)
-    total: int = 0  # bytes to process on this disk
-
-    def line(self) -> str:
-        """`job/vm disk: what: message`, as the plain display and the run log show it."""
-        where = self.job + (f"/{self.vm}" if self.vm else "")
-        where += f" {self.disk}" if self.disk else ""
-        what = _EVENT_WORDS.get(self.kind, self.kind)
-        return f"{where}: {what}{': ' + self.message if self.message else ''}"
-
-
-_EVENT_WORDS = {
-    "job_start": "job started",
-    "vm_start": "backing up",
-    "disk_start": "reading",
-    "disk_done": "done",
-    "vm_done": "finished",
-    "vm_retry": "retry",
-    "warning": "warning",
-}
-
-
-ProgressFn = Callable[[ProgressEvent], None]
-
-
-def _no_progress(event: ProgressEvent) -> None:
-    pass
-
-
 def run_job(
     config: Any,
     job: Any,
@@ -152,7 +114,7 @@ def run_job(
     sdir = Path(state_dir) if state_dir else default_state_dir(config)
     report = JobReport(job.name, job.cluster, job.repo, dry_run=dry_run, full=full)
     with JobLock(sdir, job.name):
-        session = _Session(config, job, report, sdir, progress or _no_progress)
+        session = _Session(config, job, report, sdir, progress or no_progress)
         session.full = full
         session.parallel = max(1, parallel or job.parallel or 1)
         session.threads = threads or _threads_from_env() or DEFAULT_THREADS
