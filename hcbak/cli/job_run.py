@@ -98,7 +98,7 @@ def run_jobs(
     plan = plan_run(load_config(), request)
     if due and not plan.jobs and not json_out:
         info("no job is due")
-    display: "Display" = PlainDisplay()
+    display: Display = PlainDisplay()
     if is_tty(sys.stderr) and not json_out:
         from hcbak.cli.live import LiveDisplay  # rich.progress is slow to import: TTY only
 
