@@ -85,7 +85,8 @@ def import_fuse() -> ModuleType:
             f"hcbak mount needs FUSE support ({exc})",
             hint="pip install 'hcbak[mount]' and install libfuse (fuse3 or fuse package)",
         )
-    return mfusepy
+    binding: ModuleType = mfusepy
+    return binding
 
 
 def disk_readers(repository: Repository, point: Point) -> dict[str, MountedDisk]:
@@ -124,7 +125,7 @@ def point_filesystem(
     point: Point,
     readers: dict[str, MountedDisk],
     on_read_error: Callable[[str], None],
-) -> Any:
+) -> object:
     """A read-only FUSE filesystem (a `fuse.Operations`) over the point's disks.
 
     A damaged or missing block is EIO for the reader; `on_read_error` gets the reason
@@ -150,7 +151,7 @@ def point_filesystem(
         "st_atime": stamp,
     }
 
-    class PointFS(fuse.Operations):  # type: ignore[name-defined]
+    class PointFS(fuse.Operations):  # type: ignore[name-defined,misc]
         use_ns = True  # times below are nanoseconds (mfusepy warns otherwise)
 
         def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:

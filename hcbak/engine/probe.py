@@ -236,17 +236,22 @@ def run_probe(
         result.steps.append(Step("cluster", "failed", error=exc.one_line(), fix=""))
     finally:
         result.steps += [Step(name, "not run") for name in pending]
-        ok = result.ok
-        if not (ok and keep):
-            leftovers = _cleanup(client, journal.data)
-            if leftovers:
-                step_fail = Step("cleanup", "failed", error=leftovers, fix=FIXES["cleanup"])
-                result.steps.append(step_fail)
-            else:
-                journal.clear()
-        else:
-            journal.clear()  # kept on purpose; the next probe must not remove them
+        _finish(client, journal, result, keep)
     return result
+
+
+def _finish(
+    client: HyperCoreClient, journal: ProbeJournal, result: ProbeResult, keep: bool
+) -> None:
+    """Remove what the probe made (unless kept after a pass); a leftover is a step."""
+    if result.ok and keep:
+        journal.clear()  # kept on purpose; the next probe must not remove them
+        return
+    leftovers = _cleanup(client, journal.data)
+    if leftovers:
+        result.steps.append(Step("cleanup", "failed", error=leftovers, fix=FIXES["cleanup"]))
+    else:
+        journal.clear()
 
 
 # --- the steps --------------------------------------------------------------------------
@@ -272,7 +277,7 @@ def _create_vm(
     }
     ctx["vm"] = client.create_vm(dom)
     journal.set("vm", ctx["vm"])
-    return ctx["vm"]
+    return str(ctx["vm"])
 
 
 def _write_pattern(
@@ -340,7 +345,7 @@ def _clone(
         ctx["disk"], ctx["snap2"], ctx["worker"], DISK_SIZE, accepted=accepted
     )
     journal.set("clone", ctx["clone"])
-    return ctx["clone"]
+    return str(ctx["clone"])
 
 
 def _locate(cluster: ClusterConfig, ctx: dict[str, Any], timeout: float) -> str:
@@ -367,7 +372,7 @@ def _read_and_check(ctx: dict[str, Any], data: bytes) -> str:
 def _remove_clone(client: HyperCoreClient, journal: ProbeJournal, ctx: dict[str, Any]) -> str:
     client.delete_block_device(ctx["clone"])
     journal.set("clone", "")
-    return ctx["clone"]
+    return str(ctx["clone"])
 
 
 def _delete_snapshots(client: HyperCoreClient, journal: ProbeJournal) -> str:
@@ -408,7 +413,7 @@ def _remove_upload(client: HyperCoreClient, journal: ProbeJournal, ctx: dict[str
     client.delete_virtual_disk(ctx["upload"])
     journal.data["vdisks"].remove(ctx["upload"])
     journal.set("vdisk_names", [])
-    return ctx["upload"]
+    return str(ctx["upload"])
 
 
 # --- cleanup ------------------------------------------------------------------------------

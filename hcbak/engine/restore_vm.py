@@ -260,7 +260,7 @@ class _Undo:
             self.client.wait_powered_off(vm_uuid, 60.0)
         self.client.delete_vm(vm_uuid)
 
-    def _try(self, what: str, func: Callable[..., Any], *args: Any) -> None:
+    def _try(self, what: str, func: Callable[..., object], *args: object) -> None:
         try:
             func(*args)
         except Exception as exc:  # keep undoing the rest; report what stayed behind

@@ -13,7 +13,7 @@ import logging
 import threading
 from concurrent.futures import Future
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from hcbak.engine.pipeline import DEFAULT_THREADS
 from hcbak.engine.progress import ProgressEvent, ProgressFn
@@ -81,8 +81,17 @@ class Session:
         self.removed_labels: set[str] = set()  # orphaned snapshots this run removed
         self.bases_ready = threading.Event()  # repository open, dead run's snapshots gone
 
-    def emit(self, kind: str, **kw: Any) -> None:
-        event = ProgressEvent(kind, self.job.name, **kw)
+    def emit(
+        self,
+        kind: str,
+        *,
+        vm: str | None = None,
+        disk: str | None = None,
+        message: str = "",
+        done: int = 0,
+        total: int = 0,
+    ) -> None:
+        event = ProgressEvent(kind, self.job.name, vm, disk, message, done, total)
         if kind not in ("disk_progress", "warning"):  # warnings are logged as warnings
             log.info("%s", event.line())  # the run log tells what the display showed
         try:
