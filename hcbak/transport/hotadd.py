@@ -66,7 +66,7 @@ class Worker:
 
     vm_uuid: str
     device_root: Path  # where its block devices appear (/dev; the simulator's folder)
-    lock: AbstractContextManager[Any]  # one hot-add or removal at a time
+    lock: AbstractContextManager[object]  # one hot-add or removal at a time
     journal: CloneJournal
 
 
