@@ -34,7 +34,7 @@ def poll_until(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> T | None:
-    """`probe()` until it answers something (returned) or `timeout` seconds pass (None).
+    """`probe()` until it answers (not None: returned) or `timeout` seconds pass (None).
 
     The one backoff every cluster wait uses: from `first`, x1.6 per poll, at most
     MAX_POLL, never past the deadline. `probe` is always asked at least once."""
@@ -42,7 +42,7 @@ def poll_until(
     delay = first
     while True:
         found = probe()
-        if found or clock() >= deadline:
+        if found is not None or clock() >= deadline:
             return found
         sleep(max(0.0, min(delay, deadline - clock())))
         delay = min(delay * 1.6, MAX_POLL)
