@@ -185,7 +185,7 @@ def _disk(report: dict[str, Any], vm_name: str, disk_uuid: str) -> dict[str, Any
 def _restore_check(
     sim: Any, folder: Path, report: dict[str, Any], disk_uuid: str, capacity: int
 ) -> None:
-    if importlib.util.find_spec("hcbak.engine.restore") is None:
+    if importlib.util.find_spec("hcbak.engine.restore_disk") is None:
         say("   (restore is not part of this build yet; skipped)")
         return
     vm = next(v for v in report["jobs"][0]["vms"] if v["vm"] == "web01")

@@ -11,9 +11,8 @@ import typer
 from hcbak.cli.common import load_config
 from hcbak.cli.options import JsonOpt
 from hcbak.cli.output import emit_json, info, print_fields, print_table, warn
-from hcbak.cli.repo import open_configured
-from hcbak.config import Config, RepoConfig
-from hcbak.errors import ExitCode, HcbakError, NotFoundError, UsageError
+from hcbak.cli.repo_access import find_point, open_configured, repos_to_search
+from hcbak.errors import ExitCode, HcbakError
 
 app = typer.Typer(help="List, inspect and forget restore points.", no_args_is_help=True)
 
@@ -21,13 +20,6 @@ RepoOpt = Annotated[str | None, typer.Option("--repo", help="Only this repositor
 PointArg = Annotated[
     str, typer.Argument(help="Point id, unique prefix, VM@latest or VM@YYYY-MM-DD.")
 ]
-
-
-def _repos(config: Config, name: str | None) -> list[RepoConfig]:
-    repos = [config.repo(name)] if name else list(config.repositories.values())
-    if not repos:
-        raise NotFoundError("no repository is configured", hint="add one with `hcbak repo add`")
-    return repos
 
 
 @app.command("list")
@@ -42,7 +34,7 @@ def list_(
     rows: list[dict[str, Any]] = []
     damaged: list[dict[str, str]] = []
     skipped = False
-    for cfg in _repos(config, repo):
+    for cfg in repos_to_search(config, repo):
         try:
             with open_configured(cfg, lock=None) as r:
                 rows += [{**p.to_json(), "repo": cfg.name} for p in r.list_points(vm=vm, job=job)]
@@ -83,46 +75,6 @@ def _print_points(rows: list[dict[str, Any]]) -> None:
         ],
         whole=["ID"],
     )
-
-
-def find_point(config: Config, spec: str, repo: str | None) -> tuple[RepoConfig, str, list[str]]:
-    """(repository, point id, warnings) for POINT, searching every configured
-    repository unless --repo names one.
-
-    A repository that cannot be opened is a warning when others are searched, the
-    error itself when it is the only one. A `VM@...` spec is resolved among the points
-    that can be read; damaged manifests are named in the warnings, as the newest point
-    of that VM may be among them.
-    """
-    candidates = _repos(config, repo)
-    found: list[tuple[RepoConfig, str]] = []
-    warnings: list[str] = []
-    for cfg in candidates:
-        try:
-            with open_configured(cfg, lock=None) as r:
-                try:
-                    found.append((cfg, r.resolve_point(spec)))
-                finally:
-                    warnings += [
-                        f"repository {cfg.name}: {why}" for why in r.unreadable_points.values()
-                    ]
-        except NotFoundError:
-            continue
-        except HcbakError as exc:
-            if len(candidates) == 1:
-                raise  # nothing else to search: the real reason is the answer
-            warnings.append(f"repository {cfg.name}: {exc.one_line()}")
-    for line in warnings:
-        warn(line)
-    if not found:
-        where = f"repository {repo}" if repo else "any configured repository"
-        raise NotFoundError(f"no restore point {spec!r} in {where}")
-    if len(found) > 1:
-        names = ", ".join(f"{r.name} ({pid[:12]})" for r, pid in found)
-        raise UsageError(
-            f"point {spec!r} exists in several repositories: {names}", hint="choose one with --repo"
-        )
-    return found[0][0], found[0][1], warnings
 
 
 @app.command("show")

@@ -7,8 +7,6 @@ must be: its id (recorded by `repo add`) and encrypted or not (it has a passphra
 
 import json
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -27,6 +25,7 @@ from hcbak.cli.common import (
 )
 from hcbak.cli.options import JsonOpt
 from hcbak.cli.output import emit_json, info, print_fields, print_table
+from hcbak.cli.repo_access import expected_of, lease_state_dir, open_configured
 from hcbak.config import (
     Config,
     RepoConfig,
@@ -55,59 +54,6 @@ PassFile = Annotated[str | None, typer.Option(help="Read the passphrase from thi
 PassCmd = Annotated[
     str | None, typer.Option(help="Run this shell command; its stdout is the passphrase.")
 ]
-
-
-READ_ONLY_NOTE = (
-    "reading repository {path} without a lock ({why}). A read-only copy or snapshot "
-    "cannot change underneath; but if this is a read-only view of a repository that "
-    "others write, a prune there cannot see this reader and may delete blocks it is "
-    "reading: a block found missing then fails this command (exit 4 or 6), wrong data "
-    "is never returned"
-)
-
-
-def lease_state_dir() -> Path | None:
-    """The state dir whose lease observations this host shares (docs/format.md, Locks)."""
-    try:
-        return state_dir(load_config())
-    except HcbakError:
-        return None
-
-
-@contextmanager
-def open_configured(
-    cfg: RepoConfig,
-    lock: str | None = "shared",
-    wait: float = 0.0,
-    command: str | None = "hcbak repo",
-    read_only_ok: bool = False,
-) -> Iterator[Any]:
-    """Open a configured repository. `read_only_ok` (commands that only read): where no
-    lock file can be written, read without one and warn what that gives up."""
-    from hcbak.cli.output import warn
-    from hcbak.repo import open_repo
-
-    passphrase = cfg.passphrase.resolve() if cfg.passphrase else None
-    with open_repo(
-        Path(cfg.path),
-        passphrase=passphrase,
-        lock=lock,
-        lock_wait=wait,
-        command=command,
-        read_only_ok=read_only_ok,
-        state_dir=lease_state_dir() if lock is not None else None,
-        expect=expected_of(cfg),
-    ) as repo:
-        if repo.unlocked_reason:
-            warn(READ_ONLY_NOTE.format(path=cfg.path, why=repo.unlocked_reason))
-        yield repo
-
-
-def expected_of(cfg: RepoConfig) -> Any:
-    """What the config pins about the repository (hcbak.repo.settings.Expected)."""
-    from hcbak.repo.settings import Expected
-
-    return Expected(encrypted=cfg.encrypted, repo_id=cfg.repo_id)
 
 
 @app.command("add")

@@ -1,4 +1,5 @@
-"""`hcbak restore vm` and `hcbak restore disk`: the operator's edge of engine/restore.py.
+"""`hcbak restore vm` and `hcbak restore disk`: the operator's edge of the engine's
+restore_vm.py and restore_disk.py.
 
 Finding the point: POINT is resolved by the repository (`resolve_point`: id, unique
 prefix, VM@latest, VM@YYYY-MM-DD). With --repo only that repository is searched;
@@ -18,12 +19,13 @@ import typer
 from hcbak.cli.common import load_config
 from hcbak.cli.options import JsonOpt
 from hcbak.cli.output import emit_json, info, is_tty, print_fields, warn
+from hcbak.cli.repo_access import opened_point
 from hcbak.errors import ExitCode, UsageError
 
 if TYPE_CHECKING:
     from hcbak.config import ClusterConfig, Config
-    from hcbak.engine.restore import Progress
-    from hcbak.repo import Point, Repository
+    from hcbak.engine.point_reader import Progress
+    from hcbak.repo import Point
 
 app = typer.Typer(
     help="Restore a VM to a cluster, or a disk to a file or stdout.", no_args_is_help=True
@@ -72,7 +74,7 @@ def vm_command(
 ) -> None:
     """Create a VM from a restore point and stream its disks to the cluster."""
     from hcbak.engine.connect import connection_settings
-    from hcbak.engine.restore import VmOptions, restore_vm
+    from hcbak.engine.restore_vm import VmOptions, restore_vm
     from hcbak.hypercore import hypercore_session
 
     options = VmOptions(
@@ -131,7 +133,7 @@ def disk_command(
     json_out: JsonOpt = False,
 ) -> None:
     """Write one disk of a restore point to a file (no cluster needed)."""
-    from hcbak.engine.restore import FORMATS, check_destination, restore_disk
+    from hcbak.engine.restore_disk import FORMATS, check_destination, restore_disk
 
     if fmt not in FORMATS:
         raise UsageError(f"unknown --format {fmt!r}", hint="use raw, qcow2, vmdk or vhdx")
@@ -176,24 +178,6 @@ def parse_network_map(items: list[str]) -> dict[int, int]:
             raise UsageError(f"--network-map: VLAN {old} is mapped twice")
         mapping[int(old)] = int(new)
     return mapping
-
-
-@contextmanager
-def opened_point(
-    config: "Config", spec: str, repo_name: str | None, warnings: list[str] | None = None
-) -> "Iterator[tuple[Repository, Point]]":
-    """Open the repository holding POINT (shared lock; none on a read-only repository,
-    with a warning) and load the point; what was warned about on the way (a repository
-    skipped, damaged points) goes to `warnings`."""
-    from hcbak.cli.points import find_point
-    from hcbak.cli.repo import open_configured
-
-    repo_cfg, point_id, found_warnings = find_point(config, spec, repo_name)
-    if warnings is not None:
-        warnings += found_warnings
-    # command=None: the lock names this command from argv (`hcbak restore disk`).
-    with open_configured(repo_cfg, lock="shared", command=None, read_only_ok=True) as repository:
-        yield repository, repository.load_point(point_id)
 
 
 def _target_cluster(config: "Config", name: str | None, point: "Point") -> "ClusterConfig":

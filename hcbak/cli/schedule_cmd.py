@@ -41,7 +41,7 @@ app = typer.Typer(
 
 SYSTEM_UNIT_DIR = Path("/etc/systemd/system")
 # The zone `hcbak job run --due` reads schedules in: the worker's local wall clock, as
-# cron's (hcbak/cli/job_run.py, docs/config.md); None writes OnCalendar= without a zone,
+# cron's (hcbak/engine/runner.py, docs/config.md); None writes OnCalendar= without a zone,
 # which systemd reads as local time. tests/cli/test_schedule_cmd.py pins the two.
 DUE_ZONE: str | None = None
 

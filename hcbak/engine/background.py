@@ -6,7 +6,11 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from hcbak.config import Config, JobConfig
 
 T = TypeVar("T")
 
@@ -57,7 +61,7 @@ def entered_in_background(
         held[0].__exit__(None, None, None)
 
 
-def derive_repository_key_early(config: Any, job: Any) -> None:
+def derive_repository_key_early(config: Config, job: JobConfig) -> None:
     """Start the scrypt of `job`'s repository now, before the engine is even imported.
 
     Skipped when a pre-hook must run first (it may mount the repository) and for
@@ -73,6 +77,6 @@ def derive_repository_key_early(config: Any, job: Any) -> None:
             return
         from hcbak.repo.settings import derive_early
 
-        derive_early(repo_cfg.path, ref.resolve())
+        derive_early(Path(repo_cfg.path), ref.resolve())
     except HcbakError:
         return

@@ -45,7 +45,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from hcbak.engine.copy_report import (  # noqa: F401  (re-exported: the copy's public records)
+from hcbak.engine.copy_report import (  # re-exported: the copy's public records (__all__)
     COPIED,
     FAILED,
     PLANNED,
@@ -72,6 +72,23 @@ from hcbak.repo.points import DiskImage, Point, PointSummary
 from hcbak.repo.repository import Repository
 
 log = logging.getLogger("hcbak.engine.copy")
+
+__all__ = [
+    "COPIED",
+    "FAILED",
+    "PLANNED",
+    "PRESENT",
+    "VERIFY_SAMPLE",
+    "CopyEvent",
+    "CopyProgress",
+    "CopyReport",
+    "CopySelection",
+    "PointCopy",
+    "choose",
+    "copy_between",
+    "copy_points",
+    "no_progress",
+]
 
 COPY_THREADS = 2  # get_block and put_block release the GIL while they (de)compress/crypt
 ID_CACHE = 65536  # SRC -> DST ids remembered across points (~10 MiB at most)

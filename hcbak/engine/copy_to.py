@@ -1,6 +1,6 @@
 """A job's `copy_to: [REPO...]`: after its backups, copy the new points to each.
 
-Called once per job by the run (today cli/job_run.py, after the job's backups and
+Called once per job by the run (engine/runner.py, after the job's backups and
 before its report is recorded and mailed). What is copied to each repository: the
 points this run committed, and the job's points of the same VMs newer than the newest
 one already there (a copy that failed last run is sent with this one). The outcome
@@ -33,8 +33,8 @@ def copy_after_job(
     targets = list(getattr(job, "copy_to", None) or [])
     if not targets or job_report.dry_run or job_report.status != "success":
         return  # a failed, locked or interrupted job has no new points to copy
-    from hcbak.engine.backup import ProgressEvent
     from hcbak.engine.copy import CopyEvent, CopyReport, CopySelection, copy_between
+    from hcbak.engine.progress import ProgressEvent
     from hcbak.engine.report import VM_OK
     from hcbak.errors import HcbakError
 

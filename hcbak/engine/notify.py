@@ -14,7 +14,7 @@ import ssl
 from collections.abc import Sequence
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
-from typing import Any
+from typing import TYPE_CHECKING
 
 from hcbak.engine.report import (
     VM_OK,
@@ -25,6 +25,9 @@ from hcbak.engine.report import (
     vm_status_word,
 )
 from hcbak.errors import ConfigError, HcbakError
+
+if TYPE_CHECKING:
+    from hcbak.config import SMTPConfig
 
 SEND_TIMEOUT = 30.0
 
@@ -113,7 +116,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def send_email(smtp: Any, to: Sequence[str], subject: str, body: str) -> None:
+def send_email(smtp: SMTPConfig, to: Sequence[str], subject: str, body: str) -> None:
     """Send through `smtp` (config SMTPConfig); HcbakError with a one-line reason."""
     msg = build_message(smtp.sender, to, subject, body)
     security = (smtp.security or "starttls").lower()

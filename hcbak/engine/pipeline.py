@@ -13,12 +13,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from hcbak.engine.cbt import ReadPlan, merge_ranges
 from hcbak.engine.report import DiskReport, Timings
 from hcbak.errors import Interrupted
 from hcbak.transport.reader import DiskReader, blocks_with_data
+
+if TYPE_CHECKING:
+    from hcbak.repo import BlockMap, Repository
 
 ProgressFn = Callable[[int], None]  # bytes of the disk processed since the last call
 
@@ -30,16 +33,16 @@ _PROGRESS_EVERY = 8  # blocks between progress callbacks per thread
 class DiskResult:
     """What backing up one disk produced: the point's block map and the disk's report."""
 
-    block_map: Any  # hcbak.repo BlockMap
+    block_map: BlockMap
     report: DiskReport
     timings: Timings = field(default_factory=Timings)
 
 
 def back_up_disk(
     reader: DiskReader,
-    repo: Any,
+    repo: Repository,
     plan: ReadPlan,
-    previous_map: Any | None,
+    previous_map: BlockMap | None,
     report: DiskReport,
     *,
     block_size: int,
@@ -121,11 +124,11 @@ class _State:
     def __init__(
         self,
         *,
-        repo: Any,
+        repo: Repository,
         reader: DiskReader,
         block_size: int,
-        new_map: Any,
-        previous_map: Any | None,
+        new_map: BlockMap,
+        previous_map: BlockMap | None,
         blocks: Iterator[int],
         progress: ProgressFn | None,
         cancel: threading.Event,

@@ -89,7 +89,7 @@ class Step:
 class ProbeResult:
     cluster: str
     steps: list[Step] = field(default_factory=list)
-    records: dict[str, list[Any]] = field(default_factory=dict)
+    records: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     version: str = ""
 
     @property
@@ -140,7 +140,7 @@ class ProbeJournal:
         self.data = {"id": probe_id, "vm": "", "snapshots": [], "clone": "", "vdisks": []}
         self.save()
 
-    def set(self, key: str, value: Any) -> None:
+    def set(self, key: str, value: object) -> None:
         self.data[key] = value
         self.save()
 
@@ -155,6 +155,22 @@ class ProbeJournal:
     def clear(self) -> None:
         self.data = {}
         self.path.unlink(missing_ok=True)
+
+
+@dataclass
+class _Scratch:
+    """What the probe has made so far, step by step: ids, serials, the clone's device."""
+
+    id: str
+    worker: str = ""
+    vm: str = ""
+    disk: str = ""
+    snaps: dict[str, str] = field(default_factory=dict)  # "1", "2" -> snapshot uuid
+    serials: dict[str, int] = field(default_factory=dict)  # "1", "2" -> disk serial
+    before: set[str] = field(default_factory=set)  # devices before the clone
+    clone: str = ""
+    device: Path | None = None
+    upload: str = ""
 
 
 class _Stop(Exception):
@@ -184,7 +200,7 @@ def run_probe(
     probe_id = f"{PROBE_TAG}-{secrets.token_hex(4)}"
     journal.start(probe_id)
     data = pattern(DISK_SIZE)
-    ctx: dict[str, Any] = {"id": probe_id}
+    ctx = _Scratch(probe_id)
     pending = list(STEPS)
 
     def step(name: str, fn: Callable[[], str]) -> None:
@@ -234,138 +250,144 @@ def run_probe(
         result.steps.append(Step("cluster", "failed", error=exc.one_line(), fix=""))
     finally:
         result.steps += [Step(name, "not run") for name in pending]
-        ok = result.ok
-        if not (ok and keep):
-            leftovers = _cleanup(client, journal.data)
-            if leftovers:
-                step_fail = Step("cleanup", "failed", error=leftovers, fix=FIXES["cleanup"])
-                result.steps.append(step_fail)
-            else:
-                journal.clear()
-        else:
-            journal.clear()  # kept on purpose; the next probe must not remove them
+        _finish(client, journal, result, keep)
     return result
 
 
+def _finish(
+    client: HyperCoreClient, journal: ProbeJournal, result: ProbeResult, keep: bool
+) -> None:
+    """Remove what the probe made (unless kept after a pass); a leftover is a step."""
+    if result.ok and keep:
+        journal.clear()  # kept on purpose; the next probe must not remove them
+        return
+    leftovers = _cleanup(client, journal.data)
+    if leftovers:
+        result.steps.append(Step("cleanup", "failed", error=leftovers, fix=FIXES["cleanup"]))
+    else:
+        journal.clear()
+
+
 # --- the steps --------------------------------------------------------------------------
-def _find_worker(client: HyperCoreClient, cluster: ClusterConfig, ctx: dict[str, Any]) -> str:
+def _find_worker(client: HyperCoreClient, cluster: ClusterConfig, ctx: _Scratch) -> str:
     if not cluster.worker_vm:
         raise NotFoundError(f"cluster {cluster.name} has no worker VM configured")
     worker = client.find_vm(cluster.worker_vm)
-    ctx["worker"] = worker.uuid
+    ctx.worker = worker.uuid
     return f"{worker.name} ({worker.state})"
 
 
 def _create_vm(
-    client: HyperCoreClient, journal: ProbeJournal, ctx: dict[str, Any], result: ProbeResult
+    client: HyperCoreClient, journal: ProbeJournal, ctx: _Scratch, result: ProbeResult
 ) -> str:
-    journal.set("vm_name", ctx["id"])  # found by name if the answer is lost
+    journal.set("vm_name", ctx.id)  # found by name if the answer is lost
     dom = {
-        "name": ctx["id"],
+        "name": ctx.id,
         "description": "hcbak cluster probe: scratch VM, safe to delete",
         "tags": PROBE_TAG,
         "mem": 256 << 20,
         "numVCPU": 1,  # machineType left to the cluster: its names differ by version
         "netDevs": [],
     }
-    ctx["vm"] = client.create_vm(dom)
-    journal.set("vm", ctx["vm"])
-    return ctx["vm"]
+    ctx.vm = client.create_vm(dom)
+    journal.set("vm", ctx.vm)
+    return ctx.vm
 
 
 def _write_pattern(
     client: HyperCoreClient,
     journal: ProbeJournal,
-    ctx: dict[str, Any],
+    ctx: _Scratch,
     data: bytes,
     result: ProbeResult,
 ) -> str:
-    name = f"{ctx['id']}.img"
+    name = f"{ctx.id}.img"
     journal.add("vdisk_names", name)
     chunks = (data[i : i + CHUNK] for i in range(0, len(data), CHUNK))
     vd = client.upload_virtual_disk(name, len(data), chunks)
     journal.add("vdisks", vd)
     result.records["VirtualDisk"] = client.records(f"/VirtualDisk/{vd}")
-    ctx["disk"] = client.attach_virtual_disk(vd, ctx["vm"], "VIRTIO_DISK", len(data), 0)
+    ctx.disk = client.attach_virtual_disk(vd, ctx.vm, "VIRTIO_DISK", len(data), 0)
     client.delete_virtual_disk(vd)
     journal.data["vdisks"].remove(vd)
     journal.save()
-    result.records["VirDomain"] = client.records(f"/VirDomain/{ctx['vm']}")
-    result.records["VirDomainBlockDevice"] = client.records(f"/VirDomainBlockDevice/{ctx['disk']}")
-    return f"{len(data)} bytes on block device {ctx['disk']}"
+    result.records["VirDomain"] = client.records(f"/VirDomain/{ctx.vm}")
+    result.records["VirDomainBlockDevice"] = client.records(f"/VirDomainBlockDevice/{ctx.disk}")
+    return f"{len(data)} bytes on block device {ctx.disk}"
 
 
 def _snapshot(
     client: HyperCoreClient,
     journal: ProbeJournal,
-    ctx: dict[str, Any],
+    ctx: _Scratch,
     which: str,
     result: ProbeResult,
 ) -> str:
-    label = f"{ctx['id']}-{which}"
+    label = f"{ctx.id}-{which}"
     journal.add("snapshot_labels", label)
     tags: list[str] = []
-    snap = client.create_snapshot(ctx["vm"], label, accepted=tags.append)
+    snap = client.create_snapshot(ctx.vm, label, accepted=tags.append)
     journal.add("snapshots", snap.uuid)
-    serial = snap.serial_for(ctx["disk"])
+    serial = snap.serial_for(ctx.disk)
     if serial is None:
         raise TransportError(f"snapshot {label} does not hold the scratch disk")
-    ctx[f"snap{which}"], ctx[f"serial{which}"] = snap.uuid, serial
+    ctx.snaps[which], ctx.serials[which] = snap.uuid, serial
     result.records.setdefault("VirDomainSnapshot", []).extend(
         client.records(f"/VirDomainSnapshot/{snap.uuid}")
     )
     if tags:
         result.records.setdefault("TaskTag", []).extend(client.records(f"/TaskTag/{tags[0]}"))
-    device = snap.device(ctx["disk"])
+    device = snap.device(ctx.disk)
     return f"serial {serial} (from the {device.serial_source if device else 'none'} record)"
 
 
-def _snap_diff(client: HyperCoreClient, ctx: dict[str, Any]) -> str:
-    a, b = ctx["serial1"], ctx["serial2"]
-    intervals = client.snap_diff(ctx["disk"], a, b)
+def _snap_diff(client: HyperCoreClient, ctx: _Scratch) -> str:
+    a, b = ctx.serials["1"], ctx.serials["2"]
+    intervals = client.snap_diff(ctx.disk, a, b)
     return f"{len(intervals)} changed interval(s) between serials {a} and {b}"
 
 
 def _clone(
-    client: HyperCoreClient, cluster: ClusterConfig, journal: ProbeJournal, ctx: dict[str, Any]
+    client: HyperCoreClient, cluster: ClusterConfig, journal: ProbeJournal, ctx: _Scratch
 ) -> str:
-    ctx["before"] = list_devices(Path(cluster.device_root))
+    ctx.before = list_devices(Path(cluster.device_root))
 
     def accepted(clone: str, tag: str) -> None:
         journal.set("clone", clone)
 
-    ctx["clone"] = client.clone_snapshot_disk(
-        ctx["disk"], ctx["snap2"], ctx["worker"], DISK_SIZE, accepted=accepted
+    ctx.clone = client.clone_snapshot_disk(
+        ctx.disk, ctx.snaps["2"], ctx.worker, DISK_SIZE, accepted=accepted
     )
-    journal.set("clone", ctx["clone"])
-    return ctx["clone"]
+    journal.set("clone", ctx.clone)
+    return ctx.clone
 
 
-def _locate(cluster: ClusterConfig, ctx: dict[str, Any], timeout: float) -> str:
-    ctx["device"] = locate_device(
-        cluster.device_root, ctx["clone"], DISK_SIZE, before=ctx["before"], timeout=timeout
+def _locate(cluster: ClusterConfig, ctx: _Scratch, timeout: float) -> str:
+    ctx.device = locate_device(
+        cluster.device_root, ctx.clone, DISK_SIZE, before=ctx.before, timeout=timeout
     )
-    return str(ctx["device"])
+    return str(ctx.device)
 
 
-def _read_and_check(ctx: dict[str, Any], data: bytes) -> str:
-    with open(ctx["device"], "rb") as f:
+def _read_and_check(ctx: _Scratch, data: bytes) -> str:
+    assert ctx.device is not None  # the step before found it
+    with open(ctx.device, "rb") as f:
         got = f.read(len(data))
     if got != data:
         first = next(
             (i for i, (a, b) in enumerate(zip(got, data, strict=False)) if a != b), len(got)
         )
         raise TransportError(
-            f"{ctx['device']} does not hold the pattern: first difference at byte {first} "
+            f"{ctx.device} does not hold the pattern: first difference at byte {first} "
             f"of {len(data)} (read {len(got)} bytes)"
         )
     return f"{len(data)} bytes match (sha256 {hashlib.sha256(data).hexdigest()[:16]})"
 
 
-def _remove_clone(client: HyperCoreClient, journal: ProbeJournal, ctx: dict[str, Any]) -> str:
-    client.delete_block_device(ctx["clone"])
+def _remove_clone(client: HyperCoreClient, journal: ProbeJournal, ctx: _Scratch) -> str:
+    client.delete_block_device(ctx.clone)
     journal.set("clone", "")
-    return ctx["clone"]
+    return ctx.clone
 
 
 def _delete_snapshots(client: HyperCoreClient, journal: ProbeJournal) -> str:
@@ -387,26 +409,26 @@ def _delete_vm(client: HyperCoreClient, journal: ProbeJournal) -> str:
 
 
 def _restore_upload(
-    client: HyperCoreClient, journal: ProbeJournal, ctx: dict[str, Any], data: bytes
+    client: HyperCoreClient, journal: ProbeJournal, ctx: _Scratch, data: bytes
 ) -> str:
-    name = f"{ctx['id']}.qcow2"
+    name = f"{ctx.id}.qcow2"
     journal.add("vdisk_names", name)
     per = DEFAULT_CLUSTER_SIZE
     clusters = [i for i in range(len(data) // per) if any(data[i * per : (i + 1) * per])]
     size, chunks = qcow2_image(len(data), clusters, lambda i: data[i * per : (i + 1) * per])
-    ctx["upload"] = client.upload_virtual_disk(name, size, chunks)
-    journal.add("vdisks", ctx["upload"])
-    vd = client.get_virtual_disk(ctx["upload"])
+    ctx.upload = client.upload_virtual_disk(name, size, chunks)
+    journal.add("vdisks", ctx.upload)
+    vd = client.get_virtual_disk(ctx.upload)
     if vd.capacity != len(data):
         raise TransportError(f"the uploaded qcow2 became {vd.capacity} bytes, not {len(data)}")
     return f"{size} bytes of qcow2 -> {vd.capacity} bytes"
 
 
-def _remove_upload(client: HyperCoreClient, journal: ProbeJournal, ctx: dict[str, Any]) -> str:
-    client.delete_virtual_disk(ctx["upload"])
-    journal.data["vdisks"].remove(ctx["upload"])
+def _remove_upload(client: HyperCoreClient, journal: ProbeJournal, ctx: _Scratch) -> str:
+    client.delete_virtual_disk(ctx.upload)
+    journal.data["vdisks"].remove(ctx.upload)
     journal.set("vdisk_names", [])
-    return ctx["upload"]
+    return ctx.upload
 
 
 # --- cleanup ------------------------------------------------------------------------------

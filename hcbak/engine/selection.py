@@ -11,35 +11,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from hcbak.config import FILTER_DISK_TYPES
+
+if TYPE_CHECKING:
+    from hcbak.hypercore.records import VM, Disk
 
 DATA_DISK_TYPES = frozenset(FILTER_DISK_TYPES)
 # UEFI/TPM VMs do not boot the same without these (hypercore-api.md "More shape facts").
 STATE_DISK_TYPES = frozenset({"NVRAM", "VTPM"})
 REMOVABLE_TYPES = frozenset({"IDE_CDROM", "IDE_FLOPPY"})
 _FILTERED = "excluded by the job's disk filter"
-
-
-class DiskLike(Protocol):
-    uuid: str
-    type: str
-    capacity: int
-    slot: int
-    disable_snapshotting: bool
-
-
-class VMLike(Protocol):
-    uuid: str
-    name: str
-    tags: list[str]
-
-    @property
-    def disks(self) -> Sequence[Any]: ...
-
-    @property
-    def is_replica(self) -> bool: ...
 
 
 class JobLike(Protocol):
@@ -64,8 +47,8 @@ class SkippedDisk:
 class VmTarget:
     """One VM to back up, with the disks to read and those skipped (with reasons)."""
 
-    vm: Any
-    disks: list[Any]
+    vm: VM
+    disks: list[Disk]
     skipped: list[SkippedDisk] = field(default_factory=list)
 
     @property
@@ -86,21 +69,21 @@ class Selection:
     warnings: list[str]
 
 
-def select_vms(vms: Sequence[Any], job: JobLike, *, worker_vm_uuid: str | None = None) -> Selection:
+def select_vms(vms: Sequence[VM], job: JobLike, *, worker_vm_uuid: str | None = None) -> Selection:
     """Resolve names/uuids and tags minus exclusions into VM targets, in name order."""
     warnings: list[str] = []
-    by_key: dict[str, Any] = {}
+    by_key: dict[str, VM] = {}
     for vm in vms:
         by_key.setdefault(vm.uuid, vm)
         by_key.setdefault(vm.name, vm)
-    chosen: dict[str, Any] = {}
+    chosen: dict[str, VM] = {}
     missing: list[str] = []
     for wanted in job.vms:
-        vm = by_key.get(wanted)
-        if vm is None:
+        named = by_key.get(wanted)
+        if named is None:
             missing.append(wanted)
         else:
-            chosen[vm.uuid] = vm
+            chosen[named.uuid] = named
     for tag in job.tags:
         tagged = [vm for vm in vms if tag in vm.tags]
         if not tagged:
@@ -122,7 +105,7 @@ def select_vms(vms: Sequence[Any], job: JobLike, *, worker_vm_uuid: str | None =
     return Selection(result, missing, warnings)
 
 
-def select_disks(vm: Any, disk_filter: Sequence[str]) -> VmTarget:
+def select_disks(vm: VM, disk_filter: Sequence[str]) -> VmTarget:
     """Apply the type rules and the job's per-disk filter (slots or disk types)."""
     target = VmTarget(vm, [])
     wanted = {str(item).upper() for item in disk_filter}
@@ -148,7 +131,7 @@ def select_disks(vm: Any, disk_filter: Sequence[str]) -> VmTarget:
     return target
 
 
-def _filter_matches(disk: Any, wanted: set[str]) -> bool:
+def _filter_matches(disk: Disk, wanted: set[str]) -> bool:
     return (
         str(disk.slot) in wanted
         or str(disk.type).upper() in wanted
@@ -156,5 +139,5 @@ def _filter_matches(disk: Any, wanted: set[str]) -> bool:
     )
 
 
-def _skip(disk: Any, reason: str, *, warning: bool) -> SkippedDisk:
+def _skip(disk: Disk, reason: str, *, warning: bool) -> SkippedDisk:
     return SkippedDisk(disk.uuid, int(disk.slot), str(disk.type), reason, warning)

@@ -22,6 +22,7 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -271,6 +272,19 @@ def journal_clone(state_dir: Path, clone_uuid: str, info: dict[str, Any]) -> Non
 
 def forget_clone(state_dir: Path, clone_uuid: str) -> None:
     (clone_journal_dir(state_dir) / f"{clone_uuid}.json").unlink(missing_ok=True)
+
+
+class CloneJournal:
+    """The clone journal of a state dir, as transport.hotadd.HotAdd records into it."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+
+    def record(self, key: str, entry: Mapping[str, Any]) -> None:
+        journal_clone(self.state_dir, key, dict(entry))
+
+    def forget(self, key: str) -> None:
+        forget_clone(self.state_dir, key)
 
 
 def journaled_clones(state_dir: Path, cluster: str) -> list[dict[str, Any]]:

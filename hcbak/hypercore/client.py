@@ -285,12 +285,19 @@ class HyperCoreClient:
     def wait_for_update(
         self,
         max_wait: float | None = None,
-        poll: float = 30.0,
+        poll: float | None = None,
         *,
         on_wait: Callable[[UpdateStatus, float], None] | None = None,
     ) -> UpdateStatus:
-        """Return once the cluster is idle; ClusterBusyError after `max_wait` seconds."""
-        limit = self.cluster.update_wait if max_wait is None else max_wait
+        """Return once the cluster is idle: no snapshot may start while it updates.
+
+        Waits at most `max_wait` seconds (default: the cluster's update_wait), asking
+        every `poll` seconds (default: a twentieth of that, 0.2 to 30 s), then raises
+        ClusterBusyError. `on_wait(status, waited)` hears of every wait. Once `cancel`
+        is set (the run is stopping) it returns the last status at once.
+        """
+        limit = float(self.cluster.update_wait if max_wait is None else max_wait)
+        poll = min(30.0, max(0.2, limit / 20)) if poll is None else poll
         started = self._clock()
         while True:
             status = self.update_status()
@@ -300,12 +307,16 @@ class HyperCoreClient:
             if waited >= limit:
                 raise ClusterBusyError(
                     f"skipped: cluster {self.cluster.name} is updating ({status.detail}); "
-                    f"waited {waited:.0f} s of {limit:g} s",
-                    hint="the next run will try again; raise update_wait to wait longer",
+                    f"waited {waited:.0f} s",
+                    hint="the next run tries again; raise update_wait to wait longer",
                 )
             if on_wait:
                 on_wait(status, waited)
-            self._sleep(max(0.0, min(poll, limit - waited)))
+            pause = max(0.0, min(poll, limit - waited))
+            if self.cancel is None:
+                self._sleep(pause)
+            elif self.cancel.wait(pause):
+                return status
 
     # --- VMs --------------------------------------------------------------------------
     def list_vms(self) -> list[VM]:
@@ -346,6 +357,17 @@ class HyperCoreClient:
         """START, SHUTDOWN, STOP, REBOOT."""
         body = [{"virDomainUUID": uuid, "actionType": action}]
         self._mutate("POST", "/VirDomain/action", body, what=f"{action} VM {uuid}")
+
+    def wait_powered_off(self, uuid: str, timeout: float) -> bool:
+        """Whether the VM is off within `timeout` seconds (after SHUTDOWN or STOP)."""
+        off = tasks.poll_until(
+            lambda: self.get_vm(uuid).is_off or None,
+            timeout,
+            first=0.05,
+            sleep=self._sleep,
+            clock=self._clock,
+        )
+        return bool(off)
 
     def update_vm(self, uuid: str, fields: dict[str, Any]) -> None:
         self._mutate("PATCH", f"/VirDomain/{quote(uuid)}", fields, what=f"update VM {uuid}")
@@ -476,14 +498,13 @@ class HyperCoreClient:
         allowed to take (read timeout, at least 1 s): the record may appear only when
         the snapshot task ends, and a re-POST before then could make a duplicate.
         A stopping run stops looking (the snapshot request journal covers it)."""
-        deadline = self._clock() + max(1.0, float(self.cluster.read_timeout))
-        delay = 0.1
-        while True:
-            found = self.find_snapshot(vm_uuid, label)
-            if found or self._clock() >= deadline:
-                return found
-            self._pause(max(0.0, min(delay, deadline - self._clock())))
-            delay = min(delay * 1.6, tasks.MAX_POLL)
+        return tasks.poll_until(
+            lambda: self.find_snapshot(vm_uuid, label),
+            max(1.0, float(self.cluster.read_timeout)),
+            first=0.1,
+            sleep=self._pause,
+            clock=self._clock,
+        )
 
     def delete_snapshot(self, uuid: str) -> None:
         self._delete(f"/VirDomainSnapshot/{quote(uuid)}", what=f"delete snapshot {uuid}")
@@ -564,19 +585,19 @@ class HyperCoreClient:
 
     def _await_final_name(self, uuid: str) -> VirtualDisk:
         """Uploads are renamed uploading-<n> -> converting-<n> -> <n>; wait for <n>."""
-        deadline = self._clock() + self.cluster.task_timeout
-        delay = tasks.FIRST_POLL
-        while True:
-            vd = self.get_virtual_disk(uuid)
-            if vd.is_final:
-                return vd
-            if self._clock() >= deadline:
-                raise TransportError(
-                    f"virtual disk {uuid} still named {vd.name!r} after "
-                    f"{self.cluster.task_timeout:g} s"
-                )
-            self._sleep(delay)
-            delay = min(delay * 1.6, tasks.MAX_POLL)
+        last: list[VirtualDisk] = []
+
+        def final() -> VirtualDisk | None:
+            last[:] = [self.get_virtual_disk(uuid)]
+            return last[0] if last[0].is_final else None
+
+        timeout = self.cluster.task_timeout
+        found = tasks.poll_until(final, timeout, sleep=self._sleep, clock=self._clock)
+        if found is None:
+            raise TransportError(
+                f"virtual disk {uuid} still named {last[0].name!r} after {timeout:g} s"
+            )
+        return found
 
     def list_virtual_disks(self) -> list[VirtualDisk]:
         return [VirtualDisk.from_api(x) for x in self._get_list("/VirtualDisk")]

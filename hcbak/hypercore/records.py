@@ -135,6 +135,9 @@ class NetDev:
         )
 
 
+VM_OFF_STATES = frozenset({"SHUTOFF", "SHUTDOWN", "STOPPED"})
+
+
 @dataclass(frozen=True)
 class VM:
     """A VM from GET /VirDomain, with what a backup records and a restore recreates."""
@@ -181,6 +184,11 @@ class VM:
     def is_replica(self) -> bool:
         """A replication target: cannot be snapshotted the normal way."""
         return bool(self.source_vm_uuid)
+
+    @property
+    def is_off(self) -> bool:
+        """Powered off: its disks can be swapped, it can be renamed or deleted safely."""
+        return self.state in VM_OFF_STATES
 
     def disk(self, uuid: str) -> Disk | None:
         return next((x for x in self.disks if x.uuid == uuid), None)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from hcbak.errors import Interrupted, TaskFailedError, TaskTimeoutError
 from hcbak.hypercore.records import Task
@@ -21,6 +21,31 @@ from hcbak.hypercore.records import Task
 # them in a row. 5, 8, 13, 20, 33, 52, 84 ms ... 2 s: 10 polls in the first second.
 FIRST_POLL = 0.005
 MAX_POLL = 2.0
+
+
+T = TypeVar("T")
+
+
+def poll_until(
+    probe: Callable[[], T | None],
+    timeout: float,
+    *,
+    first: float = FIRST_POLL,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> T | None:
+    """`probe()` until it answers (not None: returned) or `timeout` seconds pass (None).
+
+    The one backoff every cluster wait uses: from `first`, x1.6 per poll, at most
+    MAX_POLL, never past the deadline. `probe` is always asked at least once."""
+    deadline = clock() + timeout
+    delay = first
+    while True:
+        found = probe()
+        if found is not None or clock() >= deadline:
+            return found
+        sleep(max(0.0, min(delay, deadline - clock())))
+        delay = min(delay * 1.6, MAX_POLL)
 
 
 def normalize_tag(tag: Any) -> str:

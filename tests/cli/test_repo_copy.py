@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import RunHcbak, assert_no_traceback
 from engine.copy_driver import PASS, PASS2, fill_source
+from harness import RunHcbak, assert_no_traceback
 
 from hcbak.repo import open_repo
 

@@ -190,6 +190,21 @@ def test_update_in_progress_waits_then_proceeds(sim: Any) -> None:
     hc.logout()
 
 
+def test_a_stopping_run_stops_waiting_for_the_update_at_once(sim: Any) -> None:
+    """Ctrl-C/SIGTERM while `job run` waits for an update: the wait ends (the run then
+    stops its VMs) instead of keeping the exit waiting for update_wait."""
+    sim.faults.update("running")
+    hc = sim_client(sim)
+    hc.cancel = threading.Event()
+    timer = threading.Timer(0.3, hc.cancel.set)
+    timer.start()
+    started = time.monotonic()
+    status = hc.wait_for_update(30.0, poll=10.0)
+    assert not status.idle
+    assert 0.25 <= time.monotonic() - started < 3, "ended with the cancel, not the poll"
+    hc.logout()
+
+
 def test_update_in_progress_beyond_max_wait_skips_with_reason(sim: Any) -> None:
     sim.faults.update("running")
     hc = sim_client(sim)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from hcbak.errors import TaskFailedError
-from hcbak.hypercore.tasks import normalize_tag, wait_for_task
+from hcbak.hypercore.tasks import MAX_POLL, normalize_tag, poll_until, wait_for_task
 
 
 class Clock:
@@ -79,3 +79,31 @@ def test_wait_is_bounded_by_the_task_timeout() -> None:
 
 def test_normalize_tag_accepts_ints_and_strings() -> None:
     assert normalize_tag(5) == "5" and normalize_tag(" a ") == "a" and normalize_tag(None) == ""
+
+
+def test_poll_until_returns_the_first_answer_and_backs_off_up_to_max_poll() -> None:
+    clock = Clock()
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        clock.sleep(seconds)
+
+    found = poll_until(
+        lambda: "ready" if clock.now >= 20.0 else None, 60.0, sleep=sleep, clock=clock
+    )
+    assert found == "ready"
+    assert sleeps == sorted(sleeps) and max(sleeps) == MAX_POLL  # grows, then capped
+
+
+def test_poll_until_gives_none_at_the_deadline_without_sleeping_past_it() -> None:
+    clock = Clock()
+    calls: list[float] = []
+
+    def probe() -> str | None:
+        calls.append(clock.now)
+        return None
+
+    assert poll_until(probe, 3.0, first=0.1, sleep=clock.sleep, clock=clock) is None
+    assert clock.now == pytest.approx(3.0)  # the last look is at the deadline, not after
+    assert calls[0] == 0.0 and calls[-1] == pytest.approx(3.0)

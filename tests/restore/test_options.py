@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hcbak.cli.restore import parse_network_map
-from hcbak.engine.restore import VmOptions, vm_definition
+from hcbak.engine.restore_vm import VmOptions, vm_definition
 from hcbak.errors import UsageError
 
 vlans = st.integers(0, 4094)

@@ -14,7 +14,7 @@ import pytest
 from harness import RunHcbak, assert_no_traceback, mounted_tmpfs
 
 from hcbak.config import Config, RepoConfig, save_config
-from hcbak.engine.restore import restore_disk, select_disk
+from hcbak.engine.restore_disk import restore_disk, select_disk
 from hcbak.errors import NotFoundError, UsageError
 from hcbak.repo import Point, Repository, init_repo, open_repo
 from hcbak.secrets import Secret, SecretRef

@@ -12,7 +12,8 @@ import pytest
 from harness import HCBAK
 
 from hcbak.engine.connect import connection_settings
-from hcbak.engine.restore import VmOptions, restore_disk, restore_vm
+from hcbak.engine.restore_disk import restore_disk
+from hcbak.engine.restore_vm import VmOptions, restore_vm
 from hcbak.errors import HcbakError, UsageError
 from hcbak.hypercore import hypercore_session
 from hcbak.repo import open_repo
