@@ -4,6 +4,7 @@ from typing import Annotated
 
 import typer
 
+from hcbak.cli import notify_smtp
 from hcbak.cli.common import check_value, load_config
 from hcbak.cli.output import info
 from hcbak.config import validate_email
@@ -42,3 +43,6 @@ def test(
     )
     send_email(config.smtp, recipients, subject, body)
     info(f"test email sent to {', '.join(recipients)}")
+
+
+notify_smtp.register(app)
