@@ -24,7 +24,13 @@ import typer
 from hcbak.cli.ask import ask, confirm, heading, say
 from hcbak.cli.common import stdin_is_tty
 from hcbak.cli.context import OPTIONS
-from hcbak.cli.init_choices import parse_choice, parse_email, parse_name, parse_port
+from hcbak.cli.init_choices import (
+    parse_choice,
+    parse_email,
+    parse_name,
+    parse_port,
+    secret_flags,
+)
 from hcbak.cli.init_cluster import check_secret, cluster_step, is_root
 from hcbak.cli.init_session import INTERRUPTED, InitSession, Interrupted, Redo, unused_name
 from hcbak.errors import UsageError
@@ -147,8 +153,6 @@ def repository_step(session: InitSession) -> str:
         say("  Keep a copy of the passphrase somewhere other than this host (a password")
         say("  manager, a safe): without it nothing in this repository can be restored,")
         say("  and nobody can recover it.")
-        from hcbak.cli.init_choices import secret_flags
-
         argv += ["--encrypt", *secret_flags("passphrase", ref)]
     if session.run(argv, edits_config=True) != 0:
         raise Redo
@@ -177,7 +181,6 @@ def _repo_folder(answer: str) -> tuple[str, bool]:
 # --- step 4 -----------------------------------------------------------------------------
 def email_step(session: InitSession) -> str | None:
     """SMTP and a test message; the address reports go to, or None (skipped)."""
-    from hcbak.cli.init_choices import secret_flags
     from hcbak.cli.notify_smtp import DEFAULT_PORTS
 
     heading("Step 4 of 6: email reports")
@@ -239,10 +242,9 @@ def job_step(session: InitSession, cluster: str, repo: str, email: str | None) -
 # --- step 6 -----------------------------------------------------------------------------
 def first_run_step(session: InitSession, job: str) -> None:
     heading("Step 6 of 6: a first backup, then the schedule")
-    if confirm("Back up now (a first full backup, with the live view)?", default=True):
-        code = session.run(["job", "run", job])
-        if code not in (0, 1):
-            say("  The first run did not succeed (see above); the config is not saved yet.")
+    backup = confirm("Back up now (a first full backup, with the live view)?", default=True)
+    if backup and session.run(["job", "run", job]) not in (0, 1):
+        say("  The first run did not succeed (see above); the config is not saved yet.")
     scheduled = session.config().job(job).schedule
     if scheduled:
         say("Scheduling: a systemd timer (catches up missed runs) or one crontab line:")

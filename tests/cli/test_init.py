@@ -280,6 +280,55 @@ def test_ctrl_c_at_any_step_leaves_the_config_byte_identical(
     assert "Traceback" not in w.log.getvalue()
 
 
+def test_ctrl_c_during_the_first_backup_stops_init_and_saves_nothing(setup: Setup) -> None:
+    """Ctrl-C inside a command init runs (here the first backup, slowed down so the key
+    lands mid-run) ends init like one at a question: nothing saved."""
+    s = setup
+    before = s.config.read_bytes()
+    w = Wizard(s, "init")
+    w.step1()
+    w.step2()
+    w.step3()
+    w.ask("Send job reports by email?", "n")
+    w.step5()
+    s.sim.faults.task_delay(1.0)  # the snapshot task now takes a second
+    w.ask("Back up now", "y")
+    w.expect("$ hcbak job run nightly")
+    w.expect("nightly: cluster prod2")  # the run has started
+    w.child.sendintr()
+    w.expect("Stopped:")
+    assert w.finish() == 130, w.log.getvalue()
+    run_output = w.log.getvalue().split("$ hcbak job run nightly")[1]
+    assert "interrupted" in run_output and "Write this config" not in run_output
+    assert s.config.read_bytes() == before
+
+
+def test_a_failed_email_test_can_be_skipped_and_leaves_no_smtp_behind(setup: Setup) -> None:
+    s = setup
+    w = Wizard(s, "init")
+    w.step1()
+    w.step2()
+    w.step3()
+    w.ask("Send job reports by email?", "y")
+    w.ask("SMTP server", "127.0.0.1")
+    w.ask("Security", "none")
+    w.ask("Port", "9")  # discard: nothing listens there
+    w.ask("Sender address", "hcbak@example.com")
+    w.ask("Send reports to", "ops@example.com")
+    w.ask("SMTP user name", "")
+    w.expect("$ hcbak notify test --to ops@example.com")
+    w.ask("The test message was not sent", "s")
+    w.expect("Step 5 of 6")
+    w.step5()
+    w.ask("Back up now", "n")
+    w.ask("Write this config to", "y")
+    assert w.finish() == 0, w.log.getvalue()
+    config = load_config(s.config)
+    assert config.smtp is None and config.jobs["nightly"].notify is None
+    script = w.log.getvalue().split("The same setup, for scripts")[1]
+    assert "notify smtp" not in script and "hcbak job create nightly" in script
+
+
 def test_without_a_terminal_init_exits_2_pointing_to_the_commands(setup: Setup) -> None:
     proc = subprocess.run([*HCBAK, "init"], env=setup.env, capture_output=True, text=True,
                           stdin=subprocess.DEVNULL, timeout=60)  # fmt: skip
