@@ -24,7 +24,7 @@ from hcbak.cli.init_choices import (
 )
 from hcbak.cli.init_session import InitSession, Redo, unused_name
 from hcbak.config import validate_node
-from hcbak.errors import AuthError, HcbakError
+from hcbak.errors import AuthError, ClusterError, HcbakError
 
 if TYPE_CHECKING:
     from hcbak.config import ClusterConfig
@@ -62,12 +62,10 @@ def cluster_step(session: InitSession, device_root: str) -> str:
     say(f"  The cluster lists {len(nodes)} node(s): {', '.join(nodes)}")
     if not confirm("Use these node addresses?", default=True):
         nodes = ask("Node addresses (comma-separated)", parse_nodes, default=first)
-    fingerprints = {first: first_fp}
-    others = [n for n in nodes if n != first]
-    if others:
-        for address in others:
-            fingerprints[address] = _fetch(address)
-        _show_fingerprints({a: fingerprints[a] for a in others})
+    fingerprints = {first: first_fp, **_fetch_all([n for n in nodes if n != first])}
+    nodes = [n for n in nodes if n in fingerprints]
+    if len(fingerprints) > 1:
+        _show_fingerprints({a: fp for a, fp in fingerprints.items() if a != first})
         if not confirm("Trust these certificates too?", default=False):
             raise Redo
     worker = _ask_worker(login.vms)
@@ -98,6 +96,18 @@ def _test(session: InitSession, name: str) -> None:
         "Change the cluster settings?", default=True
     ):
         raise Redo
+
+
+def _fetch_all(addresses: list[str]) -> dict[str, str]:
+    """Each node's fingerprint; a node that does not answer is left out, and said so
+    (`hcbak cluster add --force` with every --node adds it later)."""
+    found = {}
+    for address in addresses:
+        try:
+            found[address] = _fetch(address)
+        except HcbakError as exc:
+            say(f"  left out {address}: {exc.one_line()}")
+    return found
 
 
 def _reachable_node(answer: str) -> tuple[str, str]:
@@ -131,6 +141,9 @@ def _log_in(name: str, first: str, fp: str, device_root: str) -> Login:
             return _look_around(cfg, username, password)
         except AuthError as exc:
             say(f"  not accepted: {exc.message}; user and password source again")
+        except ClusterError as exc:
+            say(f"  the node did not answer the login: {exc.one_line()}")
+            raise Redo from None
 
 
 def _probe_config(

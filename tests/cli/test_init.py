@@ -62,6 +62,7 @@ def setup(tmp_path: Path, hcbak_env: dict[str, str]) -> Iterator[Setup]:
             **hcbak_env,
             CLUSTER_PW: sim.backup_user[1],
             REPO_PW: "correct horse battery staple",
+            "HCBAK_TEST_INIT_WRONG": "not the password",
             "XDG_CONFIG_HOME": str(tmp_path / "xdg"),
             "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
             "TERM": "dumb",
@@ -158,7 +159,10 @@ def test_full_walk_refuses_a_bad_answer_at_each_step_backs_up_and_prints_a_repla
     w.expect(s.sim.fingerprints[0])
     w.ask("Trust it?", "y")
     w.ask("HyperCore user name", s.sim.backup_user[0])
-    w.refused("Password source", "hunter2", "give env:VARIABLE", f"env:{CLUSTER_PW}")
+    w.refused("Password source", "hunter2", "give env:VARIABLE", "env:HCBAK_TEST_INIT_WRONG")
+    w.expect("not accepted: cluster prod2 refused the login of user 'hcbak-backup'")
+    w.ask("HyperCore user name", s.sim.backup_user[0])
+    w.ask("Password source", f"env:{CLUSTER_PW}")
     w.expect(f"node(s): {', '.join(s.sim.node_addresses)}")
     w.ask("Use these node addresses?", "y")
     w.expect(s.sim.fingerprints[1])
@@ -225,7 +229,8 @@ def test_full_walk_refuses_a_bad_answer_at_each_step_backs_up_and_prints_a_repla
     points = _hcbak(s, "points", "list", "--repo", "main2", "--json")
     assert {p["vm_name"] for p in _json(points)} == {"web01"}
     # no secret in anything printed: only the references
-    assert s.env[CLUSTER_PW] not in transcript and s.env[REPO_PW] not in transcript
+    for secret in (s.env[CLUSTER_PW], s.env[REPO_PW], "not the password"):
+        assert secret not in transcript
 
     # The printed commands, replayed in a shell on the same starting config, build the
     # same config (the repository is adopted: same id).
