@@ -16,7 +16,7 @@ complete -c hcbak -f -n '__hcbak_at ""' -a demo -d 'Run the main job end to end 
 complete -c hcbak -f -n '__hcbak_at ""' -a init -d 'Set up hcbak step by step on a terminal: cluster, repository, email, job, first run'
 complete -c hcbak -f -n '__hcbak_at ""' -a job -d 'Manage and run backup jobs'
 complete -c hcbak -f -n '__hcbak_at ""' -a mount -d 'Mount a restore point read-only: one directory per disk, with disk.raw'
-complete -c hcbak -f -n '__hcbak_at ""' -a notify -d 'Email notifications'
+complete -c hcbak -f -n '__hcbak_at ""' -a notify -d 'Email notifications: the SMTP server, a test message'
 complete -c hcbak -f -n '__hcbak_at ""' -a points -d 'List, inspect and forget restore points'
 complete -c hcbak -f -n '__hcbak_at ""' -a repo -d 'Manage backup repositories: create, inspect, verify, forget, prune and repair'
 complete -c hcbak -f -n '__hcbak_at ""' -a restore -d 'Restore a VM to a cluster, or a disk to a file or stdout'

@@ -39,7 +39,7 @@ app = typer.Typer(add_completion=False)  # one command, built by the root app on
 
 FLAG_BY_FLAG = (
     "scripts use the flag-by-flag commands: hcbak cluster add, repo add, notify smtp, "
-    "job create, schedule install (docs/cli.md)"
+    "job create, schedule install; see docs/cli.md"
 )
 
 
@@ -55,8 +55,8 @@ def init_command(
 ) -> None:
     """Set up hcbak step by step on a terminal: cluster, repository, email, job, first run.
 
-    Each step runs the real command and prints it as a script would type it. The config
-    is written once, at the end; Ctrl-C before that leaves it as it was.
+    Each step runs the real command and prints it as a script would type it.
+    The config is written once, at the end; Ctrl-C before that leaves it as it was.
     """
     if not stdin_is_tty():
         raise UsageError("hcbak init asks questions and needs a terminal", hint=FLAG_BY_FLAG)

@@ -1,4 +1,5 @@
-"""`hcbak notify`: check that report emails reach their recipients."""
+"""`hcbak notify test|smtp`: check that report emails reach their recipients, and set the
+SMTP server they go through (notify_smtp.py)."""
 
 from typing import Annotated
 
@@ -10,7 +11,9 @@ from hcbak.cli.output import info
 from hcbak.config import validate_email
 from hcbak.errors import ConfigError
 
-app = typer.Typer(help="Email notifications.", no_args_is_help=True)
+app = typer.Typer(
+    help="Email notifications: the SMTP server, a test message.", no_args_is_help=True
+)
 
 
 @app.command("test")
