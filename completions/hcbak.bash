@@ -6,14 +6,14 @@ _hcbak_complete() {
     for ((i = 1; i < COMP_CWORD; i++)); do
         word="${COMP_WORDS[i]}"
         case "$path/$word" in
-            /cluster|/cluster/add|/cluster/list|/cluster/probe|/cluster/remove|/cluster/show|/cluster/test|/completion|/completion/install|/completion/show|/config|/config/check|/config/show|/demo|/job|/job/create|/job/edit|/job/list|/job/remove|/job/run|/job/show|/mount|/notify|/notify/test|/points|/points/forget|/points/list|/points/show|/repo|/repo/add|/repo/copy|/repo/forget|/repo/list|/repo/passwd|/repo/prune|/repo/remove|/repo/repair|/repo/show|/repo/unlock|/repo/verify|/restore|/restore/disk|/restore/vm|/schedule|/schedule/install|/schedule/remove|/schedule/show|/sim|/sim/check-shapes|/sim/serve|/sim/shapes|/version) path="$path/$word" ;;
+            /cluster|/cluster/add|/cluster/list|/cluster/probe|/cluster/remove|/cluster/show|/cluster/test|/completion|/completion/install|/completion/show|/config|/config/check|/config/show|/demo|/init|/job|/job/create|/job/edit|/job/list|/job/remove|/job/run|/job/show|/mount|/notify|/notify/smtp|/notify/test|/points|/points/forget|/points/list|/points/show|/repo|/repo/add|/repo/copy|/repo/forget|/repo/list|/repo/passwd|/repo/prune|/repo/remove|/repo/repair|/repo/show|/repo/unlock|/repo/verify|/restore|/restore/disk|/restore/vm|/schedule|/schedule/install|/schedule/remove|/schedule/show|/sim|/sim/check-shapes|/sim/serve|/sim/shapes|/version) path="$path/$word" ;;
         esac
     done
     case "$prev" in
-        --alert-after|--as|--block-size|--ca-file|--cluster|--cluster-version|--compression|--config|--device-root|--disk|--every|--exclude|--fingerprint|--format|--hcbak|--job|--keep-daily|--keep-last|--keep-monthly|--keep-weekly|--keep-within|--keep-yearly|--network-map|--node|--nodes|--notify-email|--notify-on|--parallel|--passphrase-command|--passphrase-env|--passphrase-file|--password-command|--password-env|--password-file|--path|--port-base|--post-hook|--pre-hook|--prune|--repo|--report|--retries|--retry-wait|--schedule|--since|--state|--tag|--task-delay|--to|--unit-config|--unit-dir|--username|--vm|--wait|--worker-vm|-c|-n|-u) COMPREPLY=(); return 0 ;;
+        --alert-after|--as|--block-size|--ca-file|--cluster|--cluster-version|--compression|--config|--device-root|--disk|--every|--exclude|--fingerprint|--format|--hcbak|--host|--job|--keep-daily|--keep-last|--keep-monthly|--keep-weekly|--keep-within|--keep-yearly|--network-map|--node|--nodes|--notify-email|--notify-on|--parallel|--passphrase-command|--passphrase-env|--passphrase-file|--password-command|--password-env|--password-file|--path|--port|--port-base|--post-hook|--pre-hook|--prune|--repo|--report|--retries|--retry-wait|--schedule|--security|--sender|--since|--state|--tag|--task-delay|--to|--unit-config|--unit-dir|--username|--vm|--wait|--worker-vm|-c|-n|-u) COMPREPLY=(); return 0 ;;
     esac
     case "$path" in
-        "") opts="--config -c --debug --version -V --help -h"; subs="cluster completion config demo job mount notify points repo restore schedule sim version" ;;
+        "") opts="--config -c --debug --version -V --help -h"; subs="cluster completion config demo init job mount notify points repo restore schedule sim version" ;;
         "/cluster") opts="--help -h"; subs="add list probe remove show test" ;;
         "/cluster/add") opts="--node -n --username -u --password-env --password-file --password-command --worker-vm --device-root --fingerprint --trust-on-first-use --ca-file --insecure --force --help -h"; subs="" ;;
         "/cluster/list") opts="--json --help -h"; subs="" ;;
@@ -28,6 +28,7 @@ _hcbak_complete() {
         "/config/check") opts="--secrets --no-secrets --json --help -h"; subs="" ;;
         "/config/show") opts="--json --help -h"; subs="" ;;
         "/demo") opts="--keep --help -h"; subs="" ;;
+        "/init") opts="--install --help -h"; subs="" ;;
         "/job") opts="--help -h"; subs="create edit list remove run show" ;;
         "/job/create") opts="--cluster --repo --vm --tag --exclude --disk --keep-last --keep-daily --keep-weekly --keep-monthly --keep-yearly --keep-within --schedule --parallel --retries --retry-wait --notify-email --notify-on --pre-hook --post-hook --alert-after --prune --quiesce --no-quiesce --force --help -h"; subs="" ;;
         "/job/edit") opts="--cluster --repo --vm --tag --exclude --disk --keep-last --keep-daily --keep-weekly --keep-monthly --keep-yearly --keep-within --schedule --parallel --retries --retry-wait --notify-email --notify-on --pre-hook --post-hook --alert-after --prune --quiesce --no-quiesce --help -h"; subs="" ;;
@@ -36,7 +37,8 @@ _hcbak_complete() {
         "/job/run") opts="--all --due --json --dry-run --full --parallel --help -h"; subs="" ;;
         "/job/show") opts="--json --help -h"; subs="" ;;
         "/mount") opts="--repo --help -h"; subs="" ;;
-        "/notify") opts="--help -h"; subs="test" ;;
+        "/notify") opts="--help -h"; subs="smtp test" ;;
+        "/notify/smtp") opts="--host --sender --port --security --username --password-env --password-file --password-command --help -h"; subs="" ;;
         "/notify/test") opts="--to --help -h"; subs="" ;;
         "/points") opts="--help -h"; subs="forget list show" ;;
         "/points/forget") opts="--repo --help -h"; subs="" ;;

@@ -3,7 +3,7 @@
 function __hcbak_at
     set -l path ""
     for word in (commandline -opc)[2..-1]
-        if contains -- "$path/$word" /cluster /cluster/add /cluster/list /cluster/probe /cluster/remove /cluster/show /cluster/test /completion /completion/install /completion/show /config /config/check /config/show /demo /job /job/create /job/edit /job/list /job/remove /job/run /job/show /mount /notify /notify/test /points /points/forget /points/list /points/show /repo /repo/add /repo/copy /repo/forget /repo/list /repo/passwd /repo/prune /repo/remove /repo/repair /repo/show /repo/unlock /repo/verify /restore /restore/disk /restore/vm /schedule /schedule/install /schedule/remove /schedule/show /sim /sim/check-shapes /sim/serve /sim/shapes /version
+        if contains -- "$path/$word" /cluster /cluster/add /cluster/list /cluster/probe /cluster/remove /cluster/show /cluster/test /completion /completion/install /completion/show /config /config/check /config/show /demo /init /job /job/create /job/edit /job/list /job/remove /job/run /job/show /mount /notify /notify/smtp /notify/test /points /points/forget /points/list /points/show /repo /repo/add /repo/copy /repo/forget /repo/list /repo/passwd /repo/prune /repo/remove /repo/repair /repo/show /repo/unlock /repo/verify /restore /restore/disk /restore/vm /schedule /schedule/install /schedule/remove /schedule/show /sim /sim/check-shapes /sim/serve /sim/shapes /version
             set path "$path/$word"
         end
     end
@@ -13,9 +13,10 @@ complete -c hcbak -f -n '__hcbak_at ""' -a cluster -d 'Manage HyperCore clusters
 complete -c hcbak -f -n '__hcbak_at ""' -a completion -d 'Shell completion for bash, zsh and fish'
 complete -c hcbak -f -n '__hcbak_at ""' -a config -d 'Show and check the config file'
 complete -c hcbak -f -n '__hcbak_at ""' -a demo -d 'Run the main job end to end against the built-in HyperCore simulator'
+complete -c hcbak -f -n '__hcbak_at ""' -a init -d 'Set up hcbak step by step on a terminal: cluster, repository, email, job, first run'
 complete -c hcbak -f -n '__hcbak_at ""' -a job -d 'Manage and run backup jobs'
 complete -c hcbak -f -n '__hcbak_at ""' -a mount -d 'Mount a restore point read-only: one directory per disk, with disk.raw'
-complete -c hcbak -f -n '__hcbak_at ""' -a notify -d 'Email notifications'
+complete -c hcbak -f -n '__hcbak_at ""' -a notify -d 'Email notifications: the SMTP server, a test message'
 complete -c hcbak -f -n '__hcbak_at ""' -a points -d 'List, inspect and forget restore points'
 complete -c hcbak -f -n '__hcbak_at ""' -a repo -d 'Manage backup repositories: create, inspect, verify, forget, prune and repair'
 complete -c hcbak -f -n '__hcbak_at ""' -a restore -d 'Restore a VM to a cluster, or a disk to a file or stdout'
@@ -94,6 +95,9 @@ complete -c hcbak -n '__hcbak_at "/config/show"' -s h -d 'Show help and exit.'
 complete -c hcbak -n '__hcbak_at "/demo"' -l keep -d 'Keep the temp folder (config, repo, logs)'
 complete -c hcbak -n '__hcbak_at "/demo"' -l help -d 'Show help and exit.'
 complete -c hcbak -n '__hcbak_at "/demo"' -s h -d 'Show help and exit.'
+complete -c hcbak -n '__hcbak_at "/init"' -l install -d 'At the end, also write the systemd timer (asks first; hcbak schedule install)'
+complete -c hcbak -n '__hcbak_at "/init"' -l help -d 'Show help and exit.'
+complete -c hcbak -n '__hcbak_at "/init"' -s h -d 'Show help and exit.'
 complete -c hcbak -f -n '__hcbak_at "/job"' -a create -d 'Create a backup job: which VMs go from which cluster into which repository'
 complete -c hcbak -f -n '__hcbak_at "/job"' -a edit -d 'Change a job; only the options given change'
 complete -c hcbak -f -n '__hcbak_at "/job"' -a list -d 'List the configured jobs'
@@ -174,9 +178,20 @@ complete -c hcbak -n '__hcbak_at "/job/show"' -s h -d 'Show help and exit.'
 complete -c hcbak -n '__hcbak_at "/mount"' -l repo -r -d 'Repository name (default: search all configured ones)'
 complete -c hcbak -n '__hcbak_at "/mount"' -l help -d 'Show help and exit.'
 complete -c hcbak -n '__hcbak_at "/mount"' -s h -d 'Show help and exit.'
+complete -c hcbak -f -n '__hcbak_at "/notify"' -a smtp -d 'Set the SMTP server that job reports and `notify test` use (replaces the old one)'
 complete -c hcbak -f -n '__hcbak_at "/notify"' -a test -d 'Send a test email through the configured SMTP server (exit 4 when it fails)'
 complete -c hcbak -n '__hcbak_at "/notify"' -l help -d 'Show help and exit.'
 complete -c hcbak -n '__hcbak_at "/notify"' -s h -d 'Show help and exit.'
+complete -c hcbak -n '__hcbak_at "/notify/smtp"' -l host -r -d 'SMTP server name or address'
+complete -c hcbak -n '__hcbak_at "/notify/smtp"' -l sender -r -d 'From: address of the reports'
+complete -c hcbak -n '__hcbak_at "/notify/smtp"' -l port -r -d 'Port (default: 587 starttls, 465 ssl, 25 none)'
+complete -c hcbak -n '__hcbak_at "/notify/smtp"' -l security -r -d 'starttls, ssl or none (a relay on this host)'
+complete -c hcbak -n '__hcbak_at "/notify/smtp"' -l username -r -d 'Log in as this user (optional)'
+complete -c hcbak -n '__hcbak_at "/notify/smtp"' -l password-env -r -d 'Read the SMTP password from this environment variable'
+complete -c hcbak -n '__hcbak_at "/notify/smtp"' -l password-file -r -d 'Read the SMTP password from this file'
+complete -c hcbak -n '__hcbak_at "/notify/smtp"' -l password-command -r -d 'Run this shell command; its stdout is the password'
+complete -c hcbak -n '__hcbak_at "/notify/smtp"' -l help -d 'Show help and exit.'
+complete -c hcbak -n '__hcbak_at "/notify/smtp"' -s h -d 'Show help and exit.'
 complete -c hcbak -n '__hcbak_at "/notify/test"' -l to -r -d 'Recipient (default: every job\'s notify addresses)'
 complete -c hcbak -n '__hcbak_at "/notify/test"' -l help -d 'Show help and exit.'
 complete -c hcbak -n '__hcbak_at "/notify/test"' -s h -d 'Show help and exit.'

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any
 
+from hcbak.cli import draft
 from hcbak.cli.context import OPTIONS
 from hcbak.errors import UsageError
 
@@ -18,9 +19,12 @@ if TYPE_CHECKING:
 
 
 def load_config() -> Config:
-    """Load the config named by --config / $HCBAK_CONFIG / the default path."""
+    """Load the config named by --config / $HCBAK_CONFIG / the default path (or the
+    draft `hcbak init` is building, cli/draft.py)."""
     from hcbak.config import load_config as _load
 
+    if (open_draft := draft.active()) is not None:
+        return open_draft.load(missing_ok=False)
     return _load(OPTIONS.config_path)
 
 
@@ -29,6 +33,8 @@ def load_config_for_edit() -> Config:
     things create it on save)."""
     from hcbak.config import load_config as _load
 
+    if (open_draft := draft.active()) is not None:
+        return open_draft.load(missing_ok=True)
     return _load(OPTIONS.config_path, missing_ok=True)
 
 
@@ -36,7 +42,8 @@ def save_config(config: Config) -> None:
     """Validate the edited config exactly as the loader would, then save it atomically.
 
     Re-parsing the serialized text guarantees a command never writes a file that the
-    next command refuses to load.
+    next command refuses to load. While `hcbak init` runs, the save lands in its draft
+    (cli/draft.py) and the file is written once, at the end.
     """
     import yaml
 
@@ -45,6 +52,9 @@ def save_config(config: Config) -> None:
 
     text = yaml.safe_dump(config_to_dict(config), sort_keys=False)
     parse_config(text, config.path)
+    if (open_draft := draft.active()) is not None:
+        open_draft.store(text)
+        return
     _save(config)
 
 

@@ -11,7 +11,13 @@ from typing import Annotated, Any
 import typer
 
 from hcbak.cli import job_run
-from hcbak.cli.common import check_name, check_value, load_config, load_config_for_edit
+from hcbak.cli.common import (
+    check_name,
+    check_value,
+    load_config,
+    load_config_for_edit,
+    stdin_is_tty,
+)
 from hcbak.cli.common import save_config as save_checked
 from hcbak.cli.options import JsonOpt
 from hcbak.cli.output import emit_json, info, print_fields, print_table
@@ -149,6 +155,10 @@ def create(
         cluster, repo, vm, tag, exclude, disk, keep, schedule, parallel, retries, retry_wait,
         notify_email, notify_on, pre_hook, post_hook, alert_after, prune, quiesce,
     )  # fmt: skip
+    if not vm and not tag and stdin_is_tty():  # a person: ask step 5 of `hcbak init`
+        from hcbak.cli.init_job import complete_job_options
+
+        complete_job_options(config, name, opts, force)
     _apply(job, opts, config)
     config.jobs[name] = job
     save_checked(config)

@@ -39,6 +39,7 @@ GROUPS = {
 }
 # Single top-level commands, also built on use, by the module whose `app` holds it.
 COMMANDS = {
+    "init": "hcbak.cli.init_cmd",
     "demo": "hcbak.cli.demo",
     "mount": "hcbak.cli.mount",
 }

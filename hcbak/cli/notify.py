@@ -1,15 +1,19 @@
-"""`hcbak notify`: check that report emails reach their recipients."""
+"""`hcbak notify test|smtp`: check that report emails reach their recipients, and set the
+SMTP server they go through (notify_smtp.py)."""
 
 from typing import Annotated
 
 import typer
 
+from hcbak.cli import notify_smtp
 from hcbak.cli.common import check_value, load_config
 from hcbak.cli.output import info
 from hcbak.config import validate_email
 from hcbak.errors import ConfigError
 
-app = typer.Typer(help="Email notifications.", no_args_is_help=True)
+app = typer.Typer(
+    help="Email notifications: the SMTP server, a test message.", no_args_is_help=True
+)
 
 
 @app.command("test")
@@ -42,3 +46,6 @@ def test(
     )
     send_email(config.smtp, recipients, subject, body)
     info(f"test email sent to {', '.join(recipients)}")
+
+
+notify_smtp.register(app)
