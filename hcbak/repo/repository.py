@@ -29,6 +29,9 @@ from hcbak.repo.settings import RepoSettings
 from hcbak.repo.storage.base import ObjectMissingError, ObjectStore
 
 POINTS = "points/"
+# The first read of a manifest for its header: one request on an object store for all
+# but the largest headers (the block maps that follow are not needed for a listing).
+SUMMARY_READ = 16 * 1024
 
 
 class Repository(BlockStore):
@@ -77,10 +80,12 @@ class Repository(BlockStore):
         """Read only the manifest's first section (the JSON header), not its block maps.
         ObjectMissingError when the point is gone."""
         fixed = len(POINT_MAGIC) + ENVELOPE.size
-        head = self.store.get_range(POINTS + point_id, 0, fixed)
-        if len(head) == fixed:  # else decode_header reports the truncation
-            rest = ENVELOPE.unpack_from(head, len(POINT_MAGIC))[4]
-            head += self.store.get_range(POINTS + point_id, fixed, rest)
+        head = self.store.get_range(POINTS + point_id, 0, SUMMARY_READ)
+        if len(head) >= fixed:  # else decode_header reports the truncation
+            end = fixed + ENVELOPE.unpack_from(head, len(POINT_MAGIC))[4]
+            if len(head) < end:  # a header longer than the first read (many disks)
+                head += self.store.get_range(POINTS + point_id, len(head), end - len(head))
+            head = head[:end]
         header, _ = decode_header(head, point_id, self.envelope)
         return summary_from_header(header)
 
