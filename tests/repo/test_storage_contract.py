@@ -280,6 +280,11 @@ def test_folder_create_refuses_a_folder_that_is_not_empty(tmp_path: Path) -> Non
     (tmp_path / "plain").write_text("x")
     with pytest.raises(RepoError, match="not a folder"):
         LocalStore(tmp_path / "plain").create()
+    (tmp_path / "half" / "packs").mkdir(parents=True)  # empty layout folders are fine
+    LocalStore(tmp_path / "half").create()
+    (tmp_path / "half" / "packs" / ".tmp-pack-1").write_bytes(b"x")  # but not a file
+    with pytest.raises(RepoError, match="not empty"):
+        LocalStore(tmp_path / "half").create()
 
 
 def test_folder_lists_a_stray_directory_as_a_key_so_reading_it_fails(folder: LocalStore) -> None:
