@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hcbak.errors import IntegrityError, RepoError
-from hcbak.repo import fsio
 from hcbak.repo.damaged import DamagedCopy, replace_records
-from hcbak.repo.index import SegmentEntry, list_segments, write_segment
+from hcbak.repo.fsio import typed_os_error
+from hcbak.repo.index import SegmentEntry, delete_segment, list_segments, write_segment
 from hcbak.repo.locks import EXCLUSIVE
-from hcbak.repo.pack import PackWriter, pack_path, parse_blob, read_trailer
+from hcbak.repo.pack import PackReader, PackWriter, pack_key, parse_blob, read_trailer
 from hcbak.repo.repository import Repository
 
 REPACK_BELOW = 0.5  # repack a pack when less than this fraction of its bytes is live
@@ -99,6 +99,28 @@ def prune(
     report = PruneReport(dry_run=dry_run)
     say("reading points")
     problems = unreadable_metadata(repo)
+    referenced = _referenced_blocks(repo, problems)
+    report.referenced_blocks = len(referenced)
+    say("checking every pack's own table")
+    doomed, repack = _plan(repo, report, referenced, repack_below, problems)
+    gone = set(doomed + repack)
+    dropped = [c for c in repo.damaged.copies if _pack_gone(repo, c, gone)]
+    report.damaged_records_dropped = len(dropped)
+    nothing_to_do = not doomed and not repack and not report.unused_blocks and not dropped
+    if dry_run and not nothing_to_do:
+        # The real run rewrites the whole index (one that comes out byte-identical
+        # keeps its name, which a dry run cannot know without writing it).
+        report.segments_replaced = len(list_segments(repo.store))
+    if dry_run or nothing_to_do:
+        if not dry_run:
+            repo.remove_temp_files()
+        return report
+    _apply(repo, report, referenced, say, step)
+    return report
+
+
+def _referenced_blocks(repo: Repository, problems: list[str]) -> set[bytes]:
+    """Every block id a readable point references; unreadable ones go to `problems`."""
     referenced: set[bytes] = set()
     for pid in repo.point_ids():
         try:
@@ -109,8 +131,17 @@ def prune(
             continue
         for disk in point.disks:
             referenced.update(disk.block_map.ids())
-    report.referenced_blocks = len(referenced)
+    return referenced
 
+
+def _plan(
+    repo: Repository,
+    report: PruneReport,
+    referenced: set[bytes],
+    repack_below: float,
+    problems: list[str],
+) -> tuple[list[str], list[str]]:
+    """(packs to delete, packs to repack); refuses (PruneRefusedError) with problems."""
     live: dict[str, int] = {}
     total: dict[str, int] = {}
     for block_id, loc in repo.index.items():
@@ -119,7 +150,6 @@ def prune(
             live[loc.pack] = live.get(loc.pack, 0) + loc.length
         else:
             report.unused_blocks += 1
-    say("checking every pack's own table")
     unused_unindexed, kept = _account(repo, referenced, set(total), problems)
     if problems:
         raise PruneRefusedError(problems)
@@ -142,39 +172,36 @@ def prune(
         and (live[p] < repack_below * total[p] or p in rewrite)
     )
     for p in doomed + repack:
-        path = pack_path(repo.root, p)
-        report.bytes_freed += path.stat().st_size if path.exists() else 0
+        report.bytes_freed += repo.pack_size(p) or 0
     report.packs_deleted, report.packs_repacked = doomed, repack
-    gone = set(doomed + repack)
-    dropped = [c for c in repo.damaged.copies if _pack_gone(repo, c, gone)]
-    report.damaged_records_dropped = len(dropped)
-    nothing_to_do = not doomed and not repack and not report.unused_blocks and not dropped
-    if dry_run and not nothing_to_do:
-        # The real run rewrites the whole index (one that comes out byte-identical
-        # keeps its name, which a dry run cannot know without writing it).
-        report.segments_replaced = len(list_segments(repo.root))
-    if dry_run or nothing_to_do:
-        if not dry_run:
-            repo.remove_temp_files()
-        return report
+    return doomed, repack
 
+
+def _apply(
+    repo: Repository,
+    report: PruneReport,
+    referenced: set[bytes],
+    say: Progress,
+    step: Callable[[str], None],
+) -> None:
+    """The deletions, in the crash-safe order of the module docstring."""
+    assert repo.lock is not None  # prune() checked it holds the exclusive lock
+    doomed, repack = report.packs_deleted, report.packs_repacked
     say(f"repacking {len(repack)} packs")
-    entries: list[SegmentEntry] = []
     repacked = set(repack)
     moved = _repack(repo, repack, referenced, report)
-    for block_id, loc in repo.index.items():
-        if block_id not in referenced:
-            continue
-        if loc.pack in repacked:
-            continue
-        entries.append(SegmentEntry(block_id, loc.pack, loc.offset, loc.length, 0))
+    entries = [
+        SegmentEntry(block_id, loc.pack, loc.offset, loc.length, 0)
+        for block_id, loc in repo.index.items()
+        if block_id in referenced and loc.pack not in repacked
+    ]
     entries = _with_plain_lengths(repo, entries) + moved
     step("packs-written")
 
     say("writing the new index")
-    old_segments = set(list_segments(repo.root))
+    old_segments = set(list_segments(repo.store))
     new_segments = {
-        write_segment(repo.root, entries[i : i + SEGMENT_MAX_ENTRIES], repo.envelope)
+        write_segment(repo.store, entries[i : i + SEGMENT_MAX_ENTRIES], repo.envelope)
         for i in range(0, max(len(entries), 1), SEGMENT_MAX_ENTRIES)
     }
     step("index-written")
@@ -182,7 +209,7 @@ def prune(
     # A new segment can share its (content-derived) name with an old one: keep it.
     old_segments -= new_segments
     for seg in sorted(old_segments):
-        fsio.remove_durably(repo.root / "index" / seg)
+        delete_segment(repo.store, seg)
     report.segments_replaced = len(old_segments)
     step("old-index-deleted")
     say(f"deleting {len(doomed) + len(repack)} packs")
@@ -191,20 +218,18 @@ def prune(
     # pack got that pack's name (and kept the file already there). Never delete it.
     written = set(report.packs_written)
     for p in doomed + repack:
-        if p in written:
-            continue
-        fsio.remove_durably(pack_path(repo.root, p))
-    gone -= written
+        if p not in written:
+            repo.store.delete(pack_key(p))
+    gone = set(doomed + repack) - written
     step("packs-deleted")
     # Only now that their packs are gone (a repack may have found more damage).
     keep = [c for c in repo.damaged.copies if not _pack_gone(repo, c, gone)]
     if len(keep) < len(repo.damaged.copies):
-        replace_records(repo.root, keep, repo.damaged.records, repo.envelope)
+        replace_records(repo.store, keep, repo.damaged.records, repo.envelope)
         report.damaged_records_dropped = len(repo.damaged.copies) - len(keep)
     repo.remove_temp_files()
     repo.reload_index()
     step("done")
-    return report
 
 
 def _repack(
@@ -219,32 +244,31 @@ def _repack(
             wanted[loc.pack].append((block_id, loc.offset, loc.length))
     try:
         for pack in packs:
-            with open(pack_path(repo.root, pack), "rb") as fh:
-                for block_id, offset, length in sorted(wanted[pack], key=lambda e: e[1]):
-                    fh.seek(offset)
-                    frame = fh.read(length)
-                    try:
-                        blob = parse_blob(frame, f"block {block_id.hex()} in pack {pack}")
-                        if blob.id != block_id:
-                            raise IntegrityError(f"block {block_id.hex()}: another blob")
-                    except IntegrityError:
-                        # Never copy a damaged frame: record it; the block counts as
-                        # absent and the next backup of its VM stores it again.
-                        repo.record_damage([DamagedCopy(block_id, pack, offset, length)])
-                        continue
-                    if writer is None:
-                        writer = PackWriter(repo.root)
-                    writer.append(block_id, frame, blob.plain_len)
-                    if writer.size >= repo.pack_target:
-                        moved += _finish(writer, report)
-                        writer = None
+            reader = PackReader(repo.store, pack)
+            for block_id, offset, length in sorted(wanted[pack], key=lambda e: e[1]):
+                frame = reader.read(offset, length)
+                try:
+                    blob = parse_blob(frame, f"block {block_id.hex()} in pack {pack}")
+                    if blob.id != block_id:
+                        raise IntegrityError(f"block {block_id.hex()}: another blob")
+                except IntegrityError:
+                    # Never copy a damaged frame: record it; the block counts as
+                    # absent and the next backup of its VM stores it again.
+                    repo.record_damage([DamagedCopy(block_id, pack, offset, length)])
+                    continue
+                if writer is None:
+                    writer = PackWriter(repo.store)
+                writer.append(block_id, frame, blob.plain_len)
+                if writer.size >= repo.pack_target:
+                    moved += _finish(writer, report)
+                    writer = None
         if writer is not None:
             moved += _finish(writer, report)
             writer = None
     except OSError as exc:
         if writer is not None:
             writer.abort()
-        fsio.raise_os_error(exc, "a repacked pack")
+        raise typed_os_error(exc, "a repacked pack") from exc
     except BaseException:
         if writer is not None:
             writer.abort()
@@ -286,12 +310,12 @@ def _account(
     kept: set[str] = set()
     for pack in sorted(on_disk):
         try:
-            table = read_trailer(pack_path(repo.root, pack))
-        except (IntegrityError, OSError) as exc:
+            table = read_trailer(repo.store, pack)
+        except (IntegrityError, RepoError) as exc:
             if pack in indexed:
                 kept.add(pack)
             else:
-                why = exc.message if isinstance(exc, IntegrityError) else str(exc)
+                why = exc.message
                 problems.append(
                     f"pack {pack} is in no index and its blob table is unreadable ({why})"
                 )
@@ -312,7 +336,7 @@ def _account(
 
 
 def _pack_gone(repo: Repository, copy: DamagedCopy, deleted: set[str]) -> bool:
-    return copy.pack in deleted or not pack_path(repo.root, copy.pack).exists()
+    return copy.pack in deleted or repo.pack_size(copy.pack) is None
 
 
 def _finish(writer: PackWriter, report: PruneReport) -> list[SegmentEntry]:
@@ -329,8 +353,8 @@ def _with_plain_lengths(repo: Repository, entries: list[SegmentEntry]) -> list[S
         if e.pack not in by_pack:
             by_pack.clear()
             try:
-                table = read_trailer(pack_path(repo.root, e.pack))
-            except (IntegrityError, OSError):
+                table = read_trailer(repo.store, e.pack)
+            except (IntegrityError, RepoError):
                 table = []  # a kept pack with a damaged table: plain lengths unknown (0)
             by_pack[e.pack] = {o: p for _, o, _, p in table}
         out.append(SegmentEntry(e.id, e.pack, e.offset, e.length, by_pack[e.pack].get(e.offset, 0)))
