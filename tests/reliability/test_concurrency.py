@@ -35,7 +35,7 @@ def test_two_concurrent_jobs_into_one_repo_both_commit_restorable_points(tmp_pat
         save_config(L.config)
         ledger = Ledger(L, disks)
         live = ledger.live_hashes()
-        L.sim.faults.task_delay(0.3)  # each run holds the repository for a few seconds
+        L.sim.faults.task_delay(1.0)  # each run holds the repository for seconds, even under load
         procs = _overlapping_runs(L, "nightly", "weekly")
         for proc in procs:
             _, err = proc.communicate(timeout=120)
@@ -81,7 +81,9 @@ def test_two_jobs_hot_add_to_the_shared_worker_one_at_a_time(tmp_path: Path) -> 
             name="weekly", cluster="lab", repo="main", tags=["weekly"]
         )
         save_config(L.config)
-        L.sim.faults.task_delay(0.4)  # slow tasks: both runs hold the repository a while
+        L.sim.faults.task_delay(
+            1.0
+        )  # slow tasks: both runs hold the repository a while, even under load
         procs = _overlapping_runs(L, "nightly", "weekly")
         for proc in procs:
             _, err = proc.communicate(timeout=120)

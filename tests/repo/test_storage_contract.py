@@ -9,6 +9,7 @@ names, hard links, file modes) are at the end, for the local backend only.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 import threading
@@ -270,6 +271,20 @@ def test_folder_remakes_folders_that_a_copy_dropped(folder: LocalStore) -> None:
     assert list(folder.list("locks/")) == []
     assert folder.put("locks/l", b"x", if_absent=True) is True
     assert folder.get("locks/l") == b"x"
+
+
+def test_folder_deleted_under_a_writer_is_an_error_and_never_comes_back_empty(
+    folder: LocalStore,
+) -> None:
+    folder.put("points/" + "a" * 32, b"point")
+    shutil.rmtree(folder.root)
+    with pytest.raises(RepoError, match="is gone"):
+        list(folder.list("points/"))  # never "no points": retention would read it so
+    with pytest.raises(RepoError, match="is gone"):
+        folder.put("index/" + "b" * 64, b"segment")
+    with pytest.raises(RepoError, match="is gone"):
+        folder.spool("packs/")
+    assert not folder.root.exists()
 
 
 def test_folder_create_refuses_a_folder_that_is_not_empty(tmp_path: Path) -> None:

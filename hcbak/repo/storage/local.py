@@ -88,7 +88,7 @@ class LocalStore:
         is listed as a key, so reading it fails loudly instead of hiding it."""
         folder, _, start = prefix.rpartition("/")
         base = folder + "/" if folder else ""
-        for name in _visible_names(self.root / folder):
+        for name in _visible_names(self.root / folder, self.root):
             if not name.startswith(start):
                 continue
             key = base + name
@@ -184,14 +184,22 @@ class LocalStore:
 
     # --- helpers ------------------------------------------------------------------------
     def _ensure_folder(self, folder: Path) -> None:
-        """Make a missing folder inside the repository (0700), never the root itself."""
-        if folder != self.root and not folder.is_dir():
-            fsio.make_private_dir(folder, parents=True)
+        """Make a missing folder inside the repository (0700), never the root itself: a
+        repository folder deleted under a run must not come back as an empty one."""
+        if folder.is_dir():
+            return
+        if not self.root.is_dir():
+            raise _root_gone(self.root)
+        fsio.make_private_dir(folder, parents=True)
 
     def _write_error(self, exc: OSError, what: str) -> RepoError:
         if exc.errno in READ_ONLY_ERRNOS:
             return ReadOnlyStoreError(f"cannot write {what}: {exc.strerror or exc}")
         return fsio.typed_os_error(exc, what)
+
+
+def _root_gone(root: Path) -> RepoError:
+    return RepoError(f"repository folder {root} is gone: No such file or directory")
 
 
 def _is_layout_folder(key: str) -> bool:
@@ -200,11 +208,15 @@ def _is_layout_folder(key: str) -> bool:
     return "/" not in key or (key.startswith(FANOUT) and key.count("/") == 1)
 
 
-def _visible_names(folder: Path) -> list[str]:
-    """The sorted names in a folder without temp and hidden files ([] when missing)."""
+def _visible_names(folder: Path, root: Path) -> list[str]:
+    """The sorted names in a folder without temp and hidden files ([] when a folder
+    inside the repository is missing; an error when the repository folder itself is
+    gone, which must never read as "no points", "no locks")."""
     try:
         names = os.listdir(folder)
     except (FileNotFoundError, NotADirectoryError):
+        if not root.is_dir():
+            raise _root_gone(root) from None
         return []
     except OSError as exc:
         raise RepoError(f"could not list {folder}: {exc.strerror or exc}") from exc
