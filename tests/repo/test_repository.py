@@ -472,3 +472,22 @@ def test_a_manifest_that_contradicts_itself_is_damage_and_hides_no_other_point(
         else:
             assert sorted(listed) == sorted([good.id, forged])
         assert read_disk(repo, good.id) == disk_bytes(3, 3)
+
+
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
+def test_a_manifest_whose_header_length_is_damaged_is_listed_as_unreadable(
+    tmp_path: Path, encrypted: bool
+) -> None:
+    # A flipped high byte in the header's length field once made `points list` ask the
+    # store for exabytes (MemoryError, exit 4) instead of naming the damaged point.
+    root = make_repo(tmp_path / "repo", encrypted=encrypted)
+    with open_repo(root, passphrase=PASS if encrypted else None) as repo:
+        good = write_point(repo, disk_bytes(5, 2), created=datetime(2026, 11, 2, tzinfo=UTC))
+        bad = write_point(repo, disk_bytes(6, 2), created=datetime(2026, 11, 3, tzinfo=UTC))
+    manifest = root / "points" / bad.id
+    data = bytearray(manifest.read_bytes())
+    data[23] ^= 0x40  # the top byte of the header's stored length (u64 at offset 16)
+    manifest.write_bytes(bytes(data))
+    with open_repo(root, passphrase=PASS if encrypted else None) as repo:
+        assert [p.id for p in repo.list_points()] == [good.id]
+        assert bad.id in repo.unreadable_points

@@ -115,6 +115,7 @@ def test_get_range_reads_a_slice_and_stops_at_the_end(store: ObjectStore) -> Non
     assert store.get_range("index/seg", 0, 16) == data[:16]
     assert store.get_range("index/seg", 1000, 3000) == data[1000:4000]
     assert store.get_range("index/seg", len(data) - 10, 100) == data[-10:]
+    assert store.get_range("index/seg", 10, 1 << 60) == data[10:]  # a damaged length
 
 
 def test_list_is_sorted_nested_and_by_prefix(store: ObjectStore) -> None:

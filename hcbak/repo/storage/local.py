@@ -60,6 +60,9 @@ class LocalStore:
         except OSError as exc:
             raise RepoError(f"could not read {path}: {exc.strerror or exc}") from exc
         try:
+            # A length read from damaged bytes may be absurd: never ask for more than
+            # the file holds (pread allocates the whole length first).
+            length = max(0, min(length, os.fstat(fd).st_size - offset))
             parts = []
             while length > 0:
                 got = os.pread(fd, length, offset)
