@@ -1,0 +1,214 @@
+"""The folder backend: a repository on a local or network (NFS/SMB) folder.
+
+Keys are file paths relative to the root. Every durability rule of docs/format.md
+("Commit order and crash safety") lives here: a new object is written to a private temp
+name (`.tmp-*`) in its target folder, length-checked and fsynced, then renamed into
+place and the folder fsynced. Write-once names (`if_absent`, packs) are hard-linked
+into place: link() fails if the name exists, atomically, on NFS too, so an existing
+object is never replaced. Missing folders (lost by copies that drop empty folders) are
+made on the first write into them.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from hcbak.errors import RepoError, RepoLocationError
+from hcbak.repo import fsio
+from hcbak.repo.storage.base import ObjectMissingError, ReadOnlyStoreError, Spool
+
+# The folders of a new repository (write paths make them again when missing).
+LAYOUT = ("packs", "index", "points", "locks", "damaged")
+READ_ONLY_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+class LocalStore:
+    """An ObjectStore on a folder (see the module docstring)."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.local_root: Path | None = Path(root)
+        self.root = Path(root)
+        self.location = str(root)
+
+    def __repr__(self) -> str:
+        return f"LocalStore({self.location!r})"
+
+    def path(self, key: str) -> Path:
+        """The file of `key` (keys never contain "..": they are made by hcbak)."""
+        return self.root / key
+
+    # --- reading ------------------------------------------------------------------------
+    def get(self, key: str) -> bytes:
+        path = self.root / key
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise ObjectMissingError(f"{key} is missing in repository {self.location}")
+        except OSError as exc:
+            raise RepoError(f"could not read {path}: {exc.strerror or exc}") from exc
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        path = self.root / key
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            raise ObjectMissingError(f"{key} is missing in repository {self.location}")
+        except OSError as exc:
+            raise RepoError(f"could not read {path}: {exc.strerror or exc}") from exc
+        try:
+            parts = []
+            while length > 0:
+                got = os.pread(fd, length, offset)
+                if not got:
+                    break
+                parts.append(got)
+                offset, length = offset + len(got), length - len(got)
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+        except OSError as exc:
+            raise RepoError(f"could not read {path}: {exc.strerror or exc}") from exc
+        finally:
+            os.close(fd)
+
+    def size(self, key: str) -> int | None:
+        try:
+            return os.stat(self.root / key).st_size
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise RepoError(f"could not read {self.root / key}: {exc.strerror or exc}") from exc
+
+    def list(self, prefix: str) -> Iterator[str]:
+        """Keys under `prefix`, sorted. A prefix ending in "/" is a folder; otherwise the
+        last part is a name prefix within its folder."""
+        folder, _, start = prefix.rpartition("/")
+        base = folder + "/" if folder else ""
+        for name in _visible_names(self.root / folder):
+            if not name.startswith(start):
+                continue
+            key = base + name
+            path = self.root / key
+            if path.is_dir():
+                yield from self.list(key + "/")
+            else:
+                yield key
+
+    # --- writing ------------------------------------------------------------------------
+    def put(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
+        final = self.root / key
+        try:
+            self._ensure_folder(final.parent)
+            if not if_absent:
+                return fsio.atomic_write(final, data)
+            if final.exists():  # the usual answer for a write-once name: no temp file
+                return False
+            return self._link_new(final, data)
+        except RepoError:
+            raise
+        except OSError as exc:
+            raise self._write_error(exc, str(final)) from exc
+
+    def _link_new(self, final: Path, data: bytes) -> bool:
+        tmp = fsio.tmp_path_for(final)
+        try:
+            fd = fsio.open_private(tmp, os.O_WRONLY | os.O_EXCL)
+            try:
+                if fsio.write_all(fd, [data]) != len(data) or os.fstat(fd).st_size != len(data):
+                    raise RepoError(f"short write to {tmp}")
+                fsio._fsync(fd)
+            finally:
+                os.close(fd)
+            return _link_into_place(tmp, final)
+        finally:
+            fsio.remove_quietly(tmp)
+
+    def spool(self, prefix: str) -> Spool:
+        folder = self.root / prefix.rstrip("/")
+        try:
+            self._ensure_folder(folder)
+            return Spool(fsio.tmp_path_for(folder / "spool"), flush_early=True)
+        except OSError as exc:
+            raise self._write_error(exc, f"a new file in {folder}") from exc
+
+    def commit_spool(self, spool: Spool, key: str) -> bool:
+        """fsync, then link into place (write-once) and fsync the folder; the spool's
+        temp name is removed whatever happened. OSError as raised (the pack writer
+        types it and drops the pack's blocks)."""
+        final = self.root / key
+        try:
+            spool.close(sync=True)
+            fsio.make_private_dir(final.parent)
+            return _link_into_place(spool.path, final)
+        finally:
+            fsio.remove_quietly(spool.path)
+
+    def delete(self, key: str) -> None:
+        try:
+            fsio.remove_durably(self.root / key)
+        except OSError as exc:
+            raise self._write_error(exc, f"delete {self.root / key}") from exc
+
+    def remove_temp(self) -> int:
+        removed = 0
+        for folder, dirs, files in os.walk(self.root):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            for name in files:
+                if name.startswith(fsio.TMP_PREFIX):
+                    fsio.remove_quietly(Path(folder) / name)
+                    removed += 1
+        return removed
+
+    def create(self) -> None:
+        root = self.root
+        if root.exists():
+            if not root.is_dir():
+                raise RepoLocationError(f"{root} exists and is not a folder")
+            if (root / "config").is_file():
+                raise RepoLocationError(f"{root} is already an hcbak repository")
+            if next(self.list(""), None) is not None or any(
+                not (p.name in LAYOUT and p.is_dir()) for p in root.iterdir()
+            ):
+                raise RepoLocationError(
+                    f"{root} is not empty and is not an hcbak repository",
+                    hint="choose an empty or new folder",
+                )
+        with fsio.translate_os_errors(f"repository {root}"):
+            fsio.make_private_dir(root, parents=True)
+            for sub in LAYOUT:
+                fsio.make_private_dir(root / sub)
+            fsio.fsync_dir(root)
+
+    # --- helpers ------------------------------------------------------------------------
+    def _ensure_folder(self, folder: Path) -> None:
+        """Make a missing folder inside the repository (0700), never the root itself."""
+        if folder != self.root and not folder.is_dir():
+            fsio.make_private_dir(folder, parents=True)
+
+    def _write_error(self, exc: OSError, what: str) -> RepoError:
+        if exc.errno in READ_ONLY_ERRNOS:
+            return ReadOnlyStoreError(f"cannot write {what}: {exc.strerror or exc}")
+        return fsio.typed_os_error(exc, what)
+
+
+def _visible_names(folder: Path) -> list[str]:
+    """The sorted names in a folder without temp and hidden files ([] when missing)."""
+    try:
+        names = os.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except OSError as exc:
+        raise RepoError(f"could not list {folder}: {exc.strerror or exc}") from exc
+    return sorted(name for name in names if not name.startswith("."))
+
+
+def _link_into_place(tmp: Path, final: Path) -> bool:
+    """Hard-link a complete, fsynced temp file to its final name and fsync the folder;
+    False (nothing changed) when the name exists. The caller removes the temp name."""
+    try:
+        os.link(tmp, final)
+    except FileExistsError:
+        return False
+    fsio.fsync_dir(final.parent)
+    return True
