@@ -109,10 +109,63 @@ class RepoConfig:
     block_size: int = DEFAULT_BLOCK_SIZE
     passphrase: SecretRef | None = None
     repo_id: str | None = None
+    s3: S3RepoConfig | None = None  # an S3 repository (then `path` is its s3:// location)
 
     @property
     def encrypted(self) -> bool:
         return self.passphrase is not None
+
+
+# --- S3 repositories (issue 20, helper s3): model ------------------------------------
+@dataclass
+class S3RepoConfig:
+    """Where an S3 repository lives and how to reach it. Credentials are a reference
+    (env/file/command) or, when absent, boto3's own chain (AWS_* environment, `profile`
+    or AWS_PROFILE, ~/.aws files, instance roles): never a key in this file."""
+
+    bucket: str
+    prefix: str = ""
+    endpoint: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    credentials: SecretRef | None = None
+    upload_parallel: int = 4
+
+    @property
+    def location(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+
+S3_KEYS = ("bucket", "prefix", "endpoint", "region", "profile", "upload_parallel",
+           "credentials_env", "credentials_file", "credentials_command")  # fmt: skip
+MAX_UPLOAD_PARALLEL = 64
+
+
+def s3_repo_to_dict(s: S3RepoConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {"bucket": s.bucket}
+    for key in ("prefix", "endpoint", "region", "profile"):
+        if getattr(s, key):
+            out[key] = getattr(s, key)
+    out.update(secret_to_dict("credentials", s.credentials))
+    if s.upload_parallel != S3RepoConfig("").upload_parallel:
+        out["upload_parallel"] = s.upload_parallel
+    return out
+
+
+def parse_endpoint(value: object) -> str:
+    """An S3 endpoint URL: http(s)://host[:port][/path] (S3 repositories, issue 20)."""
+    from urllib.parse import urlsplit
+
+    text = str(value).strip() if isinstance(value, str) else ""
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{value!r} is not an endpoint URL (http://HOST:PORT or https://HOST)")
+    if parts.username or parts.password or parts.query:
+        raise ValueError("an endpoint URL takes no user, password or query (keys: credentials_*)")
+    return text.rstrip("/")
+
+
+# --- end of S3 model block ------------------------------------------------------------
 
 
 @dataclass
@@ -633,12 +686,18 @@ class _Parser:
 
     def repo(self, name: str, node: Node) -> RepoConfig:
         where = f"repositories.{name}"
-        keys = ("path", "compression", "block_size", "repo_id", *_secret_keys("passphrase"))
+        keys = ("path", "s3", "compression", "block_size", "repo_id", *_secret_keys("passphrase"))
         m = self.mapping(node, where, keys)
-        repo = RepoConfig(
-            name=name,
-            path=self.string(self.require(m, "path", node, where), f"{where}.path"),
-        )
+        if "s3" in m:  # an S3 repository: `path` is its location, never written
+            if "path" in m:
+                self.error(m["path"], f"{where}.path", "give either path or s3, not both")
+            s3 = self.s3_repo(m["s3"], f"{where}.s3")
+            repo = RepoConfig(name=name, path=s3.location, s3=s3)
+        else:
+            repo = RepoConfig(
+                name=name,
+                path=self.string(self.require(m, "path", node, where), f"{where}.path"),
+            )
         if "compression" in m:
             repo.compression = self.choice(m["compression"], f"{where}.compression", COMPRESSIONS)
         if "block_size" in m:
@@ -651,6 +710,34 @@ class _Parser:
             repo.repo_id = self.check(m["repo_id"], f"{where}.repo_id", parse_repo_id, text)
         repo.passphrase = self.secret(m, "passphrase", node, where)
         return repo
+
+    # -- S3 repositories (issue 20, helper s3) -------------------------------------------
+    def s3_repo(self, node: Node, where: str) -> S3RepoConfig:
+        from hcbak.repo.storage.s3_target import parse_s3_target
+
+        m = self.mapping(node, where, S3_KEYS)
+        bucket = self.string(self.require(m, "bucket", node, where), f"{where}.bucket")
+        prefix = self.string(m["prefix"], f"{where}.prefix") if "prefix" in m else ""
+        target = self.check(
+            m.get("prefix", m["bucket"]), where, parse_s3_target, f"{bucket}/{prefix}"
+        )
+        s3 = S3RepoConfig(bucket=target.bucket, prefix=target.prefix)
+        if "endpoint" in m:
+            s3.endpoint = self.check(
+                m["endpoint"], f"{where}.endpoint", parse_endpoint, self.value(m["endpoint"])
+            )
+        for key in ("region", "profile"):
+            if key in m:
+                setattr(s3, key, self.string(m[key], f"{where}.{key}"))
+        if "upload_parallel" in m:
+            s3.upload_parallel = self.integer(
+                m["upload_parallel"],
+                f"{where}.upload_parallel",
+                minimum=1,
+                maximum=MAX_UPLOAD_PARALLEL,
+            )
+        s3.credentials = self.secret(m, "credentials", node, where)
+        return s3
 
     def job(self, name: str, node: Node) -> JobConfig:
         where = f"jobs.{name}"
@@ -1040,8 +1127,8 @@ def parse_repo_id(text: str) -> str:
 
 
 def repo_to_dict(r: RepoConfig, *, reveal: bool = True) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "path": r.path,
+    out: dict[str, Any] = {"s3": s3_repo_to_dict(r.s3)} if r.s3 else {"path": r.path}
+    out |= {
         "compression": r.compression,
         "block_size": format_block_size(r.block_size),
     }

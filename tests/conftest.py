@@ -156,7 +156,7 @@ def ceph_rgw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
     script = ceph_rgw_script()
     if script is None:
         pytest.skip(
-            f"S3 tests need ../shared/s3/ceph-rgw.sh next to the project (or ${CEPH_RGW_SCRIPT_ENV})"
+            f"S3 tests need ../shared/s3/ceph-rgw.sh by the project (or ${CEPH_RGW_SCRIPT_ENV})"
         )
     shared = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -252,9 +252,7 @@ def empty_bucket(client: Any, name: str) -> None:
         for page in pages:
             for item in page.get("Versions", []) + page.get("DeleteMarkers", []):
                 try:
-                    client.delete_object(
-                        Bucket=name, Key=item["Key"], VersionId=item["VersionId"]
-                    )
+                    client.delete_object(Bucket=name, Key=item["Key"], VersionId=item["VersionId"])
                 except Exception:
                     pass
         for upload in client.list_multipart_uploads(Bucket=name).get("Uploads", []):

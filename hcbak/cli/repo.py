@@ -86,10 +86,11 @@ def open_configured(
     lock file can be written, read without one and warn what that gives up."""
     from hcbak.cli.output import warn
     from hcbak.repo import open_repo
+    from hcbak.repo.storage import store_for
 
     passphrase = cfg.passphrase.resolve() if cfg.passphrase else None
     with open_repo(
-        Path(cfg.path),
+        store_for(cfg),
         passphrase=passphrase,
         lock=lock,
         lock_wait=wait,
@@ -110,10 +111,70 @@ def expected_of(cfg: RepoConfig) -> Any:
     return Expected(encrypted=cfg.encrypted, repo_id=cfg.repo_id)
 
 
+# --- S3 repositories (issue 20): the options of `repo add --s3` -------------------------
+S3Opt = Annotated[
+    str | None,
+    typer.Option(
+        "--s3",
+        metavar="BUCKET[/PREFIX]",
+        help="An S3 bucket (and key prefix) instead of a folder; the bucket must exist.",
+    ),
+]
+EndpointOpt = Annotated[
+    str | None,
+    typer.Option(help="S3 endpoint URL (Ceph RGW, MinIO, Wasabi...); default AWS S3."),
+]
+RegionOpt = Annotated[str | None, typer.Option(help="S3 region (default: the AWS config).")]
+ProfileOpt = Annotated[str | None, typer.Option(help="AWS profile for the S3 credentials.")]
+CredEnv = Annotated[
+    str | None,
+    typer.Option(help="Read the S3 keys (KEY_ID:SECRET) from this environment variable."),
+]
+CredFile = Annotated[str | None, typer.Option(help="Read the S3 keys from this file.")]
+CredCmd = Annotated[
+    str | None,
+    typer.Option(help="Run this command; its stdout is the S3 keys (or export-credentials JSON)."),
+]
+ParallelOpt = Annotated[
+    int | None, typer.Option(help="Parts of a pack uploaded at once (S3, default 4).")
+]
+
+
+def s3_entry_from_options(
+    target: str,
+    *,
+    endpoint: str | None,
+    region: str | None,
+    profile: str | None,
+    env: str | None,
+    file: str | None,
+    command: str | None,
+    upload_parallel: int | None,
+) -> Any:
+    """The `s3:` config entry (hcbak.config.S3RepoConfig) of `repo add --s3 ...`."""
+    from hcbak.config import MAX_UPLOAD_PARALLEL, S3RepoConfig, parse_endpoint
+    from hcbak.repo.storage.s3_target import parse_s3_target
+
+    where = check_value(parse_s3_target, target, "--s3")
+    s3 = S3RepoConfig(bucket=where.bucket, prefix=where.prefix, region=region, profile=profile)
+    if endpoint is not None:
+        s3.endpoint = check_value(parse_endpoint, endpoint, "--endpoint")
+    if upload_parallel is not None:
+        if not 1 <= upload_parallel <= MAX_UPLOAD_PARALLEL:
+            raise UsageError(f"--upload-parallel must be 1..{MAX_UPLOAD_PARALLEL}")
+        s3.upload_parallel = upload_parallel
+    s3.credentials = secret_ref_from_options(
+        "credentials", env=env, file=file, command=command, prompt=False
+    )
+    return s3
+
+
 @app.command("add")
 def add(
     name: NameArg,
-    path: Annotated[str, typer.Option("--path", help="Folder of the repository (local or NFS).")],
+    path: Annotated[
+        str | None, typer.Option("--path", help="Folder of the repository (local or NFS).")
+    ] = None,
     encrypt: Annotated[
         bool, typer.Option(help="Encrypt with AES-256-GCM (needs a passphrase).")
     ] = False,
@@ -123,30 +184,58 @@ def add(
     compression: Annotated[str, typer.Option(help="lz4 (default), zstd or none.")] = "lz4",
     block_size: Annotated[str, typer.Option(help="Block size, 256KiB..4MiB.")] = "1MiB",
     force: Annotated[bool, typer.Option(help="Replace a config entry of the same name.")] = False,
+    s3: S3Opt = None,
+    endpoint: EndpointOpt = None,
+    region: RegionOpt = None,
+    profile: ProfileOpt = None,
+    credentials_env: CredEnv = None,
+    credentials_file: CredFile = None,
+    credentials_command: CredCmd = None,
+    upload_parallel: ParallelOpt = None,
 ) -> None:
-    """Create a repository in an empty folder, or adopt an existing hcbak repository.
+    """Create a repository in an empty folder or S3 bucket/prefix, or adopt an existing one.
 
     The passphrase never goes on the command line: give --passphrase-env,
-    --passphrase-file or --passphrase-command, or type it twice at the prompt.
+    --passphrase-file or --passphrase-command, or type it twice at the prompt. S3 keys
+    neither: --credentials-env/-file/-command, or the AWS environment and profiles.
     """
     from hcbak.repo import init_repo, is_repo
     from hcbak.repo.settings import read_config_doc
+    from hcbak.repo.storage import store_for
 
     check_name(name, "repository name")
     if compression not in ("lz4", "zstd", "none"):
         raise UsageError("--compression must be lz4, zstd or none")
     size = check_value(parse_block_size, block_size, "--block-size")
+    if (path is None) == (s3 is None):
+        raise UsageError("give either --path FOLDER or --s3 BUCKET[/PREFIX]")
+    s3_only = (endpoint, region, profile, credentials_env, credentials_file,
+               credentials_command, upload_parallel)  # fmt: skip
+    if s3 is None and any(v is not None for v in s3_only):
+        raise UsageError("--endpoint, --region, --profile, --credentials-* and "
+                         "--upload-parallel need --s3")  # fmt: skip
     config = load_config_for_edit()
     if name in config.repositories and not force:
         raise UsageError(f"repository {name!r} already exists", hint="use --force to replace it")
-    folder = Path(path).expanduser().resolve()
+    s3_entry = None
+    if s3 is not None:
+        s3_entry = s3_entry_from_options(
+            s3, endpoint=endpoint, region=region, profile=profile, env=credentials_env,
+            file=credentials_file, command=credentials_command,
+            upload_parallel=upload_parallel,
+        )  # fmt: skip
+        shown = s3_entry.location
+        folder: Any = store_for(RepoConfig(name, shown, s3=s3_entry))
+    else:
+        folder = Path(str(path)).expanduser().resolve()
+        shown = str(folder)
     adopting = is_repo(folder)
     is_encrypted = False
     if adopting:
         is_encrypted = read_config_doc(folder).get("encryption") is not None
         if encrypt and not is_encrypted:
             raise UsageError(
-                f"{folder} is an unencrypted hcbak repository",
+                f"{shown} is an unencrypted hcbak repository",
                 hint="encryption is chosen when a repository is created; drop --encrypt",
             )
     wants_key = encrypt or is_encrypted
@@ -169,17 +258,18 @@ def add(
     if adopting:
         # Opening proves the passphrase (and, for v2, the settings MAC): the id pinned
         # below is the one of a repository this passphrase really opens.
-        with open_configured(RepoConfig(name, str(folder), passphrase=ref), lock=None) as repo:
+        probe = RepoConfig(name, shown, passphrase=ref, s3=s3_entry)
+        with open_configured(probe, lock=None) as repo:
             found = repo.config
         entry = RepoConfig(
-            name, str(folder), found.compression, found.block_size, ref, found.repo_id
+            name, shown, found.compression, found.block_size, ref, found.repo_id, s3_entry
         )
-        info(f"adopted existing repository at {folder}")
+        info(f"adopted existing repository at {shown}")
     else:
         secret = ref.resolve() if ref else None
         made = init_repo(folder, compression=compression, block_size=size, passphrase=secret)
-        entry = RepoConfig(name, str(folder), compression, size, ref, made.repo_id)
-        info(f"created repository {name} at {folder}")
+        entry = RepoConfig(name, shown, compression, size, ref, made.repo_id, s3_entry)
+        info(f"created repository {name} at {shown}")
     config.repositories[name] = entry
     save_config(config)
 
@@ -310,7 +400,9 @@ def passwd(
     )
     if ref is None:
         raise UsageError("give the new passphrase with --passphrase-env/-file/-command")
-    set_passphrase(Path(cfg.path), cfg.passphrase.resolve(), ref.resolve(), expected_of(cfg))
+    from hcbak.repo.storage import store_for
+
+    set_passphrase(store_for(cfg), cfg.passphrase.resolve(), ref.resolve(), expected_of(cfg))
     cfg.passphrase = ref
     save_config(config)
     info(f"passphrase of repository {name} changed")
@@ -327,9 +419,10 @@ def unlock(
     file unchanged for 30 minutes (its holder renews it every minute)."""
     from hcbak.repo.locks import STALE_AFTER
     from hcbak.repo.locks import unlock as _unlock
+    from hcbak.repo.storage import store_for
 
     cfg = load_config().repo(name)
-    removed, kept = _unlock(Path(cfg.path), force=force, state_dir=lease_state_dir())
+    removed, kept = _unlock(store_for(cfg), force=force, state_dir=lease_state_dir())
     for lk in removed:
         info(f"removed {lk.describe()}")
     for lk, seen in kept:

@@ -69,8 +69,8 @@ def derive_repository_key_early(config: Any, job: Any) -> None:
     try:
         repo_cfg = config.repo(job.repo)
         ref = repo_cfg.passphrase
-        if job.pre_hook or ref is None or ref.command:
-            return
+        if job.pre_hook or ref is None or ref.command or getattr(repo_cfg, "s3", None):
+            return  # an S3 repository's config is read when it opens (boto3 is slow to import)
         from hcbak.repo.kdf import derive_early
 
         derive_early(repo_cfg.path, ref.resolve())

@@ -260,8 +260,9 @@ class _Session:
         # imports the cluster client, logs in and lists the VMs.
         def repo_cm() -> Any:
             from hcbak.repo import open_repo
+            from hcbak.repo.storage import store_for
 
-            path, expect = self.repo_cfg.path, self._expected()
+            path, expect = store_for(self.repo_cfg), self._expected()
             return open_repo(
                 path,
                 passphrase=passphrase,
@@ -879,10 +880,11 @@ class _Session:
         using the repository right now (prune needs the exclusive lock)."""
         from hcbak.repo import open_repo
         from hcbak.repo.prune import prune
+        from hcbak.repo.storage import store_for
 
         try:
             with open_repo(
-                self.repo_cfg.path,
+                store_for(self.repo_cfg),
                 passphrase=passphrase,
                 lock="exclusive",
                 command="job run prune",

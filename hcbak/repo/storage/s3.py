@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import tempfile
 import threading
 import uuid
@@ -65,6 +64,10 @@ _AUTH_CODES = frozenset(
      "TokenRefreshRequired", "AuthorizationHeaderMalformed", "InvalidSecurity"}
 )  # fmt: skip
 _QUOTA_CODES = frozenset({"QuotaExceeded", "InsufficientCapacity", "EntityTooLarge"})
+_bx = botocore.exceptions
+_NO_CREDENTIALS = (_bx.NoCredentialsError, _bx.PartialCredentialsError)
+_TIMEOUTS = (_bx.ConnectTimeoutError, _bx.ReadTimeoutError)
+_UNREACHABLE = (_bx.EndpointConnectionError, _bx.ConnectionClosedError)
 
 
 @dataclass(frozen=True)
@@ -156,8 +159,7 @@ class S3Store:
                 return ObjectMissingError(f"{key} is missing in repository {self.location}")
             if code in _AUTH_CODES:
                 return RepoError(
-                    f"{self.endpoint_name} refused the S3 credentials for {self.location} "
-                    f"({code})",
+                    f"{self.endpoint_name} refused the S3 credentials for {self.location} ({code})",
                     hint="check the access key and secret (credentials_* or AWS_* / profile)",
                 )
             if code == "RequestTimeTooSkewed":
@@ -174,7 +176,7 @@ class S3Store:
                 return NoSpaceError(f"no space: cannot {what} {at}: {code}")
             detail = f"{code}: {message}" if message else code or f"HTTP {status}"
             return RepoError(f"cannot {what} {at}: {detail}")
-        if isinstance(exc, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError):
+        if isinstance(exc, _NO_CREDENTIALS):
             return SecretError(
                 f"no S3 credentials for {self.location}",
                 hint="give credentials_env/_file/_command, or set AWS_ACCESS_KEY_ID and "
@@ -185,12 +187,12 @@ class S3Store:
                 f"TLS error talking to {self.endpoint_name}: {_short(exc)}",
                 hint="check the endpoint's certificate; AWS_CA_BUNDLE names a private CA",
             )
-        if isinstance(exc, botocore.exceptions.ConnectTimeoutError | botocore.exceptions.ReadTimeoutError):
+        if isinstance(exc, _TIMEOUTS):
             return RepoError(
                 f"S3 endpoint {self.endpoint_name} did not answer in time: cannot {what} "
                 f"{where} (after {self.options.max_attempts} attempts)"
             )
-        if isinstance(exc, botocore.exceptions.EndpointConnectionError | botocore.exceptions.ConnectionClosedError):
+        if isinstance(exc, _UNREACHABLE):
             return RepoError(
                 f"S3 endpoint {self.endpoint_name} is unreachable: cannot {what} {where} "
                 f"(after {self.options.max_attempts} attempts)"
@@ -199,7 +201,7 @@ class S3Store:
             return RepoError(f"cannot {what} {at}: {_short(exc)}")
         if isinstance(exc, OSError):
             if exc.errno in fsio.NO_SPACE_ERRNOS:
-                return NoSpaceError(f"no space in the spool folder {self.spool_dir}: {exc.strerror}")
+                return NoSpaceError(f"no space in the spool folder {self.spool_dir}")
             return RepoError(f"cannot {what} {at}: {exc.strerror or exc}")
         return RepoError(f"cannot {what} {at}: {_short(exc)}")
 
