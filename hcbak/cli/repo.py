@@ -320,7 +320,7 @@ def show(name: NameArg, json_out: JsonOpt = False) -> None:
     cfg = config.repo(name)
     with open_configured(cfg, lock=None) as repo:
         stats = repo_stats(repo)
-        locks = lock_report(repo.root, state_dir=lease_state_dir())
+        locks = lock_report(repo.store, state_dir=lease_state_dir())
         doc = {
             **_entry_json(config, cfg),
             "repo_id": repo.config.repo_id,
@@ -385,7 +385,7 @@ def passwd(
     passphrase_command: PassCmd = None,
 ) -> None:
     """Change the passphrase: rewraps the master key only, no data is rewritten."""
-    from hcbak.repo.repository import set_passphrase
+    from hcbak.repo.opening import set_passphrase
 
     config = load_config_for_edit()
     cfg = config.repo(name)

@@ -1,5 +1,6 @@
 """The hcbak repository: a content-addressed, deduplicated, compressed, optionally
-encrypted block store on a local or network folder (docs/format.md specifies the bytes).
+encrypted block store on a local or network folder, or an object store
+(docs/format.md specifies the bytes; hcbak/repo/storage reaches them).
 
 Nouns:
 - block: a fixed-size, aligned slice of a disk; its id is the keyed BLAKE3 (format v2;
@@ -23,8 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from hcbak.repo.blockmap import ZERO_BLOCK, BlockMap
+    from hcbak.repo.opening import init_repo, is_repo, open_repo
     from hcbak.repo.points import DiskImage, Point, PointSummary
-    from hcbak.repo.repository import RepoSettings, Repository, init_repo, is_repo, open_repo
+    from hcbak.repo.repository import Repository
+    from hcbak.repo.settings import RepoSettings
 
 # Loaded on first use (PEP 562): `job run` imports `hcbak.repo.locks` and starts the
 # key derivation (`kdf`) long before it needs the codecs and `cryptography`.
@@ -34,11 +37,11 @@ _EXPORTS = {
     "DiskImage": "points",
     "Point": "points",
     "PointSummary": "points",
-    "RepoSettings": "repository",
+    "RepoSettings": "settings",
     "Repository": "repository",
-    "init_repo": "repository",
-    "is_repo": "repository",
-    "open_repo": "repository",
+    "init_repo": "opening",
+    "is_repo": "opening",
+    "open_repo": "opening",
 }
 
 __all__ = [

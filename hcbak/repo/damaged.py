@@ -15,11 +15,10 @@ import hashlib
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 from hcbak.errors import IntegrityError
-from hcbak.repo import fsio
 from hcbak.repo.codec import Envelope
+from hcbak.repo.storage.base import ObjectMissingError, ObjectStore
 
 DAMAGED_DIR = "damaged"
 DAMAGED_MAGIC = b"HCBKDMG1"
@@ -61,24 +60,29 @@ def decode_record(data: bytes, envelope: Envelope, name: str) -> list[DamagedCop
     return [DamagedCopy(i, p.hex(), o, ln) for i, p, o, ln in RECORD_ENTRY.iter_unpack(body)]
 
 
-def write_record(root: Path, copies: Iterable[DamagedCopy], envelope: Envelope) -> str | None:
+def record_key(name: str) -> str:
+    return f"{DAMAGED_DIR}/{name}"
+
+
+def write_record(
+    store: ObjectStore, copies: Iterable[DamagedCopy], envelope: Envelope
+) -> str | None:
     """Write one record (write-once, named by its sha256); None when there is nothing."""
     copies = list(copies)
     if not copies:
         return None
     data = encode_record(copies, envelope)
     name = hashlib.sha256(data).hexdigest()
-    folder = root / DAMAGED_DIR
-    folder.mkdir(exist_ok=True)
-    fsio.atomic_write(folder / name, data, write_once=True)
+    store.put(record_key(name), data, if_absent=True)
     return name
 
 
-def list_records(root: Path) -> list[str]:
-    folder = root / DAMAGED_DIR
-    if not folder.is_dir():
-        return []
-    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+def list_records(store: ObjectStore) -> list[str]:
+    return [key.removeprefix(f"{DAMAGED_DIR}/") for key in store.list(f"{DAMAGED_DIR}/")]
+
+
+def delete_record(store: ObjectStore, name: str) -> None:
+    store.delete(record_key(name))
 
 
 @dataclass
@@ -100,15 +104,15 @@ class DamagedSet:
         return {c.pack for c in self.copies}
 
 
-def load_records(root: Path, envelope: Envelope) -> DamagedSet:
+def load_records(store: ObjectStore, envelope: Envelope) -> DamagedSet:
     copies: set[DamagedCopy] = set()
     unreadable: dict[str, str] = {}
-    names = list_records(root)
+    names = list_records(store)
     for name in names:
         try:
-            data = fsio.read_file(root / DAMAGED_DIR / name, "damaged-copy record")
+            data = store.get(record_key(name))
             copies.update(decode_record(data, envelope, name))
-        except FileNotFoundError:
+        except ObjectMissingError:
             continue  # dropped by a prune meanwhile
         except IntegrityError as exc:
             unreadable[name] = str(exc)
@@ -116,11 +120,11 @@ def load_records(root: Path, envelope: Envelope) -> DamagedSet:
 
 
 def replace_records(
-    root: Path, keep: Iterable[DamagedCopy], old: Iterable[str], envelope: Envelope
+    store: ObjectStore, keep: Iterable[DamagedCopy], old: Iterable[str], envelope: Envelope
 ) -> None:
     """Write one record of `keep`, then delete the `old` records (crash safe: a crash
     in between leaves the same copies recorded twice, which is harmless)."""
-    new = write_record(root, keep, envelope)
+    new = write_record(store, keep, envelope)
     for name in old:
         if name != new:
-            fsio.remove_durably(root / DAMAGED_DIR / name)
+            delete_record(store, name)

@@ -13,11 +13,10 @@ import hashlib
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from hcbak.errors import IntegrityError
-from hcbak.repo import fsio
 from hcbak.repo.codec import Envelope
+from hcbak.repo.storage.base import ObjectStore
 
 INDEX_MAGIC = b"HCBKIDX1"
 INDEX_AD = b"hcbak-index-v1"
@@ -91,25 +90,34 @@ def decode_segment_raw(data: bytes, envelope: Envelope, name: str) -> tuple[list
     return packs, records
 
 
-def write_segment(root: Path, entries: list[SegmentEntry], envelope: Envelope) -> str:
-    """Write one segment under its content hash; returns the segment id."""
+def segment_key(seg_id: str) -> str:
+    return f"index/{seg_id}"
+
+
+def write_segment(store: ObjectStore, entries: list[SegmentEntry], envelope: Envelope) -> str:
+    """Write one segment under its content hash (write-once); returns the segment id."""
     data = encode_segment(entries, envelope)
     seg_id = hashlib.sha256(data).hexdigest()
-    fsio.atomic_write(root / "index" / seg_id, data, write_once=True)
+    store.put(segment_key(seg_id), data, if_absent=True)
     return seg_id
 
 
-def list_segments(root: Path) -> list[str]:
-    return sorted(p.name for p in (root / "index").iterdir() if not p.name.startswith("."))
+def list_segments(store: ObjectStore) -> list[str]:
+    return [key.removeprefix("index/") for key in store.list("index/")]
 
 
-def read_segment(root: Path, seg_id: str, envelope: Envelope) -> list[SegmentEntry]:
-    return decode_segment(_checked(seg_id, read_segment_file(root, seg_id)), envelope, seg_id)
+def read_segment(store: ObjectStore, seg_id: str, envelope: Envelope) -> list[SegmentEntry]:
+    return decode_segment(_checked(seg_id, read_segment_file(store, seg_id)), envelope, seg_id)
 
 
-def read_segment_file(root: Path, seg_id: str) -> bytes:
-    """A segment's bytes, unchecked (`decode_checked_segment` checks them)."""
-    return fsio.read_file(root / "index" / seg_id, "index segment")
+def read_segment_file(store: ObjectStore, seg_id: str) -> bytes:
+    """A segment's bytes, unchecked (`decode_checked_segment` checks them);
+    ObjectMissingError when it was deleted meanwhile."""
+    return store.get(segment_key(seg_id))
+
+
+def delete_segment(store: ObjectStore, seg_id: str) -> None:
+    store.delete(segment_key(seg_id))
 
 
 def decode_checked_segment(seg_id: str, data: bytes, envelope: Envelope) -> tuple[list[str], bytes]:

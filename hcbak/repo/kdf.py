@@ -140,7 +140,7 @@ def derive_kek(passphrase: Secret, params: KdfParams) -> bytes:
     return key if key is not None else _stretch(passphrase, params)
 
 
-def derive_early(root: Path, passphrase: Secret) -> None:
+def derive_early(root: Path | str, passphrase: Secret) -> None:
     """Start deriving the key of the repository at `root` in a helper thread.
 
     Best effort: when the config cannot be read, the repository is not encrypted or
@@ -151,7 +151,7 @@ def derive_early(root: Path, passphrase: Secret) -> None:
     from hcbak.repo.settings import kdf_from, read_config_doc
 
     try:
-        doc = read_config_doc(Path(root))
+        doc = read_config_doc(root)
         enc = doc.get("encryption")
         params = kdf_from(enc, doc["version"]) if isinstance(enc, dict) else None
     except HcbakError:  # missing, damaged, foreign: the open says which

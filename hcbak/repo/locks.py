@@ -1,8 +1,8 @@
-"""Repository locks as leases: O_EXCL lock files under locks/, renewed from a thread.
+"""Repository locks as leases: lock objects under locks/, renewed from a thread.
 
-No flock/fcntl: they are unreliable on NFS. Each holder creates its own file
-`locks/<random>` (written to a temp name, then hard-linked into place), then looks at
-the other lock files:
+No flock/fcntl: they are unreliable on NFS and absent on object stores. Each holder
+creates its own object `locks/<random>` with a write-once put (a folder: a temp file
+hard-linked into place; S3: a conditional PutObject), then looks at the others:
 - a shared lock (backup, restore, verify) conflicts with live exclusive locks;
 - an exclusive lock (prune) conflicts with every other live lock.
 On conflict it deletes its own file and retries until `wait` runs out (two takers that
@@ -25,7 +25,6 @@ The rule that keeps a prune from deleting blocks a live backup depends on (docs/
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -39,6 +38,8 @@ from typing import Any
 
 from hcbak.errors import LockedError, RepoError
 from hcbak.repo import fsio
+from hcbak.repo.storage import Location, ObjectMissingError, ObjectStore, open_store
+from hcbak.repo.storage.base import ReadOnlyStoreError, object_name
 
 SHARED = "shared"
 EXCLUSIVE = "exclusive"
@@ -257,24 +258,25 @@ def pid_alive(pid: int) -> bool:
 
 
 # --- reading and judging lock files -----------------------------------------------------
-def read_locks(root: Path) -> list[LockInfo]:
+LOCKS = "locks/"
+
+
+def read_locks(location: Location) -> list[LockInfo]:
+    store = open_store(location)
     out = []
-    lock_dir = root / "locks"
-    for path in sorted(lock_dir.iterdir()):
-        if path.name.startswith(fsio.TMP_PREFIX):
-            continue
+    for key in store.list(LOCKS):
+        name = key.removeprefix(LOCKS)
         try:
-            raw = path.read_bytes()
-            mtime = path.stat().st_mtime
-        except FileNotFoundError:
-            continue
+            raw = store.get(key)
+        except ObjectMissingError:
+            continue  # released meanwhile
         marker = hashlib.sha256(raw).hexdigest()[:32]
         try:
             d = json.loads(raw)
             identity = d.get("identity")
             out.append(
                 LockInfo(
-                    path.name,
+                    name,
                     str(d["host"]),
                     int(d["pid"]),
                     str(d["kind"]),
@@ -287,12 +289,36 @@ def read_locks(root: Path) -> list[LockInfo]:
                 )
             )
         except (ValueError, KeyError, TypeError, AttributeError):
-            # Damaged (never half-written: _create links complete files): a live
-            # exclusive lock of unknown origin until this host has seen it unchanged long.
-            out.append(
-                LockInfo(path.name, "?", 0, EXCLUSIVE, mtime, mtime, "unknown", None, marker)
-            )
+            # Damaged (never half-written: puts are atomic): a live exclusive lock of
+            # unknown origin until this host has seen it unchanged long.
+            when = _written_at(store, key)
+            out.append(LockInfo(name, "?", 0, EXCLUSIVE, when, when, "unknown", None, marker))
     return out
+
+
+def _written_at(store: ObjectStore, key: str) -> float:
+    """When a damaged lock was written, for display: its file's mtime on a folder,
+    else now (an object store's own time is another machine's clock)."""
+    if store.local_root is not None:
+        try:
+            return os.stat(store.local_root / key).st_mtime
+        except OSError:
+            pass
+    return time.time()
+
+
+def _scope(store: ObjectStore) -> str:
+    """The name under which this host records sightings of a store's locks."""
+    if store.local_root is not None:
+        return f"{os.path.abspath(store.local_root)}/{LOCKS}"
+    return f"{store.location.rstrip('/')}/{LOCKS}"
+
+
+def _remove_lock(store: ObjectStore, name: str) -> None:
+    try:
+        store.delete(LOCKS + name)
+    except RepoError:
+        pass  # gone already, or not ours to remove here: judged again next time
 
 
 class Observations:
@@ -308,12 +334,12 @@ class Observations:
             self.path = None  # a faked machine (and maybe a faked clock) shares nothing
         self._seen: dict[str, tuple[str, float]] = {}
 
-    def unchanged_for(self, root: Path, infos: list[LockInfo]) -> dict[str, float]:
+    def unchanged_for(self, store: ObjectStore, infos: list[LockInfo]) -> dict[str, float]:
         """Seconds (this host's clock) each lock file has been seen with its content."""
         now = _clock()
         boot = _clock_domain()
         stored = self._load(boot)
-        prefix = f"{os.path.abspath(root)}/locks/"
+        prefix = _scope(store)
         record = {
             k: v
             for k, v in stored.items()
@@ -357,10 +383,10 @@ class Observations:
 
 
 def judge(
-    root: Path, infos: list[LockInfo], observations: Observations, stale_after: float
+    store: ObjectStore, infos: list[LockInfo], observations: Observations, stale_after: float
 ) -> dict[str, tuple[str, float]]:
     """name -> (DEAD/STALE/LIVE, seconds this host has seen it unchanged)."""
-    seen = observations.unchanged_for(root, infos)
+    seen = observations.unchanged_for(store, infos)
     out = {}
     for info in infos:
         if is_dead(info):
@@ -372,11 +398,8 @@ def judge(
     return out
 
 
-class ReadOnlyRepoError(RepoError):
-    """The lock folder cannot be written (read-only mount, snapshot, no permission)."""
-
-
-READ_ONLY_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
+class ReadOnlyRepoError(ReadOnlyStoreError):
+    """No lock can be written (read-only mount, snapshot, no permission)."""
 
 
 # --- holding a lease --------------------------------------------------------------------
@@ -385,7 +408,7 @@ class RepoLock:
 
     def __init__(
         self,
-        root: Path,
+        location: Location,
         kind: str,
         *,
         command: str | None = None,
@@ -396,10 +419,10 @@ class RepoLock:
     ) -> None:
         if kind not in (SHARED, EXCLUSIVE):
             raise ValueError(kind)
-        self.root = root
+        self.store = open_store(location)
         self.kind = kind
         self.name = os.urandom(16).hex()
-        self.path = root / "locks" / self.name
+        self.key = LOCKS + self.name
         self.command = command or " ".join(os.path.basename(a) for a in sys.argv[:3])
         self.refresh_interval = refresh_interval
         self.stale_after = stale_after
@@ -430,34 +453,20 @@ class RepoLock:
         ).encode()
 
     def _create(self) -> None:
-        """Write the holder to a private temp file, then hard-link it into place.
+        """Put the holder's lock object, write-once.
 
-        The lock file appears complete or not at all: a holder killed while writing it
-        leaves only a temp file (ignored), never an empty lock that would look like an
-        unknown live holder. link() fails if the name exists, like O_EXCL, and is
-        atomic on NFS."""
-        tmp = self.path.with_name(f"{fsio.TMP_PREFIX}lock-{self.name}")
+        The lock appears complete or not at all (a put is atomic): a holder killed while
+        writing it leaves at most a temp file (ignored), never an empty lock that would
+        look like an unknown live holder. The put fails if the name exists, like O_EXCL
+        (a folder: link(), atomic on NFS; S3: If-None-Match)."""
         self._renewed = _clock()
         data = self._content()
         try:
-            fd = fsio.open_private(tmp, os.O_WRONLY | os.O_EXCL)
-        except OSError as exc:
-            if exc.errno in READ_ONLY_ERRNOS:
-                raise ReadOnlyRepoError(
-                    f"cannot write a lock file in {self.root / 'locks'}: {exc.strerror or exc}"
-                ) from exc
-            fsio.raise_os_error(exc, f"lock file {self.path}")
-            raise  # unreachable; raise_os_error always raises
-        with fsio.translate_os_errors(f"lock file {self.path}"):
-            try:
-                fsio.write_all(fd, [data])
-                fsio._fsync(fd)
-            finally:
-                os.close(fd)
-            try:
-                os.link(tmp, self.path)
-            finally:
-                fsio.remove_quietly(tmp)
+            created = self.store.put(self.key, data, if_absent=True)
+        except ReadOnlyStoreError as exc:
+            raise ReadOnlyRepoError(exc.message) from exc
+        if not created:  # 128 random bits: never, short of a bug
+            raise RepoError(f"lock {object_name(self.store, self.key)} exists already")
         self._written = data
 
     def _conflicts(self) -> list[tuple[LockInfo, float]]:
@@ -465,12 +474,12 @@ class RepoLock:
         holder that is somehow still running then finds its file gone and refuses to
         commit (check_held)."""
         conflicts = []
-        infos = [info for info in read_locks(self.root) if info.name != self.name]
-        verdicts = judge(self.root, infos, self._observations, self.stale_after)
+        infos = [info for info in read_locks(self.store) if info.name != self.name]
+        verdicts = judge(self.store, infos, self._observations, self.stale_after)
         for info in infos:
             verdict, seen = verdicts[info.name]
             if verdict != LIVE:
-                fsio.remove_quietly(self.root / "locks" / info.name)
+                _remove_lock(self.store, info.name)
                 continue
             if self.kind == EXCLUSIVE or info.kind == EXCLUSIVE:
                 conflicts.append((info, seen))
@@ -483,11 +492,11 @@ class RepoLock:
             conflicts = self._conflicts()
             if not conflicts:
                 break
-            fsio.remove_quietly(self.path)
+            _remove_lock(self.store, self.name)
             if time.monotonic() >= deadline:
                 info, seen = conflicts[0]
                 raise LockedError(
-                    f"repository {self.root} is locked: {info.describe(seen)}",
+                    f"repository {self.store.location} is locked: {info.describe(seen)}",
                     hint="wait for it to finish; if that process is gone, run "
                     "`hcbak repo unlock NAME` (it removes locks this host has seen unchanged "
                     f"for {self.stale_after / 60:.0f} min) or `--force`",
@@ -499,8 +508,8 @@ class RepoLock:
     # --- renewal and the commit check --------------------------------------------------
     def _still_mine(self) -> bool:
         try:
-            return self.path.read_bytes() == self._written
-        except FileNotFoundError:
+            return self.store.get(self.key) == self._written
+        except ObjectMissingError:
             return False
 
     def _lose(self, why: str) -> None:
@@ -524,7 +533,7 @@ class RepoLock:
                     return
                 self._counter += 1
                 data = self._content()
-                fsio.atomic_write(self.path, data)
+                self.store.put(self.key, data)
             except (OSError, RepoError):
                 return  # retried at the next interval, up to give_up_after
             self._written = data
@@ -545,11 +554,12 @@ class RepoLock:
                 try:
                     if not self._still_mine():
                         self._lose("its lock file was removed or replaced (unlock --force?)")
-                except OSError as exc:
-                    self._lose(f"its lock file cannot be read: {exc.strerror or exc}")
+                except RepoError as exc:
+                    self._lose(f"its lock file cannot be read: {exc.message}")
             if self._lost is not None:
                 raise LockedError(
-                    f"this process lost its {self.kind} lock on repository {self.root}: "
+                    f"this process lost its {self.kind} lock on repository "
+                    f"{self.store.location}: "
                     f"{self._lost}; nothing more is committed",
                     hint="run it again; another process may have judged the lock stale",
                 )
@@ -559,21 +569,26 @@ class RepoLock:
         if self._thread is not None:
             self._thread.join(timeout=5)
         with self._io:
-            if self._lost is None or self._still_mine():
-                fsio.remove_quietly(self.path)
+            try:
+                mine = self._lost is None or self._still_mine()
+            except RepoError:
+                mine = False  # unreadable: leave it to the stale rule
+            if mine:
+                _remove_lock(self.store, self.name)
 
 
 def lock_report(
-    root: Path, *, state_dir: Path | None = None, stale_after: float = STALE_AFTER
+    location: Location, *, state_dir: Path | None = None, stale_after: float = STALE_AFTER
 ) -> list[dict[str, Any]]:
     """Every lock with its verdict as this host sees it (and notes the sighting)."""
-    infos = read_locks(root)
-    verdicts = judge(root, infos, Observations(state_dir), stale_after)
+    store = open_store(location)
+    infos = read_locks(store)
+    verdicts = judge(store, infos, Observations(state_dir), stale_after)
     return [info.to_json(*verdicts[info.name]) for info in infos]
 
 
 def unlock(
-    root: Path,
+    location: Location,
     *,
     force: bool = False,
     state_dir: Path | None = None,
@@ -582,13 +597,14 @@ def unlock(
     """Remove dead and stale locks (every lock with `force`).
 
     Returns (removed, kept with the seconds this host has seen each unchanged)."""
-    infos = read_locks(root)
-    verdicts = judge(root, infos, Observations(state_dir), stale_after)
+    store = open_store(location)
+    infos = read_locks(store)
+    verdicts = judge(store, infos, Observations(state_dir), stale_after)
     removed, kept = [], []
     for info in infos:
         verdict, seen = verdicts[info.name]
         if force or verdict != LIVE:
-            fsio.remove_quietly(root / "locks" / info.name)
+            _remove_lock(store, info.name)
             removed.append(info)
         else:
             kept.append((info, seen))

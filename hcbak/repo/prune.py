@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hcbak.errors import IntegrityError, RepoError
-from hcbak.repo import fsio
 from hcbak.repo.damaged import DamagedCopy, replace_records
-from hcbak.repo.index import SegmentEntry, list_segments, write_segment
+from hcbak.repo.fsio import typed_os_error
+from hcbak.repo.index import SegmentEntry, delete_segment, list_segments, write_segment
 from hcbak.repo.locks import EXCLUSIVE
-from hcbak.repo.pack import PackWriter, pack_path, parse_blob, read_trailer
+from hcbak.repo.pack import PackReader, PackWriter, pack_key, parse_blob, read_trailer
 from hcbak.repo.repository import Repository
 
 REPACK_BELOW = 0.5  # repack a pack when less than this fraction of its bytes is live
@@ -142,8 +142,7 @@ def prune(
         and (live[p] < repack_below * total[p] or p in rewrite)
     )
     for p in doomed + repack:
-        path = pack_path(repo.root, p)
-        report.bytes_freed += path.stat().st_size if path.exists() else 0
+        report.bytes_freed += repo.pack_size(p) or 0
     report.packs_deleted, report.packs_repacked = doomed, repack
     gone = set(doomed + repack)
     dropped = [c for c in repo.damaged.copies if _pack_gone(repo, c, gone)]
@@ -152,7 +151,7 @@ def prune(
     if dry_run and not nothing_to_do:
         # The real run rewrites the whole index (one that comes out byte-identical
         # keeps its name, which a dry run cannot know without writing it).
-        report.segments_replaced = len(list_segments(repo.root))
+        report.segments_replaced = len(list_segments(repo.store))
     if dry_run or nothing_to_do:
         if not dry_run:
             repo.remove_temp_files()
@@ -172,9 +171,9 @@ def prune(
     step("packs-written")
 
     say("writing the new index")
-    old_segments = set(list_segments(repo.root))
+    old_segments = set(list_segments(repo.store))
     new_segments = {
-        write_segment(repo.root, entries[i : i + SEGMENT_MAX_ENTRIES], repo.envelope)
+        write_segment(repo.store, entries[i : i + SEGMENT_MAX_ENTRIES], repo.envelope)
         for i in range(0, max(len(entries), 1), SEGMENT_MAX_ENTRIES)
     }
     step("index-written")
@@ -182,7 +181,7 @@ def prune(
     # A new segment can share its (content-derived) name with an old one: keep it.
     old_segments -= new_segments
     for seg in sorted(old_segments):
-        fsio.remove_durably(repo.root / "index" / seg)
+        delete_segment(repo.store, seg)
     report.segments_replaced = len(old_segments)
     step("old-index-deleted")
     say(f"deleting {len(doomed) + len(repack)} packs")
@@ -193,13 +192,13 @@ def prune(
     for p in doomed + repack:
         if p in written:
             continue
-        fsio.remove_durably(pack_path(repo.root, p))
+        repo.store.delete(pack_key(p))
     gone -= written
     step("packs-deleted")
     # Only now that their packs are gone (a repack may have found more damage).
     keep = [c for c in repo.damaged.copies if not _pack_gone(repo, c, gone)]
     if len(keep) < len(repo.damaged.copies):
-        replace_records(repo.root, keep, repo.damaged.records, repo.envelope)
+        replace_records(repo.store, keep, repo.damaged.records, repo.envelope)
         report.damaged_records_dropped = len(repo.damaged.copies) - len(keep)
     repo.remove_temp_files()
     repo.reload_index()
@@ -219,32 +218,31 @@ def _repack(
             wanted[loc.pack].append((block_id, loc.offset, loc.length))
     try:
         for pack in packs:
-            with open(pack_path(repo.root, pack), "rb") as fh:
-                for block_id, offset, length in sorted(wanted[pack], key=lambda e: e[1]):
-                    fh.seek(offset)
-                    frame = fh.read(length)
-                    try:
-                        blob = parse_blob(frame, f"block {block_id.hex()} in pack {pack}")
-                        if blob.id != block_id:
-                            raise IntegrityError(f"block {block_id.hex()}: another blob")
-                    except IntegrityError:
-                        # Never copy a damaged frame: record it; the block counts as
-                        # absent and the next backup of its VM stores it again.
-                        repo.record_damage([DamagedCopy(block_id, pack, offset, length)])
-                        continue
-                    if writer is None:
-                        writer = PackWriter(repo.root)
-                    writer.append(block_id, frame, blob.plain_len)
-                    if writer.size >= repo.pack_target:
-                        moved += _finish(writer, report)
-                        writer = None
+            reader = PackReader(repo.store, pack)
+            for block_id, offset, length in sorted(wanted[pack], key=lambda e: e[1]):
+                frame = reader.read(offset, length)
+                try:
+                    blob = parse_blob(frame, f"block {block_id.hex()} in pack {pack}")
+                    if blob.id != block_id:
+                        raise IntegrityError(f"block {block_id.hex()}: another blob")
+                except IntegrityError:
+                    # Never copy a damaged frame: record it; the block counts as
+                    # absent and the next backup of its VM stores it again.
+                    repo.record_damage([DamagedCopy(block_id, pack, offset, length)])
+                    continue
+                if writer is None:
+                    writer = PackWriter(repo.store)
+                writer.append(block_id, frame, blob.plain_len)
+                if writer.size >= repo.pack_target:
+                    moved += _finish(writer, report)
+                    writer = None
         if writer is not None:
             moved += _finish(writer, report)
             writer = None
     except OSError as exc:
         if writer is not None:
             writer.abort()
-        fsio.raise_os_error(exc, "a repacked pack")
+        raise typed_os_error(exc, "a repacked pack") from exc
     except BaseException:
         if writer is not None:
             writer.abort()
@@ -286,12 +284,12 @@ def _account(
     kept: set[str] = set()
     for pack in sorted(on_disk):
         try:
-            table = read_trailer(pack_path(repo.root, pack))
-        except (IntegrityError, OSError) as exc:
+            table = read_trailer(repo.store, pack)
+        except (IntegrityError, RepoError) as exc:
             if pack in indexed:
                 kept.add(pack)
             else:
-                why = exc.message if isinstance(exc, IntegrityError) else str(exc)
+                why = exc.message
                 problems.append(
                     f"pack {pack} is in no index and its blob table is unreadable ({why})"
                 )
@@ -312,7 +310,7 @@ def _account(
 
 
 def _pack_gone(repo: Repository, copy: DamagedCopy, deleted: set[str]) -> bool:
-    return copy.pack in deleted or not pack_path(repo.root, copy.pack).exists()
+    return copy.pack in deleted or repo.pack_size(copy.pack) is None
 
 
 def _finish(writer: PackWriter, report: PruneReport) -> list[SegmentEntry]:
@@ -329,8 +327,8 @@ def _with_plain_lengths(repo: Repository, entries: list[SegmentEntry]) -> list[S
         if e.pack not in by_pack:
             by_pack.clear()
             try:
-                table = read_trailer(pack_path(repo.root, e.pack))
-            except (IntegrityError, OSError):
+                table = read_trailer(repo.store, e.pack)
+            except (IntegrityError, RepoError):
                 table = []  # a kept pack with a damaged table: plain lengths unknown (0)
             by_pack[e.pack] = {o: p for _, o, _, p in table}
         out.append(SegmentEntry(e.id, e.pack, e.offset, e.length, by_pack[e.pack].get(e.offset, 0)))

@@ -18,28 +18,26 @@ the exclusive lock, like prune.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from hcbak.errors import IntegrityError, RepoError
-from hcbak.repo import fsio
 from hcbak.repo.blockmap import ZERO_BLOCK
-from hcbak.repo.damaged import DAMAGED_DIR, DamagedCopy, write_record
-from hcbak.repo.index import SegmentEntry, list_segments, write_segment
+from hcbak.repo.damaged import DamagedCopy, delete_record, write_record
+from hcbak.repo.index import SegmentEntry, delete_segment, list_segments, write_segment
 from hcbak.repo.locks import EXCLUSIVE
 from hcbak.repo.pack import (
     BLOB_HEADER,
     PACK_HEADER,
     PACK_MAGIC,
-    pack_path,
+    PackReader,
     parse_blob,
     read_trailer,
 )
 from hcbak.repo.points import Point
 from hcbak.repo.repository import Repository
+from hcbak.repo.storage.base import ObjectStore
 
 SEGMENT_MAX_ENTRIES = 200_000
 # A frame header that claims more than this is garbage, not a blob (blocks are <= 4 MiB).
@@ -141,18 +139,18 @@ def repair(
         written.add(_write(repo, batch, dry_run))
     report.blobs_indexed = len(healthy)
     report.segments_written = len(written)
-    old = set(list_segments(repo.root)) - written
+    old = set(list_segments(repo.store)) - written
     report.segments_removed = len(old)
     if not dry_run:
         say("replacing the index")
         # The new copies' records first, then the old index: a crash in between
         # leaves both, and every entry of both points at a pack that exists.
-        write_record(repo.root, report.damaged_found, repo.envelope)
+        write_record(repo.store, report.damaged_found, repo.envelope)
         repo.lock.check_held()  # delete only while the exclusive lease is still ours
         for seg in sorted(old):
-            fsio.remove_durably(repo.root / "index" / seg)
+            delete_segment(repo.store, seg)
         for name in repo.damaged.unreadable:  # every damaged copy was just found again
-            fsio.remove_durably(repo.root / DAMAGED_DIR / name)
+            delete_record(repo.store, name)
         repo.reload_index()
     say("checking points")
     report.points = list(_point_health(repo, healthy))
@@ -166,62 +164,57 @@ def repair(
 def _write(repo: Repository, entries: list[SegmentEntry], dry_run: bool) -> str:
     if dry_run:
         return f"(new segment {len(entries)} entries)"
-    return write_segment(repo.root, entries, repo.envelope)
+    return write_segment(repo.store, entries, repo.envelope)
 
 
 def _healthy_blobs(
     repo: Repository, pack: str, known: set[tuple[str, int]], report: RepairReport
 ) -> Iterator[SegmentEntry]:
     """Index entries of the blobs of one pack that open and re-hash correctly."""
-    path = pack_path(repo.root, pack)
     try:
-        table = sorted(read_trailer(path), key=lambda e: e[1])
-    except (IntegrityError, OSError):
-        table = walk_frames(path)
+        table = sorted(read_trailer(repo.store, pack), key=lambda e: e[1])
+    except (IntegrityError, RepoError):
+        table = walk_frames(repo.store, pack)
         report.packs_walked.append(pack)
     try:
-        fh = open(path, "rb")  # noqa: SIM115 - closed below, around a generator
-    except OSError:
+        reader = PackReader(repo.store, pack)
+    except RepoError:
         return
-    with fh:
-        for block_id, offset, length, plain in table:
-            if (pack, offset) in known:
-                report.damaged_found.append(DamagedCopy(block_id, pack, offset, length))
-                continue
-            fh.seek(offset)
-            frame = fh.read(length)
-            try:
-                repo.decode_frame(block_id, frame)
-            except IntegrityError:
-                report.damaged_found.append(DamagedCopy(block_id, pack, offset, length))
-                continue
-            yield SegmentEntry(block_id, pack, offset, length, plain)
+    for block_id, offset, length, plain in table:
+        if (pack, offset) in known:
+            report.damaged_found.append(DamagedCopy(block_id, pack, offset, length))
+            continue
+        frame = reader.read(offset, length)
+        try:
+            repo.decode_frame(block_id, frame)
+        except IntegrityError:
+            report.damaged_found.append(DamagedCopy(block_id, pack, offset, length))
+            continue
+        yield SegmentEntry(block_id, pack, offset, length, plain)
 
 
-def walk_frames(path: Path) -> list[tuple[bytes, int, int, int]]:
+def walk_frames(store: ObjectStore, pack: str) -> list[tuple[bytes, int, int, int]]:
     """(id, offset, length, plain_len) of the frames of a pack without a usable
     trailer, from its header to the first frame whose crc32 does not match."""
     out: list[tuple[bytes, int, int, int]] = []
     try:
-        with open(path, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            if fh.read(PACK_HEADER.size)[:8] != PACK_MAGIC:
-                return out
-            pos = PACK_HEADER.size
-            while pos + BLOB_HEADER.size <= size:
-                head = fh.read(BLOB_HEADER.size)
-                block_id, _f, _c, _r, plain, stored, _crc = BLOB_HEADER.unpack(head)
-                length = BLOB_HEADER.size + stored
-                if stored > MAX_FRAME or pos + length > size:
-                    break
-                frame = head + fh.read(stored)
-                try:
-                    parse_blob(frame, "frame")
-                except IntegrityError:
-                    break  # garbage or the trailer: nothing after it can be trusted
-                out.append((block_id, pos, length, plain))
-                pos += length
-    except OSError:
+        reader = PackReader(store, pack)
+        if reader.read(0, PACK_HEADER.size)[:8] != PACK_MAGIC:
+            return out
+        pos = PACK_HEADER.size
+        while pos + BLOB_HEADER.size <= reader.size:
+            head = reader.read(pos, BLOB_HEADER.size)
+            block_id, _f, _c, _r, plain, stored, _crc = BLOB_HEADER.unpack(head)
+            length = BLOB_HEADER.size + stored
+            if stored > MAX_FRAME or pos + length > reader.size:
+                break
+            try:
+                parse_blob(reader.read(pos, length), "frame")
+            except IntegrityError:
+                break  # garbage or the trailer: nothing after it can be trusted
+            out.append((block_id, pos, length, plain))
+            pos += length
+    except RepoError:
         pass
     return out
 
@@ -230,7 +223,7 @@ def _point_health(repo: Repository, healthy: set[bytes]) -> Iterator[PointHealth
     for pid in repo.point_ids():
         try:
             point = repo.load_point(pid)
-        except (IntegrityError, OSError) as exc:
+        except (IntegrityError, RepoError) as exc:
             yield PointHealth(pid, unreadable=str(exc))
             continue
         health = PointHealth(pid, point.vm_name, point.created.isoformat(timespec="seconds"))

@@ -1,60 +1,20 @@
-"""The Repository: put/get blocks, flush, save/list/load/resolve/forget points.
+"""The Repository: the block store (hcbak/repo/blockstore.py) plus its restore points.
 
-Thread model (an engine calls `put_block` from many threads): hashing, compression and
-encryption run in the caller's thread (xxhash, lz4, zstd and AES-GCM release the GIL);
-only the append to the open pack and the bookkeeping run under one lock. An in-memory
-set of ids being written prevents two threads from storing the same block twice.
-
-Commit order (docs/format.md, "Crash safety"): packs -> index segments -> manifest.
-A crash at any moment leaves at worst packs or index entries no point references,
-which `prune` removes; a point is visible only once all its data is durable.
+A point is one manifest object `points/<id>`, written once, after every block it needs
+is durable (`save_point` flushes first): the commit of docs/format.md, "Crash safety".
+Open a repository with `open_repo` (hcbak/repo/opening.py).
 """
 
 from __future__ import annotations
 
-import errno
-import mmap
-import os
-import threading
-from collections import OrderedDict
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import BinaryIO
 
-from hcbak.errors import (
-    IntegrityError,
-    NotFoundError,
-    RepoError,
-    RepoLocationError,
-    UsageError,
-)
-from hcbak.repo import fsio
-from hcbak.repo.blockmap import ZERO_BLOCK
-from hcbak.repo.codec import ENVELOPE, FLAG_ENCRYPTED, Envelope, codec_id, compress, decompress
-from hcbak.repo.crypto import KeyMaterial, Sealer
-from hcbak.repo.damaged import DAMAGED_DIR, DamagedCopy, DamagedSet, load_records, write_record
+from hcbak.errors import IntegrityError, NotFoundError, RepoError, UsageError
+from hcbak.repo.blockstore import PACK_TARGET, BlockStore
+from hcbak.repo.codec import ENVELOPE
+from hcbak.repo.crypto import KeyMaterial
 from hcbak.repo.ids import BlockIdFn
-from hcbak.repo.index import (
-    CompactIndex,
-    Location,
-    SegmentEntry,
-    decode_checked_segment,
-    list_segments,
-    read_segment_file,
-)
-from hcbak.repo.index import write_segment as _write_segment
-from hcbak.repo.kdf import (
-    Argon2Params,
-    KdfParams,
-    ScryptParams,
-    new_argon2_params,
-    new_scrypt_params,
-)
-from hcbak.repo.locks import SHARED, ReadOnlyRepoError, RepoLock
-from hcbak.repo.pack import PackWriter, check_blob_sealing, frame_parts, pack_path, parse_blob
+from hcbak.repo.locks import RepoLock
 from hcbak.repo.points import (
     POINT_MAGIC,
     Point,
@@ -65,689 +25,62 @@ from hcbak.repo.points import (
     new_point_id,
     summary_from_header,
 )
-from hcbak.repo.settings import (
-    FORMAT_VERSION,
-    KNOWN_VERSIONS,
-    Expected,
-    RepoSettings,
-    encode_config,
-    load_settings,
-    validate_block_size,
-    write_config,
-)
-from hcbak.secrets import Secret
+from hcbak.repo.settings import RepoSettings
+from hcbak.repo.storage.base import ObjectMissingError, ObjectStore
 
-PACK_TARGET = 64 * 1024 * 1024
-# Index segments are written at every flush and after this many packs, so a long
-# backup does not leave gigabytes of data unindexed (nor creates one file per pack).
-INDEX_EVERY_PACKS = 16
-SUBDIRS = ("packs", "index", "points", "locks", DAMAGED_DIR)
-OPEN_PACKS_PER_THREAD = 8
-DIRECT_ALIGN = 4096  # O_DIRECT offsets, lengths and buffers: the largest common sector
-# Full packs being sealed (fsync, checksum, rename) in the background at once. The
-# threads that fill packs go on compressing meanwhile; past this many, the thread that
-# filled a pack seals it itself, which bounds the dirty data a slow disk can pile up.
-SEAL_BEHIND = 2
-# Packs filled at once. Copying a block into the page cache is most of an append and
-# the filesystem serialises writes to one file, so two cores copy into two packs; more
-# writers would only leave more partly filled packs at every flush.
-WRITERS = 2
+POINTS = "points/"
 
 
-def is_repo(path: Path) -> bool:
-    return (Path(path) / "config").is_file()
-
-
-def init_repo(
-    path: Path | str,
-    *,
-    compression: str = "lz4",
-    block_size: int = 1024 * 1024,
-    passphrase: Secret | None = None,
-    version: int = FORMAT_VERSION,
-    kdf: KdfParams | None = None,
-) -> RepoSettings:
-    """Create a repository in an empty (or missing) folder; `config` is written last.
-
-    `version` 2 (the default) uses Argon2id and keyed-BLAKE3 block ids; 1 (scrypt,
-    seeded XXH3) is kept for tests and fixtures of the older format. `kdf` overrides
-    the default parameters of the version's key derivation.
-    """
-    if version not in KNOWN_VERSIONS:
-        raise UsageError(f"repository format version {version} is not supported")
-    root = Path(path)
-    codec_id(compression)
-    validate_block_size(block_size)
-    if root.exists():
-        if not root.is_dir():
-            raise RepoLocationError(f"{root} exists and is not a folder")
-        if is_repo(root):
-            raise RepoLocationError(f"{root} is already an hcbak repository")
-        leftovers = [p for p in root.iterdir() if not (p.name in SUBDIRS and p.is_dir())]
-        if leftovers or any(any(p.iterdir()) for p in root.iterdir()):
-            raise RepoLocationError(
-                f"{root} is not empty and is not an hcbak repository",
-                hint="choose an empty or new folder",
-            )
-    settings = RepoSettings(
-        repo_id=os.urandom(16).hex(),
-        block_size=block_size,
-        compression=compression,
-        encrypted=passphrase is not None,
-        version=version,
-        created=datetime.now(UTC).isoformat(),
-    )
-    material = KeyMaterial.generate(version)
-    if passphrase is not None and kdf is None:
-        kdf = new_kdf_for(version)
-    if kdf is not None and not isinstance(kdf, Argon2Params if version >= 2 else ScryptParams):
-        raise UsageError(f"format v{version} does not use {type(kdf).__name__}")
-    with fsio.translate_os_errors(f"repository {root}"):
-        fsio.make_private_dir(root, parents=True)
-        for sub in SUBDIRS:
-            fsio.make_private_dir(root / sub)
-        fsio.fsync_dir(root)
-        write_config(root, encode_config(settings, material, passphrase, kdf))
-    return settings
-
-
-def new_kdf_for(version: int) -> KdfParams:
-    """The default key derivation of a format version: v2 Argon2id, v1 scrypt."""
-    return new_argon2_params() if version >= 2 else new_scrypt_params()
-
-
-@contextmanager
-def open_repo(
-    path: Path | str,
-    *,
-    passphrase: Secret | None = None,
-    lock: str | None = "shared",
-    lock_wait: float = 0.0,
-    pack_target: int = PACK_TARGET,
-    command: str | None = None,
-    read_only_ok: bool = False,
-    state_dir: Path | None = None,
-    expect: Expected | None = None,
-) -> Iterator[Repository]:
-    """Open a repository, holding a shared/exclusive lease (or none) while in use.
-
-    `read_only_ok` (restore, verify, mount): where no lock file can be written (a
-    read-only mount, a snapshot, no write permission) a shared opener goes on without a
-    lock and says so in `repo.unlocked_reason`. `state_dir` keeps this host's sightings
-    of other locks (docs/format.md, "Locks"); without one (library use, tests) they last
-    as long as this process. `expect` is what hcbak's config pins (settings.Expected): a
-    repository that is not the one expected (another id, encryption switched off) is
-    refused, exit 6."""
-    root = Path(path)
-    settings, material, ids = load_settings(root, passphrase, expect)
-    for sub in SUBDIRS:  # empty folders are lost by some copies (git, rsync filters)
-        try:
-            fsio.make_private_dir(root / sub)
-        except OSError:
-            pass  # a read-only repository can still be read without a lock
-    held: RepoLock | None = None
-    unlocked_reason = ""
-    if lock is not None:
-        held = RepoLock(root, lock, command=command, state_dir=state_dir)
-        try:
-            held.acquire(wait=lock_wait)
-        except ReadOnlyRepoError as exc:
-            if not (read_only_ok and lock == SHARED):
-                raise
-            held, unlocked_reason = None, exc.message
-    try:
-        repo = Repository(root, settings, material, ids, pack_target=pack_target)
-        repo.lock = held
-        repo.unlocked_reason = unlocked_reason
-        try:
-            yield repo
-            repo.flush()
-        finally:
-            repo.close()
-    finally:
-        if held is not None:
-            held.release()
-
-
-class Repository:
+class Repository(BlockStore):
     """An open repository. Use through `open_repo`; methods are thread safe."""
 
     def __init__(
         self,
-        root: Path,
+        store: ObjectStore,
         settings: RepoSettings,
         material: KeyMaterial | None,
         block_ids: BlockIdFn,
         *,
         pack_target: int = PACK_TARGET,
     ) -> None:
-        self.root = root
-        self.config = settings
         self.lock: RepoLock | None = None
         self.unlocked_reason = ""  # why a read-only repository was opened without a lock
-        self._block_id = block_ids
-        self.sealer = Sealer(material.master_key if material else None)
-        self.envelope = Envelope(self.sealer)
-        self._codec = codec_id(settings.compression)
-        self.pack_target = pack_target
-        self._cv = threading.Condition()
-        self._inflight: set[bytes] = set()
-        self._idle: list[PackWriter] = []  # open packs no thread is appending to
-        self._busy: set[PackWriter] = set()  # open packs a thread is appending to
-        self._seal_when_done: set[PackWriter] = set()  # busy packs a flush must seal
-        self._drop_when_done: set[PackWriter] = set()  # busy packs a full disk dropped
-        self._open: dict[bytes, tuple[PackWriter, int, int]] = {}
-        self._new: dict[bytes, Location] = {}
-        self._unindexed: list[SegmentEntry] = []
-        self._unindexed_packs = 0
-        self._finishing: set[PackWriter] = set()  # full packs being sealed by a thread
-        # Ids whose write failed (an aborted pack, a failed put). Other threads may have
-        # deduplicated against them while in flight, so a point that references one is
-        # checked before it is committed (see _check_point_blocks). A failure costs the
-        # VMs whose blocks were lost, never the whole run.
-        self._lost: set[bytes] = set()
         # Manifests list_points could not read (id -> why): left out of every listing
         # so one damaged point hides no other; `repo verify` reports them (exit 6).
         self.unreadable_points: dict[str, str] = {}
-        self._lost_error: RepoError | None = None  # why: a failed seal, a full disk
-        # Ids whose indexed copy a read in this process found damaged (and recorded,
-        # see record_damage): they count as absent, so a backup stores them again.
-        self._damaged_here: set[bytes] = set()
-        self._sealer: ThreadPoolExecutor | None = None
-        self._sealing_behind = 0
-        self._local = threading.local()
-        self._direct_reads = hasattr(os, "O_DIRECT")  # see _read_direct
-        self._index_loader: threading.Thread | None = None
-        self.reload_index()
-
-    def reload_index(self) -> None:
-        """(Re)build the in-memory index from the segments on disk.
-
-        The files are read here, so a repository whose index cannot be read fails to
-        open as before. Checking, decrypting and inserting them (~5 us per block, 13 ms
-        for a 4 GiB disk) runs in a helper thread: a backup takes its snapshot and
-        clone meanwhile, and the first use of the index waits for it.
-        """
-        if self._index_loader is not None:
-            self._index_loader.join()  # never two loads at once
-        root = self.root
-        self.segments = list_segments(root)
-        files = [(seg, read_segment_file(root, seg)) for seg in self.segments]
-        # Recorded damaged copies are left out of the index: their ids count as absent.
-        self.damaged: DamagedSet = load_records(root, self.envelope)
-        self._damaged_here = set()
-        skip = self.damaged.keys()
-        loader = threading.Thread(
-            target=self._load_index, args=(files, skip), name="hcbak-index", daemon=True
-        )
-        self._index_loader = loader
-        self._index_failure: BaseException | None = None
-        loader.start()
-
-    def _load_index(self, files: list[tuple[str, bytes]], skip: set[tuple[bytes, str]]) -> None:
-        try:
-            index = CompactIndex()
-            # A damaged segment only costs dedup hits (blocks get stored again) and
-            # makes points that need it fail verify; it must not make the repository
-            # unusable.
-            bad: dict[str, str] = {}
-            decoded: list[tuple[list[str], bytes]] = []
-            files.reverse()  # popped from the end (each file's bytes freed once decoded)
-            while files:
-                seg, data = files.pop()
-                try:
-                    decoded.append(decode_checked_segment(seg, data, self.envelope))
-                except IntegrityError as exc:
-                    bad[seg] = str(exc)
-            # Raw records are 32 bytes each: holding them all briefly lets the table be
-            # sized once (no rehash) - the peak at open is ~70 bytes per entry.
-            index.reserve(sum(len(raw) for _, raw in decoded) // 32)
-            while decoded:
-                packs, raw = decoded.pop()
-                index.add_segment(packs, raw, skip)
-            self._index, self._bad_segments = index, bad
-        except BaseException as exc:  # MemoryError and the like: raised at first use
-            self._index_failure = exc
-
-    def _await_index(self) -> None:
-        loader = self._index_loader
-        if loader is not None:
-            loader.join()
-            if self._index_failure is not None:
-                raise self._index_failure
-            self._index_loader = None
+        super().__init__(store, settings, material, block_ids, pack_target=pack_target)
 
     @property
-    def index(self) -> CompactIndex:
-        if self._index_loader is not None:
-            self._await_index()
-        return self._index
+    def location(self) -> str:
+        """Where the repository is, for messages: a folder or a URL."""
+        return self.store.location
 
-    @property
-    def bad_segments(self) -> dict[str, str]:
-        """Segments that failed their checks, by id: why."""
-        self._await_index()
-        return self._bad_segments
-
-    # --- blocks ---------------------------------------------------------------------
-    def block_id(self, data: bytes) -> bytes:
-        """The 16-byte id of a block's plaintext: keyed BLAKE3 truncated to 128 bits
-        (format v2) or XXH3-128 seeded per repository (v1); see hcbak/repo/ids.py."""
-        return self._block_id(data)
-
-    def has_block(self, block_id: bytes) -> bool:
-        if block_id == ZERO_BLOCK:
-            return True
-        with self._cv:
-            return self._known(block_id)
-
-    def _known(self, block_id: bytes) -> bool:
-        if block_id in self._open or block_id in self._new:
-            return True
-        return block_id not in self._damaged_here and self.index.contains(block_id)
-
-    def put_block(self, block_id: bytes, data: bytes) -> int:
-        """Store a block unless present; returns bytes added (0 when deduplicated)."""
-        if block_id == ZERO_BLOCK:
-            return 0
-        with self._cv:
-            if block_id in self._inflight or self._known(block_id):
-                return 0
-            self._inflight.add(block_id)
-        try:
-            codec, comp = compress(data, self._codec)
-            payload = self.sealer.seal_parts(comp, block_id)
-            flags = FLAG_ENCRYPTED if self.sealer.encrypted else 0
-            frame = frame_parts(block_id, flags, codec, len(data), payload)
-            full = self._append(block_id, frame, len(data))
-        except BaseException:
-            # Other threads saw this id in flight and may reference it in their maps.
-            with self._cv:
-                self._lost.add(block_id)
-            raise
-        else:
-            if full is not None:
-                self._seal(full)
-            return sum(len(part) for part in frame)
-        finally:
-            with self._cv:
-                self._inflight.discard(block_id)
-                self._cv.notify_all()
-
-    def _append(self, block_id: bytes, frame: list[bytes], plain_len: int) -> PackWriter | None:
-        """Append to a pack no other thread is writing (the copy runs outside the lock);
-        returns the writer to seal when it reached its target or a flush asked for it."""
-        writer = self._take_writer()
-        try:
-            offset, length = writer.append(block_id, frame, plain_len)
-        except OSError as exc:
-            with self._cv:
-                self._fail_writer(writer)
-                self._after_write_error(exc)
-                self._cv.notify_all()
-            fsio.raise_os_error(exc, "a pack file")
-            raise  # unreachable; raise_os_error always raises
-        with self._cv:
-            self._busy.discard(writer)
-            self._cv.notify_all()
-            if writer in self._drop_when_done:  # another append found the disk full
-                self._fail_writer(writer)
-                fsio.raise_os_error(OSError(errno.ENOSPC, "disk full"), "a pack file")
-            self._open[block_id] = (writer, offset, length)
-            if writer.size < self.pack_target and writer not in self._seal_when_done:
-                self._idle.append(writer)
-                return None
-            self._seal_when_done.discard(writer)
-            self._finishing.add(writer)
-            return writer
-
-    def _take_writer(self) -> PackWriter:
-        with self._cv:
-            self._cv.wait_for(lambda: self._idle or len(self._busy) < WRITERS)
-            writer = self._idle.pop() if self._idle else None
-            if writer is None:
-                try:
-                    writer = PackWriter(self.root)
-                except OSError as exc:
-                    self._after_write_error(exc)
-                    fsio.raise_os_error(exc, "a pack file")
-                    raise  # unreachable; raise_os_error always raises
-            self._busy.add(writer)
-            return writer
-
-    def _fail_writer(self, writer: PackWriter) -> None:
-        """A pack could not be written: drop it; its blocks are lost (see _lost)."""
-        writer.abort()
-        for entry in writer.entries:
-            self._open.pop(entry[0], None)
-            self._lost.add(entry[0])
-        if writer in self._idle:
-            self._idle.remove(writer)
-        self._busy.discard(writer)
-        self._seal_when_done.discard(writer)
-        self._drop_when_done.discard(writer)
-
-    def _after_write_error(self, exc: BaseException) -> None:
-        """A full disk drops every open pack, not only the one that hit it.
-
-        The other open pack holds blocks of the same VMs, which fail with this error or
-        at their commit (see _lost); kept, its space would make the VMs that run after
-        them fail too, while dropped, it lets them fit. A pack being appended to is
-        dropped when its append ends. Packs already being sealed keep their space."""
-        if not (isinstance(exc, OSError) and exc.errno in fsio.NO_SPACE_ERRNOS):
-            return
-        for writer in list(self._idle):
-            self._fail_writer(writer)
-        self._drop_when_done |= self._busy
-        if self._lost_error is None:
-            self._lost_error = fsio.typed_os_error(exc, "a pack file")
-
-    def _seal(self, writer: PackWriter) -> None:
-        """Seal a full pack, in the background while fewer than SEAL_BEHIND are."""
-        with self._cv:
-            behind = self._sealing_behind < SEAL_BEHIND
-            if behind:
-                self._sealing_behind += 1
-                if self._sealer is None:
-                    self._sealer = ThreadPoolExecutor(1, thread_name_prefix="hcbak-seal")
-                sealer = self._sealer
-        if not behind:
-            self._finish(writer)
-            return
-        sealer.submit(self._finish_behind, writer)
-
-    def _finish_behind(self, writer: PackWriter) -> None:
-        """A background seal: a failure loses the pack's blocks (_lost) and is kept so
-        the commit of a point that needs them reports it (see _check_point_blocks)."""
-        try:
-            self._finish(writer)
-        except RepoError as exc:
-            with self._cv:
-                self._lost_error = exc
-        except BaseException as exc:  # kept and reported at commit time
-            with self._cv:
-                self._lost_error = RepoError(f"could not seal a pack file: {exc}")
-        finally:
-            with self._cv:
-                self._sealing_behind -= 1
-
-    def _finish(self, writer: PackWriter) -> None:
-        try:
-            pack_id = writer.finish()
-        except BaseException as exc:
-            with self._cv:
-                self._fail_writer(writer)
-                self._after_write_error(exc)
-                self._finishing.discard(writer)
-                self._cv.notify_all()
-            if isinstance(exc, OSError):
-                fsio.raise_os_error(exc, "a pack file")
-            raise
-        with self._cv:
-            for block_id, offset, length, plain in writer.entries:
-                self._open.pop(block_id, None)
-                self._new[block_id] = Location(pack_id, offset, length)
-                self._unindexed.append(SegmentEntry(block_id, pack_id, offset, length, plain))
-            self._unindexed_packs += 1
-            self._finishing.discard(writer)
-            self._cv.notify_all()
-            due = self._unindexed_packs >= INDEX_EVERY_PACKS
-        if due:
-            self._write_index()
-
-    def _write_index(self) -> None:
-        with self._cv:
-            if not self._unindexed:
-                return
-            entries, self._unindexed = self._unindexed, []
-            self._unindexed_packs = 0
-            try:
-                self.segments.append(_write_segment(self.root, entries, self.envelope))
-            except BaseException:
-                self._unindexed = entries + self._unindexed  # the next flush retries them
-                self._unindexed_packs += 1
-                raise
-            # A block stored again after its indexed copy was found damaged: the new,
-            # healthy copy replaces the damaged one in the in-memory index.
-            self.index.add(entries, replace=bool(self._damaged_here))
-            for entry in entries:
-                self._damaged_here.discard(entry.id)
-                self._new.pop(entry.id, None)
-
-    def flush(self) -> None:
-        """Make every block put before this call durable: seal packs, write the index.
-
-        Waits only for the puts and pack seals already under way, not for puts that
-        other threads (other VMs) start meanwhile, so a busy repository never starves
-        a point's commit.
-        """
-        with self._cv:
-            pending = set(self._inflight)
-            self._cv.wait_for(lambda: pending.isdisjoint(self._inflight))
-            # Every pending block is now in an open pack, in a pack being sealed, or
-            # already durable: seal the idle open packs here, have the threads appending
-            # to the others seal them when their append is done, and wait for them all.
-            idle, self._idle = self._idle, []
-            self._finishing.update(idle)
-            self._seal_when_done |= self._busy
-            sealing = self._finishing | self._busy
-        self._finish_all(idle)
-        with self._cv:
-            self._cv.wait_for(lambda: sealing.isdisjoint(self._finishing | self._busy))
-        self._write_index()
-
-    def _finish_all(self, writers: list[PackWriter]) -> None:
-        """Seal the packs at the same time: their fsyncs overlap (a commit waits for them)."""
-        if len(writers) < 2:
-            for writer in writers:
-                self._finish(writer)
-            return
-        with ThreadPoolExecutor(len(writers) - 1, thread_name_prefix="hcbak-seal") as pool:
-            others = [pool.submit(self._finish, writer) for writer in writers[1:]]
-            self._finish(writers[0])
-            for sealed in others:
-                sealed.result()
-
-    def locate(self, block_id: bytes) -> Location | None:
-        with self._cv:
-            loc = self._new.get(block_id)
-            if loc is not None:
-                return loc
-            return None if block_id in self._damaged_here else self.index.lookup(block_id)
-
-    def get_block(self, block_id: bytes) -> bytes:
-        """Read, authenticate, decompress and re-hash one block."""
-        if block_id == ZERO_BLOCK:
-            return bytes(self.config.block_size)
-        frame: bytes | memoryview | None = None
-        with self._cv:
-            pending = self._open.get(block_id)
-            if pending is not None:
-                try:
-                    frame = pending[0].read_frame(pending[1], pending[2])
-                except FileNotFoundError:
-                    # Its pack was just sealed (renamed) or dropped: wait until the seal
-                    # has published where the block is now, or that it was lost.
-                    self._cv.wait_for(lambda: block_id not in self._open)
-        if frame is None:
-            loc = self.locate(block_id)
-            if loc is None:
-                if block_id in self.damaged.ids():
-                    raise IntegrityError(
-                        f"block {block_id.hex()} is damaged (set aside)",
-                        hint="the next backup of its VM stores it again",
-                    )
-                raise IntegrityError(f"block {block_id.hex()} is not in the repository index")
-            try:
-                frame = self._read_frame(loc)
-                return self.decode_frame(block_id, frame)
-            except IntegrityError as exc:
-                if not isinstance(exc, MissingPackError):
-                    self.record_damage([DamagedCopy(block_id, loc.pack, loc.offset, loc.length)])
-                raise
-        return self.decode_frame(block_id, frame)
-
-    def set_aside_ids(self) -> set[bytes]:
-        """Ids whose only stored copies are known damaged: a backup must read these
-        blocks again even where they did not change, or its point cannot restore."""
-        with self._cv:
-            suspects = self.damaged.ids() | self._damaged_here
-            if not suspects:  # the usual case: no wait for the index load in the background
-                return set()
-            return {block_id for block_id in suspects if not self._known(block_id)}
-
-    def record_damage(self, copies: list[DamagedCopy]) -> None:
-        """Set damaged copies aside: write a damaged-copy record (docs/format.md) and
-        stop using them in this process, so a backup stores those blocks again.
-
-        Best effort: a repository that cannot be written (read-only mount) still
-        reports the damage through the error that found it."""
-        copies = [c for c in copies if c not in self.damaged.copies]
-        if not copies:
-            return
-        try:
-            write_record(self.root, copies, self.envelope)
-        except (OSError, RepoError):
-            pass
-        with self._cv:
-            self.damaged.copies.update(copies)
-            for copy in copies:
-                loc = self.index.lookup(copy.id)
-                if loc is not None and loc.pack == copy.pack:
-                    self._damaged_here.add(copy.id)
-
-    def _read_frame(self, loc: Location) -> bytes | memoryview:
-        """A blob frame. Read directly it is a view into this thread's read buffer,
-        valid until this thread's next read: get_block decodes it at once."""
-        try:
-            frame: bytes | memoryview | None = None
-            if self._direct_reads:
-                frame = self._read_direct(loc)
-            if frame is None:
-                fh = self._pack_handle(loc.pack, direct=False)
-                frame = os.pread(fh.fileno(), loc.length, loc.offset)
-        except FileNotFoundError:
-            raise MissingPackError(f"pack {loc.pack} is missing")
-        except OSError as exc:
-            raise RepoError(f"could not read pack {loc.pack}: {exc.strerror or exc}")
-        if len(frame) != loc.length:
-            raise IntegrityError(f"pack {loc.pack} is truncated")
-        return frame
-
-    def _read_direct(self, loc: Location) -> memoryview | None:
-        """Read with O_DIRECT into a reused aligned buffer; None where unsupported.
-
-        A restore reads each pack once. Through the page cache every MiB would take
-        fresh cache pages (on a VM whose free memory goes back to the hypervisor, each
-        costs microseconds) and a second copy, and it would evict what the host keeps
-        cached. Filesystems without O_DIRECT (tmpfs, some network mounts) answer
-        EINVAL; reads then go through the cache for the rest of the session.
-        """
-        start = loc.offset - loc.offset % DIRECT_ALIGN
-        end = -(-(loc.offset + loc.length) // DIRECT_ALIGN) * DIRECT_ALIGN
-        buf: mmap.mmap | None = getattr(self._local, "direct_buf", None)
-        if buf is None or len(buf) < end - start:
-            size = max(end - start, 2 * int(self.config.block_size) + 2 * DIRECT_ALIGN)
-            buf = self._local.direct_buf = mmap.mmap(-1, size)
-        try:
-            fh = self._pack_handle(loc.pack, direct=True)
-            n = os.preadv(fh.fileno(), [memoryview(buf)[: end - start]], start)
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:
-                raise
-            self._direct_reads = False
-            return None
-        got = max(0, min(n - (loc.offset - start), loc.length))
-        return memoryview(buf)[loc.offset - start : loc.offset - start + got]
-
-    def _pack_handle(self, pack: str, *, direct: bool) -> BinaryIO:
-        """A per-thread LRU of open packs: a restore reads many blocks from each pack,
-        and opening a file per block is slow on NFS. Per thread, so no handle is ever
-        closed while another thread reads from it."""
-        key = "direct" if direct else "packs"
-        cache: OrderedDict[str, BinaryIO] | None = getattr(self._local, key, None)
-        if cache is None:
-            cache = OrderedDict()
-            setattr(self._local, key, cache)
-        fh = cache.get(pack)
-        if fh is not None:
-            cache.move_to_end(pack)
-            return fh
-        path = pack_path(self.root, pack)
-        # closed on eviction, at close() (this thread's), or when collected
-        fh = open(path, "rb", buffering=0, opener=_open_direct) if direct else open(path, "rb")  # noqa: SIM115
-        cache[pack] = fh
-        if len(cache) > OPEN_PACKS_PER_THREAD:
-            cache.popitem(last=False)[1].close()
-        return fh
-
-    def decode_frame(self, block_id: bytes, frame: bytes | memoryview) -> bytes:
-        what = f"block {block_id.hex()}"
-        blob = parse_blob(frame, what)
-        check_blob_sealing(blob, self.sealer.encrypted, what)
-        if blob.id != block_id:
-            raise IntegrityError(f"{what}: the index points at another blob")
-        comp = self.sealer.open(blob.payload, block_id, what)
-        data = decompress(comp, blob.codec, blob.plain_len, what)
-        if self.block_id(data) != block_id:
-            raise IntegrityError(f"{what} content does not match its id")
-        return data
-
-    # --- points ---------------------------------------------------------------------
     def new_point_id(self) -> str:
         return new_point_id()
 
     def save_point(self, point: Point) -> None:
         """The commit: flush all data, then write the manifest atomically (write-once)."""
         self.flush()
-        self._check_point_blocks(point)
+        self.check_not_lost(
+            {bid for disk in point.disks for bid in disk.block_map.ids()}, f"point {point.id}"
+        )
         data = encode_manifest(point, self.envelope)
         if self.lock is not None:
             self.lock.check_held()  # a holder that lost its lease commits nothing
-        if not fsio.atomic_write(self.root / "points" / point.id, data, write_once=True):
+        if not self.store.put(POINTS + point.id, data, if_absent=True):
             raise RepoError(f"point {point.id} already exists")
 
-    def _check_point_blocks(self, point: Point) -> None:
-        """Refuse a point that references a block whose write failed in this process.
-
-        After flush() every block put before it is indexed unless its pack was aborted
-        or its put failed; those ids are in _lost. A lost id that a later put stored
-        again counts once it is in the index (flush once more to get it there)."""
-        with self._cv:
-            lost = set(self._lost)
-        if not lost:
-            return
-        suspects = {bid for disk in point.disks for bid in disk.block_map.ids() if bid in lost}
-        with self._cv:
-            unindexed = any(not self.index.contains(b) for b in suspects)
-        if unindexed:
-            self.flush()
-        with self._cv:
-            missing = [b for b in suspects if not self.index.contains(b)]
-            cause = self._lost_error
-        if missing and cause is not None:
-            raise type(cause)(
-                f"point {point.id} is not committed: {cause.message}", hint=cause.hint
-            )
-        if missing:
-            raise RepoError(
-                f"point {point.id} is not committed: {len(missing)} of its blocks were lost "
-                "when an earlier write to the repository failed",
-                hint="run the backup again",
-            )
-
     def point_ids(self) -> list[str]:
-        return sorted(
-            p.name for p in (self.root / "points").iterdir() if not p.name.startswith(".")
-        )
+        return [key.removeprefix(POINTS) for key in self.store.list(POINTS)]
 
     def read_summary(self, point_id: str) -> PointSummary:
-        """Read only the manifest's first section (the JSON header), not its block maps."""
+        """Read only the manifest's first section (the JSON header), not its block maps.
+        ObjectMissingError when the point is gone."""
         fixed = len(POINT_MAGIC) + ENVELOPE.size
-        with open(self.root / "points" / point_id, "rb") as fh:
-            head = fh.read(fixed)
-            if len(head) == fixed:  # else decode_header reports the truncation
-                head += fh.read(ENVELOPE.unpack_from(head, len(POINT_MAGIC))[4])
+        head = self.store.get_range(POINTS + point_id, 0, fixed)
+        if len(head) == fixed:  # else decode_header reports the truncation
+            rest = ENVELOPE.unpack_from(head, len(POINT_MAGIC))[4]
+            head += self.store.get_range(POINTS + point_id, fixed, rest)
         header, _ = decode_header(head, point_id, self.envelope)
         return summary_from_header(header)
 
@@ -758,7 +91,7 @@ class Repository:
         for pid in self.point_ids():
             try:
                 s = self.read_summary(pid)
-            except FileNotFoundError:
+            except ObjectMissingError:
                 continue  # forgotten meanwhile
             except IntegrityError as exc:
                 self.unreadable_points[pid] = exc.one_line()
@@ -772,25 +105,15 @@ class Repository:
 
     def load_point(self, point_id: str) -> Point:
         try:
-            data = fsio.read_file(self.root / "points" / point_id, "point")
-        except FileNotFoundError:
-            raise NotFoundError(f"no restore point {point_id} in repository {self.root}")
+            data = self.store.get(POINTS + point_id)
+        except ObjectMissingError:
+            raise NotFoundError(f"no restore point {point_id} in repository {self.location}")
         return decode_manifest(data, point_id, self.envelope)
 
     def resolve_point(self, spec: str) -> str:
         """A point id from an id, a unique id prefix, `VM@latest` or `VM@YYYY-MM-DD`."""
         if "@" in spec:
-            vm, when = spec.rsplit("@", 1)
-            points = self.list_points(vm=vm)
-            if when != "latest":
-                try:
-                    day = datetime.strptime(when, "%Y-%m-%d").date()
-                except ValueError:
-                    raise UsageError(f"{spec!r}: use VM@latest or VM@YYYY-MM-DD")
-                points = [p for p in points if p.created.astimezone(UTC).date() == day]
-            if not points:
-                raise NotFoundError(f"no restore point matches {spec!r}")
-            return points[-1].id
+            return self._resolve_by_vm(spec)
         ids = self.point_ids()
         if spec in ids:
             return spec
@@ -803,66 +126,22 @@ class Repository:
             raise UsageError(f"point prefix {spec!r} is too short: give at least 4 characters")
         raise NotFoundError(f"no restore point matches {spec!r}")
 
+    def _resolve_by_vm(self, spec: str) -> str:
+        vm, when = spec.rsplit("@", 1)
+        points = self.list_points(vm=vm)
+        if when != "latest":
+            try:
+                day = datetime.strptime(when, "%Y-%m-%d").date()
+            except ValueError:
+                raise UsageError(f"{spec!r}: use VM@latest or VM@YYYY-MM-DD")
+            points = [p for p in points if p.created.astimezone(UTC).date() == day]
+        if not points:
+            raise NotFoundError(f"no restore point matches {spec!r}")
+        return points[-1].id
+
     def forget_points(self, ids: list[str]) -> None:
         """Delete manifests; their data stays until `prune`."""
         for pid in ids:
             if pid not in self.point_ids():
                 raise NotFoundError(f"no restore point {pid}")
-            fsio.remove_durably(self.root / "points" / pid)
-
-    def close(self) -> None:
-        with self._cv:
-            idle, self._idle = self._idle, []
-            sealer, self._sealer = self._sealer, None
-        if sealer is not None:
-            sealer.shutdown(wait=True)
-        for writer in idle:  # left open by an error: never commit half a pack
-            writer.abort()
-        for key in ("packs", "direct"):
-            cache = getattr(self._local, key, None)
-            while cache:  # this thread's pack handles; other threads' close when collected
-                cache.popitem()[1].close()
-
-    def pack_ids(self) -> list[str]:
-        out = []
-        for sub in sorted((self.root / "packs").iterdir()):
-            if sub.is_dir():
-                out += sorted(p.name for p in sub.iterdir() if not p.name.startswith("."))
-        return out
-
-    def remove_temp_files(self) -> int:
-        """Delete leftovers of crashed writers (only under an exclusive lock)."""
-        n = 0
-        for folder in (self.root, *(self.root / s for s in SUBDIRS)):
-            for p in folder.iterdir():
-                if p.name.startswith(fsio.TMP_PREFIX):
-                    fsio.remove_quietly(p)
-                    n += 1
-        return n
-
-
-class MissingPackError(IntegrityError):
-    """A pack the index names is not there: no copy to set aside as damaged."""
-
-
-def _open_direct(path: str, flags: int) -> int:
-    return os.open(path, flags | getattr(os, "O_DIRECT", 0))
-
-
-def set_passphrase(
-    root: Path,
-    old: Secret | None,
-    new: Secret,
-    expect: Expected | None = None,
-    kdf: KdfParams | None = None,
-) -> None:
-    """Rewrap the master key under a new passphrase (data and ids stay unchanged), with
-    a new salt and the format version's default key derivation."""
-    settings, material, _ = load_settings(root, old, expect)
-    if material is None:
-        raise RepoError(
-            f"repository {root} is not encrypted",
-            hint="encryption is chosen when the repository is created",
-        )
-    params = kdf if kdf is not None else new_kdf_for(settings.version)
-    write_config(root, encode_config(settings, material, new, params))
+            self.store.delete(POINTS + pid)

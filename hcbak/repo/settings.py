@@ -2,7 +2,7 @@
 its checksum and settings MAC (format v2), and what hcbak's own config pins.
 
 It is a small JSON document (not content-addressed: `repo passwd` replaces it through
-the atomic-write helper). When the repository is encrypted the block-id secret lives
+an atomic put of the storage backend). When the repository is encrypted the block-id secret lives
 only inside the wrapped key, so ids reveal nothing without the passphrase.
 
 Format v2 adds two fields (docs/format.md, "config"): `checksum`, a sha256 over every
@@ -19,13 +19,13 @@ import hashlib
 import hmac
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hcbak.errors import IntegrityError, PassphraseError, RepoError
-from hcbak.repo import fsio
 from hcbak.repo.ids import ID_HASH_V2, BlockIdFn, blake3_ids, xxh3_ids
 from hcbak.repo.kdf import Argon2Params, KdfParams, ScryptParams, below_floor
+from hcbak.repo.storage import Location, ObjectMissingError, ObjectStore, open_store
+from hcbak.repo.storage.base import object_name
 from hcbak.secrets import Secret
 
 if TYPE_CHECKING:
@@ -38,6 +38,7 @@ ID_HASH_V1 = "xxh3-128-seeded"
 MIN_BLOCK = 256 * 1024
 MAX_BLOCK = 4 * 1024 * 1024
 _UNSIGNED = ("checksum", "settings_mac")  # the fields the canonical form leaves out
+CONFIG_KEY = "config"
 
 
 @dataclass(frozen=True)
@@ -129,14 +130,16 @@ def _kdf_fields(kdf: KdfParams) -> dict[str, Any]:
     return {"kdf": "scrypt", "n": kdf.n, "r": kdf.r, "p": kdf.p, "salt": kdf.salt.hex()}
 
 
-def read_config_doc(root: Path) -> dict[str, Any]:
-    path = root / "config"
+def read_config_doc(location: Location) -> dict[str, Any]:
+    """The config document, checked for its format, version and (v2) checksum."""
+    store = open_store(location)
+    path = object_name(store, CONFIG_KEY)
     try:
-        doc = json.loads(path.read_bytes())
-    except FileNotFoundError:
-        raise RepoError(f"{root} is not an hcbak repository (no config file)")
-    except OSError as exc:
-        raise RepoError(f"repository config {path} is unreadable: {exc.strerror or exc}")
+        doc = json.loads(store.get(CONFIG_KEY))
+    except ObjectMissingError:
+        raise RepoError(f"{store.location} is not an hcbak repository (no config file)")
+    except RepoError as exc:
+        raise RepoError(f"repository config {path} is unreadable: {exc.message}")
     except ValueError as exc:  # not UTF-8 or not JSON: damaged, or somebody else's file
         what = "not UTF-8" if isinstance(exc, UnicodeDecodeError) else "not valid JSON"
         raise _damaged(path, what)
@@ -157,7 +160,7 @@ def read_config_doc(root: Path) -> dict[str, Any]:
     return doc
 
 
-def _damaged(path: Path, what: str) -> IntegrityError:
+def _damaged(path: str, what: str) -> IntegrityError:
     return IntegrityError(
         f"repository config {path} is damaged or not an hcbak config ({what})",
         hint="restore the config file from a copy: without it the data cannot be read",
@@ -165,14 +168,15 @@ def _damaged(path: Path, what: str) -> IntegrityError:
 
 
 def load_settings(
-    root: Path, passphrase: Secret | None, expect: Expected | None = None
+    store: ObjectStore, passphrase: Secret | None, expect: Expected | None = None
 ) -> tuple[RepoSettings, KeyMaterial | None, BlockIdFn]:
     """Returns (settings, key material or None when unencrypted, the block-id function).
 
     Every field is validated here so damage is refused naming the field, never a crash
     in a decoder; `expect` is checked before any key derivation.
     """
-    doc = read_config_doc(root)
+    doc = read_config_doc(store)
+    root = store.location
     version = doc["version"]
     enc = doc.get("encryption")
     settings = RepoSettings(
@@ -222,15 +226,15 @@ def load_settings(
         return settings, material, xxh3_ids(material.id_seed)
     if not hmac.compare_digest(material.settings_mac(canonical(doc)), mac):
         raise IntegrityError(
-            f"repository config {root / 'config'} fails authentication: its settings were "
-            "changed by someone without the key",
+            f"repository config {object_name(store, CONFIG_KEY)} fails authentication: its "
+            "settings were changed by someone without the key",
             hint="restore the config file from a copy; do not back up into this repository "
             "until you know who changed it",
         )
     return settings, material, blake3_ids(material.id_secret)
 
 
-def check_expected(root: Path, settings: RepoSettings, expect: Expected) -> None:
+def check_expected(root: str, settings: RepoSettings, expect: Expected) -> None:
     """Refuse a repository that is not the one hcbak's config describes (exit 6): a
     replaced `config` must never turn an encrypted repository into a cleartext one."""
     hint = (
@@ -327,5 +331,6 @@ def _hex_field(doc: dict[str, Any], key: str, prefix: str, length: int | None = 
     return raw
 
 
-def write_config(root: Path, data: bytes) -> None:
-    fsio.atomic_write(root / "config", data)
+def write_config(store: ObjectStore, data: bytes) -> None:
+    """Write (or replace, atomically) the config: the last write of init_repo."""
+    store.put(CONFIG_KEY, data)

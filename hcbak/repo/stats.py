@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from hcbak.repo.index import read_segment
-from hcbak.repo.pack import pack_path
 from hcbak.repo.repository import Repository
 
 
@@ -16,12 +15,12 @@ def repo_stats(repo: Repository) -> dict[str, Any]:
     compression ratio = unique bytes stored (plain) / bytes in packs.
     """
     packs = repo.pack_ids()
-    pack_bytes = sum(pack_path(repo.root, p).stat().st_size for p in packs)
+    pack_bytes = sum(repo.pack_size(p) or 0 for p in packs)
     plain = 0
     for seg in repo.segments:
         if seg in repo.bad_segments:
             continue
-        plain += sum(e.plain_len for e in read_segment(repo.root, seg, repo.envelope))
+        plain += sum(e.plain_len for e in read_segment(repo.store, seg, repo.envelope))
     logical = 0
     points = repo.point_ids()
     for pid in points:

@@ -17,13 +17,12 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from hcbak.errors import HcbakError, IntegrityError
+from hcbak.errors import IntegrityError, RepoError
 from hcbak.repo.blockmap import ZERO_BLOCK
 from hcbak.repo.damaged import DamagedCopy
-from hcbak.repo.pack import iter_pack_frames, pack_path, read_trailer
+from hcbak.repo.pack import PackReader, iter_pack_frames, read_trailer
 from hcbak.repo.repair import walk_frames
 from hcbak.repo.repository import Repository
 
@@ -109,12 +108,12 @@ def _check_packs(
             bad.add(pack)
             continue
         try:
-            table = read_trailer(pack_path(repo.root, pack))
-        except (IntegrityError, OSError) as exc:
-            report.errors.append(str(exc) if isinstance(exc, HcbakError) else f"pack {pack}: {exc}")
+            table = read_trailer(repo.store, pack)
+        except (IntegrityError, RepoError) as exc:
+            report.errors.append(str(exc))
             # Its frames describe themselves: index entries that start at a healthy
             # frame still count (a damaged table alone loses no block).
-            table = walk_frames(pack_path(repo.root, pack))
+            table = walk_frames(repo.store, pack)
             if not table:
                 bad.add(pack)
                 continue
@@ -155,12 +154,15 @@ def _read_data(
     for pack in packs:
         report.packs_read += 1
         found: list[DamagedCopy] = []
-        path = pack_path(repo.root, pack)
         try:
             # Ids from the pack's own table: a flipped bit may be in a frame's id.
-            table = walked.get(pack) or read_trailer(path)
+            table = walked.get(pack) or read_trailer(repo.store, pack)
             ids = {o: i for i, o, _, _ in table}
-            frames = _walked_frames(path, table) if pack in walked else iter_pack_frames(path)
+            frames = (
+                _walked_frames(repo, pack, table)
+                if pack in walked
+                else iter_pack_frames(repo.store, pack)
+            )
             for offset, frame in frames:
                 if (pack, offset) in known:
                     continue  # set aside already; its pack's checksum fails because of it
@@ -183,13 +185,12 @@ def _read_data(
 
 
 def _walked_frames(
-    path: Path, table: list[tuple[bytes, int, int, int]]
+    repo: Repository, pack: str, table: list[tuple[bytes, int, int, int]]
 ) -> Iterator[tuple[int, bytes]]:
     """The frames of a pack whose trailer is damaged (reported already), one at a time."""
-    with open(path, "rb") as fh:
-        for _, offset, length, _ in table:
-            fh.seek(offset)
-            yield offset, fh.read(length)
+    reader = PackReader(repo.store, pack)
+    for _, offset, length, _ in table:
+        yield offset, reader.read(offset, length)
 
 
 def _check_points(
@@ -201,7 +202,7 @@ def _check_points(
         report.points += 1
         try:
             point = repo.load_point(pid)
-        except (IntegrityError, OSError) as exc:
+        except (IntegrityError, RepoError) as exc:
             report.errors.append(f"point {pid}: manifest unreadable: {exc}")
             affected.append(pid)
             continue

@@ -21,6 +21,7 @@ from engine.helpers import MiB, lab
 
 from hcbak.config import Retention
 from hcbak.repo.pack import read_trailer
+from hcbak.repo.storage import LocalStore
 
 from .helpers import HCBAK, CliResult, Ledger, file_sha256, guest_writes
 
@@ -100,7 +101,9 @@ def _damage_one_blob(root: Path) -> Path:
     pack = max(
         (p for p in (root / "packs").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size
     )
-    _, offset, length, _ = sorted(read_trailer(pack), key=lambda e: e[1])[0]
+    _, offset, length, _ = sorted(
+        read_trailer(LocalStore(pack.parents[2]), pack.name), key=lambda e: e[1]
+    )[0]
     _flip(pack, offset + min(length - 1, 100))
     return pack
 

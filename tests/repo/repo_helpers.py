@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from hcbak.repo import BlockMap, DiskImage, Point, Repository, init_repo
+from hcbak.repo.pack import read_trailer
+from hcbak.repo.storage import LocalStore
 from hcbak.secrets import Secret
 
 BS = 256 * 1024
@@ -94,3 +96,13 @@ def adopt_golden(run_hcbak: Callable[..., object], tmp_path: Path) -> tuple[Path
         env=env, check=True,
     )  # fmt: skip
     return copy, env
+
+
+def pack_path(root: Path, pack_id: str) -> Path:
+    """The file of a pack in a folder repository (tests damage files directly)."""
+    return root / "packs" / pack_id[:2] / pack_id
+
+
+def pack_table(path: Path) -> list[tuple[bytes, int, int, int]]:
+    """The blob table of the pack file at `path` (id, offset, length, plain_len)."""
+    return read_trailer(LocalStore(path.parents[2]), path.name)

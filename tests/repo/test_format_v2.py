@@ -330,7 +330,7 @@ def test_a_cleartext_blob_in_an_encrypted_repository_is_refused(tmp_path: Path) 
 
 
 def test_passwd_keeps_v2_and_a_wrong_old_passphrase_is_refused(tmp_path: Path) -> None:
-    from hcbak.repo.repository import set_passphrase
+    from hcbak.repo.opening import set_passphrase
 
     root = make_repo(tmp_path / "r")
     with pytest.raises(PassphraseError):
@@ -354,7 +354,7 @@ def test_a_pinned_unencrypted_entry_refuses_an_encrypted_repository(tmp_path: Pa
 
 
 def test_a_v1_repository_stays_v1_and_writable_through_passwd(tmp_path: Path) -> None:
-    from hcbak.repo.repository import set_passphrase
+    from hcbak.repo.opening import set_passphrase
 
     root = tmp_path / "v1"
     init_repo(root, passphrase=PASS, block_size=256 << 10, version=1)

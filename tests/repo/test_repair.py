@@ -5,14 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from repo_helpers import PASS, disk_bytes, make_repo, read_disk, write_point
+from repo_helpers import (
+    PASS,
+    disk_bytes,
+    make_repo,
+    pack_path,
+    pack_table,
+    read_disk,
+    write_point,
+)
 
 from hcbak.errors import IntegrityError, RepoError
 from hcbak.repo import open_repo
 from hcbak.repo.damaged import DAMAGED_DIR, list_records
-from hcbak.repo.pack import pack_path, read_trailer
 from hcbak.repo.prune import PruneRefusedError, prune
 from hcbak.repo.repair import repair
+from hcbak.repo.storage import LocalStore
 from hcbak.repo.verify import verify
 
 TARGET = 1 << 20
@@ -38,7 +46,7 @@ def _flip_first_blob(root: Path) -> tuple[Path, int]:
     pack = max(
         (p for p in (root / "packs").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size
     )
-    _, offset, length, _ = sorted(read_trailer(pack), key=lambda e: e[1])[0]
+    _, offset, length, _ = sorted(pack_table(pack), key=lambda e: e[1])[0]
     data = bytearray(pack.read_bytes())
     data[offset + min(length - 1, 60)] ^= 0x20
     pack.write_bytes(bytes(data))
@@ -125,7 +133,7 @@ def test_a_failed_read_records_the_copy_and_the_same_process_stores_the_block_ag
     with open_repo(root, passphrase=PASS) as repo:
         with pytest.raises(IntegrityError):
             read_disk(repo, pid)
-        assert len(list_records(root)) == 1
+        assert len(list_records(LocalStore(root))) == 1
         again = write_point(repo, data)  # a backup of the same disk in this process
         assert read_disk(repo, again.id) == data
         assert read_disk(repo, pid) == data  # healed: the old point reads the new copy
@@ -141,15 +149,15 @@ def test_an_unreadable_damaged_record_makes_prune_refuse_and_repair_replaces_it(
     _flip_first_blob(root)
     with open_repo(root, passphrase=PASS) as repo, pytest.raises(IntegrityError):
         read_disk(repo, pid)
-    [record] = list_records(root)
+    [record] = list_records(LocalStore(root))
     (root / DAMAGED_DIR / record).write_bytes(b"garbage")
     assert any(f"damaged-copy record {record}" in e for e in _verify(root, percent=0))
     with open_repo(root, passphrase=PASS, lock="exclusive") as repo:
         with pytest.raises(PruneRefusedError, match="damaged-copy record"):
             prune(repo, dry_run=True)
         report = repair(repo)
-    assert len(report.damaged_found) == 1 and record not in list_records(root)
-    assert len(list_records(root)) == 1
+    assert len(report.damaged_found) == 1 and record not in list_records(LocalStore(root))
+    assert len(list_records(LocalStore(root))) == 1
     with open_repo(root, passphrase=PASS, lock="exclusive") as repo:
         prune(repo)  # accountable again
     assert pack_path(root, report.damaged_found[0].pack).exists()  # a live blob is in it

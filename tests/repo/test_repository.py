@@ -416,7 +416,7 @@ def _forge_point(repo: Repository, point: Point, header_edit: dict[str, object])
         data = points_mod.encode_manifest(forged, repo.envelope)
     finally:
         points_mod._header = real_header
-    (repo.root / "points" / forged.id).write_bytes(data)
+    repo.store.put(f"points/{forged.id}", data)
     return forged.id
 
 

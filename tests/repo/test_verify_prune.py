@@ -13,6 +13,8 @@ from repo_helpers import (
     adopt_golden,
     disk_bytes,
     make_repo,
+    pack_path,
+    pack_table,
     read_disk,
     write_point,
 )
@@ -20,9 +22,10 @@ from repo_helpers import (
 from hcbak.errors import LockedError, RepoError
 from hcbak.repo import open_repo
 from hcbak.repo.index import read_segment
-from hcbak.repo.pack import PackWriter, pack_path, read_trailer
+from hcbak.repo.pack import PackWriter
 from hcbak.repo.prune import PruneRefusedError, prune
 from hcbak.repo.stats import repo_stats
+from hcbak.repo.storage import LocalStore
 from hcbak.repo.verify import verify
 
 TARGET = 1 << 20
@@ -64,7 +67,7 @@ def test_flipped_bit_in_a_pack_is_found_by_read_data(tmp_path: Path) -> None:
     pa, _, _, _ = two_points(root)
     pack = pack_of_point(root, pa)
     path = pack_path(root, pack)
-    _, offset, _, _ = read_trailer(path)[0]
+    _, offset, _, _ = pack_table(path)[0]
     data = bytearray(path.read_bytes())
     data[offset + 40] ^= 0x10  # inside the first blob's payload
     path.write_bytes(bytes(data))
@@ -212,7 +215,7 @@ def test_prune_keeps_a_pack_in_no_segment_whose_own_table_lists_a_referenced_blo
         segments = [
             seg
             for seg in repo.segments
-            if pack in {e.pack for e in read_segment(root, seg, repo.envelope)}
+            if pack in {e.pack for e in read_segment(repo.store, seg, repo.envelope)}
         ]
     for seg in segments:  # the index entries of that pack are gone (not damaged: gone)
         (root / "index" / seg).unlink()
@@ -238,15 +241,15 @@ def test_prune_keeps_a_partly_indexed_pack_whose_table_lists_an_unindexed_refere
             repo.put_block(repo.block_id(block), block)
         kept_data = disk_bytes(31, 6)
         kept = write_point(repo, kept_data, vm="vm1")
-        entries = [e for seg in repo.segments for e in read_segment(root, seg, repo.envelope)]
+        entries = [e for seg in repo.segments for e in read_segment(repo.store, seg, repo.envelope)]
         old = list(repo.segments)
     live_ids = set(kept.disks[0].block_map.ids())
     [first_live, *rest_live] = sorted((e for e in entries if e.id in live_ids), key=lambda e: e.id)
     assert len({e.pack for e in entries}) == 1 and rest_live, "one pack holds both points"
     dead = [e for e in entries if e.id not in live_ids]
     with open_repo(root, passphrase=PASS, lock=None) as repo:
-        write_segment(root, [*dead, first_live], repo.envelope)
-        lost_segment = write_segment(root, rest_live, repo.envelope)
+        write_segment(repo.store, [*dead, first_live], repo.envelope)
+        lost_segment = write_segment(repo.store, rest_live, repo.envelope)
     for seg in old:
         (root / "index" / seg).unlink()
     (root / "index" / lost_segment).unlink()  # the index no longer lists rest_live
@@ -267,7 +270,7 @@ def test_prune_keeps_a_partly_indexed_pack_whose_table_lists_an_unindexed_refere
 def test_prune_refuses_when_a_pack_in_no_segment_has_an_unreadable_table(tmp_path: Path) -> None:
     root = make_repo(tmp_path / "r")
     two_points(root)
-    writer = PackWriter(root)  # a crash leftover: sealed, never indexed
+    writer = PackWriter(LocalStore(root))  # a crash leftover: sealed, never indexed
     writer.append(bytes(range(16)), b"frame", 5)
     leftover = writer.finish()
     path = pack_path(root, leftover)

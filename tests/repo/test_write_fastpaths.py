@@ -25,6 +25,7 @@ from hcbak.repo.codec import (
     decompress,
     looks_incompressible,
 )
+from hcbak.repo.storage import LocalStore
 
 MiB = 1 << 20
 TEXT = (b"INFO kernel: backup of node 3 finished in 12 s\n" * (MiB // 40))[:MiB]
@@ -217,7 +218,7 @@ def test_blocks_read_back_with_o_direct_where_the_filesystem_has_it(tmp_path: Pa
         point = write_point(repo, data)
     with open_repo(root, passphrase=PASS) as repo:
         assert read_disk(repo, point.id) == data
-        assert repo._direct_reads  # still on: the reads above went around the cache
+        assert repo._frames._direct_reads  # still on: the reads above went around the cache
 
 
 def test_reads_fall_back_to_the_page_cache_without_o_direct(
@@ -225,7 +226,7 @@ def test_reads_fall_back_to_the_page_cache_without_o_direct(
 ) -> None:
     """A filesystem without O_DIRECT answers EINVAL at open. None can be had here (tmpfs
     has O_DIRECT since Linux 6.6), so the open is made to fail as such a one does."""
-    from hcbak.repo import repository
+    from hcbak.repo import packread
 
     def no_direct(path: str, flags: int) -> int:
         raise OSError(errno.EINVAL, "Invalid argument")
@@ -234,10 +235,10 @@ def test_reads_fall_back_to_the_page_cache_without_o_direct(
     data = disk_bytes(22, 6)
     with open_repo(root, passphrase=PASS) as repo:
         point = write_point(repo, data)
-    monkeypatch.setattr(repository, "_open_direct", no_direct)
+    monkeypatch.setattr(packread, "_open_direct", no_direct)
     with open_repo(root, passphrase=PASS) as repo:
         assert read_disk(repo, point.id) == data
-        assert not repo._direct_reads
+        assert not repo._frames._direct_reads
 
 
 def _slow_appends(monkeypatch: pytest.MonkeyPatch, delay: float) -> list[int]:
@@ -370,7 +371,7 @@ def test_a_full_disk_at_the_pack_header_leaves_no_temp_file(
 
     monkeypatch.setattr(fsio, "write_all", no_space)
     with pytest.raises(OSError):
-        pack_mod.PackWriter(tmp_path)
+        pack_mod.PackWriter(LocalStore(tmp_path))
     assert list((tmp_path / "packs").iterdir()) == []
 
 
@@ -532,9 +533,9 @@ def _record_early_flushes(
     """Early flushes every 512 KiB, recorded as (thread, file size); `fail` makes the
     first one raise (injected: a writeback error cannot be caused on a healthy disk)."""
     from hcbak.repo import fsio
-    from hcbak.repo import pack as pack_mod
+    from hcbak.repo.storage import base as storage_base
 
-    monkeypatch.setattr(pack_mod, "EARLY_FLUSH_EVERY", 512 * 1024)
+    monkeypatch.setattr(storage_base, "EARLY_FLUSH_EVERY", 512 * 1024)
     seen: list[tuple[str, int]] = []
     real = fsio._fdatasync
 
@@ -570,9 +571,9 @@ def test_early_flushes_start_every_interval_one_at_a_time(
     """The flush schedule itself, made deterministic: a flush starts once the file grew
     by the interval since the last one started, never while one is under way."""
     from hcbak.repo import fsio
-    from hcbak.repo.pack import _EarlyFlush
+    from hcbak.repo.storage.base import _EarlyFlush
 
-    monkeypatch.setattr("hcbak.repo.pack.EARLY_FLUSH_EVERY", 1000)
+    monkeypatch.setattr("hcbak.repo.storage.base.EARLY_FLUSH_EVERY", 1000)
     started: list[int] = []
     release = threading.Event()
 

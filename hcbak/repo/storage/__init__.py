@@ -24,8 +24,12 @@ from hcbak.repo.storage.base import (
 )
 from hcbak.repo.storage.local import LocalStore
 
+# Where a repository is: a folder path, a URL (`s3://bucket/prefix`) or an open store.
+Location = ObjectStore | Path | str
+
 __all__ = [
     "LocalStore",
+    "Location",
     "ObjectMissingError",
     "ObjectStore",
     "ReadOnlyStoreError",
@@ -40,7 +44,7 @@ def is_url(location: str | Path) -> bool:
     return isinstance(location, str) and "://" in location
 
 
-def open_store(location: str | Path | ObjectStore) -> ObjectStore:
+def open_store(location: Location) -> ObjectStore:
     """The store of a repository location (an ObjectStore is passed through)."""
     if not isinstance(location, (str, Path)):
         return location

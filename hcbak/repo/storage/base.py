@@ -96,6 +96,11 @@ class ObjectStore(Protocol):
         ...
 
 
+def object_name(store: ObjectStore, key: str) -> str:
+    """How messages name an object: its file path, or its URL on an object store."""
+    return f"{store.location.rstrip('/')}/{key}"
+
+
 class Spool:
     """A local temp file being filled with one big object (not thread safe: the writer
     serialises appends). `flush_early`: fdatasync as it grows (where the spool becomes

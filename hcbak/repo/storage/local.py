@@ -22,6 +22,7 @@ from hcbak.repo.storage.base import ObjectMissingError, ReadOnlyStoreError, Spoo
 
 # The folders of a new repository (write paths make them again when missing).
 LAYOUT = ("packs", "index", "points", "locks", "damaged")
+FANOUT = "packs/"  # keys packs/<2 hex>/<id>: one folder level more
 READ_ONLY_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
 
 
@@ -29,9 +30,9 @@ class LocalStore:
     """An ObjectStore on a folder (see the module docstring)."""
 
     def __init__(self, root: Path | str) -> None:
-        self.local_root: Path | None = Path(root)
         self.root = Path(root)
-        self.location = str(root)
+        self.local_root: Path | None = self.root
+        self.location = str(self.root)
 
     def __repr__(self) -> str:
         return f"LocalStore({self.location!r})"
@@ -82,15 +83,16 @@ class LocalStore:
 
     def list(self, prefix: str) -> Iterator[str]:
         """Keys under `prefix`, sorted. A prefix ending in "/" is a folder; otherwise the
-        last part is a name prefix within its folder."""
+        last part is a name prefix within its folder. Only the layout's folders are
+        descended into: anything else where a key belongs (a directory in index/, say)
+        is listed as a key, so reading it fails loudly instead of hiding it."""
         folder, _, start = prefix.rpartition("/")
         base = folder + "/" if folder else ""
         for name in _visible_names(self.root / folder):
             if not name.startswith(start):
                 continue
             key = base + name
-            path = self.root / key
-            if path.is_dir():
+            if _is_layout_folder(key) and (self.root / key).is_dir():
                 yield from self.list(key + "/")
             else:
                 yield key
@@ -134,13 +136,14 @@ class LocalStore:
 
     def commit_spool(self, spool: Spool, key: str) -> bool:
         """fsync, then link into place (write-once) and fsync the folder; the spool's
-        temp name is removed whatever happened. OSError as raised (the pack writer
-        types it and drops the pack's blocks)."""
+        temp name is removed whatever happened."""
         final = self.root / key
         try:
             spool.close(sync=True)
             fsio.make_private_dir(final.parent)
             return _link_into_place(spool.path, final)
+        except OSError as exc:
+            raise self._write_error(exc, str(final)) from exc
         finally:
             fsio.remove_quietly(spool.path)
 
@@ -190,6 +193,12 @@ class LocalStore:
         if exc.errno in READ_ONLY_ERRNOS:
             return ReadOnlyStoreError(f"cannot write {what}: {exc.strerror or exc}")
         return fsio.typed_os_error(exc, what)
+
+
+def _is_layout_folder(key: str) -> bool:
+    """A folder of the format's layout: a top-level folder, or a pack fan-out folder
+    (packs/<2 hex>/)."""
+    return "/" not in key or (key.startswith(FANOUT) and key.count("/") == 1)
 
 
 def _visible_names(folder: Path) -> list[str]:
