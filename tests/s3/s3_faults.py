@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+from typing import Any
 from urllib.parse import urlsplit
 
 _BODY = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
@@ -31,12 +32,19 @@ class FaultProxy:
         self.fail_next = 0  # answer this many new connections with 503 SlowDown
         self.reset_next = 0  # reset this many new connections after their request head
         self.lose_answer_next = 0  # forward the request, then reset instead of answering
+        self.reject: tuple[str, ...] = ()  # answer requests whose line has all: 503
         self.hang = False  # accept, read, never answer
         self.down = False  # reset every new connection; `go_down` drops the open ones
         self.failed = 0
         self.reset = 0
         self.lost = 0
         self.forwarded = 0
+        self.requests: list[str] = []  # request lines seen ("PUT /bucket/key?...")
+        # hold: the first request whose line contains these waits (held is set) until
+        # release is set, with its connection open: an upload caught in the middle
+        self.hold: tuple[str, ...] = ()  # every one of these strings in the line
+        self.held = threading.Event()
+        self.release = threading.Event()
         self._lock = threading.Lock()
         self._open: list[socket.socket] = []
         self._closed = False
@@ -123,12 +131,42 @@ class FaultProxy:
             upstream.close()
             return
         threading.Thread(target=_pipe, args=(upstream, client), daemon=True).start()
-        _pipe(client, upstream)
+        _pipe(client, upstream, self._watch)
+
+    def requests_matching(self, text: str) -> list[str]:
+        with self._lock:
+            return [line for line in self.requests if text in line]
+
+    def _watch(self, chunk: bytes, src: socket.socket) -> bool:
+        """Log request lines; hold the first that matches `hold` until `release`;
+        answer those matching `reject` with 503 SlowDown. False: do not forward."""
+        head = chunk[:300].split(b"\r\n", 1)[0]
+        if not head.endswith(b" HTTP/1.1"):
+            return True
+        line = head.decode("latin-1")
+        with self._lock:
+            self.requests.append(line)
+            if self.reject and all(t in line for t in self.reject):
+                self.failed += 1
+                try:
+                    src.sendall(SLOW_DOWN)
+                except OSError:
+                    pass
+                return False
+            catch = bool(self.hold) and all(t in line for t in self.hold)
+            catch = catch and not self.held.is_set()
+            if catch:
+                self.held.set()
+        if catch:
+            self.release.wait(120)
+        return True
 
 
-def _pipe(src: socket.socket, dst: socket.socket) -> None:
+def _pipe(src: socket.socket, dst: socket.socket, watch: Any = None) -> None:
     try:
         while data := src.recv(65536):
+            if watch is not None and not watch(data, src):
+                break
             dst.sendall(data)
     except OSError:
         pass

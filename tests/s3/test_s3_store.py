@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from s3_faults import FaultProxy, closed_port
 
 from hcbak.errors import RepoError, RepoLocationError, SecretError
 from hcbak.repo.storage.s3_target import (
@@ -26,6 +25,8 @@ from hcbak.repo.storage.s3_target import (
     parse_keys,
     parse_s3_target,
 )
+
+from .s3_faults import FaultProxy, closed_port
 
 MiB = 1024 * 1024
 

@@ -50,7 +50,7 @@ from hcbak.repo.storage.s3_target import S3Keys, S3Target
 
 MiB = 1024 * 1024
 PART_SIZE = 8 * MiB  # S3's minimum is 5 MiB; a 64 MiB pack goes up in 8 parts
-SINGLE_PUT_MAX = 16 * MiB  # spooled objects up to this size go up in one PutObject
+SINGLE_PUT_MAX = PART_SIZE  # spooled objects up to one part go up in one PutObject
 DEFAULT_UPLOAD_PARALLEL = 4
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 60.0
