@@ -120,6 +120,9 @@ def mounted_tmpfs(path: Path, size: str) -> Iterator[Path]:
 # the last one out stops it.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CEPH_RGW_SCRIPT_ENV = "HCBAK_TEST_CEPH_RGW"  # another place for ceph-rgw.sh
+# A gateway somebody else started (.ci/run starts it while the venv installs): the tests
+# use it (`start` on a running cluster only prints its exports) and leave it running.
+CEPH_RGW_DIR_ENV = "HCBAK_TEST_CEPH_RGW_DIR"
 
 
 def ceph_rgw_script() -> Path | None:
@@ -162,6 +165,9 @@ def ceph_rgw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
     if os.environ.get("PYTEST_XDIST_WORKER"):
         shared = shared.parent  # the same folder for every worker of this run
     gateway_dir = shared / "ceph-rgw"
+    owned = not os.environ.get(CEPH_RGW_DIR_ENV)
+    if not owned:
+        gateway_dir = Path(os.environ[CEPH_RGW_DIR_ENV])
     state = shared / "ceph-rgw.users"
 
     @contextmanager
@@ -193,7 +199,7 @@ def ceph_rgw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
         yield env
     finally:
         with locked():
-            if users(-1) <= 0:
+            if users(-1) <= 0 and owned:
                 subprocess.run(
                     ["bash", str(script), "stop", str(gateway_dir)],
                     capture_output=True,
