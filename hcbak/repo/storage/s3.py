@@ -241,9 +241,19 @@ class S3Store:
 
     def size(self, key: str) -> int | None:
         try:
-            response = self._call("look up", key, "head_object", Key=self.target.key(key))
-        except ObjectMissingError:
-            return None
+            response = self._client.head_object(Bucket=self.bucket, Key=self.target.key(key))
+        except botocore.exceptions.ClientError as exc:
+            error = self._error(exc, "look up", key)
+            if isinstance(error, ObjectMissingError):
+                return None
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 403:
+                # a HEAD answer has no body, so no error code: a listing names it
+                # (InvalidAccessKeyId, SignatureDoesNotMatch, AccessDenied...)
+                prefix = self.target.key(key)
+                self._call("look up", key, "list_objects_v2", Prefix=prefix, MaxKeys=1)
+            raise error from exc
+        except botocore.exceptions.BotoCoreError as exc:
+            raise self._error(exc, "look up", key) from exc
         return int(response["ContentLength"])
 
     def list(self, prefix: str) -> Iterator[str]:
