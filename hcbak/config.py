@@ -130,6 +130,8 @@ class S3RepoConfig:
     profile: str | None = None
     credentials: SecretRef | None = None
     upload_parallel: int = 4
+    immutable_days: int = 0  # Object Lock retention of every point (0: none)
+    immutable_mode: str = "compliance"  # compliance | governance
 
     @property
     def location(self) -> str:
@@ -137,8 +139,11 @@ class S3RepoConfig:
 
 
 S3_KEYS = ("bucket", "prefix", "endpoint", "region", "profile", "upload_parallel",
-           "credentials_env", "credentials_file", "credentials_command")  # fmt: skip
+           "credentials_env", "credentials_file", "credentials_command",
+           "immutable_days", "immutable_mode")  # fmt: skip
 MAX_UPLOAD_PARALLEL = 64
+IMMUTABLE_MODES = ("compliance", "governance")
+MAX_IMMUTABLE_DAYS = 36500
 
 
 def s3_repo_to_dict(s: S3RepoConfig) -> dict[str, Any]:
@@ -149,6 +154,9 @@ def s3_repo_to_dict(s: S3RepoConfig) -> dict[str, Any]:
     out.update(secret_to_dict("credentials", s.credentials))
     if s.upload_parallel != S3RepoConfig("").upload_parallel:
         out["upload_parallel"] = s.upload_parallel
+    if s.immutable_days:
+        out["immutable_days"] = s.immutable_days
+        out["immutable_mode"] = s.immutable_mode
     return out
 
 
@@ -737,6 +745,17 @@ class _Parser:
                 maximum=MAX_UPLOAD_PARALLEL,
             )
         s3.credentials = self.secret(m, "credentials", node, where)
+        if "immutable_days" in m:
+            s3.immutable_days = self.integer(
+                m["immutable_days"],
+                f"{where}.immutable_days",
+                minimum=0,
+                maximum=MAX_IMMUTABLE_DAYS,
+            )
+        if "immutable_mode" in m:
+            s3.immutable_mode = self.choice(
+                m["immutable_mode"], f"{where}.immutable_mode", IMMUTABLE_MODES
+            )
         return s3
 
     def job(self, name: str, node: Node) -> JobConfig:

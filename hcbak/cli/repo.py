@@ -138,6 +138,13 @@ CredCmd = Annotated[
 ParallelOpt = Annotated[
     int | None, typer.Option(help="Parts of a pack uploaded at once (S3, default 4).")
 ]
+ImmutableOpt = Annotated[
+    int | None,
+    typer.Option(help="S3 Object Lock: keep every point undeletable for N days."),
+]
+ImmutableModeOpt = Annotated[
+    str | None, typer.Option(help="compliance (default: nobody can delete) or governance.")
+]
 
 
 def s3_entry_from_options(
@@ -150,9 +157,17 @@ def s3_entry_from_options(
     file: str | None,
     command: str | None,
     upload_parallel: int | None,
+    immutable_days: int | None = None,
+    immutable_mode: str | None = None,
 ) -> Any:
     """The `s3:` config entry (hcbak.config.S3RepoConfig) of `repo add --s3 ...`."""
-    from hcbak.config import MAX_UPLOAD_PARALLEL, S3RepoConfig, parse_endpoint
+    from hcbak.config import (
+        IMMUTABLE_MODES,
+        MAX_IMMUTABLE_DAYS,
+        MAX_UPLOAD_PARALLEL,
+        S3RepoConfig,
+        parse_endpoint,
+    )
     from hcbak.repo.storage.s3_target import parse_s3_target
 
     where = check_value(parse_s3_target, target, "--s3")
@@ -166,6 +181,16 @@ def s3_entry_from_options(
     s3.credentials = secret_ref_from_options(
         "credentials", env=env, file=file, command=command, prompt=False
     )
+    if immutable_days is not None:
+        if not 1 <= immutable_days <= MAX_IMMUTABLE_DAYS:
+            raise UsageError(f"--immutable-days must be 1..{MAX_IMMUTABLE_DAYS}")
+        s3.immutable_days = immutable_days
+    if immutable_mode is not None:
+        if immutable_mode not in IMMUTABLE_MODES:
+            raise UsageError("--immutable-mode must be compliance or governance")
+        if not immutable_days:
+            raise UsageError("--immutable-mode needs --immutable-days")
+        s3.immutable_mode = immutable_mode
     return s3
 
 
@@ -192,6 +217,8 @@ def add(
     credentials_file: CredFile = None,
     credentials_command: CredCmd = None,
     upload_parallel: ParallelOpt = None,
+    immutable_days: ImmutableOpt = None,
+    immutable_mode: ImmutableModeOpt = None,
 ) -> None:
     """Create a repository in an empty folder or S3 bucket/prefix, or adopt an existing one.
 
@@ -210,10 +237,10 @@ def add(
     if (path is None) == (s3 is None):
         raise UsageError("give either --path FOLDER or --s3 BUCKET[/PREFIX]")
     s3_only = (endpoint, region, profile, credentials_env, credentials_file,
-               credentials_command, upload_parallel)  # fmt: skip
+               credentials_command, upload_parallel, immutable_days, immutable_mode)  # fmt: skip
     if s3 is None and any(v is not None for v in s3_only):
-        raise UsageError("--endpoint, --region, --profile, --credentials-* and "
-                         "--upload-parallel need --s3")  # fmt: skip
+        raise UsageError("--endpoint, --region, --profile, --credentials-*, "
+                         "--upload-parallel and --immutable-* need --s3")  # fmt: skip
     config = load_config_for_edit()
     if name in config.repositories and not force:
         raise UsageError(f"repository {name!r} already exists", hint="use --force to replace it")
@@ -222,7 +249,8 @@ def add(
         s3_entry = s3_entry_from_options(
             s3, endpoint=endpoint, region=region, profile=profile, env=credentials_env,
             file=credentials_file, command=credentials_command,
-            upload_parallel=upload_parallel,
+            upload_parallel=upload_parallel, immutable_days=immutable_days,
+            immutable_mode=immutable_mode,
         )  # fmt: skip
         shown = s3_entry.location
         folder: Any = store_for(RepoConfig(name, shown, s3=s3_entry))
@@ -230,6 +258,8 @@ def add(
         folder = Path(str(path)).expanduser().resolve()
         shown = str(folder)
     adopting = is_repo(folder)
+    if adopting and s3_entry is not None and s3_entry.immutable_days:
+        folder.check_object_lock()  # a new repository's create() checks it
     is_encrypted = False
     if adopting:
         is_encrypted = read_config_doc(folder).get("encryption") is not None

@@ -88,5 +88,7 @@ def _s3_store(location: str, s3: Any) -> ObjectStore:
         keys=keys,
         profile=s3.profile,
         upload_parallel=s3.upload_parallel,
+        immutable_days=s3.immutable_days,
+        immutable_mode=str(s3.immutable_mode).upper(),
     )
     return S3Store(target, options)

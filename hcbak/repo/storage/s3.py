@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +59,11 @@ READ_TIMEOUT = 60.0
 # botocore "standard" retries: attempts include the first; backoff min(2^n * rand, 20 s)
 MAX_ATTEMPTS = 5
 SPOOL_PREFIX = ".hcbak-spool-"
+LEASES = "locks/"
+# Retention is set this much beyond what a point needs, so a daily backup extends
+# each pack it shares with older points about once a week, not every day.
+RETENTION_SLACK = timedelta(days=7)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 _MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 _AUTH_CODES = frozenset(
@@ -64,6 +71,10 @@ _AUTH_CODES = frozenset(
      "TokenRefreshRequired", "AuthorizationHeaderMalformed", "InvalidSecurity"}
 )  # fmt: skip
 _QUOTA_CODES = frozenset({"QuotaExceeded", "InsufficientCapacity", "EntityTooLarge"})
+# `--debug` puts the root logger at DEBUG: botocore would then log every request's
+# parameters, pack bodies included. Its retries and failures reach hcbak as errors.
+for _name in ("boto3", "botocore", "s3transfer"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 _bx = botocore.exceptions
 _NO_CREDENTIALS = (_bx.NoCredentialsError, _bx.PartialCredentialsError)
 _TIMEOUTS = (_bx.ConnectTimeoutError, _bx.ReadTimeoutError)
@@ -84,6 +95,10 @@ class S3Options:
     read_timeout: float = READ_TIMEOUT
     max_attempts: int = MAX_ATTEMPTS
     spool_dir: Path | None = None  # where packs are spooled; default: the temp dir
+    # Object Lock (`immutable_days`): every object but leases is written with this
+    # retention; `protect` extends what a new point needs. Mode: COMPLIANCE/GOVERNANCE.
+    immutable_days: int = 0
+    immutable_mode: str = "COMPLIANCE"
 
 
 class S3Store:
@@ -103,6 +118,8 @@ class S3Store:
         self._client = self._make_client()
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
+        self.immutable_days = self.options.immutable_days
+        self._protected: dict[str, datetime] = {}  # key -> retention known to hcbak
 
     def __repr__(self) -> str:
         return f"S3Store({self.location!r}, endpoint={self.endpoint_name!r})"
@@ -271,7 +288,8 @@ class S3Store:
     # --- writing --------------------------------------------------------------------------
     def put(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
         kwargs: dict[str, Any] = {"Key": self.target.key(key), "Body": data}
-        kwargs["ContentMD5"] = _md5_b64(data)
+        kwargs["ContentMD5"] = _md5_b64(data)  # also what Object Lock requires of a PUT
+        kwargs.update(self._retention_args(key))
         if if_absent:
             kwargs["IfNoneMatch"] = "*"
         for _ in range(3):
@@ -342,7 +360,9 @@ class S3Store:
 
     def _multipart(self, path: Path, size: int, key: str) -> None:
         s3_key = self.target.key(key)
-        upload = self._call("upload", key, "create_multipart_upload", Key=s3_key)
+        upload = self._call(
+            "upload", key, "create_multipart_upload", Key=s3_key, **self._retention_args(key)
+        )
         upload_id = upload["UploadId"]
         futures: list[Future[dict[str, Any]]] = []
         try:
@@ -400,6 +420,79 @@ class S3Store:
         )
         return {"ETag": response["ETag"], "PartNumber": number}
 
+    # --- Object Lock ------------------------------------------------------------------------
+    def retention_until(self) -> datetime:
+        """The retention a point committed now must have on every object it needs."""
+        return datetime.now(UTC) + timedelta(days=self.immutable_days)
+
+    def _retention_args(self, key: str) -> dict[str, Any]:
+        if not self.immutable_days or key.startswith(LEASES):
+            return {}  # leases must go away with their holder
+        until = self.retention_until() + RETENTION_SLACK
+        self._protected[key] = until
+        return {"ObjectLockMode": self.options.immutable_mode, "ObjectLockRetainUntilDate": until}
+
+    def retained_until(self, key: str) -> datetime | None:
+        """The object's Object Lock retention, None without one (or when missing)."""
+        try:
+            head = self._client.head_object(Bucket=self.bucket, Key=self.target.key(key))
+        except botocore.exceptions.ClientError as exc:
+            if isinstance(self._error(exc, "look up", key), ObjectMissingError):
+                return None
+            raise self._error(exc, "look up", key) from exc
+        except botocore.exceptions.BotoCoreError as exc:
+            raise self._error(exc, "look up", key) from exc
+        until = head.get("ObjectLockRetainUntilDate")
+        return until if isinstance(until, datetime) else None
+
+    def protect(self, keys: Iterable[str], until: datetime) -> int:
+        """Extend the retention of `keys` to at least `until` (a new point's packs that
+        older points wrote, the config): never shortened, and extended by a slack of
+        RETENTION_SLACK so daily points do not extend every pack every day. Returns how
+        many objects were extended."""
+        todo = [key for key in dict.fromkeys(keys) if self._protected.get(key, _EPOCH) < until]
+        if not todo:
+            return 0
+        extended = sum(self._parts_pool().map(lambda k: self._extend(k, until), todo))
+        return int(extended)
+
+    def _extend(self, key: str, until: datetime) -> bool:
+        current = self.retained_until(key)
+        if current is not None and current >= until:
+            self._protected[key] = current
+            return False
+        new_until = until + RETENTION_SLACK
+        self._call(
+            "protect",
+            key,
+            "put_object_retention",
+            Key=self.target.key(key),
+            Retention={"Mode": self.options.immutable_mode, "RetainUntilDate": new_until},
+        )
+        self._protected[key] = new_until
+        return True
+
+    def check_object_lock(self) -> None:
+        """A bucket without Object Lock cannot keep the promise of `immutable_days`."""
+        try:
+            answer = self._client.get_object_lock_configuration(Bucket=self.bucket)
+        except botocore.exceptions.ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code == "ObjectLockConfigurationNotFoundError":
+                answer = {}
+            else:
+                raise self._error(exc, "check Object Lock of") from exc
+        except botocore.exceptions.BotoCoreError as exc:
+            raise self._error(exc, "check Object Lock of") from exc
+        enabled = answer.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled")
+        if enabled != "Enabled":
+            raise RepoLocationError(
+                f"bucket {self.bucket} does not have Object Lock enabled, so "
+                f"immutable_days cannot be kept",
+                hint="create a bucket with Object Lock (most servers cannot switch it on "
+                "later), or drop --immutable-days",
+            )
+
     # --- housekeeping ---------------------------------------------------------------------
     def remove_temp(self) -> int:
         """Abort unfinished multipart uploads under the prefix (a killed writer's) and
@@ -443,6 +536,8 @@ class S3Store:
             raise self._error(exc, "open") from exc
         except botocore.exceptions.BotoCoreError as exc:
             raise self._error(exc, "open") from exc
+        if self.immutable_days:
+            self.check_object_lock()
         if self.size("config") is not None:
             raise RepoLocationError(f"{self.location} is already an hcbak repository")
         for _ in self.list(""):
