@@ -220,12 +220,3 @@ def translate_os_errors(what: str) -> Iterator[None]:
         yield
     except OSError as exc:
         raise_os_error(exc, what)
-
-
-def read_file(path: Path, what: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        raise RepoError(f"could not read {what} {path}: {exc.strerror or exc}") from exc

@@ -25,6 +25,7 @@ The rule that keeps a prune from deleting blocks a live backup depends on (docs/
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -299,26 +300,15 @@ def read_locks(location: Location) -> list[LockInfo]:
 def _written_at(store: ObjectStore, key: str) -> float:
     """When a damaged lock was written, for display: its file's mtime on a folder,
     else now (an object store's own time is another machine's clock)."""
-    if store.local_root is not None:
-        try:
-            return os.stat(store.local_root / key).st_mtime
-        except OSError:
-            pass
-    return time.time()
-
-
-def _scope(store: ObjectStore) -> str:
-    """The name under which this host records sightings of a store's locks."""
-    if store.local_root is not None:
-        return f"{os.path.abspath(store.local_root)}/{LOCKS}"
-    return f"{store.location.rstrip('/')}/{LOCKS}"
+    try:
+        return os.stat(store.local_root / key).st_mtime if store.local_root else time.time()
+    except OSError:
+        return time.time()
 
 
 def _remove_lock(store: ObjectStore, name: str) -> None:
-    try:
+    with contextlib.suppress(RepoError):  # gone already: judged again next time
         store.delete(LOCKS + name)
-    except RepoError:
-        pass  # gone already, or not ours to remove here: judged again next time
 
 
 class Observations:
@@ -339,7 +329,8 @@ class Observations:
         now = _clock()
         boot = _clock_domain()
         stored = self._load(boot)
-        prefix = _scope(store)
+        root = store.local_root  # sightings are recorded by where the locks are:
+        prefix = f"{os.path.abspath(root) if root else store.location.rstrip('/')}/{LOCKS}"
         record = {
             k: v
             for k, v in stored.items()
@@ -569,12 +560,9 @@ class RepoLock:
         if self._thread is not None:
             self._thread.join(timeout=5)
         with self._io:
-            try:
-                mine = self._lost is None or self._still_mine()
-            except RepoError:
-                mine = False  # unreadable: leave it to the stale rule
-            if mine:
-                _remove_lock(self.store, self.name)
+            with contextlib.suppress(RepoError):  # unreadable: left to the stale rule
+                if self._lost is None or self._still_mine():
+                    _remove_lock(self.store, self.name)
 
 
 def lock_report(

@@ -99,6 +99,28 @@ def prune(
     report = PruneReport(dry_run=dry_run)
     say("reading points")
     problems = unreadable_metadata(repo)
+    referenced = _referenced_blocks(repo, problems)
+    report.referenced_blocks = len(referenced)
+    say("checking every pack's own table")
+    doomed, repack = _plan(repo, report, referenced, repack_below, problems)
+    gone = set(doomed + repack)
+    dropped = [c for c in repo.damaged.copies if _pack_gone(repo, c, gone)]
+    report.damaged_records_dropped = len(dropped)
+    nothing_to_do = not doomed and not repack and not report.unused_blocks and not dropped
+    if dry_run and not nothing_to_do:
+        # The real run rewrites the whole index (one that comes out byte-identical
+        # keeps its name, which a dry run cannot know without writing it).
+        report.segments_replaced = len(list_segments(repo.store))
+    if dry_run or nothing_to_do:
+        if not dry_run:
+            repo.remove_temp_files()
+        return report
+    _apply(repo, report, referenced, say, step)
+    return report
+
+
+def _referenced_blocks(repo: Repository, problems: list[str]) -> set[bytes]:
+    """Every block id a readable point references; unreadable ones go to `problems`."""
     referenced: set[bytes] = set()
     for pid in repo.point_ids():
         try:
@@ -109,8 +131,17 @@ def prune(
             continue
         for disk in point.disks:
             referenced.update(disk.block_map.ids())
-    report.referenced_blocks = len(referenced)
+    return referenced
 
+
+def _plan(
+    repo: Repository,
+    report: PruneReport,
+    referenced: set[bytes],
+    repack_below: float,
+    problems: list[str],
+) -> tuple[list[str], list[str]]:
+    """(packs to delete, packs to repack); refuses (PruneRefusedError) with problems."""
     live: dict[str, int] = {}
     total: dict[str, int] = {}
     for block_id, loc in repo.index.items():
@@ -119,7 +150,6 @@ def prune(
             live[loc.pack] = live.get(loc.pack, 0) + loc.length
         else:
             report.unused_blocks += 1
-    say("checking every pack's own table")
     unused_unindexed, kept = _account(repo, referenced, set(total), problems)
     if problems:
         raise PruneRefusedError(problems)
@@ -144,29 +174,27 @@ def prune(
     for p in doomed + repack:
         report.bytes_freed += repo.pack_size(p) or 0
     report.packs_deleted, report.packs_repacked = doomed, repack
-    gone = set(doomed + repack)
-    dropped = [c for c in repo.damaged.copies if _pack_gone(repo, c, gone)]
-    report.damaged_records_dropped = len(dropped)
-    nothing_to_do = not doomed and not repack and not report.unused_blocks and not dropped
-    if dry_run and not nothing_to_do:
-        # The real run rewrites the whole index (one that comes out byte-identical
-        # keeps its name, which a dry run cannot know without writing it).
-        report.segments_replaced = len(list_segments(repo.store))
-    if dry_run or nothing_to_do:
-        if not dry_run:
-            repo.remove_temp_files()
-        return report
+    return doomed, repack
 
+
+def _apply(
+    repo: Repository,
+    report: PruneReport,
+    referenced: set[bytes],
+    say: Progress,
+    step: Callable[[str], None],
+) -> None:
+    """The deletions, in the crash-safe order of the module docstring."""
+    assert repo.lock is not None  # prune() checked it holds the exclusive lock
+    doomed, repack = report.packs_deleted, report.packs_repacked
     say(f"repacking {len(repack)} packs")
-    entries: list[SegmentEntry] = []
     repacked = set(repack)
     moved = _repack(repo, repack, referenced, report)
-    for block_id, loc in repo.index.items():
-        if block_id not in referenced:
-            continue
-        if loc.pack in repacked:
-            continue
-        entries.append(SegmentEntry(block_id, loc.pack, loc.offset, loc.length, 0))
+    entries = [
+        SegmentEntry(block_id, loc.pack, loc.offset, loc.length, 0)
+        for block_id, loc in repo.index.items()
+        if block_id in referenced and loc.pack not in repacked
+    ]
     entries = _with_plain_lengths(repo, entries) + moved
     step("packs-written")
 
@@ -190,10 +218,9 @@ def prune(
     # pack got that pack's name (and kept the file already there). Never delete it.
     written = set(report.packs_written)
     for p in doomed + repack:
-        if p in written:
-            continue
-        repo.store.delete(pack_key(p))
-    gone -= written
+        if p not in written:
+            repo.store.delete(pack_key(p))
+    gone = set(doomed + repack) - written
     step("packs-deleted")
     # Only now that their packs are gone (a repack may have found more damage).
     keep = [c for c in repo.damaged.copies if not _pack_gone(repo, c, gone)]
@@ -203,7 +230,6 @@ def prune(
     repo.remove_temp_files()
     repo.reload_index()
     step("done")
-    return report
 
 
 def _repack(

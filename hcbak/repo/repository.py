@@ -8,12 +8,11 @@ Open a repository with `open_repo` (hcbak/repo/opening.py).
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import cached_property
 
 from hcbak.errors import IntegrityError, NotFoundError, RepoError, UsageError
-from hcbak.repo.blockstore import PACK_TARGET, BlockStore
+from hcbak.repo.blockstore import BlockStore
 from hcbak.repo.codec import ENVELOPE
-from hcbak.repo.crypto import KeyMaterial
-from hcbak.repo.ids import BlockIdFn
 from hcbak.repo.locks import RepoLock
 from hcbak.repo.pack import pack_key
 from hcbak.repo.points import (
@@ -26,30 +25,26 @@ from hcbak.repo.points import (
     new_point_id,
     summary_from_header,
 )
-from hcbak.repo.settings import CONFIG_KEY, RepoSettings
-from hcbak.repo.storage.base import ObjectMissingError, ObjectStore
+from hcbak.repo.settings import CONFIG_KEY
+from hcbak.repo.storage.base import ObjectMissingError
 
 POINTS = "points/"
+# The first read of a manifest for its header: one request on an object store for all
+# but the largest headers (the block maps that follow are not needed for a listing).
+SUMMARY_READ = 16 * 1024
 
 
 class Repository(BlockStore):
     """An open repository. Use through `open_repo`; methods are thread safe."""
 
-    def __init__(
-        self,
-        store: ObjectStore,
-        settings: RepoSettings,
-        material: KeyMaterial | None,
-        block_ids: BlockIdFn,
-        *,
-        pack_target: int = PACK_TARGET,
-    ) -> None:
-        self.lock: RepoLock | None = None
-        self.unlocked_reason = ""  # why a read-only repository was opened without a lock
-        # Manifests list_points could not read (id -> why): left out of every listing
-        # so one damaged point hides no other; `repo verify` reports them (exit 6).
-        self.unreadable_points: dict[str, str] = {}
-        super().__init__(store, settings, material, block_ids, pack_target=pack_target)
+    lock: RepoLock | None = None  # the lease open_repo holds for it (None: no lock)
+    unlocked_reason = ""  # why a read-only repository was opened without a lock
+
+    @cached_property
+    def unreadable_points(self) -> dict[str, str]:
+        """Manifests list_points could not read (id -> why): left out of every listing
+        so one damaged point hides no other; `repo verify` reports them (exit 6)."""
+        return {}
 
     @property
     def location(self) -> str:
@@ -97,10 +92,12 @@ class Repository(BlockStore):
         """Read only the manifest's first section (the JSON header), not its block maps.
         ObjectMissingError when the point is gone."""
         fixed = len(POINT_MAGIC) + ENVELOPE.size
-        head = self.store.get_range(POINTS + point_id, 0, fixed)
-        if len(head) == fixed:  # else decode_header reports the truncation
-            rest = ENVELOPE.unpack_from(head, len(POINT_MAGIC))[4]
-            head += self.store.get_range(POINTS + point_id, fixed, rest)
+        head = self.store.get_range(POINTS + point_id, 0, SUMMARY_READ)
+        if len(head) >= fixed:  # else decode_header reports the truncation
+            end = fixed + ENVELOPE.unpack_from(head, len(POINT_MAGIC))[4]
+            if len(head) < end:  # a header longer than the first read (many disks)
+                head += self.store.get_range(POINTS + point_id, len(head), end - len(head))
+            head = head[:end]
         header, _ = decode_header(head, point_id, self.envelope)
         return summary_from_header(header)
 

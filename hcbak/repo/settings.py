@@ -1,9 +1,9 @@
 """The repository `config` file: format version, id, block size, compression, keys;
 its checksum and settings MAC (format v2), and what hcbak's own config pins.
 
-It is a small JSON document (not content-addressed: `repo passwd` replaces it through
-an atomic put of the storage backend). When the repository is encrypted the block-id secret lives
-only inside the wrapped key, so ids reveal nothing without the passphrase.
+It is a small JSON document (not content-addressed: `repo passwd` replaces it with an
+atomic put of the storage backend). When the repository is encrypted the block-id
+secret lives only inside the wrapped key, so ids reveal nothing without the passphrase.
 
 Format v2 adds two fields (docs/format.md, "config"): `checksum`, a sha256 over every
 other field, so damage anywhere (a flipped bit in the wrapped key, the salt or the id)
@@ -139,7 +139,7 @@ def read_config_doc(location: Location) -> dict[str, Any]:
     except ObjectMissingError:
         raise RepoError(f"{store.location} is not an hcbak repository (no config file)")
     except RepoError as exc:
-        raise RepoError(f"repository config {path} is unreadable: {exc.message}")
+        raise RepoError(f"repository config is unreadable: {exc.message}")
     except ValueError as exc:  # not UTF-8 or not JSON: damaged, or somebody else's file
         what = "not UTF-8" if isinstance(exc, UnicodeDecodeError) else "not valid JSON"
         raise _damaged(path, what)

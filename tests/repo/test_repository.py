@@ -146,6 +146,25 @@ def test_list_points_filters_by_vm_and_job(tmp_path: Path) -> None:
         assert [p.job for p in repo.list_points(job="j1")] == ["j1"]
 
 
+def test_a_point_header_longer_than_the_first_read_lists_whole(tmp_path: Path) -> None:
+    """list_points reads a manifest's header with one ranged read (SUMMARY_READ); a
+    header longer than that (a VM with a long definition) is read on, not cut."""
+    from hcbak.repo.repository import SUMMARY_READ
+
+    root = make_repo(tmp_path / "r")
+    text = os.urandom(2 * SUMMARY_READ).hex()  # does not compress below the first read
+    with open_repo(root, passphrase=PASS) as repo:
+        point = write_point(repo, disk_bytes(3, 2), vm="long")
+        vm = {"name": "long", "description": text}
+        big = Point(**{**point.__dict__, "id": repo.new_point_id(), "vm": vm})
+        repo.save_point(big)
+    assert (root / "points" / big.id).stat().st_size > 2 * SUMMARY_READ
+    with open_repo(root, passphrase=PASS) as repo:
+        assert {s.id for s in repo.list_points(vm="long")} == {point.id, big.id}
+        assert repo.unreadable_points == {}
+        assert repo.load_point(big.id).vm["description"] == text
+
+
 def test_block_map_round_trips_and_copies() -> None:
     bm = BlockMap(3)
     bm.set(1, b"\x01" * 16)

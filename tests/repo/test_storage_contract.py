@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +18,21 @@ from pathlib import Path
 import pytest
 
 from hcbak.errors import RepoError, UsageError
-from hcbak.repo.storage import LocalStore, ObjectMissingError, ObjectStore, open_store
+from hcbak.repo.pack import (
+    PackReader,
+    PackWriter,
+    frame_parts,
+    iter_pack_frames,
+    pack_key,
+    read_trailer,
+)
+from hcbak.repo.storage import (
+    LocalStore,
+    ObjectMissingError,
+    ObjectStore,
+    ReadOnlyStoreError,
+    open_store,
+)
 
 BACKENDS = ["local", "s3"]  # s3: the session's Ceph RGW (tests/conftest.py), else skipped
 StoreFactory = Callable[[], ObjectStore]
@@ -176,6 +191,36 @@ def test_remove_temp_clears_what_a_crashed_writer_left(store: ObjectStore) -> No
     assert store.get("points/kept") == b"kept"
 
 
+def test_packs_are_written_and_read_through_any_store(store: ObjectStore) -> None:
+    """PackWriter spools and commits; the trailer and every frame read back through
+    get_range, also when frames straddle PackReader's windows."""
+    writer = PackWriter(store)
+    frames = []
+    for i in range(5):
+        block_id, payload = bytes([i + 1]) * 16, os.urandom(1000 + 777 * i)
+        parts = frame_parts(block_id, 0, 0, len(payload), [payload])
+        offset, length = writer.append(block_id, parts, len(payload))
+        frames.append((offset, b"".join(parts)))
+        assert writer.read_frame(offset, length) == frames[-1][1]  # before the commit
+    pack_id = writer.finish()
+    assert list(store.list("packs/")) == [pack_key(pack_id)]
+    table = read_trailer(store, pack_id)
+    assert [(o, n) for _, o, n, _ in table] == [(o, len(f)) for o, f in frames]
+    reader = PackReader(store, pack_id, chunk=1500)  # smaller than most frames
+    for offset, frame in reversed(frames):
+        assert reader.read(offset, len(frame)) == frame
+    assert list(iter_pack_frames(store, pack_id)) == frames  # and its sha256 is its name
+
+
+def test_an_aborted_pack_leaves_nothing(store: ObjectStore) -> None:
+    writer = PackWriter(store)
+    writer.append(bytes(16), [b"frame"], 5)
+    writer.abort()
+    assert list(store.list("")) == []
+    with pytest.raises(ObjectMissingError):
+        read_trailer(store, "ab" * 32)
+
+
 def test_open_store_builds_a_folder_store_and_refuses_unknown_schemes(tmp_path: Path) -> None:
     store = open_store(tmp_path / "r")
     assert isinstance(store, LocalStore)
@@ -249,3 +294,43 @@ def test_folder_create_refuses_a_folder_that_is_not_empty(tmp_path: Path) -> Non
     (tmp_path / "plain").write_text("x")
     with pytest.raises(RepoError, match="not a folder"):
         LocalStore(tmp_path / "plain").create()
+    (tmp_path / "half" / "packs").mkdir(parents=True)  # empty layout folders are fine
+    LocalStore(tmp_path / "half").create()
+    (tmp_path / "half" / "packs" / ".tmp-pack-1").write_bytes(b"x")  # but not a file
+    with pytest.raises(RepoError, match="not empty"):
+        LocalStore(tmp_path / "half").create()
+
+
+def test_folder_lists_a_stray_directory_as_a_key_so_reading_it_fails(folder: LocalStore) -> None:
+    """A directory where a segment belongs is not hidden by the listing: the open of a
+    repository whose index cannot be read must fail, not go on with part of it."""
+    (folder.root / "index" / "ab12").mkdir()
+    assert list(folder.list("index/")) == ["index/ab12"]
+    with pytest.raises(RepoError) as caught:
+        folder.get("index/ab12")
+    assert not isinstance(caught.value, ObjectMissingError)
+
+
+def test_folder_refused_writes_are_read_only_store_errors(tmp_path: Path) -> None:
+    """A read-only bind mount of a repository folder (as root; skipped elsewhere)."""
+    src, view = tmp_path / "src", tmp_path / "view"
+    LocalStore(src).create()
+    view.mkdir()
+    bind = subprocess.run(["mount", "--bind", str(src), str(view)], capture_output=True)
+    if bind.returncode != 0:
+        pytest.skip(f"cannot bind-mount here (needs root): {bind.stderr.decode().strip()}")
+    try:
+        ro = subprocess.run(["mount", "-o", "remount,bind,ro", str(view)], capture_output=True)
+        if ro.returncode != 0:
+            pytest.skip(f"cannot remount read-only: {ro.stderr.decode().strip()}")
+        store = LocalStore(view)
+        for write in (
+            lambda: store.put("locks/l", b"x", if_absent=True),
+            lambda: store.put("packs/ab/cd", b"x", if_absent=True),
+            lambda: store.spool("packs/"),
+        ):
+            with pytest.raises(ReadOnlyStoreError):
+                write()
+        assert list(store.list("")) == []
+    finally:
+        subprocess.run(["umount", "-l", str(view)], check=False)

@@ -170,9 +170,8 @@ class LocalStore:
                 raise RepoLocationError(f"{root} exists and is not a folder")
             if (root / "config").is_file():
                 raise RepoLocationError(f"{root} is already an hcbak repository")
-            if next(self.list(""), None) is not None or any(
-                not (p.name in LAYOUT and p.is_dir()) for p in root.iterdir()
-            ):
+            entries = list(root.iterdir())
+            if any(not (p.name in LAYOUT and p.is_dir()) or any(p.iterdir()) for p in entries):
                 raise RepoLocationError(
                     f"{root} is not empty and is not an hcbak repository",
                     hint="choose an empty or new folder",
