@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +145,23 @@ def test_repo_add_s3_errors_have_their_exit_codes(run_hcbak: Any, s3_bucket: Any
     for proc in (missing, wrong, garbled):
         assert "Traceback" not in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1  # one line
+
+
+def test_without_boto3_an_s3_repository_is_a_usage_error(
+    tmp_path: Path, hcbak_env: dict[str, str]
+) -> None:
+    config_path = Path(hcbak_env["HCBAK_CONFIG"])
+    config_path.write_text("repositories:\n  remote:\n    s3: {bucket: some-bucket}\n")
+    code = (
+        "import sys\nsys.modules['boto3'] = None  # as if not installed\n"
+        "from hcbak.cli.main import run\nsys.exit(run(['repo', 'show', 'remote']))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], env=hcbak_env, capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "S3 repositories need boto3" in proc.stderr
+    assert "pip install 'hcbak[s3]'" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_s3_repo_config_location() -> None:

@@ -72,7 +72,14 @@ def _s3_store(location: str, s3: Any) -> ObjectStore:
         target = parse_s3_target(location)
     except ValueError as exc:
         raise UsageError(f"repository location {location}: {exc}")
-    from hcbak.repo.storage.s3 import S3Options, S3Store  # imports boto3: S3 only
+    try:
+        from hcbak.repo.storage.s3 import S3Options, S3Store  # imports boto3: S3 only
+    except ImportError as exc:
+        raise UsageError(
+            f"repository location {location}: S3 repositories need boto3 ({exc.name} is "
+            "not installed)",
+            hint="pip install 'hcbak[s3]'",
+        )
 
     if s3 is None:
         return S3Store(target)
