@@ -105,6 +105,27 @@ def test_compliance_locked_objects_cannot_be_deleted_with_the_same_keys(
         assert '"immutable_until": "' in listed.out
         table = cli(L.env, "points", "list", "--repo", "vault")
         assert "IMMUTABLE UNTIL" in table.out
+        damaged = cli(L.env, "repo", "verify", "vault")
+        assert damaged.code == 6  # the attack shows: the pack looks missing
+        # recovery: remove the marker and the attacker's version (neither is locked)
+        for item in client.list_object_versions(Bucket=name, Prefix=pack).get("DeleteMarkers", []):
+            client.delete_object(Bucket=name, Key=pack, VersionId=item["VersionId"])
+        current = versions(locked_bucket, pack)[0]
+        assert current["IsLatest"] and current["VersionId"] != version
+        client.delete_object(Bucket=name, Key=pack, VersionId=current["VersionId"])
+        assert client.get_object(Bucket=name, Key=pack)["Body"].read() == original
+        repaired = cli(L.env, "repo", "verify", "vault", "--read-data")
+        assert repaired.code == 0, repaired.err
+        # forget + prune through hcbak: the deletes become delete markers, they do not
+        # fail halfway, and every locked version is still there
+        point = locked_bucket.keys("hcbak/points/")[0].rsplit("/", 1)[1]
+        assert cli(L.env, "points", "forget", point, "--repo", "vault").code == 0
+        pruned = cli(L.env, "repo", "prune", "vault")
+        pruned.assert_clean()
+        assert pruned.code == 0, pruned.err
+        assert locked_bucket.keys("hcbak/points/") == []
+        for key in data_keys:
+            assert versions(locked_bucket, key), key  # the locked versions are kept
 
 
 def test_a_new_point_extends_the_retention_of_the_packs_it_shares(
