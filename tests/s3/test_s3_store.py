@@ -155,6 +155,46 @@ def test_a_retried_conditional_put_whose_answer_was_lost_is_still_ours(
     assert store.put("locks/mine", b"another run", if_absent=True) is False
 
 
+def test_replace_is_a_compare_and_swap_with_the_unquoted_etag(
+    s3_bucket: Any, tmp_path: Path
+) -> None:
+    """If-Match with S3's quoted ETag always gets 412 on Ceph: replace strips it."""
+    store = make_store(s3_bucket, tmp_path)
+    store.put("locks/l", b"A")
+    assert store.replace("locks/l", b"A", b"B") is True
+    assert store.replace("locks/l", b"A", b"C") is False  # changed meanwhile: kept
+    assert store.get("locks/l") == b"B"
+    store.delete("locks/l")
+    assert store.replace("locks/l", b"B", b"D") is False  # removed: not recreated
+    assert store.size("locks/l") is None
+
+
+def test_a_lease_renewal_never_recreates_a_lease_removed_meanwhile(
+    s3_bucket: Any, tmp_path: Path, proxy: FaultProxy
+) -> None:
+    """Another host removes the lease (judged stale, unlock --force) between the
+    renewal's read and its write: the write must not bring it back."""
+    from hcbak.errors import LockedError
+    from hcbak.repo.locks import RepoLock
+
+    store = make_store(s3_bucket, tmp_path, endpoint=proxy.url)
+    lock = RepoLock(store, "shared", command="test")
+    lock.acquire()
+    try:
+        proxy.hold = ("PUT ", "/locks/")  # the renewal's write waits on the wire
+        renewal = threading.Thread(target=lock._renew)
+        renewal.start()
+        assert proxy.held.wait(30)
+        s3_bucket.client.delete_object(Bucket=s3_bucket.name, Key=f"repo/{lock.key}")
+        proxy.release.set()
+        renewal.join(30)
+        assert store.size(lock.key) is None  # not recreated
+        with pytest.raises(LockedError, match="removed or replaced"):
+            lock.check_held()
+    finally:
+        lock.release()
+
+
 def test_without_retries_the_same_throttling_fails(
     s3_bucket: Any, tmp_path: Path, proxy: FaultProxy
 ) -> None:

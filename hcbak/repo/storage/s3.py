@@ -310,6 +310,43 @@ class S3Store:
                 raise self._error(exc, "write", key) from exc
         raise RepoError(f"cannot write {self.location}/{key}: conditional writes keep conflicting")
 
+    def replace(self, key: str, old: bytes, new: bytes) -> bool:
+        """Compare and swap: write `new` only while the object still holds `old` (a
+        lease renewal must never recreate a lease another host removed, nor overwrite
+        one it replaced). GET, then a PutObject with `If-Match` on that GET's ETag;
+        False when the object is gone or different. The ETag goes without its quotes:
+        Ceph RGW matches only that form (AWS and MinIO take both)."""
+        try:
+            response = self._client.get_object(Bucket=self.bucket, Key=self.target.key(key))
+            current = response["Body"].read()
+        except botocore.exceptions.ClientError as exc:
+            error = self._error(exc, "read", key)
+            if isinstance(error, ObjectMissingError):
+                return False
+            raise error from exc
+        except (botocore.exceptions.BotoCoreError, OSError) as exc:
+            raise self._error(exc, "read", key) from exc
+        if current != old:
+            return False
+        try:
+            self._client.put_object(
+                Bucket=self.bucket,
+                Key=self.target.key(key),
+                Body=new,
+                ContentMD5=_md5_b64(new),
+                IfMatch=str(response["ETag"]).strip('"'),
+                **self._retention_args(key),
+            )
+        except botocore.exceptions.ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in ("PreconditionFailed", "NoSuchKey", "ConditionalRequestConflict"):
+                retried = exc.response.get("ResponseMetadata", {}).get("RetryAttempts", 0)
+                return bool(retried) and self._holds(key, new)  # our first attempt landed
+            raise self._error(exc, "write", key) from exc
+        except botocore.exceptions.BotoCoreError as exc:
+            raise self._error(exc, "write", key) from exc
+        return True
+
     def _holds(self, key: str, data: bytes) -> bool:
         try:
             return self.get(key) == data
