@@ -233,6 +233,34 @@ def test_two_backups_into_one_bucket_at_once(tmp_path: Path, s3_bucket: Any) -> 
         proxy.close()
 
 
+def test_a_corrupted_object_is_named_by_verify_and_never_restored(
+    tmp_path: Path, s3_bucket: Any
+) -> None:
+    with s3_lab(tmp_path, s3_bucket) as L:
+        vm = L.sim.create_vm("web01", [2 * MiB], tags=["nightly"])
+        disk = L.sim.disk_uuids(vm)[0]
+        L.sim.fill(disk, seed=31, written=1.0, compressible=0.0)
+        assert cli(L.env, "job", "run", "nightly").code == 0
+        client, name = s3_bucket.client, s3_bucket.name
+        for pack in s3_bucket.keys("hcbak/packs/"):  # one flipped byte in every pack
+            data = bytearray(client.get_object(Bucket=name, Key=pack)["Body"].read())
+            data[100] ^= 0xFF  # inside the first blob frame (after the 16-byte header)
+            client.put_object(Bucket=name, Key=pack, Body=bytes(data))
+        verify = cli(L.env, "repo", "verify", "s3main", "--read-data")
+        verify.assert_clean()
+        assert verify.code == 6, verify.err
+        assert pack.rsplit("/", 1)[1][:12] in verify.err + verify.out
+        out = L.tmp / "restored.raw"
+        restore = cli(L.env, "restore", "disk", "web01@latest", "--disk", disk,
+                      "--to", str(out), "--repo", "s3main")  # fmt: skip
+        restore.assert_clean()
+        assert restore.code == 6, restore.err  # damage, never wrong bytes
+        assert not out.exists() or out.read_bytes() != L.sim.read_live(disk, 0, 2 * MiB)
+        assert cli(L.env, "job", "run", "nightly").code == 0  # stores the blocks again
+        assert restored_sha(L, "web01@latest", disk) == live_sha(L, disk, 2 * MiB)
+        verify_clean(L)
+
+
 def test_a_local_run_never_imports_boto3(tmp_path: Path, hcbak_env: dict[str, str]) -> None:
     """boto3 costs ~0.3 s of start-up: only an S3 repository may import it, and a
     config that merely names one does not (`job list`, `repo list`)."""
