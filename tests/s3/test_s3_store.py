@@ -242,6 +242,26 @@ def test_wrong_keys_are_named_and_the_secret_is_not_shown(s3_bucket: Any, tmp_pa
         bad_secret.put("config", b"x")
 
 
+def test_a_clock_the_server_rejects_is_named(
+    s3_bucket: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """This host's clock one hour fast (the signing time only: the test cannot move the
+    machine's clock); the rejection (RequestTimeTooSkewed) is the gateway's own."""
+    import datetime as dt
+
+    import botocore.auth
+
+    real = botocore.auth.get_current_datetime
+    monkeypatch.setattr(
+        botocore.auth, "get_current_datetime", lambda *a, **k: real(*a, **k) + dt.timedelta(hours=1)
+    )
+    store = make_store(s3_bucket, tmp_path, max_attempts=1)
+    with pytest.raises(RepoError) as caught:
+        store.put("points/p", b"x")
+    assert "rejects this host's clock (RequestTimeTooSkewed)" in caught.value.one_line()
+    assert "NTP" in caught.value.one_line()
+
+
 def test_a_missing_bucket_says_so(s3_bucket: Any, tmp_path: Path) -> None:
     from hcbak.repo.storage.s3 import S3Options, S3Store
 
