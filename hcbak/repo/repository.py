@@ -157,8 +157,11 @@ class Repository(BlockStore):
         return points[-1].id
 
     def forget_points(self, ids: list[str]) -> None:
-        """Delete manifests; their data stays until `prune`."""
+        """Delete manifests; their data stays until `prune`. Every id is checked first
+        (one listing), so an unknown id deletes nothing."""
+        known = set(self.point_ids())
         for pid in ids:
-            if pid not in self.point_ids():
+            if pid not in known:
                 raise NotFoundError(f"no restore point {pid}")
+        for pid in ids:
             self.store.delete(POINTS + pid)

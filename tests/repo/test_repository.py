@@ -137,6 +137,15 @@ def test_resolve_point_by_prefix_latest_and_date(tmp_path: Path) -> None:
         assert [p.id for p in repo.list_points()] == [p2.id]
 
 
+def test_forget_with_an_unknown_id_forgets_nothing(tmp_path: Path) -> None:
+    root = make_repo(tmp_path / "r")
+    with open_repo(root, passphrase=PASS) as repo:
+        p1 = write_point(repo, b"a" * BS)
+        with pytest.raises(NotFoundError):
+            repo.forget_points([p1.id, "f" * 32])
+        assert [p.id for p in repo.list_points()] == [p1.id]
+
+
 def test_list_points_filters_by_vm_and_job(tmp_path: Path) -> None:
     root = make_repo(tmp_path / "r", encrypted=False)
     with open_repo(root) as repo:
