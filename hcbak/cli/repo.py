@@ -36,7 +36,7 @@ from hcbak.config import (
     parse_block_size,
     state_dir,
 )
-from hcbak.errors import HcbakError, IntegrityError, UsageError
+from hcbak.errors import ExitCode, HcbakError, IntegrityError, UsageError
 from hcbak.secrets import SecretRef
 
 if TYPE_CHECKING:
@@ -677,6 +677,8 @@ def verify(
 
     Exit 6 when anything is wrong.
     """
+    from hcbak.cli.output import warn
+    from hcbak.repo.immutability import underprotected
     from hcbak.repo.verify import verify as _verify
 
     percent = read_data or 0.0
@@ -684,8 +686,11 @@ def verify(
     with open_configured(config.repo(name), read_only_ok=True) as repo:
         report = _verify(repo, read_data_percent=percent, progress=info)
         _save_last_verify(config, repo.config.repo_id, report.ok, percent)
+        weaker = underprotected(repo) if report.ok else []  # S3 Object Lock promises
+    for line in weaker:
+        warn(f"less protected than promised: {line}")
     if json_out:
-        emit_json(report.to_json())
+        emit_json({**report.to_json(), "underprotected": weaker})
     else:
         for err in report.errors:
             info(f"problem: {err}")
@@ -705,6 +710,8 @@ def verify(
             f"repository {name} has {len(report.errors)} problem(s); affected points: "
             + (", ".join(p[:12] for p in report.affected_points) or "none"),
         )
+    if weaker:  # the data is whole; its protection is not what was promised
+        raise typer.Exit(int(ExitCode.WARNINGS))
 
 
 def _verify_file(config: Config, repo_id: str) -> Path:

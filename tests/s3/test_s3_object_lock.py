@@ -142,6 +142,11 @@ def test_a_new_point_extends_the_retention_of_the_packs_it_shares(
             client.put_object_retention(Bucket=name, Key=pack, BypassGovernanceRetention=True,
                                         Retention={"Mode": "GOVERNANCE",
                                                    "RetainUntilDate": soon})  # fmt: skip
+        weak = cli(L.env, "repo", "verify", "vault")
+        weak.assert_clean()
+        assert weak.code == 1, weak.err  # whole, but less protected than promised
+        assert "less protected than promised" in weak.err
+        assert packs[0].removeprefix("hcbak/") in weak.err
         assert cli(L.env, "job", "run", "nightly").code == 0  # unchanged disk: same packs
         assert locked_bucket.keys("hcbak/packs/") == packs
         floor = datetime.now(UTC) + timedelta(days=2)
@@ -151,6 +156,8 @@ def test_a_new_point_extends_the_retention_of_the_packs_it_shares(
             assert head["ObjectLockRetainUntilDate"] >= floor, pack  # extended
         config_head = client.head_object(Bucket=name, Key="hcbak/config")
         assert config_head["ObjectLockRetainUntilDate"] >= floor  # the key material too
+        healed = cli(L.env, "repo", "verify", "vault")
+        assert healed.code == 0, healed.err  # the first point's packs are covered again
         first = versions(locked_bucket, packs[0])[0]["VersionId"]
         with pytest.raises(ClientError):  # governance: refused without the bypass
             client.delete_object(Bucket=name, Key=packs[0], VersionId=first)
