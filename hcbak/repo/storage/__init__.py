@@ -4,7 +4,8 @@
   whose key is known only at the end) and `ObjectMissingError`.
 - local.py: `LocalStore`, a folder (local disk, NFS, SMB) with fsync/rename/link rules.
 - s3.py: `S3Store`, a bucket and prefix through boto3 (imported only for S3 locations);
-  s3_target.py parses `s3://bucket/prefix` and credentials without boto3.
+  s3_target.py parses `s3://bucket/prefix` and credentials without boto3; s3_errors.py
+  turns SDK failures into one-line hcbak errors.
 
 `open_store` picks the backend from a location: a path, or a URL (`s3://bucket/prefix`).
 Backends other than the folder are imported only when used (start-up time).

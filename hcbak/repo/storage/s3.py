@@ -41,13 +41,13 @@ import botocore.exceptions
 
 from hcbak.errors import (
     HcbakError,
-    NoSpaceError,
     RepoError,
     RepoLocationError,
     SecretError,
 )
 from hcbak.repo import fsio
 from hcbak.repo.storage.base import ObjectMissingError, Spool
+from hcbak.repo.storage.s3_errors import What, describe_s3_error, short
 from hcbak.repo.storage.s3_target import S3Keys, S3Target
 
 MiB = 1024 * 1024
@@ -65,20 +65,10 @@ LEASES = "locks/"
 RETENTION_SLACK = timedelta(days=7)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-_MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
-_AUTH_CODES = frozenset(
-    {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
-     "TokenRefreshRequired", "AuthorizationHeaderMalformed", "InvalidSecurity"}
-)  # fmt: skip
-_QUOTA_CODES = frozenset({"QuotaExceeded", "InsufficientCapacity", "EntityTooLarge"})
 # `--debug` puts the root logger at DEBUG: botocore would then log every request's
 # parameters, pack bodies included. Its retries and failures reach hcbak as errors.
 for _name in ("boto3", "botocore", "s3transfer"):
     logging.getLogger(_name).setLevel(logging.WARNING)
-_bx = botocore.exceptions
-_NO_CREDENTIALS = (_bx.NoCredentialsError, _bx.PartialCredentialsError)
-_TIMEOUTS = (_bx.ConnectTimeoutError, _bx.ReadTimeoutError)
-_UNREACHABLE = (_bx.EndpointConnectionError, _bx.ConnectionClosedError)
 
 
 @dataclass(frozen=True)
@@ -153,74 +143,16 @@ class S3Store:
         except botocore.exceptions.ProfileNotFound:
             raise SecretError(f"AWS profile {opts.profile!r} is not configured (~/.aws/config)")
         except (botocore.exceptions.BotoCoreError, ValueError) as exc:
-            raise RepoError(f"cannot use S3 endpoint {self.endpoint_name}: {_short(exc)}")
+            raise RepoError(f"cannot use S3 endpoint {self.endpoint_name}: {short(exc)}")
 
     # --- errors ---------------------------------------------------------------------------
     def _error(self, exc: Exception, what: str, key: str | None = None) -> HcbakError:
         """The hcbak error for a boto3/botocore failure: one line, naming the location."""
-        where = f"{self.location}/{key}" if key else self.location
-        at = f"{where} ({self.endpoint_name})"
-        if isinstance(exc, HcbakError):
-            return exc
-        if isinstance(exc, botocore.exceptions.ClientError):
-            err = exc.response.get("Error", {})
-            code = str(err.get("Code", ""))
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            message = str(err.get("Message") or "").strip()
-            if code == "NoSuchBucket":
-                return RepoError(
-                    f"bucket {self.bucket} does not exist at {self.endpoint_name}",
-                    hint="create it first, or check the bucket name and --endpoint",
-                )
-            if code in _MISSING_CODES:
-                return ObjectMissingError(f"{key} is missing in repository {self.location}")
-            if code in _AUTH_CODES:
-                return RepoError(
-                    f"{self.endpoint_name} refused the S3 credentials for {self.location} ({code})",
-                    hint="check the access key and secret (credentials_* or AWS_* / profile)",
-                )
-            if code == "RequestTimeTooSkewed":
-                return RepoError(
-                    f"{self.endpoint_name} rejects this host's clock (RequestTimeTooSkewed)",
-                    hint="synchronise the clock (NTP); S3 accepts at most 15 minutes of skew",
-                )
-            if code in ("AccessDenied", "403") or status == 403:
-                return RepoError(
-                    f"access denied: cannot {what} {at}",
-                    hint="wrong keys, or the key lacks permission on the bucket",
-                )
-            if code in _QUOTA_CODES:
-                return NoSpaceError(f"no space: cannot {what} {at}: {code}")
-            detail = f"{code}: {message}" if message else code or f"HTTP {status}"
-            return RepoError(f"cannot {what} {at}: {detail}")
-        if isinstance(exc, _NO_CREDENTIALS):
-            return SecretError(
-                f"no S3 credentials for {self.location}",
-                hint="give credentials_env/_file/_command, or set AWS_ACCESS_KEY_ID and "
-                "AWS_SECRET_ACCESS_KEY or an AWS profile",
-            )
-        if isinstance(exc, botocore.exceptions.SSLError):
-            return RepoError(
-                f"TLS error talking to {self.endpoint_name}: {_short(exc)}",
-                hint="check the endpoint's certificate; AWS_CA_BUNDLE names a private CA",
-            )
-        if isinstance(exc, _TIMEOUTS):
-            return RepoError(
-                f"S3 endpoint {self.endpoint_name} did not answer in time: cannot {what} "
-                f"{where} (after {self.options.max_attempts} attempts)"
-            )
-        if isinstance(exc, _UNREACHABLE):
-            return RepoError(
-                f"S3 endpoint {self.endpoint_name} is unreachable: cannot {what} {where} "
-                f"(after {self.options.max_attempts} attempts)"
-            )
-        if isinstance(exc, botocore.exceptions.BotoCoreError):
-            return RepoError(f"cannot {what} {at}: {_short(exc)}")
-        if isinstance(exc, OSError):
-            if exc.errno in fsio.NO_SPACE_ERRNOS:
-                return NoSpaceError(f"no space in the spool folder {self.spool_dir}")
-            return RepoError(f"cannot {what} {at}: {exc.strerror or exc}")
-        return RepoError(f"cannot {what} {at}: {_short(exc)}")
+        return describe_s3_error(
+            exc,
+            What(what, self.location, key, self.endpoint_name, self.bucket,
+                 self.options.max_attempts, self.spool_dir),
+        )  # fmt: skip
 
     def _call(self, what: str, key: str | None, method: str, **kwargs: Any) -> Any:
         try:
@@ -593,7 +525,3 @@ class S3Store:
 
 def _md5_b64(data: bytes) -> str:
     return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
-
-
-def _short(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300] or type(exc).__name__
