@@ -95,6 +95,11 @@ def _secret_refs(config: Config) -> list[tuple[str, SecretRef]]:
         (f"repositories.{n}.passphrase", r.passphrase)
         for n, r in sorted(config.repositories.items())
     ]
+    refs += [
+        (f"repositories.{n}.s3.credentials", r.s3.credentials)
+        for n, r in sorted(config.repositories.items())
+        if r.s3 is not None
+    ]
     if config.smtp is not None:
         refs.append(("smtp.password", config.smtp.password))
     return [(where, ref) for where, ref in refs if ref is not None]

@@ -37,7 +37,8 @@ def list_(
     for cfg in repos_to_search(config, repo):
         try:
             with open_configured(cfg, lock=None) as r:
-                rows += [{**p.to_json(), "repo": cfg.name} for p in r.list_points(vm=vm, job=job)]
+                found = [{**p.to_json(), "repo": cfg.name} for p in r.list_points(vm=vm, job=job)]
+                rows += _with_retention(r.store, found)
                 damaged += [
                     {"repo": cfg.name, "id": pid, "reason": why}
                     for pid, why in r.unreadable_points.items()
@@ -58,9 +59,22 @@ def list_(
         raise typer.Exit(int(ExitCode.INTEGRITY if damaged else ExitCode.WARNINGS))
 
 
+def _with_retention(store: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`immutable_until` of each point of an Object Lock repository (S3 immutable_days):
+    its manifest's retention, which the packs it needs were extended to at its commit."""
+    if not getattr(store, "immutable_days", 0):
+        return rows
+    for row in rows:
+        until = store.retained_until(f"points/{row['id']}")
+        row["immutable_until"] = until.isoformat() if until is not None else None
+    return rows
+
+
 def _print_points(rows: list[dict[str, Any]]) -> None:
+    locked = any("immutable_until" in p for p in rows)
     print_table(
-        ["ID", "REPO", "JOB", "VM", "CREATED", "DISKS", "SIZE"],
+        ["ID", "REPO", "JOB", "VM", "CREATED", "DISKS", "SIZE"]
+        + (["IMMUTABLE UNTIL"] if locked else []),
         [
             [
                 p["id"],
@@ -71,6 +85,7 @@ def _print_points(rows: list[dict[str, Any]]) -> None:
                 p["disks"],
                 p["capacity"],
             ]
+            + ([(p.get("immutable_until") or "-")[:19]] if locked else [])
             for p in rows
         ],
         whole=["ID"],

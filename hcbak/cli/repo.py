@@ -26,6 +26,19 @@ from hcbak.cli.common import (
 from hcbak.cli.options import JsonOpt
 from hcbak.cli.output import emit_json, info, print_fields, print_table
 from hcbak.cli.repo_access import expected_of, lease_state_dir, open_configured
+from hcbak.cli.repo_s3 import (
+    CredCmd,
+    CredEnv,
+    CredFile,
+    EndpointOpt,
+    ImmutableModeOpt,
+    ImmutableOpt,
+    ParallelOpt,
+    ProfileOpt,
+    RegionOpt,
+    S3Opt,
+    s3_entry_from_options,
+)
 from hcbak.config import (
     Config,
     RepoConfig,
@@ -35,7 +48,7 @@ from hcbak.config import (
     parse_block_size,
     state_dir,
 )
-from hcbak.errors import HcbakError, IntegrityError, UsageError
+from hcbak.errors import ExitCode, HcbakError, IntegrityError, UsageError
 from hcbak.secrets import SecretRef
 
 if TYPE_CHECKING:
@@ -59,7 +72,9 @@ PassCmd = Annotated[
 @app.command("add")
 def add(
     name: NameArg,
-    path: Annotated[str, typer.Option("--path", help="Folder of the repository (local or NFS).")],
+    path: Annotated[
+        str | None, typer.Option("--path", help="Folder of the repository (local or NFS).")
+    ] = None,
     encrypt: Annotated[
         bool, typer.Option(help="Encrypt with AES-256-GCM (needs a passphrase).")
     ] = False,
@@ -69,30 +84,63 @@ def add(
     compression: Annotated[str, typer.Option(help="lz4 (default), zstd or none.")] = "lz4",
     block_size: Annotated[str, typer.Option(help="Block size, 256KiB..4MiB.")] = "1MiB",
     force: Annotated[bool, typer.Option(help="Replace a config entry of the same name.")] = False,
+    s3: S3Opt = None,
+    endpoint: EndpointOpt = None,
+    region: RegionOpt = None,
+    profile: ProfileOpt = None,
+    credentials_env: CredEnv = None,
+    credentials_file: CredFile = None,
+    credentials_command: CredCmd = None,
+    upload_parallel: ParallelOpt = None,
+    immutable_days: ImmutableOpt = None,
+    immutable_mode: ImmutableModeOpt = None,
 ) -> None:
-    """Create a repository in an empty folder, or adopt an existing hcbak repository.
+    """Create a repository in an empty folder or S3 bucket/prefix, or adopt an existing one.
 
     The passphrase never goes on the command line: give --passphrase-env,
-    --passphrase-file or --passphrase-command, or type it twice at the prompt.
+    --passphrase-file or --passphrase-command, or type it twice at the prompt. S3 keys
+    neither: --credentials-env/-file/-command, or the AWS environment and profiles.
     """
     from hcbak.repo import init_repo, is_repo
     from hcbak.repo.settings import read_config_doc
+    from hcbak.repo.storage import store_for
 
     check_name(name, "repository name")
     if compression not in ("lz4", "zstd", "none"):
         raise UsageError("--compression must be lz4, zstd or none")
     size = check_value(parse_block_size, block_size, "--block-size")
+    if (path is None) == (s3 is None):
+        raise UsageError("give either --path FOLDER or --s3 BUCKET[/PREFIX]")
+    s3_only = (endpoint, region, profile, credentials_env, credentials_file,
+               credentials_command, upload_parallel, immutable_days, immutable_mode)  # fmt: skip
+    if s3 is None and any(v is not None for v in s3_only):
+        raise UsageError("--endpoint, --region, --profile, --credentials-*, "
+                         "--upload-parallel and --immutable-* need --s3")  # fmt: skip
     config = load_config_for_edit()
     if name in config.repositories and not force:
         raise UsageError(f"repository {name!r} already exists", hint="use --force to replace it")
-    folder = Path(path).expanduser().resolve()
+    s3_entry = None
+    if s3 is not None:
+        s3_entry = s3_entry_from_options(
+            s3, endpoint=endpoint, region=region, profile=profile, env=credentials_env,
+            file=credentials_file, command=credentials_command,
+            upload_parallel=upload_parallel, immutable_days=immutable_days,
+            immutable_mode=immutable_mode,
+        )  # fmt: skip
+        shown = s3_entry.location
+        folder: Any = store_for(RepoConfig(name, shown, s3=s3_entry))
+    else:
+        folder = Path(str(path)).expanduser().resolve()
+        shown = str(folder)
     adopting = is_repo(folder)
+    if adopting and s3_entry is not None and s3_entry.immutable_days:
+        folder.check_object_lock()  # a new repository's create() checks it
     is_encrypted = False
     if adopting:
         is_encrypted = read_config_doc(folder).get("encryption") is not None
         if encrypt and not is_encrypted:
             raise UsageError(
-                f"{folder} is an unencrypted hcbak repository",
+                f"{shown} is an unencrypted hcbak repository",
                 hint="encryption is chosen when a repository is created; drop --encrypt",
             )
     wants_key = encrypt or is_encrypted
@@ -115,17 +163,18 @@ def add(
     if adopting:
         # Opening proves the passphrase (and, for v2, the settings MAC): the id pinned
         # below is the one of a repository this passphrase really opens.
-        with open_configured(RepoConfig(name, str(folder), passphrase=ref), lock=None) as repo:
+        probe = RepoConfig(name, shown, passphrase=ref, s3=s3_entry)
+        with open_configured(probe, lock=None) as repo:
             found = repo.config
         entry = RepoConfig(
-            name, str(folder), found.compression, found.block_size, ref, found.repo_id
+            name, shown, found.compression, found.block_size, ref, found.repo_id, s3_entry
         )
-        info(f"adopted existing repository at {folder}")
+        info(f"adopted existing repository at {shown}")
     else:
         secret = ref.resolve() if ref else None
         made = init_repo(folder, compression=compression, block_size=size, passphrase=secret)
-        entry = RepoConfig(name, str(folder), compression, size, ref, made.repo_id)
-        info(f"created repository {name} at {folder}")
+        entry = RepoConfig(name, shown, compression, size, ref, made.repo_id, s3_entry)
+        info(f"created repository {name} at {shown}")
     config.repositories[name] = entry
     save_config(config)
 
@@ -256,7 +305,9 @@ def passwd(
     )
     if ref is None:
         raise UsageError("give the new passphrase with --passphrase-env/-file/-command")
-    set_passphrase(Path(cfg.path), cfg.passphrase.resolve(), ref.resolve(), expected_of(cfg))
+    from hcbak.repo.storage import store_for
+
+    set_passphrase(store_for(cfg), cfg.passphrase.resolve(), ref.resolve(), expected_of(cfg))
     cfg.passphrase = ref
     save_config(config)
     info(f"passphrase of repository {name} changed")
@@ -275,7 +326,9 @@ def unlock(
     from hcbak.repo.locks import unlock as _unlock
 
     cfg = load_config().repo(name)
-    removed, kept = _unlock(Path(cfg.path), force=force, state_dir=lease_state_dir())
+    from hcbak.repo.storage import store_for
+
+    removed, kept = _unlock(store_for(cfg), force=force, state_dir=lease_state_dir())
     for lk in removed:
         info(f"removed {lk.describe()}")
     for lk, seen in kept:
@@ -501,6 +554,8 @@ def verify(
 
     Exit 6 when anything is wrong.
     """
+    from hcbak.cli.output import warn
+    from hcbak.repo.immutability import underprotected
     from hcbak.repo.verify import verify as _verify
 
     percent = read_data or 0.0
@@ -508,8 +563,11 @@ def verify(
     with open_configured(config.repo(name), read_only_ok=True) as repo:
         report = _verify(repo, read_data_percent=percent, progress=info)
         _save_last_verify(config, repo.config.repo_id, report.ok, percent)
+        weaker = underprotected(repo) if report.ok else []  # S3 Object Lock promises
+    for line in weaker:
+        warn(f"less protected than promised: {line}")
     if json_out:
-        emit_json(report.to_json())
+        emit_json({**report.to_json(), "underprotected": weaker})
     else:
         for err in report.errors:
             info(f"problem: {err}")
@@ -529,6 +587,8 @@ def verify(
             f"repository {name} has {len(report.errors)} problem(s); affected points: "
             + (", ".join(p[:12] for p in report.affected_points) or "none"),
         )
+    if weaker:  # the data is whole; its protection is not what was promised
+        raise typer.Exit(int(ExitCode.WARNINGS))
 
 
 def _verify_file(config: Config, repo_id: str) -> Path:

@@ -56,10 +56,11 @@ def open_configured(
     """Open a configured repository. `read_only_ok` (commands that only read): where no
     lock file can be written, read without one and warn what that gives up."""
     from hcbak.repo import open_repo
+    from hcbak.repo.storage import store_for
 
     passphrase = cfg.passphrase.resolve() if cfg.passphrase else None
     with open_repo(
-        Path(cfg.path),
+        store_for(cfg),
         passphrase=passphrase,
         lock=lock,
         lock_wait=wait,

@@ -64,10 +64,32 @@ class RepoConfig:
     block_size: int = DEFAULT_BLOCK_SIZE
     passphrase: SecretRef | None = None
     repo_id: str | None = None
+    s3: S3RepoConfig | None = None  # an S3 repository (then `path` is its s3:// location)
 
     @property
     def encrypted(self) -> bool:
         return self.passphrase is not None
+
+
+@dataclass
+class S3RepoConfig:
+    """Where an S3 repository lives and how to reach it. Credentials are a reference
+    (env/file/command) or, when absent, boto3's own chain (AWS_* environment, `profile`
+    or AWS_PROFILE, ~/.aws files, instance roles): never a key in this file."""
+
+    bucket: str
+    prefix: str = ""
+    endpoint: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    credentials: SecretRef | None = None
+    upload_parallel: int = 4
+    immutable_days: int = 0  # Object Lock retention of every point (0: none)
+    immutable_mode: str = "compliance"  # compliance | governance
+
+    @property
+    def location(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
 
 
 @dataclass

@@ -19,19 +19,25 @@ from hcbak.config.model import (
     JobConfig,
     RepoConfig,
     Retention,
+    S3RepoConfig,
     SMTPConfig,
     TLSConfig,
 )
 from hcbak.config.paths import default_config_path
 from hcbak.config.validation import (
     COMPRESSIONS,
+    IMMUTABLE_MODES,
+    MAX_IMMUTABLE_DAYS,
+    MAX_UPLOAD_PARALLEL,
     NAME_RE,
     NOTIFY_EVENTS,
     PRUNE_MODES,
+    S3_KEYS,
     SMTP_SECURITY,
     did_you_mean,
     normalize_fingerprint,
     parse_block_size,
+    parse_endpoint,
     parse_repo_id,
     validate_disk_filter,
     validate_email,
@@ -310,12 +316,18 @@ class _Parser:
 
     def repo(self, name: str, node: Node) -> RepoConfig:
         where = f"repositories.{name}"
-        keys = ("path", "compression", "block_size", "repo_id", *_secret_keys("passphrase"))
+        keys = ("path", "s3", "compression", "block_size", "repo_id", *_secret_keys("passphrase"))
         m = self.mapping(node, where, keys)
-        repo = RepoConfig(
-            name=name,
-            path=self.string(self.require(m, "path", node, where), f"{where}.path"),
-        )
+        if "s3" in m:  # an S3 repository: `path` is its location, never written
+            if "path" in m:
+                self.error(m["path"], f"{where}.path", "give either path or s3, not both")
+            s3 = self.s3_repo(m["s3"], f"{where}.s3")
+            repo = RepoConfig(name=name, path=s3.location, s3=s3)
+        else:
+            repo = RepoConfig(
+                name=name,
+                path=self.string(self.require(m, "path", node, where), f"{where}.path"),
+            )
         if "compression" in m:
             repo.compression = self.choice(m["compression"], f"{where}.compression", COMPRESSIONS)
         if "block_size" in m:
@@ -328,6 +340,44 @@ class _Parser:
             repo.repo_id = self.check(m["repo_id"], f"{where}.repo_id", parse_repo_id, text)
         repo.passphrase = self.secret(m, "passphrase", node, where)
         return repo
+
+    def s3_repo(self, node: Node, where: str) -> S3RepoConfig:
+        from hcbak.repo.storage.s3_target import parse_s3_target
+
+        m = self.mapping(node, where, S3_KEYS)
+        bucket = self.string(self.require(m, "bucket", node, where), f"{where}.bucket")
+        prefix = self.string(m["prefix"], f"{where}.prefix") if "prefix" in m else ""
+        target = self.check(
+            m.get("prefix", m["bucket"]), where, parse_s3_target, f"{bucket}/{prefix}"
+        )
+        s3 = S3RepoConfig(bucket=target.bucket, prefix=target.prefix)
+        if "endpoint" in m:
+            s3.endpoint = self.check(
+                m["endpoint"], f"{where}.endpoint", parse_endpoint, self.value(m["endpoint"])
+            )
+        for key in ("region", "profile"):
+            if key in m:
+                setattr(s3, key, self.string(m[key], f"{where}.{key}"))
+        if "upload_parallel" in m:
+            s3.upload_parallel = self.integer(
+                m["upload_parallel"],
+                f"{where}.upload_parallel",
+                minimum=1,
+                maximum=MAX_UPLOAD_PARALLEL,
+            )
+        s3.credentials = self.secret(m, "credentials", node, where)
+        if "immutable_days" in m:
+            s3.immutable_days = self.integer(
+                m["immutable_days"],
+                f"{where}.immutable_days",
+                minimum=0,
+                maximum=MAX_IMMUTABLE_DAYS,
+            )
+        if "immutable_mode" in m:
+            s3.immutable_mode = self.choice(
+                m["immutable_mode"], f"{where}.immutable_mode", IMMUTABLE_MODES
+            )
+        return s3
 
     def job(self, name: str, node: Node) -> JobConfig:
         where = f"jobs.{name}"

@@ -14,6 +14,7 @@ from hcbak.config.model import (
     Config,
     JobConfig,
     RepoConfig,
+    S3RepoConfig,
     SMTPConfig,
 )
 from hcbak.config.validation import format_block_size
@@ -103,9 +104,23 @@ def cluster_to_dict(c: ClusterConfig, *, reveal: bool = True) -> dict[str, Any]:
     return out
 
 
+def s3_repo_to_dict(s: S3RepoConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {"bucket": s.bucket}
+    for key in ("prefix", "endpoint", "region", "profile"):
+        if getattr(s, key):
+            out[key] = getattr(s, key)
+    out.update(secret_to_dict("credentials", s.credentials))
+    if s.upload_parallel != S3RepoConfig("").upload_parallel:
+        out["upload_parallel"] = s.upload_parallel
+    if s.immutable_days:
+        out["immutable_days"] = s.immutable_days
+        out["immutable_mode"] = s.immutable_mode
+    return out
+
+
 def repo_to_dict(r: RepoConfig, *, reveal: bool = True) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "path": r.path,
+    out: dict[str, Any] = {"s3": s3_repo_to_dict(r.s3)} if r.s3 else {"path": r.path}
+    out |= {
         "compression": r.compression,
         "block_size": format_block_size(r.block_size),
     }

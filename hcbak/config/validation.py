@@ -137,3 +137,25 @@ def did_you_mean(word: str, candidates: Any) -> str | None:
 
     close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
     return f"did you mean {close[0]!r}?" if close else None
+
+
+# --- S3 repositories -----------------------------------------------------------------
+S3_KEYS = ("bucket", "prefix", "endpoint", "region", "profile", "upload_parallel",
+           "credentials_env", "credentials_file", "credentials_command",
+           "immutable_days", "immutable_mode")  # fmt: skip
+MAX_UPLOAD_PARALLEL = 64
+IMMUTABLE_MODES = ("compliance", "governance")
+MAX_IMMUTABLE_DAYS = 36500
+
+
+def parse_endpoint(value: object) -> str:
+    """An S3 endpoint URL: http(s)://host[:port][/path]."""
+    from urllib.parse import urlsplit
+
+    text = str(value).strip() if isinstance(value, str) else ""
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{value!r} is not an endpoint URL (http://HOST:PORT or https://HOST)")
+    if parts.username or parts.password or parts.query:
+        raise ValueError("an endpoint URL takes no user, password or query (keys: credentials_*)")
+    return text.rstrip("/")

@@ -73,8 +73,8 @@ def derive_repository_key_early(config: Config, job: JobConfig) -> None:
     try:
         repo_cfg = config.repo(job.repo)
         ref = repo_cfg.passphrase
-        if job.pre_hook or ref is None or ref.command:
-            return
+        if job.pre_hook or ref is None or ref.command or repo_cfg.s3 is not None:
+            return  # an S3 repository's config is read when it opens (boto3 is slow to import)
         from hcbak.repo.settings import derive_early
 
         derive_early(Path(repo_cfg.path), ref.resolve())

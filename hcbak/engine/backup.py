@@ -122,8 +122,9 @@ def _run(s: Session) -> None:
     # imports the cluster client, logs in and lists the VMs.
     def repo_cm() -> AbstractContextManager[Repository]:
         from hcbak.repo import open_repo
+        from hcbak.repo.storage import store_for
 
-        path, expect = s.repo_cfg.path, s.expected()
+        path, expect = store_for(s.repo_cfg), s.expected()
         return open_repo(
             path,
             passphrase=passphrase,

@@ -430,6 +430,7 @@ def copy_between(
     cannot be opened ends the copy with its error's code (5 locked, 6 damaged, ...)."""
     from hcbak.repo import open_repo
     from hcbak.repo.settings import Expected
+    from hcbak.repo.storage import store_for
 
     say = progress or no_progress
     report = CopyReport(src_name, dst_name, dry_run=dry_run)
@@ -439,7 +440,7 @@ def copy_between(
 
     def opened(cfg: Any, *, read_only: bool, command: str) -> Any:
         return open_repo(
-            Path(cfg.path),
+            store_for(cfg),
             passphrase=cfg.passphrase.resolve() if cfg.passphrase else None,
             lock="shared",
             lock_wait=lock_wait,

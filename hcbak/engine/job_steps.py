@@ -81,10 +81,11 @@ def prune_after_run(s: Session, passphrase: Secret | None) -> None:
     using the repository right now (prune needs the exclusive lock)."""
     from hcbak.repo import open_repo
     from hcbak.repo.prune import prune
+    from hcbak.repo.storage import store_for
 
     try:
         with open_repo(
-            s.repo_cfg.path,
+            store_for(s.repo_cfg),
             passphrase=passphrase,
             lock="exclusive",
             command="job run prune",

@@ -14,7 +14,8 @@ Nouns:
 - damaged-copy record: a write-once file under damaged/ naming blob copies that failed
   their checks; the index skips them, so the next backup stores those blocks again.
 
-This package never prints and never imports typer, rich or a network client.
+This package never prints and never imports typer, rich or a network client, except
+boto3 in storage/s3.py, imported only when an S3 repository is opened.
 """
 
 from __future__ import annotations

@@ -519,12 +519,19 @@ class RepoLock:
                 return
             started = _clock()
             try:
-                if not self._still_mine():
+                # An object store renews with a compare-and-swap (S3: If-Match): a lease
+                # removed or replaced by another host is never written back.
+                replace = getattr(self.store, "replace", None)
+                if replace is None and not self._still_mine():
                     self._lose("its lock file was removed or replaced (unlock --force?)")
                     return
                 self._counter += 1
                 data = self._content()
-                self.store.put(self.key, data)
+                if replace is None:
+                    self.store.put(self.key, data)
+                elif not replace(self.key, self._written, data):
+                    self._lose("its lock file was removed or replaced (unlock --force?)")
+                    return
             except (OSError, RepoError):
                 return  # retried at the next interval, up to give_up_after
             self._written = data

@@ -14,6 +14,7 @@ from hcbak.errors import IntegrityError, NotFoundError, RepoError, UsageError
 from hcbak.repo.blockstore import BlockStore
 from hcbak.repo.codec import ENVELOPE
 from hcbak.repo.locks import RepoLock
+from hcbak.repo.pack import pack_key
 from hcbak.repo.points import (
     POINT_MAGIC,
     Point,
@@ -24,6 +25,7 @@ from hcbak.repo.points import (
     new_point_id,
     summary_from_header,
 )
+from hcbak.repo.settings import CONFIG_KEY
 from hcbak.repo.storage.base import ObjectMissingError
 
 POINTS = "points/"
@@ -59,10 +61,29 @@ class Repository(BlockStore):
             {bid for disk in point.disks for bid in disk.block_map.ids()}, f"point {point.id}"
         )
         data = encode_manifest(point, self.envelope)
+        self._protect_point(point)
         if self.lock is not None:
             self.lock.check_held()  # a holder that lost its lease commits nothing
         if not self.store.put(POINTS + point.id, data, if_absent=True):
             raise RepoError(f"point {point.id} already exists")
+
+    def _protect_point(self, point: Point) -> None:
+        """Object Lock (S3 `immutable_days`): before the manifest is written (with its
+        own retention), extend the retention of what the point needs - the packs of its
+        blocks, older points' packs included, and `config` with the key material - to
+        the point's. Never shortened. Index segments are not: `repo repair` rebuilds
+        them from the packs."""
+        protect = getattr(self.store, "protect", None)
+        if protect is None or not getattr(self.store, "immutable_days", 0):
+            return
+        packs = set()
+        for disk in point.disks:
+            for bid in disk.block_map.ids():
+                where = self.locate(bid)
+                if where is not None:
+                    packs.add(where.pack)
+        keys = [CONFIG_KEY, *(pack_key(p) for p in sorted(packs))]
+        protect(keys, self.store.retention_until())  # type: ignore[attr-defined]
 
     def point_ids(self) -> list[str]:
         return [key.removeprefix(POINTS) for key in self.store.list(POINTS)]

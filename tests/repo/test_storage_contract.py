@@ -35,7 +35,7 @@ from hcbak.repo.storage import (
     open_store,
 )
 
-BACKENDS = ["local"]
+BACKENDS = ["local", "s3"]  # s3: the session's Ceph RGW (tests/conftest.py), else skipped
 StoreFactory = Callable[[], ObjectStore]
 
 
@@ -50,7 +50,21 @@ def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[St
         store.create()
         return store
 
-    factories = {"local": local}
+    def s3() -> ObjectStore:
+        from hcbak.repo.storage.s3 import S3Options, S3Store
+        from hcbak.repo.storage.s3_target import S3Keys, S3Target
+
+        nonlocal made
+        made += 1
+        bucket = request.getfixturevalue("s3_bucket")
+        keys = S3Keys(bucket.env["AWS_ACCESS_KEY_ID"], bucket.env["AWS_SECRET_ACCESS_KEY"])
+        options = S3Options(endpoint=bucket.endpoint, region="us-east-1", keys=keys,
+                            spool_dir=tmp_path / "spool")  # fmt: skip
+        store = S3Store(S3Target(bucket.name, f"repo{made}"), options)
+        store.create()
+        return store
+
+    factories = {"local": local, "s3": s3}
     yield factories[request.param]
 
 
