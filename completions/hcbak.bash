@@ -10,7 +10,7 @@ _hcbak_complete() {
         esac
     done
     case "$prev" in
-        --alert-after|--as|--block-size|--ca-file|--cluster|--cluster-version|--compression|--config|--device-root|--disk|--every|--exclude|--fingerprint|--format|--hcbak|--host|--job|--keep-daily|--keep-last|--keep-monthly|--keep-weekly|--keep-within|--keep-yearly|--network-map|--node|--nodes|--notify-email|--notify-on|--parallel|--passphrase-command|--passphrase-env|--passphrase-file|--password-command|--password-env|--password-file|--path|--port|--port-base|--post-hook|--pre-hook|--prune|--repo|--report|--retries|--retry-wait|--schedule|--security|--sender|--since|--state|--tag|--task-delay|--to|--unit-config|--unit-dir|--username|--vm|--wait|--worker-vm|-c|-n|-u) COMPREPLY=(); return 0 ;;
+        --alert-after|--as|--block-size|--ca-file|--cluster|--cluster-version|--compression|--config|--credentials-command|--credentials-env|--credentials-file|--device-root|--disk|--endpoint|--every|--exclude|--fingerprint|--format|--hcbak|--host|--immutable-days|--immutable-mode|--job|--keep-daily|--keep-last|--keep-monthly|--keep-weekly|--keep-within|--keep-yearly|--network-map|--node|--nodes|--notify-email|--notify-on|--parallel|--passphrase-command|--passphrase-env|--passphrase-file|--password-command|--password-env|--password-file|--path|--port|--port-base|--post-hook|--pre-hook|--profile|--prune|--region|--repo|--report|--retries|--retry-wait|--s3|--schedule|--security|--sender|--since|--state|--tag|--task-delay|--to|--unit-config|--unit-dir|--upload-parallel|--username|--vm|--wait|--worker-vm|-c|-n|-u) COMPREPLY=(); return 0 ;;
     esac
     case "$path" in
         "") opts="--config -c --debug --version -V --help -h"; subs="cluster completion config demo init job mount notify points repo restore schedule sim version" ;;
@@ -45,7 +45,7 @@ _hcbak_complete() {
         "/points/list") opts="--repo --vm --job --json --help -h"; subs="" ;;
         "/points/show") opts="--repo --json --help -h"; subs="" ;;
         "/repo") opts="--help -h"; subs="add copy forget list passwd prune remove repair show unlock verify" ;;
-        "/repo/add") opts="--path --encrypt --no-encrypt --passphrase-env --passphrase-file --passphrase-command --compression --block-size --force --no-force --help -h"; subs="" ;;
+        "/repo/add") opts="--path --encrypt --no-encrypt --passphrase-env --passphrase-file --passphrase-command --compression --block-size --force --no-force --s3 --endpoint --region --profile --credentials-env --credentials-file --credentials-command --upload-parallel --immutable-days --immutable-mode --help -h"; subs="" ;;
         "/repo/copy") opts="--job --vm --since --dry-run --wait --json --help -h"; subs="" ;;
         "/repo/forget") opts="--dry-run --no-dry-run --json --help -h"; subs="" ;;
         "/repo/list") opts="--json --help -h"; subs="" ;;

@@ -68,7 +68,7 @@ def s3_entry_from_options(
         S3RepoConfig,
         parse_endpoint,
     )
-    from hcbak.repo.storage.s3_target import parse_s3_target
+    from hcbak.config.s3_target import parse_s3_target
 
     where = check_value(parse_s3_target, target, "--s3")
     s3 = S3RepoConfig(bucket=where.bucket, prefix=where.prefix, region=region, profile=profile)

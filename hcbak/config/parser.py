@@ -342,7 +342,7 @@ class _Parser:
         return repo
 
     def s3_repo(self, node: Node, where: str) -> S3RepoConfig:
-        from hcbak.repo.storage.s3_target import parse_s3_target
+        from hcbak.config.s3_target import parse_s3_target
 
         m = self.mapping(node, where, S3_KEYS)
         bucket = self.string(self.require(m, "bucket", node, where), f"{where}.bucket")

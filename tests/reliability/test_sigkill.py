@@ -100,6 +100,10 @@ def test_sigkill_at_each_prune_phase_keeps_every_retained_point(tmp_path: Path, 
     rnd = random.Random(SEED + 1)
     keep = 2
     with lab(tmp_path, retention=Retention(keep_last=keep)) as L:
+        # One pipeline thread: each run's blocks then go into one pack in order. With
+        # more, the pack-writer pool splits a run's blocks over packs by timing, and
+        # under load a pack may end up wholly dead or wholly live: no repack to kill.
+        L.env["HCBAK_READ_THREADS"] = "1"
         vm = L.sim.create_vm("db01", [4 * MiB], tags=["nightly"])
         disk = L.sim.disk_uuids(vm)[0]
         ledger = Ledger(L, [disk])

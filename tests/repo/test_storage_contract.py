@@ -51,8 +51,8 @@ def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[St
         return store
 
     def s3() -> ObjectStore:
+        from hcbak.config.s3_target import S3Keys, S3Target
         from hcbak.repo.storage.s3 import S3Options, S3Store
-        from hcbak.repo.storage.s3_target import S3Keys, S3Target
 
         nonlocal made
         made += 1

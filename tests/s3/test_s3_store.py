@@ -18,13 +18,13 @@ from typing import Any
 
 import pytest
 
-from hcbak.errors import RepoError, RepoLocationError, SecretError
-from hcbak.repo.storage.s3_target import (
+from hcbak.config.s3_target import (
     S3Keys,
     S3Target,
     parse_keys,
     parse_s3_target,
 )
+from hcbak.errors import RepoError, RepoLocationError, SecretError
 
 from .s3_faults import FaultProxy, closed_port
 

@@ -67,7 +67,7 @@ def store_for(repo: Any) -> str | ObjectStore:
 
 
 def _s3_store(location: str, s3: Any) -> ObjectStore:
-    from hcbak.repo.storage.s3_target import parse_keys, parse_s3_target
+    from hcbak.config.s3_target import parse_keys, parse_s3_target
 
     try:
         target = parse_s3_target(location)

@@ -39,6 +39,7 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
+from hcbak.config.s3_target import S3Keys, S3Target
 from hcbak.errors import (
     HcbakError,
     RepoError,
@@ -48,7 +49,6 @@ from hcbak.errors import (
 from hcbak.repo import fsio
 from hcbak.repo.storage.base import ObjectMissingError, Spool
 from hcbak.repo.storage.s3_errors import What, describe_s3_error, short
-from hcbak.repo.storage.s3_target import S3Keys, S3Target
 
 MiB = 1024 * 1024
 PART_SIZE = 8 * MiB  # S3's minimum is 5 MiB; a 64 MiB pack goes up in 8 parts
