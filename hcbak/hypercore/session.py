@@ -64,7 +64,7 @@ class ClientSession:
             clock=clock,
         )
         self.pool.relogin = self.login
-        if getattr(cluster.tls, "insecure", False):
+        if cluster.tls.insecure:
             message = (
                 f"TLS certificates of cluster {cluster.name} are NOT verified (insecure: true); "
                 "pin them with `hcbak cluster add --trust-on-first-use` or --fingerprint"
