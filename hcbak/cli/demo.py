@@ -110,7 +110,7 @@ def run_demo(*, keep: bool = False) -> None:
     say(f"\nDemo finished in {time.monotonic() - started:.1f} s.")
 
 
-def _tour(sim: Simulator, folder: Path, user: str) -> None:
+def _tour(sim: "Simulator", folder: Path, user: str) -> None:
     import random
 
     step(2, "Register the cluster: every node, pinned TLS fingerprints, a backup user")

@@ -123,11 +123,11 @@ def run_copy(
     return int(report.exit_code())
 
 
-def _sigterm_as_interrupt() -> Callable[[int, FrameType | None], Any] | int | None:
+def _sigterm_as_interrupt() -> "Callable[[int, FrameType | None], Any] | int | None":
     """SIGTERM (systemd stop, kill) stops the copy as Ctrl-C does: the point in flight
     is not committed, the report is printed, exit 130. Returns the previous handler."""
 
-    def handler(signum: int, frame: FrameType | None) -> None:
+    def handler(signum: int, frame: "FrameType | None") -> None:
         raise KeyboardInterrupt
 
     try:

@@ -111,7 +111,7 @@ def vm_command(
         raise typer.Exit(int(ExitCode.WARNINGS))
 
 
-def _print_vm_result(result: VmResult, replace: bool) -> None:
+def _print_vm_result(result: "VmResult", replace: bool) -> None:
     print_fields(
         [
             ("vm", result.vm_name),
