@@ -127,24 +127,6 @@ class CronSchedule:
             day += timedelta(days=1)
         raise ValueError(f"cron schedule {self.text!r} never fires")  # pragma: no cover
 
-    def prev_before(self, when: datetime) -> datetime:
-        """The last scheduled minute strictly before `when`."""
-        # A scheduled minute m is "before" when m < when; round up to the minute first.
-        limit = when.replace(second=0, microsecond=0)
-        if limit == when:
-            limit -= timedelta(minutes=1)
-        day = limit.date()
-        for _ in range(_SEARCH_DAYS):
-            if self._day_matches(day):
-                ceiling = (limit.hour, limit.minute) if day == limit.date() else (23, 59)
-                hm = self._last_time_at_or_before(ceiling)
-                if hm is not None:
-                    return limit.replace(
-                        year=day.year, month=day.month, day=day.day, hour=hm[0], minute=hm[1]
-                    )
-            day -= timedelta(days=1)
-        raise ValueError(f"cron schedule {self.text!r} never fires")  # pragma: no cover
-
     def is_due(self, last_run: datetime | None, now: datetime) -> bool:
         """True when a scheduled minute lies in (last_run, now].
 
@@ -172,14 +154,6 @@ class CronSchedule:
             minutes = [m for m in self.minutes if m >= low]
             if minutes:
                 return hour, min(minutes)
-        return None
-
-    def _last_time_at_or_before(self, ceiling: tuple[int, int]) -> tuple[int, int] | None:
-        for hour in sorted((h for h in self.hours if h <= ceiling[0]), reverse=True):
-            high = ceiling[1] if hour == ceiling[0] else 59
-            minutes = [m for m in self.minutes if m <= high]
-            if minutes:
-                return hour, max(minutes)
         return None
 
 

@@ -7,7 +7,8 @@ and raise `UsageError`s (exit 2) for values the parser cannot check by itself.
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 from hcbak.cli import draft
 from hcbak.cli.context import OPTIONS
@@ -16,6 +17,10 @@ from hcbak.errors import UsageError
 if TYPE_CHECKING:
     from hcbak.config import Config
     from hcbak.secrets import SecretRef
+
+
+V = TypeVar("V")
+T = TypeVar("T")
 
 
 def load_config() -> Config:
@@ -68,7 +73,7 @@ def check_name(name: str, kind: str) -> str:
         raise UsageError(str(exc)) from None
 
 
-def check_value(fn: Any, value: Any, option: str) -> Any:
+def check_value(fn: Callable[[V], T], value: V, option: str) -> T:
     """Run a config validator on an option value; ValueError becomes exit 2."""
     try:
         return fn(value)

@@ -17,11 +17,14 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from hcbak.errors import HcbakError
+
+if TYPE_CHECKING:
+    from hcbak.sim import Simulator
 
 BLOCK = 256 << 10
 DEMO_ENV = ("HCBAK_CONFIG", "HCBAK_STATE_DIR", "HCBAK_DEMO_PASSWORD", "HCBAK_DEMO_PASSPHRASE")
@@ -107,7 +110,7 @@ def run_demo(*, keep: bool = False) -> None:
     say(f"\nDemo finished in {time.monotonic() - started:.1f} s.")
 
 
-def _tour(sim: Any, folder: Path, user: str) -> None:
+def _tour(sim: "Simulator", folder: Path, user: str) -> None:
     import random
 
     step(2, "Register the cluster: every node, pinned TLS fingerprints, a backup user")

@@ -221,11 +221,6 @@ def retention_flags(keep: dict[str, Any]) -> list[str]:
     return flags
 
 
-def retention_text(keep: dict[str, Any]) -> str:
-    parts = [f"{k.removeprefix('keep_')}={keep[k]}" for k in RETENTION_KEYS if k in keep]
-    return " ".join(parts) or "keep every point"
-
-
 # --- the cluster (step 2) ---------------------------------------------------------------
 def discovered_addresses(first: str, records: Sequence[dict[str, Any]]) -> list[str]:
     """Node addresses from the first node's `GET /Node` records, the first node first.

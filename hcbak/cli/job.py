@@ -5,6 +5,7 @@ Passing an empty string to a text option (`--schedule ""`) clears it; a list opt
 given on `edit` replaces the whole list.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Annotated, Any
 
@@ -313,7 +314,9 @@ def _apply(job: JobConfig, opts: "JobOptions", config: Config) -> None:
     _apply_notify(job, opts, config)
 
 
-def _text(new: str | None, old: str | None, check: Any, option: str) -> str | None:
+def _text(
+    new: str | None, old: str | None, check: Callable[[str], object] | None, option: str
+) -> str | None:
     if new is None:
         return old
     if new == "":

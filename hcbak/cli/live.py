@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rich.markup import escape
-from rich.progress import ProgressColumn, Task
+from rich.progress import ProgressColumn, Task, TaskID
 from rich.text import Text
+
+if TYPE_CHECKING:
+    from hcbak.engine.progress import ProgressEvent
 
 
 class _MiBPerSecond(ProgressColumn):
@@ -40,7 +43,7 @@ class LiveDisplay:
             TimeRemainingColumn(),
             console=self.console,
         )
-        self.tasks: dict[tuple[str, str | None, str | None], Any] = {}
+        self.tasks: dict[tuple[str, str | None, str | None], tuple[TaskID, int]] = {}
         self.lock = threading.Lock()
 
     def __enter__(self) -> LiveDisplay:
@@ -50,7 +53,7 @@ class LiveDisplay:
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
 
-    def event(self, ev: Any) -> None:
+    def event(self, ev: ProgressEvent) -> None:
         key = (ev.job, ev.vm, ev.disk)
         with self.lock:
             if ev.kind == "disk_start":

@@ -13,12 +13,17 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any
 
+from hcbak.cli.byte_bars import byte_bars
 from hcbak.cli.common import load_config
 from hcbak.cli.output import emit_json, info, is_tty, print_table, warn
 from hcbak.errors import UsageError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import FrameType
+
     import typer
+    from rich.progress import TaskID
 
     from hcbak.engine.copy import CopyEvent, CopyProgress, CopyReport
 
@@ -118,11 +123,11 @@ def run_copy(
     return int(report.exit_code())
 
 
-def _sigterm_as_interrupt() -> Any:
+def _sigterm_as_interrupt() -> "Callable[[int, FrameType | None], Any] | int | None":
     """SIGTERM (systemd stop, kill) stops the copy as Ctrl-C does: the point in flight
     is not committed, the report is printed, exit 130. Returns the previous handler."""
 
-    def handler(signum: int, frame: Any) -> None:
+    def handler(signum: int, frame: "FrameType | None") -> None:
         raise KeyboardInterrupt
 
     try:
@@ -203,17 +208,8 @@ def _display(*, quiet: bool) -> "Iterator[CopyProgress]":
     if not is_tty(sys.stderr):
         yield _plain_line
         return
-    from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
-
-    bars: dict[str, tuple[Any, int]] = {}
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        DownloadColumn(binary_units=True),
-        TransferSpeedColumn(),
-        console=Console(stderr=True),
-    ) as bar:
+    bars: dict[str, tuple[TaskID, int]] = {}
+    with byte_bars() as bar:
 
         def update(event: "CopyEvent") -> None:
             p = event.point

@@ -12,10 +12,11 @@ import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, BinaryIO
 
 import typer
 
+from hcbak.cli.byte_bars import byte_bars
 from hcbak.cli.common import load_config
 from hcbak.cli.options import JsonOpt
 from hcbak.cli.output import emit_json, info, is_tty, print_fields, warn
@@ -23,8 +24,11 @@ from hcbak.cli.repo_access import opened_point
 from hcbak.errors import ExitCode, UsageError
 
 if TYPE_CHECKING:
+    from rich.progress import TaskID
+
     from hcbak.config import ClusterConfig, Config
     from hcbak.engine.point_reader import Progress
+    from hcbak.engine.restore_vm import VmResult
     from hcbak.repo import Point
 
 app = typer.Typer(
@@ -107,7 +111,7 @@ def vm_command(
         raise typer.Exit(int(ExitCode.WARNINGS))
 
 
-def _print_vm_result(result: Any, replace: bool) -> None:
+def _print_vm_result(result: "VmResult", replace: bool) -> None:
     print_fields(
         [
             ("vm", result.vm_name),
@@ -148,7 +152,7 @@ def disk_command(
     with ExitStack() as stack:
         repository, point = stack.enter_context(opened_point(config, point_spec, repo, warnings))
         progress = stack.enter_context(_progress(json_out or to == "-"))
-        dest: Any = sys.stdout.buffer if to == "-" else Path(to)
+        dest: BinaryIO | Path = sys.stdout.buffer if to == "-" else Path(to)
         result = restore_disk(repository, point, disk, dest, fmt, progress)
     if json_out:
         emit_json({"point_id": point.id, **result.to_dict()})
@@ -200,17 +204,8 @@ def _progress(quiet: bool) -> "Iterator[Progress]":
         yield lambda label, done, total: None
         return
     if is_tty(sys.stderr):
-        from rich.console import Console
-        from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
-
-        bars: dict[str, Any] = {}
-        with Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            DownloadColumn(binary_units=True),
-            TransferSpeedColumn(),
-            console=Console(stderr=True),
-        ) as rich_progress:
+        bars: dict[str, TaskID] = {}
+        with byte_bars() as rich_progress:
 
             def update(label: str, done: int, total: int) -> None:
                 if label not in bars:

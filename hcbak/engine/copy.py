@@ -40,10 +40,11 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from hcbak.engine.copy_report import (  # re-exported: the copy's public records (__all__)
     COPIED,
@@ -70,6 +71,9 @@ from hcbak.errors import (
 from hcbak.repo.blockmap import ZERO_BLOCK, BlockMap
 from hcbak.repo.points import DiskImage, Point, PointSummary
 from hcbak.repo.repository import Repository
+
+if TYPE_CHECKING:
+    from hcbak.config import Config, RepoConfig
 
 log = logging.getLogger("hcbak.engine.copy")
 
@@ -414,7 +418,7 @@ def _all_ids(disks: Iterable[DiskImage]) -> Iterable[bytes]:
 
 
 def copy_between(
-    config: Any,
+    config: Config,
     src_name: str,
     dst_name: str,
     selection: CopySelection,
@@ -438,7 +442,9 @@ def copy_between(
     if src_name == dst_name:
         raise UsageError("copy needs two different repositories")
 
-    def opened(cfg: Any, *, read_only: bool, command: str) -> Any:
+    def opened(
+        cfg: RepoConfig, *, read_only: bool, command: str
+    ) -> AbstractContextManager[Repository]:
         return open_repo(
             store_for(cfg),
             passphrase=cfg.passphrase.resolve() if cfg.passphrase else None,

@@ -19,13 +19,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hcbak.config import Config, JobConfig
+    from hcbak.engine.progress import ProgressEvent
+    from hcbak.engine.report import JobReport
 
 log = logging.getLogger("hcbak.engine.copy")
 
 
 def copy_after_job(
-    config: Any, job: Any, job_report: Any, state_dir: Path, progress: Callable[[Any], None]
+    config: Config,
+    job: JobConfig,
+    job_report: JobReport,
+    state_dir: Path,
+    progress: Callable[[ProgressEvent], None],
 ) -> None:
     """Copy this run's new points of `job` to each of its `copy_to` repositories and
     add each copy's report to `job_report.copies`. `progress` takes the run's
@@ -44,7 +53,7 @@ def copy_after_job(
     selection = CopySelection(
         jobs=(job.name,),
         vms=tuple(vm.uuid for vm in done if vm.uuid),
-        point_ids=tuple(vm.point_id for vm in done),
+        point_ids=tuple(vm.point_id for vm in done if vm.point_id),
         catch_up=True,
     )
     for target in targets:
@@ -81,7 +90,7 @@ def copy_after_job(
             break  # the copies after it do not start
 
 
-def _emit(progress: Callable[[Any], None], event: Any) -> None:
+def _emit(progress: Callable[[ProgressEvent], None], event: ProgressEvent) -> None:
     try:
         progress(event)
     except Exception:  # a display problem must never fail a copy

@@ -4,7 +4,11 @@ Nouns used throughout:
 - *node*: one HyperCore node address (`host` or `host:port`, https implied). There is
   no cluster VIP, so the client rotates over all nodes and fails over between them.
 - *session*: a `sessionID` cookie from `POST /login`, valid on every node.
-- *task*: the `taskTag` a mutation returns; `HyperCoreClient.wait_task` waits for it.
+- *client*: `HyperCoreClient` (client.py), one object assembled from its parts: the
+  session and request plumbing (session.py), snapshots (snapshots.py), virtual disks
+  (virtual_disks.py); every answer is read by replies.py.
+- *task*: the `taskTag` a mutation returns; `HyperCoreClient.wait_task` waits for it,
+  and `tasks.poll_until` is the one poll for everything else that takes time.
 - *records* (records.py): typed dataclasses built from API dicts in one place; nothing
   outside this package sees a raw API dict except through `VM.raw`.
 - *pin*: a node's certificate SHA-256 fingerprint that the config trusts (tls.py).

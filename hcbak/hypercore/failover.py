@@ -45,6 +45,8 @@ from hcbak.hypercore.connection import (
 if TYPE_CHECKING:
     from requests import Response
 
+    from hcbak.config import TLSConfig
+
 log = logging.getLogger("hcbak.hypercore")
 
 BACKOFF_BASE = 0.5
@@ -90,7 +92,7 @@ class NodePool:
         self,
         cluster_name: str,
         addresses: list[str],
-        tls_config: Any,
+        tls_config: TLSConfig,
         *,
         connect_timeout: float,
         read_timeout: float,

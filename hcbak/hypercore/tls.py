@@ -17,9 +17,8 @@ import hashlib
 import socket
 import ssl
 from dataclasses import dataclass
-from typing import Any
 
-from hcbak.config import normalize_fingerprint
+from hcbak.config import TLSConfig, normalize_fingerprint
 from hcbak.errors import ClusterUnreachableError, TLSError
 
 
@@ -108,20 +107,20 @@ class NodeTrust:
         return "verified with system CAs"
 
 
-def trust_for(address: str, tls: Any) -> NodeTrust:
+def trust_for(address: str, tls: TLSConfig) -> NodeTrust:
     """Resolve the trust of one node address from a `TLSConfig`.
 
     Fingerprints are looked up by the exact configured address, then by host alone
     (so `10.0.0.1` pins `10.0.0.1:443` too).
     """
-    pins = {k: v for k, v in (getattr(tls, "fingerprints", None) or {}).items()}
+    pins = dict(tls.fingerprints or {})
     host, _ = split_address(address)
     pin = pins.get(address) or pins.get(host)
     if pin:
         return NodeTrust("pin", fingerprint=normalize_fingerprint(pin))
-    if getattr(tls, "ca_file", None):
+    if tls.ca_file:
         return NodeTrust("ca", ca_file=str(tls.ca_file))
-    if getattr(tls, "insecure", False):
+    if tls.insecure:
         return NodeTrust("insecure")
     return NodeTrust("system")
 

@@ -22,11 +22,6 @@ class Qcow2Error(ValueError):
     """The image is not a qcow2 the simulator can convert."""
 
 
-def qcow2_virtual_size(path: Path) -> int:
-    with open(path, "rb") as f:
-        return _read_header(f.read(112))["size"]
-
-
 def qcow2_to_raw(src: Path, dest: Path) -> int:
     """Convert `src` to a sparse raw `dest`; return the virtual size in bytes."""
     with open(src, "rb") as f, open(dest, "wb") as out:

@@ -271,6 +271,14 @@ class Simulator:
         """Block until every queued task has finished."""
         self.model.wait_idle(timeout)
 
+    def finish_task(self, tag: str | int) -> None:
+        """End an unfinished task now (tests that hold a VM busy until they release it)."""
+        with self.model.lock:
+            task = self.model.s["tasks"].get(str(tag))
+            if task is not None:
+                task["_due"] = 0
+        self.model.advance()
+
     # --- guest I/O ----------------------------------------------------------------------
     def write(self, disk_uuid: str, offset: int, data: bytes) -> None:
         """A guest write to the live disk (preserves existing snapshots' bytes)."""
