@@ -17,7 +17,7 @@ import mmap
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -46,6 +46,7 @@ from hcbak.repo.index import (
     read_segment_file,
 )
 from hcbak.repo.index import write_segment as _write_segment
+from hcbak.repo.index_cache import CachedIndex, IndexCache
 from hcbak.repo.kdf import (
     Argon2Params,
     KdfParams,
@@ -82,6 +83,7 @@ PACK_TARGET = 64 * 1024 * 1024
 # backup does not leave gigabytes of data unindexed (nor creates one file per pack).
 INDEX_EVERY_PACKS = 16
 SUBDIRS = ("packs", "index", "points", "locks", DAMAGED_DIR)
+INDEX_CACHE = "index-cache"  # under the state dir: hcbak/repo/index_cache.py
 OPEN_PACKS_PER_THREAD = 8
 DIRECT_ALIGN = 4096  # O_DIRECT offsets, lengths and buffers: the largest common sector
 # Full packs being sealed (fsync, checksum, rename) in the background at once. The
@@ -196,7 +198,16 @@ def open_repo(
                 raise
             held, unlocked_reason = None, exc.message
     try:
-        repo = Repository(root, settings, material, ids, pack_target=pack_target)
+        cache = IndexCache(state_dir / INDEX_CACHE, settings.repo_id) if state_dir else None
+        repo = Repository(
+            root,
+            settings,
+            material,
+            ids,
+            pack_target=pack_target,
+            index_cache=cache,
+            preload=lock is not None,
+        )
         repo.lock = held
         repo.unlocked_reason = unlocked_reason
         try:
@@ -220,6 +231,8 @@ class Repository:
         block_ids: BlockIdFn,
         *,
         pack_target: int = PACK_TARGET,
+        index_cache: IndexCache | None = None,
+        preload: bool = True,
     ) -> None:
         self.root = root
         self.config = settings
@@ -258,31 +271,61 @@ class Repository:
         self._local = threading.local()
         self._direct_reads = hasattr(os, "O_DIRECT")  # see _read_direct
         self._index_loader: threading.Thread | None = None
-        self.reload_index()
+        self._index_cache = index_cache
+        self._index: CompactIndex | CachedIndex
+        self._loader_start = threading.Lock()
+        self._bad_segments: dict[str, str] | None = None
+        self.reload_index(preload=preload)
 
-    def reload_index(self) -> None:
+    def reload_index(self, preload: bool = True) -> None:
         """(Re)build the in-memory index from the segments on disk.
 
-        The files are read here, so a repository whose index cannot be read fails to
-        open as before. Checking, decrypting and inserting them (~5 us per block, 13 ms
-        for a 4 GiB disk) runs in a helper thread: a backup takes its snapshot and
-        clone meanwhile, and the first use of the index waits for it.
+        With an index cache (this host's state dir, hcbak/repo/index_cache.py) only
+        the segments added since its last update are read; without one the files are
+        read here, so a repository whose index cannot be read fails to open as before.
+        Checking, decrypting and inserting them (~5 us per block, 13 ms for a 4 GiB
+        disk) runs in a helper thread: a backup takes its snapshot and clone meanwhile,
+        and the first use of the index waits for it. Without `preload` (commands that
+        may not need the index, like listing points) nothing is read until first use.
         """
-        if self._index_loader is not None:
+        if self._index_loader is not None and self._index_loader.ident is not None:
             self._index_loader.join()  # never two loads at once
         root = self.root
         self.segments = list_segments(root)
-        files = [(seg, read_segment_file(root, seg)) for seg in self.segments]
         # Recorded damaged copies are left out of the index: their ids count as absent.
         self.damaged: DamagedSet = load_records(root, self.envelope)
         self._damaged_here = set()
+        self._bad_segments = None
         skip = self.damaged.keys()
-        loader = threading.Thread(
-            target=self._load_index, args=(files, skip), name="hcbak-index", daemon=True
-        )
-        self._index_loader = loader
         self._index_failure: BaseException | None = None
-        loader.start()
+        target: Callable[..., None]
+        args: tuple[object, ...]
+        if self._index_cache is not None:
+            target, args = self._load_cached, (list(self.segments), skip)
+        else:
+            files = [(seg, read_segment_file(root, seg)) for seg in self.segments]
+            target, args = self._load_index, (files, skip)
+        loader = threading.Thread(target=target, args=args, name="hcbak-index", daemon=True)
+        self._index_loader = loader
+        if preload:
+            loader.start()
+
+    def _read_segment(self, seg: str) -> tuple[list[str], bytes]:
+        return decode_checked_segment(seg, read_segment_file(self.root, seg), self.envelope)
+
+    def _load_cached(self, segments: list[str], skip: set[tuple[bytes, str]]) -> None:
+        assert self._index_cache is not None
+        try:
+            self._index, _ = self._index_cache.load(segments, self._read_segment, skip)
+        except OSError:  # the state dir cannot hold it: in memory, as without a cache
+            try:
+                files = [(seg, read_segment_file(self.root, seg)) for seg in segments]
+            except BaseException as exc:
+                self._index_failure = exc
+                return
+            self._load_index(files, skip)
+        except BaseException as exc:  # raised at first use
+            self._index_failure = exc
 
     def _load_index(self, files: list[tuple[str, bytes]], skip: set[tuple[bytes, str]]) -> None:
         try:
@@ -312,21 +355,30 @@ class Repository:
     def _await_index(self) -> None:
         loader = self._index_loader
         if loader is not None:
+            with self._loader_start:
+                if loader.ident is None:  # not preloaded: load now
+                    loader.start()
             loader.join()
             if self._index_failure is not None:
                 raise self._index_failure
             self._index_loader = None
 
     @property
-    def index(self) -> CompactIndex:
+    def index(self) -> CompactIndex | CachedIndex:
         if self._index_loader is not None:
             self._await_index()
         return self._index
 
     @property
     def bad_segments(self) -> dict[str, str]:
-        """Segments that failed their checks, by id: why."""
+        """Segments that failed their checks, by id: why. With an index cache, every
+        segment is read again here (verify, prune: they read all metadata anyway)."""
         self._await_index()
+        if self._bad_segments is None:
+            assert self._index_cache is not None
+            self._bad_segments = self._index_cache.check_segments(
+                list(self.segments), self._read_segment
+            )
         return self._bad_segments
 
     # --- blocks ---------------------------------------------------------------------
