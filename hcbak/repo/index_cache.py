@@ -193,6 +193,7 @@ class IndexCache:
                 fill(writer)
                 digest = writer.finish()
                 fh.flush()
+                _phase("run-partial")  # all bytes written, not yet durable nor named
                 os.fsync(fh.fileno())
             name = digest.hex() + RUN_SUFFIX
             os.replace(tmp, self.folder / name)
