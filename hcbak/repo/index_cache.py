@@ -363,6 +363,9 @@ class CachedIndex:
     def items(self) -> Iterator[tuple[bytes, Location]]:
         """Every indexed id once, with the location `lookup` gives, in id order;
         streamed from the runs (memory: one read piece per run)."""
+        if len(self._runs) == 1 and not len(self._delta) and not self._skip:
+            yield from _unique(self._runs[0])  # the usual case after an open: no merge
+            return
         streams = [_located(rank, run) for rank, run in enumerate(self._runs)]
         delta = sorted(
             (block_id, -1, loc.pack, loc.offset, loc.length)
@@ -381,6 +384,14 @@ class CachedIndex:
     def packs(self) -> list[str]:
         """Names of packs that hold at least one indexed blob."""
         return sorted({loc.pack for _, loc in self.items()})
+
+
+def _unique(run: Run) -> Iterator[tuple[bytes, Location]]:
+    name, last = run.pack_name, None
+    for block_id, p, o, n in run.entries():
+        if block_id != last:
+            last = block_id
+            yield block_id, Location(name(p), o, n)
 
 
 def _located(rank: int, run: Run) -> Iterator[tuple[bytes, int, str, int, int]]:

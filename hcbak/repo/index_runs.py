@@ -1,17 +1,21 @@
 """Sorted runs: the file format of the local index cache (docs/format.md, "Index cache").
 
-A run is an immutable file of fixed-size entries sorted by block id, so a lookup is a
-binary search that reads one or two small chunks instead of a table held in memory:
+A run is an immutable file of fixed-size entries sorted by block id, so a lookup reads
+one small bucket of it instead of a table held in memory:
 
     header   RUN_HEAD: magic "HCBKRUN1", u32 chunk, u32 pack count, u64 entry count
     packs    pack count x 32 bytes: raw pack ids (an entry's pack number indexes these)
     entries  entry count x 28 bytes: id 16, pack u32, offset u32, length u32; by id
-    fence    ceil(entries / chunk) x 8 bytes: the first 8 bytes of each chunk's first id
+    radix    2^bits + 1 u32: for each value h of an id's first `bits` bits, the first
+             chunk (of `chunk` entries) whose first id starts at h or later; bits =
+             bit_length(entries // 64), so a bucket holds ~32-64 entries
     digest   16 bytes: xxh3-128 of everything before it
 
-Only the fence (8 bytes per `chunk` entries: 0.06 bytes per block) and the pack table
-are held in memory. Everything here reads and writes through callables and file-like
-objects, so the logic is tested on bytes (tests/repo/test_index_runs.py).
+A lookup reads the radix slots of its id's bucket and then that bucket's entries (one
+read of ~2 KiB) and finds the id in them with one bytes search in C. Only the radix
+table (0.06-0.13 bytes per block) and the pack table are held in memory. Everything
+here reads and writes through callables and file-like objects, so the logic is tested
+on bytes (tests/repo/test_index_runs.py).
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ from __future__ import annotations
 import struct
 import sys
 from array import array
-from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
@@ -32,7 +35,8 @@ RUN_HEAD = struct.Struct("<8sIIQ")
 ENTRY = struct.Struct("<16sIII")  # id, pack number, offset, length: 28 bytes
 PACK_ID_LEN = 32
 DIGEST_LEN = 16
-CHUNK = 128  # entries per fence step: a lookup reads 2 chunks (7 KiB)
+CHUNK = 16  # radix granularity: a lookup reads its bucket plus up to one chunk
+BUCKET = 64  # target entries per radix bucket
 _FLUSH = 1 << 20  # the writer emits in pieces of about this size
 _READ = 4 << 20  # sequential reads (digest check, iteration) in pieces of about this size
 
@@ -47,9 +51,26 @@ class Sink(Protocol):
     def write(self, data: bytes, /) -> int: ...
 
 
-def run_size(n_packs: int, n_entries: int, chunk: int = CHUNK) -> int:
-    fence = -(-n_entries // chunk) * 8
-    return RUN_HEAD.size + n_packs * PACK_ID_LEN + n_entries * ENTRY.size + fence + DIGEST_LEN
+def radix_bits(n_entries: int) -> int:
+    return min((n_entries // BUCKET).bit_length(), 32)
+
+
+def run_size(n_packs: int, n_entries: int) -> int:
+    radix = ((1 << radix_bits(n_entries)) + 1) * 4
+    return RUN_HEAD.size + n_packs * PACK_ID_LEN + n_entries * ENTRY.size + radix + DIGEST_LEN
+
+
+def radix_table(firsts: bytes, bits: int) -> array[int]:
+    """The radix table from the first 4 bytes of every chunk's first id (sorted)."""
+    shift = 32 - bits
+    buckets = [int.from_bytes(firsts[i : i + 4], "big") >> shift for i in range(0, len(firsts), 4)]
+    table = array("I", bytes(4 * ((1 << bits) + 1)))
+    c, n = 0, len(buckets)
+    for h in range(len(table)):
+        while c < n and buckets[c] < h:
+            c += 1
+        table[h] = c
+    return table
 
 
 class RunWriter:
@@ -66,7 +87,7 @@ class RunWriter:
         self._n = n_entries
         self._written = 0
         self._pending = bytearray()
-        self._fence = bytearray()
+        self._firsts = bytearray()
         self._last = b""
         self._emit(RUN_HEAD.pack(RUN_MAGIC, chunk, len(packs), n_entries))
         self._emit(b"".join(packs))
@@ -92,7 +113,7 @@ class RunWriter:
         first = -(-self._written // chunk) * chunk
         for k in range(first, self._written + n, chunk):
             j = (k - self._written) * ENTRY.size
-            self._fence += buf[j : j + 8]
+            self._firsts += buf[j : j + 4]
         if buf[:16] < self._last:
             raise ValueError("run entries out of order")
         self._last = bytes(buf[(n - 1) * ENTRY.size : (n - 1) * ENTRY.size + 16])
@@ -104,7 +125,10 @@ class RunWriter:
         self._drain()
         if self._written != self._n:
             raise ValueError(f"run announced {self._n} entries, got {self._written}")
-        self._emit(self._fence)
+        table = radix_table(bytes(self._firsts), radix_bits(self._n))
+        if sys.byteorder != "little":
+            table.byteswap()
+        self._emit(table.tobytes())
         digest = self._hash.digest()
         self._out.write(digest)
         return digest
@@ -139,16 +163,17 @@ class Run:
             magic, chunk, n_packs, n = RUN_HEAD.unpack(read(0, RUN_HEAD.size))
         except struct.error:
             raise RunDamagedError("index cache run is truncated")
-        if magic != RUN_MAGIC or chunk < 1 or size != run_size(n_packs, n, chunk):
+        if magic != RUN_MAGIC or chunk < 1 or size != run_size(n_packs, n):
             raise RunDamagedError("index cache run has a bad header")
         self.chunk, self.n = chunk, n
         self._packs_raw = read(RUN_HEAD.size, n_packs * PACK_ID_LEN)
         self.n_packs = n_packs
         self._base = RUN_HEAD.size + n_packs * PACK_ID_LEN
-        fence_off = self._base + n * ENTRY.size
-        self.fence = array("Q", read(fence_off, size - DIGEST_LEN - fence_off))
-        if sys.byteorder == "little":
-            self.fence.byteswap()  # big-endian prefixes compare like the ids themselves
+        radix_off = self._base + n * ENTRY.size
+        self.radix = array("I", read(radix_off, size - DIGEST_LEN - radix_off))
+        if sys.byteorder != "little":
+            self.radix.byteswap()
+        self._shift = 32 - radix_bits(n)
         self._names: list[str] | None = None
 
     def pack_raw(self, number: int) -> bytes:
@@ -168,20 +193,21 @@ class Run:
 
     def find(self, block_id: bytes) -> list[tuple[int, int, int]]:
         """(pack number, offset, length) of every entry for block_id (usually 0 or 1)."""
-        key = int.from_bytes(block_id[:8], "big")
-        pos = max(bisect_left(self.fence, key) - 1, 0) * self.chunk
+        h = int.from_bytes(block_id[:4], "big") >> self._shift
+        size, chunk = ENTRY.size, self.chunk
+        lo = max(self.radix[h] - 1, 0) * chunk  # the chunk before may hold its first ids
+        hi = min(self.radix[h + 1] * chunk, self.n)
+        if lo >= hi:
+            return []
+        buf = self._read(self._base + lo * size, (hi - lo) * size)
+        at = buf.find(block_id)
+        while at > 0 and at % size:  # a match across two entries: look further
+            at = buf.find(block_id, at + 1)
         out: list[tuple[int, int, int]] = []
-        while pos < self.n:
-            k = min(2 * self.chunk, self.n - pos)
-            buf = self._read(self._base + pos * ENTRY.size, k * ENTRY.size)
-            i = lower_bound(buf, 0, k, block_id)
-            while i < k and buf[i * ENTRY.size : i * ENTRY.size + 16] == block_id:
-                _, p, o, n = ENTRY.unpack_from(buf, i * ENTRY.size)
-                out.append((p, o, n))
-                i += 1
-            if i < k:
-                break
-            pos += k
+        while 0 <= at < len(buf) and buf[at : at + 16] == block_id:
+            _, p, o, n = ENTRY.unpack_from(buf, at)
+            out.append((p, o, n))
+            at += size
         return out
 
     def pieces(self, entries_per_piece: int = _READ // ENTRY.size) -> Iterator[bytes]:
@@ -195,18 +221,6 @@ class Run:
     def entries(self) -> Iterator[tuple[bytes, int, int, int]]:
         for piece in self.pieces():
             yield from ENTRY.iter_unpack(piece)
-
-
-def lower_bound(buf: bytes, lo: int, hi: int, block_id: bytes) -> int:
-    """First entry index in [lo, hi) of buf whose id is >= block_id."""
-    size = ENTRY.size
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if buf[mid * size : mid * size + 16] < block_id:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
 
 
 def upper_bound(buf: bytes, lo: int, hi: int, block_id: bytes) -> int:
