@@ -346,9 +346,10 @@ class CachedIndex:
         self._len = None
 
     def lookup(self, block_id: bytes) -> Location | None:
-        loc = self._delta.lookup(block_id)
-        if loc is not None:
-            return loc
+        if len(self._delta):
+            loc = self._delta.lookup(block_id)
+            if loc is not None:
+                return loc
         for run in self._runs:
             for p, o, n in run.find(block_id):
                 pack = run.pack_name(p)
