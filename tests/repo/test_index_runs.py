@@ -33,9 +33,7 @@ entries = st.lists(
 packs = st.lists(st.binary(min_size=32, max_size=32), min_size=4, max_size=4, unique=True)
 
 
-def write_run(
-    records: list[tuple[bytes, int, int, int]], table: list[bytes], chunk: int
-) -> bytes:
+def write_run(records: list[tuple[bytes, int, int, int]], table: list[bytes], chunk: int) -> bytes:
     out = io.BytesIO()
     writer = RunWriter(out, table, len(records), chunk)
     ordered = sorted(records)
