@@ -261,9 +261,9 @@ def measure_size(
     fast: bool = False,
 ) -> list[tuple[str, dict[str, float]]]:
     """Every step on one repository of n blocks. `light` leaves out verify and prune
-    (the sizes where they would take too long here); `before` runs the open and the
-    incremental with another checkout first, on the same repository (it ignores the
-    cache, so both see the same repository)."""
+    (the sizes where they would take too long here); `before` runs the steps with
+    another checkout first, on the same repository (it ignores the cache, so both see
+    the same repository; its prune runs on a copy)."""
     root, state, empty = work / "repo", work / "state", work / "empty"
     for p in (root, state, empty):
         shutil.rmtree(p, ignore_errors=True)
@@ -275,6 +275,12 @@ def measure_size(
         rows.append(("before: open for backup", _run("open", [str(root)], before, state)))
         rows.append(("before: incr 1% into it", _run("incr", [str(root)], before, state)))
         rows.append(("before: points list", _run("points", [str(root)], before, state)))
+        if not light:
+            rows.append(("before: verify (metadata)", _run("verify", [str(root)], before, state)))
+            copy = work / "copy"
+            shutil.copytree(root, copy)
+            rows.append(("before: prune 10% (a copy)", _run("prune", [str(copy)], before, state)))
+            shutil.rmtree(copy, ignore_errors=True)
     rows.append(
         ("open for backup (first, builds any cache)", _run("open", [str(root)], code, state))
     )
