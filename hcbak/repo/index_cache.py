@@ -54,6 +54,7 @@ TMP_PREFIX = ".tmp-"
 # than the newer: a run's entries are rewritten ~log_4(N / new) times over its life.
 MERGE_RATIO = 4
 SORT_IN_MEMORY = 200_000  # more new entries than this are sorted in buckets on disk
+ITEMS_IN_MEMORY = 200_000  # items(): smaller runs than the largest, merged in memory
 BUCKETS = 256
 
 # (segment id) -> (pack ids, raw SEG_ENTRY records) of a checked segment; raises
@@ -329,7 +330,8 @@ class CachedIndex:
 
     def __init__(self, runs: list[_OpenRun], skip: set[tuple[bytes, str]]) -> None:
         self._open = runs  # keeps the files open
-        self._runs = [r.run for r in reversed(runs)]  # newest first
+        # Oldest (largest) first: most hits are there, so a hit usually costs one read.
+        self._runs = [r.run for r in runs]
         self._delta = CompactIndex()
         self._skip = skip
         self._skip_ids = {i for i, _ in skip}
@@ -367,14 +369,22 @@ class CachedIndex:
         if len(self._runs) == 1 and not len(self._delta) and not self._skip:
             yield from _unique(self._runs[0])  # the usual case after an open: no merge
             return
-        streams = [_located(rank, run) for rank, run in enumerate(self._runs)]
-        delta = sorted(
+        delta = [
             (block_id, -1, loc.pack, loc.offset, loc.length)
             for block_id, loc in self._delta.items()
-        )
+        ]
+        big, rest = (self._runs[0], self._runs[1:]) if self._runs else (None, [])
+        if big is not None and sum(r.n for r in rest) + len(delta) <= ITEMS_IN_MEMORY:
+            # The usual case: one large run and small ones (recent backups): the small
+            # ones are sorted in memory and merged into the large one as it streams.
+            small = delta + [e for rank, run in enumerate(rest, 1) for e in _located(rank, run)]
+            merged = _merge_small(big, sorted(small))
+        else:
+            streams = [_located(rank, run) for rank, run in enumerate(self._runs)]
+            merged = heap_merge(iter(sorted(delta)), *streams)
         last = None
         skip, skip_ids = self._skip, self._skip_ids
-        for block_id, rank, pack, offset, length in heap_merge(iter(delta), *streams):
+        for block_id, rank, pack, offset, length in merged:
             if block_id == last:
                 continue
             if rank >= 0 and block_id in skip_ids and (block_id, pack) in skip:
@@ -393,6 +403,22 @@ def _unique(run: Run) -> Iterator[tuple[bytes, Location]]:
         if block_id != last:
             last = block_id
             yield block_id, Location(name(p), o, n)
+
+
+def _merge_small(
+    big: Run, small: list[tuple[bytes, int, str, int, int]]
+) -> Iterator[tuple[bytes, int, str, int, int]]:
+    """`big`'s entries (rank 0) and the sorted `small` ones, in (id, rank) order."""
+    name = big.pack_name
+    j, n = 0, len(small)
+    head = small[0][:2] if small else None
+    for block_id, p, o, ln in big.entries():
+        while head is not None and head < (block_id, 0):
+            yield small[j]
+            j += 1
+            head = small[j][:2] if j < n else None
+        yield block_id, 0, name(p), o, ln
+    yield from small[j:]
 
 
 def _located(rank: int, run: Run) -> Iterator[tuple[bytes, int, str, int, int]]:
