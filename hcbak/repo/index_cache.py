@@ -27,11 +27,12 @@ import shutil
 from collections.abc import Callable, Iterator
 from heapq import merge as heap_merge
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import xxhash
 
 from hcbak.errors import IntegrityError
+from hcbak.repo import fsio
 from hcbak.repo.index import SEG_ENTRY, CompactIndex, Location, SegmentEntry
 from hcbak.repo.index_runs import (
     ENTRY,
@@ -79,8 +80,8 @@ class IndexCache:
         """The index over `segments`, updating the cache; and the new segments that
         failed their checks (id -> why). Raises OSError when the cache cannot be
         written (the caller then loads the segments into memory as before)."""
-        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        lock_fd = os.open(self.folder / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        fsio.make_private_dir(self.folder, parents=True)  # ids and layout: this user's
+        lock_fd = fsio.open_private(self.folder / LOCK, os.O_RDWR)
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
             return self._load_locked(segments, read, skip)
@@ -149,7 +150,7 @@ class IndexCache:
     def _atomic_write(self, name: str, data: bytes) -> None:
         tmp = self.folder / f"{TMP_PREFIX}{name}-{os.urandom(4).hex()}"
         try:
-            with open(tmp, "wb") as fh:
+            with _create(tmp) as fh:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -189,7 +190,7 @@ class IndexCache:
     def _write_run(self, packs: list[bytes], n: int, fill: Callable[[RunWriter], None]) -> _OpenRun:
         tmp = self.folder / f"{TMP_PREFIX}run-{os.urandom(6).hex()}"
         try:
-            with open(tmp, "wb") as fh:
+            with _create(tmp) as fh:
                 writer = RunWriter(fh, packs, n)
                 fill(writer)
                 digest = writer.finish()
@@ -288,7 +289,7 @@ class _Sorter:
                 return
             self._dir = self.folder / f"{TMP_PREFIX}sort-{os.urandom(6).hex()}"
             self._dir.mkdir(mode=0o700)
-            self._files = [open(self._dir / f"{b:02x}", "wb") for b in range(BUCKETS)]  # noqa: SIM115
+            self._files = [_create(self._dir / f"{b:02x}") for b in range(BUCKETS)]
             entries, self._memory = self._memory, []
         files = self._files
         for e in entries:
@@ -314,6 +315,11 @@ class _Sorter:
             fh.close()  # type: ignore[attr-defined]
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _create(path: Path) -> BinaryIO:
+    """A new file, mode 0600 whatever the umask (the state dir is private)."""
+    return os.fdopen(fsio.open_private(path, os.O_WRONLY | os.O_EXCL), "wb")
 
 
 def _fsync_dir(path: Path) -> None:
