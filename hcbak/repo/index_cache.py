@@ -23,6 +23,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from heapq import merge as heap_merge
@@ -51,6 +52,7 @@ MANIFEST = "manifest"
 LOCK = "lock"
 RUN_SUFFIX = ".run"
 TMP_PREFIX = ".tmp-"
+_RUN_NAME = re.compile(r"^[0-9a-f]{32}\.run$")
 # Runs are merged while the older of the last two is at most this many times bigger
 # than the newer: a run's entries are rewritten ~log_4(N / new) times over its life.
 MERGE_RATIO = 4
@@ -128,6 +130,8 @@ class IndexCache:
                 raise ValueError("another repository or format")
             if not isinstance(doc["segments"], list) or not isinstance(doc["runs"], list):
                 raise ValueError("malformed")
+            if not all(isinstance(r, str) and _RUN_NAME.match(r) for r in doc["runs"]):
+                raise ValueError("a run name that is not a checksum")
             return doc
         except FileNotFoundError:
             return None

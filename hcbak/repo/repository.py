@@ -47,6 +47,7 @@ from hcbak.repo.index import (
 )
 from hcbak.repo.index import write_segment as _write_segment
 from hcbak.repo.index_cache import CachedIndex, IndexCache
+from hcbak.repo.index_runs import RunDamagedError
 from hcbak.repo.kdf import (
     Argon2Params,
     KdfParams,
@@ -317,7 +318,7 @@ class Repository:
         assert self._index_cache is not None
         try:
             self._index, _ = self._index_cache.load(segments, self._read_segment, skip)
-        except OSError:  # the state dir cannot hold it: in memory, as without a cache
+        except (OSError, RunDamagedError):  # no usable cache: in memory, as without one
             try:
                 files = [(seg, read_segment_file(self.root, seg)) for seg in segments]
             except BaseException as exc:

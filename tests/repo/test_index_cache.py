@@ -177,3 +177,13 @@ def _segment(repo, seg: str) -> list:
     from hcbak.repo.index import read_segment
 
     return read_segment(repo.root, seg, repo.envelope)
+
+
+def test_a_state_dir_that_cannot_hold_the_cache_falls_back_to_memory(tmp_path: Path) -> None:
+    root, state = make_repo(tmp_path / "repo"), tmp_path / "state"
+    state.mkdir()
+    (state / "index-cache").write_text("not a folder")  # mkdir below it fails (as root too)
+    pid, data = backup(root, state, 3)
+    with open_repo(root, passphrase=PASS, state_dir=state) as repo:
+        assert type(repo.index).__name__ == "CompactIndex"
+        assert read_disk(repo, pid) == data
