@@ -187,3 +187,19 @@ def test_a_state_dir_that_cannot_hold_the_cache_falls_back_to_memory(tmp_path: P
     with open_repo(root, passphrase=PASS, state_dir=state) as repo:
         assert type(repo.index).__name__ == "CompactIndex"
         assert read_disk(repo, pid) == data
+
+
+def test_a_large_build_sorts_in_buckets_on_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hcbak.repo import index_cache
+
+    monkeypatch.setattr(index_cache, "SORT_IN_MEMORY", 3)  # every build spills to buckets
+    root, state = make_repo(tmp_path / "repo"), tmp_path / "state"
+    with open_repo(root, passphrase=PASS) as repo:  # no cache yet
+        points = {
+            write_point(repo, disk_bytes(s, BLOCKS)).id: disk_bytes(s, BLOCKS) for s in (4, 5)
+        }
+    check_all(root, state, points)
+    assert len(manifest(root, state)["runs"]) == 1
+    assert not [p for p in cache_dir(root, state).iterdir() if p.name.startswith(".tmp-")]
