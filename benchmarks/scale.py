@@ -30,6 +30,7 @@ import json
 import os
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from measure import dir_size, run_measured
+from measure import dir_size, ensure_bytecode
 
 HERE = Path(__file__).resolve().parent
 REPO_BLOCK = 1024 * 1024  # the repository's block size (disk geometry of the points)
@@ -55,12 +56,33 @@ def _child_env(code: Path | None, state: Path) -> dict[str, str]:
 
 
 def _run(step: str, args: list[str], code: Path | None, state: Path) -> dict[str, float]:
+    """One step in a child: wall seconds, CPU seconds (user + system: what the step
+    costs, much less sensitive than wall time to other load on a shared machine) and
+    peak RSS, all from wait4 on that child."""
     argv = [sys.executable, str(Path(__file__).resolve()), "--child", step, *args]
-    m = run_measured(argv, env=_child_env(code, state))
-    if m.returncode != 0:
-        raise SystemExit(f"{step} failed ({m.returncode}):\n{m.stderr[-3000:]}")
-    inner = json.loads(m.stdout.strip().splitlines()[-1]) if m.stdout.strip() else {}
-    return {"seconds": m.seconds, "rss_mib": m.peak_rss_mib, **inner}
+    ensure_bytecode()
+    os.sync()
+    start = time.perf_counter()
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(
+            argv, env=_child_env(code, state), stdout=subprocess.PIPE, stderr=err
+        )
+        assert proc.stdout is not None
+        out = proc.stdout.read()  # to EOF; the child is reaped by wait4, not by Popen
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        seconds = time.perf_counter() - start
+        if proc.returncode != 0:
+            err.seek(0)
+            raise SystemExit(f"{step} failed:\n{err.read().decode(errors='replace')[-3000:]}")
+    text = out.decode().strip()
+    inner = json.loads(text.splitlines()[-1]) if text else {}
+    return {
+        "seconds": seconds,
+        "cpu": usage.ru_utime + usage.ru_stime,
+        "rss_mib": usage.ru_maxrss / 1024.0,
+        **inner,
+    }
 
 
 # --- children ----------------------------------------------------------------------
@@ -301,14 +323,16 @@ def measure_size(
 
 def print_table(n: int, rows: list[tuple[str, dict[str, float]]]) -> None:
     print(f"\n{n:,} blocks\n")
-    print("| step | seconds | inner s | peak RSS MiB | note |")
-    print("|---|---:|---:|---:|---|")
+    print("| step | seconds | inner s | CPU s | peak RSS MiB | note |")
+    print("|---|---:|---:|---:|---:|---|")
     for name, r in rows:
         inner = next((r[k] for k in r if k.endswith("_s")), None)
         note = f"repo {r['repo_mib']:.0f} MiB" if "repo_mib" in r else ""
         note += f"state dir {r['cache_mib']:.0f} MiB" if "cache_mib" in r else ""
         inner_text = f"{inner:.2f}" if inner is not None else ""
-        print(f"| {name} | {r['seconds']:.2f} | {inner_text} | {r['rss_mib']:.0f} | {note} |")
+        cpu = r.get("cpu", 0.0)
+        rss = r["rss_mib"]
+        print(f"| {name} | {r['seconds']:.2f} | {inner_text} | {cpu:.2f} | {rss:.0f} | {note} |")
     sys.stdout.flush()
 
 
