@@ -58,7 +58,7 @@ def model(records: list[tuple[bytes, int, int, int]]) -> dict[bytes, list[tuple[
     return out
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(entries, packs, st.integers(1, 9), st.lists(ids, max_size=20))
 def test_find_returns_every_copy_and_nothing_else(records, table, chunk, absent):
     run = open_run(write_run(records, table, chunk))
@@ -69,7 +69,7 @@ def test_find_returns_every_copy_and_nothing_else(records, table, chunk, absent)
     assert list(run.entries()) == sorted(records)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(entries, entries, packs, packs, st.integers(1, 9))
 def test_merge_is_the_sorted_union_with_packs_renumbered(older, newer, t_old, t_new, chunk):
     a, b = open_run(write_run(older, t_old, chunk)), open_run(write_run(newer, t_new, chunk))
@@ -114,7 +114,7 @@ def test_truncated_runs_and_miscounted_writes_are_refused() -> None:
         writer.finish()
 
 
-@settings(max_examples=120, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(
     st.lists(entries, min_size=1, max_size=3),
     entries,
@@ -129,6 +129,8 @@ def test_cached_index_agrees_with_a_model(runs_records, delta_records, table, da
     from hcbak.repo import index_cache
     from hcbak.repo.index import SegmentEntry
 
+    # ZERO_BLOCK is never stored: it is the in-memory table's free slot marker.
+    runs_records = [[e for e in r if e[0] != bytes(16)] for r in runs_records]
     runs = [index_cache._OpenRun("r", None, open_run(write_run(r, table, 3))) for r in runs_records]
     every = [e for r in runs_records for e in r]
     skip = set(data.draw(st.lists(st.sampled_from(every), max_size=5))) if every else set()
