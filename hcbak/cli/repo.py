@@ -14,42 +14,26 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from typer.core import TyperCommand
 
+from hcbak.cli import repo_add
 from hcbak.cli.common import (
-    check_name,
-    check_value,
     load_config,
     load_config_for_edit,
     save_config,
     secret_ref_from_options,
     secret_ref_json,
 )
-from hcbak.cli.options import JsonOpt
+from hcbak.cli.options import JsonOpt, PassCmd, PassEnv, PassFile
 from hcbak.cli.output import emit_json, info, print_fields, print_table
 from hcbak.cli.repo_access import expected_of, lease_state_dir, open_configured
-from hcbak.cli.repo_s3 import (
-    CredCmd,
-    CredEnv,
-    CredFile,
-    EndpointOpt,
-    ImmutableModeOpt,
-    ImmutableOpt,
-    ParallelOpt,
-    ProfileOpt,
-    RegionOpt,
-    S3Opt,
-    s3_entry_from_options,
-)
 from hcbak.config import (
     Config,
     RepoConfig,
     ensure_unused,
     format_block_size,
     jobs_using,
-    parse_block_size,
     state_dir,
 )
 from hcbak.errors import ExitCode, HcbakError, IntegrityError, UsageError
-from hcbak.secrets import SecretRef
 
 if TYPE_CHECKING:
     from typer._click import Context  # typer vendors click without public aliases
@@ -58,125 +42,9 @@ app = typer.Typer(
     help="Manage backup repositories: create, inspect, verify, forget, prune and repair.",
     no_args_is_help=True,
 )
+repo_add.register(app)  # first in `repo --help`; its own module (folders and S3)
 
 NameArg = Annotated[str, typer.Argument(help="Repository name in the config.")]
-PassEnv = Annotated[
-    str | None, typer.Option(help="Read the passphrase from this environment variable.")
-]
-PassFile = Annotated[str | None, typer.Option(help="Read the passphrase from this file.")]
-PassCmd = Annotated[
-    str | None, typer.Option(help="Run this shell command; its stdout is the passphrase.")
-]
-
-
-@app.command("add")
-def add(
-    name: NameArg,
-    path: Annotated[
-        str | None, typer.Option("--path", help="Folder of the repository (local or NFS).")
-    ] = None,
-    encrypt: Annotated[
-        bool, typer.Option(help="Encrypt with AES-256-GCM (needs a passphrase).")
-    ] = False,
-    passphrase_env: PassEnv = None,
-    passphrase_file: PassFile = None,
-    passphrase_command: PassCmd = None,
-    compression: Annotated[str, typer.Option(help="lz4 (default), zstd or none.")] = "lz4",
-    block_size: Annotated[str, typer.Option(help="Block size, 256KiB..4MiB.")] = "1MiB",
-    force: Annotated[bool, typer.Option(help="Replace a config entry of the same name.")] = False,
-    s3: S3Opt = None,
-    endpoint: EndpointOpt = None,
-    region: RegionOpt = None,
-    profile: ProfileOpt = None,
-    credentials_env: CredEnv = None,
-    credentials_file: CredFile = None,
-    credentials_command: CredCmd = None,
-    upload_parallel: ParallelOpt = None,
-    immutable_days: ImmutableOpt = None,
-    immutable_mode: ImmutableModeOpt = None,
-) -> None:
-    """Create a repository in an empty folder or S3 bucket/prefix, or adopt an existing one.
-
-    The passphrase never goes on the command line: give --passphrase-env,
-    --passphrase-file or --passphrase-command, or type it twice at the prompt. S3 keys
-    neither: --credentials-env/-file/-command, or the AWS environment and profiles.
-    """
-    from hcbak.repo import init_repo, is_repo
-    from hcbak.repo.settings import read_config_doc
-    from hcbak.repo.storage import store_for
-
-    check_name(name, "repository name")
-    if compression not in ("lz4", "zstd", "none"):
-        raise UsageError("--compression must be lz4, zstd or none")
-    size = check_value(parse_block_size, block_size, "--block-size")
-    if (path is None) == (s3 is None):
-        raise UsageError("give either --path FOLDER or --s3 BUCKET[/PREFIX]")
-    s3_only = (endpoint, region, profile, credentials_env, credentials_file,
-               credentials_command, upload_parallel, immutable_days, immutable_mode)  # fmt: skip
-    if s3 is None and any(v is not None for v in s3_only):
-        raise UsageError("--endpoint, --region, --profile, --credentials-*, "
-                         "--upload-parallel and --immutable-* need --s3")  # fmt: skip
-    config = load_config_for_edit()
-    if name in config.repositories and not force:
-        raise UsageError(f"repository {name!r} already exists", hint="use --force to replace it")
-    s3_entry = None
-    if s3 is not None:
-        s3_entry = s3_entry_from_options(
-            s3, endpoint=endpoint, region=region, profile=profile, env=credentials_env,
-            file=credentials_file, command=credentials_command,
-            upload_parallel=upload_parallel, immutable_days=immutable_days,
-            immutable_mode=immutable_mode,
-        )  # fmt: skip
-        shown = s3_entry.location
-        folder: Any = store_for(RepoConfig(name, shown, s3=s3_entry))
-    else:
-        folder = Path(str(path)).expanduser().resolve()
-        shown = str(folder)
-    adopting = is_repo(folder)
-    if adopting and s3_entry is not None and s3_entry.immutable_days:
-        folder.check_object_lock()  # a new repository's create() checks it
-    is_encrypted = False
-    if adopting:
-        is_encrypted = read_config_doc(folder).get("encryption") is not None
-        if encrypt and not is_encrypted:
-            raise UsageError(
-                f"{shown} is an unencrypted hcbak repository",
-                hint="encryption is chosen when a repository is created; drop --encrypt",
-            )
-    wants_key = encrypt or is_encrypted
-    ref: SecretRef | None = None
-    if wants_key:
-        ref = secret_ref_from_options(
-            "passphrase",
-            env=passphrase_env,
-            file=passphrase_file,
-            command=passphrase_command,
-            prompt=True,
-        )
-        if ref is None:
-            raise UsageError(
-                "an encrypted repository needs a passphrase",
-                hint="use --passphrase-env, --passphrase-file or --passphrase-command",
-            )
-    elif passphrase_env or passphrase_file or passphrase_command:
-        raise UsageError("a passphrase option needs --encrypt")
-    if adopting:
-        # Opening proves the passphrase (and, for v2, the settings MAC): the id pinned
-        # below is the one of a repository this passphrase really opens.
-        probe = RepoConfig(name, shown, passphrase=ref, s3=s3_entry)
-        with open_configured(probe, lock=None) as repo:
-            found = repo.config
-        entry = RepoConfig(
-            name, shown, found.compression, found.block_size, ref, found.repo_id, s3_entry
-        )
-        info(f"adopted existing repository at {shown}")
-    else:
-        secret = ref.resolve() if ref else None
-        made = init_repo(folder, compression=compression, block_size=size, passphrase=secret)
-        entry = RepoConfig(name, shown, compression, size, ref, made.repo_id, s3_entry)
-        info(f"created repository {name} at {shown}")
-    config.repositories[name] = entry
-    save_config(config)
 
 
 @app.command("list")

@@ -66,7 +66,7 @@ def open_configured(
         lock_wait=wait,
         command=command,
         read_only_ok=read_only_ok,
-        state_dir=lease_state_dir() if lock is not None else None,
+        state_dir=lease_state_dir(),  # lease sightings (with a lock) and the index cache
         expect=expected_of(cfg),
     ) as repo:
         if repo.unlocked_reason:

@@ -4,9 +4,8 @@
 from __future__ import annotations
 
 import stat
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import yaml
 
@@ -23,6 +22,7 @@ from hcbak.config.model import (
     SMTPConfig,
     TLSConfig,
 )
+from hcbak.config.nodes import Node, NodeReader, is_null, seq_items
 from hcbak.config.paths import default_config_path
 from hcbak.config.validation import (
     COMPRESSIONS,
@@ -44,7 +44,7 @@ from hcbak.config.validation import (
     validate_node,
 )
 from hcbak.errors import ConfigError
-from hcbak.schedule import CronSchedule, parse_duration
+from hcbak.schedule import CronSchedule
 from hcbak.secrets import Secret, SecretRef
 
 T = TypeVar("T")
@@ -148,19 +148,8 @@ def _check_permissions(config: Config) -> None:
         )
 
 
-Node = yaml.Node
-_CONSTRUCTOR = yaml.SafeLoader("")
-
-
-class _Parser:
-    """Walks the composed YAML node tree; every error carries the node's line."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def error(self, node: Node | None, where: str, what: str, hint: str | None = None) -> None:
-        line = node.start_mark.line + 1 if node is not None else None
-        raise ConfigError(f"{where}: {what}", path=str(self.path), line=line, hint=hint)
+class _Parser(NodeReader):
+    """Walks the composed YAML node tree, section by section."""
 
     # -- document ---------------------------------------------------------------------
     def config(self, root: Node | None) -> Config:
@@ -221,7 +210,7 @@ class _Parser:
 
     def named(self, node: Node | None, where: str) -> list[tuple[str, Node, Node]]:
         """A mapping of name -> section, names validated."""
-        if node is None or _is_null(node):
+        if node is None or is_null(node):
             return []
         if not isinstance(node, yaml.MappingNode):
             self.error(node, where, "must be a mapping of names to settings")
@@ -258,7 +247,7 @@ class _Parser:
         nodes = self.string_list(nodes_node, f"{where}.nodes")
         if not nodes:
             self.error(nodes_node, f"{where}.nodes", "needs at least one node address")
-        for item, address in zip(_seq_items(nodes_node), nodes, strict=True):
+        for item, address in zip(seq_items(nodes_node), nodes, strict=True):
             self.check(item, f"{where}.nodes", validate_node, address)
             if nodes.count(address) > 1:
                 self.error(item, f"{where}.nodes", f"{address} is listed twice")
@@ -461,12 +450,12 @@ class _Parser:
         to = self.string_list(to_node, f"{where}.email.to")
         if not to:
             self.error(to_node, f"{where}.email.to", "needs at least one address")
-        for item, addr in zip(_seq_items(to_node), to, strict=True):
+        for item, addr in zip(seq_items(to_node), to, strict=True):
             self.check(item, f"{where}.email.to", validate_email, addr)
         notify = EmailNotify(to=to)
         if "on" in e:
             notify.on = self.string_list(e["on"], f"{where}.email.on")
-            for item, event in zip(_seq_items(e["on"]), notify.on, strict=True):
+            for item, event in zip(seq_items(e["on"]), notify.on, strict=True):
                 if event not in NOTIFY_EVENTS:
                     self.error(
                         item,
@@ -511,122 +500,6 @@ class _Parser:
             return SecretRef(file=text)
         return SecretRef(command=text)
 
-    # -- scalars ----------------------------------------------------------------------
-    def mapping(self, node: Node, where: str, allowed: tuple[str, ...] | None) -> dict[str, Node]:
-        if not isinstance(node, yaml.MappingNode):
-            self.error(node, where, "must be a mapping (key: value lines)")
-        assert isinstance(node, yaml.MappingNode)
-        out: dict[str, Node] = {}
-        for key, value in node.value:
-            name = self.scalar_key(key, where)
-            if allowed is not None and name not in allowed:
-                self.error(
-                    key,
-                    f"{where}.{name}" if where != "config" else name,
-                    "unknown key",
-                    did_you_mean(name, allowed) or f"allowed: {', '.join(allowed)}",
-                )
-            if name in out:
-                self.error(key, f"{where}.{name}", "key given twice")
-            out[name] = value
-        return out
-
-    def scalar_key(self, key: Node, where: str) -> str:
-        if not isinstance(key, yaml.ScalarNode):
-            self.error(key, where, "keys must be plain strings")
-        return str(key.value)
-
-    def require(self, m: dict[str, Node], key: str, parent: Node, where: str) -> Node:
-        if key not in m or _is_null(m[key]):
-            self.error(m.get(key, parent), f"{where}.{key}", "is required")
-        return m[key]
-
-    def value(self, node: Node) -> Any:
-        if not isinstance(node, yaml.ScalarNode):
-            return node
-        return _CONSTRUCTOR.construct_object(node)
-
-    def string(self, node: Node, where: str) -> str:
-        # The scalar's source text, not its YAML 1.1 value: `password: 0123` is the
-        # string "0123", not the octal number 83, and `username: yes` is not a bool.
-        if not isinstance(node, yaml.ScalarNode) or _is_null(node):
-            self.error(node, where, "must be a string")
-        text = str(node.value)
-        if not text.strip():
-            self.error(node, where, "must not be empty")
-        return text
-
-    def string_list(self, node: Node, where: str) -> list[str]:
-        if _is_null(node):
-            return []
-        if isinstance(node, yaml.ScalarNode):
-            return [self.string(node, where)]
-        if not isinstance(node, yaml.SequenceNode):
-            self.error(node, where, "must be a list")
-        return [self.string(item, where) for item in _seq_items(node)]
-
-    def integer(
-        self, node: Node, where: str, *, minimum: int | None = None, maximum: int | None = None
-    ) -> int:
-        value = self.value(node)
-        if isinstance(value, bool) or not isinstance(value, int):
-            self.error(node, where, f"must be a whole number, not {_show(value)}")
-        if minimum is not None and value < minimum:
-            self.error(node, where, f"must be >= {minimum}, not {value}")
-        if maximum is not None and value > maximum:
-            self.error(node, where, f"must be <= {maximum}, not {value}")
-        return int(value)
-
-    def number(self, node: Node, where: str, *, allow_zero: bool = False) -> float:
-        value = self.value(node)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            self.error(node, where, f"must be a number of seconds, not {_show(value)}")
-        if value < 0 or (value == 0 and not allow_zero):
-            self.error(node, where, f"must be {'>= 0' if allow_zero else '> 0'}, not {value}")
-        return float(value)
-
-    def boolean(self, node: Node, where: str) -> bool:
-        value = self.value(node)
-        if not isinstance(value, bool):
-            self.error(node, where, f"must be true or false, not {_show(value)}")
-        return bool(value)
-
-    def choice(self, node: Node, where: str, choices: tuple[str, ...]) -> str:
-        value = self.string(node, where)
-        if value not in choices:
-            self.error(
-                node,
-                where,
-                f"{value!r} is not one of {', '.join(choices)}",
-                did_you_mean(value, choices),
-            )
-        return value
-
-    def duration(self, node: Node, where: str) -> str:
-        text = self.string(node, where)
-        self.check(node, where, parse_duration, text)
-        return text
-
-    def check(self, node: Node, where: str, fn: Callable[[Any], T], arg: Any) -> T:
-        """Run a value validator; its ValueError becomes a located ConfigError."""
-        try:
-            return fn(arg)
-        except ValueError as exc:
-            self.error(node, where, str(exc))
-            raise  # pragma: no cover - error() always raises
-
 
 def _secret_keys(prefix: str) -> tuple[str, ...]:
     return (f"{prefix}_env", f"{prefix}_file", f"{prefix}_command", prefix)
-
-
-def _seq_items(node: Node) -> list[Node]:
-    return list(node.value) if isinstance(node, yaml.SequenceNode) else [node]
-
-
-def _is_null(node: Node) -> bool:
-    return isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null"
-
-
-def _show(value: Any) -> str:
-    return "a list or mapping" if isinstance(value, yaml.Node) else repr(value)

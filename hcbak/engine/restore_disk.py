@@ -31,7 +31,7 @@ from hcbak.engine.point_reader import (
 )
 from hcbak.errors import NotFoundError, TransportError, UsageError
 from hcbak.repo.fsio import pwrite_all
-from hcbak.repo.locks import pid_alive
+from hcbak.repo.holders import pid_alive
 
 if TYPE_CHECKING:
     from hcbak.repo import DiskImage, Point, Repository

@@ -31,7 +31,7 @@ from typing import Any
 
 from hcbak import fsio
 from hcbak.errors import LockedError, UsageError
-from hcbak.repo.locks import holder_identity, local_holder_gone, pid_alive
+from hcbak.repo.holders import holder_identity, local_holder_gone, pid_alive
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,7 @@ from hcbak.errors import RepoError, UsageError
 from hcbak.repo.blockstore import PACK_TARGET
 from hcbak.repo.codec import codec_id
 from hcbak.repo.crypto import KeyMaterial
+from hcbak.repo.index_cache import IndexCache
 from hcbak.repo.kdf import (
     Argon2Params,
     KdfParams,
@@ -40,6 +41,8 @@ from hcbak.repo.settings import (
 )
 from hcbak.repo.storage import Location, open_store
 from hcbak.secrets import Secret
+
+INDEX_CACHE = "index-cache"  # under the state dir: hcbak/repo/index_cache.py
 
 
 def is_repo(location: Location) -> bool:
@@ -125,7 +128,16 @@ def open_repo(
                 raise
             held, unlocked_reason = None, exc.message
     try:
-        repo = Repository(store, settings, material, ids, pack_target=pack_target)
+        cache = IndexCache(state_dir / INDEX_CACHE, settings.repo_id) if state_dir else None
+        repo = Repository(
+            store,
+            settings,
+            material,
+            ids,
+            pack_target=pack_target,
+            index_cache=cache,
+            preload=lock is not None,
+        )
         repo.lock = held
         repo.unlocked_reason = unlocked_reason
         try:

@@ -229,6 +229,7 @@ def _apply(
         report.damaged_records_dropped = len(repo.damaged.copies) - len(keep)
     repo.remove_temp_files()
     repo.reload_index()
+    _ = repo.index  # waits: the index cache is rebuilt now, not by the next backup's open
     step("done")
 
 

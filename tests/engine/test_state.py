@@ -75,7 +75,7 @@ def _set_pid(path: Path, pid: int, *, start: str | None = None) -> None:
     time, or `start` for a writer that had this pid before)."""
     import json
 
-    from hcbak.repo.locks import _process_start
+    from hcbak.repo.holders import _process_start
 
     entry = json.loads(path.read_text())
     entry["pid"] = pid

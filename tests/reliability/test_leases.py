@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 from engine.helpers import Lab, MiB, lab
 
-from hcbak.repo.locks import TEST_IDENTITY_ENV, LockInfo, read_locks
+from hcbak.repo.holders import TEST_IDENTITY_ENV
+from hcbak.repo.locks import LockInfo, read_locks
 
 from .helpers import HCBAK, cli, point_sha, sha256, spawn, wait_for
 from .lease_race import prune_races_a_backup_that_depends_on_forgotten_blocks

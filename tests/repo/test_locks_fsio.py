@@ -18,17 +18,13 @@ from repo_helpers import PASS, disk_bytes, make_repo, write_point
 from hcbak import fsio as files
 from hcbak.errors import LockedError, NoSpaceError, RepoError
 from hcbak.repo import fsio, open_repo
-from hcbak.repo.locks import (
-    EXCLUSIVE,
-    SHARED,
+from hcbak.repo.holders import (
     TEST_IDENTITY_ENV,
-    RepoLock,
     holder_identity,
     holder_provably_dead,
     local_holder_gone,
-    read_locks,
-    unlock,
 )
+from hcbak.repo.locks import EXCLUSIVE, SHARED, RepoLock, read_locks, unlock
 
 
 def fake_lock(
