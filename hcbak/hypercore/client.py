@@ -382,7 +382,10 @@ class HyperCoreClient:
         return [s for s in snaps if vm_uuid is None or s.vm_uuid == vm_uuid]
 
     def get_snapshot(self, uuid: str) -> Snapshot | None:
-        return next((s for s in self.list_snapshots() if s.uuid == uuid), None)
+        """One snapshot by uuid (GET by uuid answers an array, `[]` or 404 when gone):
+        not the list of every snapshot, which grows with the cluster (issue 21)."""
+        items = self._get_list(f"/VirDomainSnapshot/{quote(uuid)}", missing_ok=True)
+        return Snapshot.from_api(items[0]) if items else None
 
     def find_snapshot(self, vm_uuid: str, label: str) -> Snapshot | None:
         return next((s for s in self.list_snapshots(vm_uuid) if s.label == label), None)
@@ -394,6 +397,7 @@ class HyperCoreClient:
         *,
         accepted: Callable[[str], None] | None = None,
         quiesce: bool = False,
+        new_label: bool = False,
     ) -> Snapshot:
         """A USER snapshot with a run-unique label; never two with the same label.
 
@@ -404,7 +408,10 @@ class HyperCoreClient:
         caller asks again without it.
 
         The label is the idempotency key: it is looked up before the first POST and
-        before every re-POST. `replication: false` always: the API default true would
+        before every re-POST. `new_label`: the caller just made the label (a fresh
+        point id), so nothing can have it yet and the look before the first POST is
+        skipped: each look lists every snapshot of the cluster, and once per VM that
+        made a run's API traffic grow with VMs x snapshots (issue 21). `replication: false` always: the API default true would
         ship the snapshot to the replication target. `accepted(task tag)` runs once the
         cluster took the request, before the task (and so the snapshot) is done; once
         the run is being stopped (`cancel`) that task is journaled and not waited for.
@@ -416,7 +423,7 @@ class HyperCoreClient:
         Only a lost answer (timeout, reset, 504) waits for the label for as long as an
         answer was allowed to take.
         """
-        existing = self.find_snapshot(vm_uuid, label)
+        existing = None if new_label else self.find_snapshot(vm_uuid, label)
         if existing:
             return existing
         body: dict[str, Any] = {
