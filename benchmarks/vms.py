@@ -126,7 +126,8 @@ def main() -> int:
     rows = [row for n in args.vms for row in bench(n, args.parallel, args.disk_mib)]
     print(f"hcbak job run, one {args.disk_mib} MiB disk per VM (1 MiB written), "
           f"--parallel {args.parallel}, simulator with one node")  # fmt: skip
-    print(f"| VMs | run | ok | seconds | peak RSS MiB | calls/VM | s/VM | beyond data s/VM | lines/VM |")  # fmt: skip
+    print("| VMs | run | ok | seconds | peak RSS MiB | calls/VM | s/VM | beyond data s/VM "
+          "| lines/VM |")  # fmt: skip
     print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['vms']} | {r['run']} | {r['ok']} | {r['seconds']:.1f} | {r['rss_mib']:.0f} | "

@@ -411,10 +411,11 @@ class HyperCoreClient:
         before every re-POST. `new_label`: the caller just made the label (a fresh
         point id), so nothing can have it yet and the look before the first POST is
         skipped: each look lists every snapshot of the cluster, and once per VM that
-        made a run's API traffic grow with VMs x snapshots (issue 21). `replication: false` always: the API default true would
-        ship the snapshot to the replication target. `accepted(task tag)` runs once the
-        cluster took the request, before the task (and so the snapshot) is done; once
-        the run is being stopped (`cancel`) that task is journaled and not waited for.
+        made a run's API traffic grow with VMs x snapshots (issue 21).
+        `replication: false` always: the API default true would ship the snapshot to
+        the replication target. `accepted(task tag)` runs once the cluster took the
+        request, before the task (and so the snapshot) is done; once the run is being
+        stopped (`cancel`) that task is journaled and not waited for.
 
         A 500 *answer* is the cluster refusing: it answers so to a mutation on a VM
         that has a task running ("VM busy": another job's snapshot, a dead run's task;
