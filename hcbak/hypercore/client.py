@@ -28,6 +28,7 @@ from hcbak.errors import (
 )
 from hcbak.hypercore import tasks
 from hcbak.hypercore.failover import MaybeProcessedError, NodePool, backoff_delay
+from hcbak.hypercore.intervals import PairArray, parse_snap_diff
 from hcbak.hypercore.quiesce import QUIESCE_REFUSED_STATUS, QUIESCE_SNAPSHOT_PATH
 from hcbak.hypercore.records import (
     VM,
@@ -517,24 +518,18 @@ class HyperCoreClient:
     def delete_snapshot(self, uuid: str) -> None:
         self._delete(f"/VirDomainSnapshot/{quote(uuid)}", what=f"delete snapshot {uuid}")
 
-    def snap_diff(self, disk_uuid: str, serial_from: int, serial_to: int) -> list[tuple[int, int]]:
-        """Changed byte intervals [lower, upper) between two serials (0 = live disk).
+    def snap_diff(self, disk_uuid: str, serial_from: int, serial_to: int) -> PairArray:
+        """Changed byte intervals [lower, upper) between two serials (0 = live disk),
+        held compactly (16 bytes each: a long change list must not cost a dict per
+        interval, hypercore/intervals.py).
 
         Read-only on the cluster, so it is retried like a GET.
         """
         body = {"snapshotSerialFrom": int(serial_from), "snapshotSerialTo": int(serial_to)}
         path = f"/VirDomainBlockDevice/{quote(disk_uuid)}/snapDiff"
-        data = self._call("POST", path, json=body, idempotent=True)
-        if isinstance(data, dict):
-            data = data.get("intervals", [data])
-        if not isinstance(data, list):
-            raise APIError(f"POST {path} answered {type(data).__name__}, not a list")
-        out = []
-        for item in data:
-            if not isinstance(item, dict) or "lower" not in item or "upper" not in item:
-                raise APIError(f"POST {path}: interval without lower/upper: {item!r}")
-            out.append((int(item["lower"]), int(item["upper"])))
-        return out
+        resp = self.pool.send("POST", path, json=body, idempotent=True)
+        _check_status(resp, f"POST {path}", self.cluster.username)
+        return parse_snap_diff(resp.content, f"POST {path}")
 
     # --- block devices ----------------------------------------------------------------
     def clone_snapshot_disk(
