@@ -57,9 +57,9 @@ class PairArray(Sequence[tuple[int, int]]):
         return self._flat[2 * i], self._flat[2 * i + 1]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        flat = self._flat
-        for k in range(0, len(flat), 2):
-            yield flat[k], flat[k + 1]
+        # two strided copies (8 bytes a pair, gone after the walk) let zip build the
+        # pairs in C: a Python generator here made a 1 M-interval plan 3x slower
+        return zip(self._flat[0::2], self._flat[1::2], strict=True)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Sequence):
