@@ -477,7 +477,11 @@ class HyperCoreClient:
                 result.get("taskTag"), what=f"snapshot {label!r} of VM {vm_uuid}", cancellable=True
             )
             uuid = str(result.get("createdUUID") or "")
-            snap = self.get_snapshot(uuid) if uuid else self.find_snapshot(vm_uuid, label)
+            # By its uuid (one record); by its label in the list of every snapshot only
+            # where that finds nothing (a build without GET by uuid for snapshots).
+            snap = self.get_snapshot(uuid) if uuid else None
+            if snap is None:
+                snap = self.find_snapshot(vm_uuid, label)
             if snap is None:
                 raise APIError(f"snapshot {label!r} of VM {vm_uuid} vanished after creation")
             return snap
