@@ -78,8 +78,9 @@ class LiveDisplay:
     def event(self, ev: Any) -> None:
         key = (ev.job, ev.vm, ev.disk)
         with self.lock:
-            if ev.kind == "job_start":
+            if ev.kind == "job_start":  # jobs run one after another: counts per job
                 self.job = ev.job
+                self.counts = dict.fromkeys(self.counts, 0)
             if ev.kind == "vm_start" and ev.vm:
                 self.running.add((ev.job, ev.vm))
             elif ev.kind == "disk_start":
