@@ -141,11 +141,15 @@ def _error_lines(report: "RunReport") -> list[str]:
 
 
 def _print_summary(report: "RunReport") -> None:
-    from hcbak.engine.report import human_bytes, vm_status_word
+    """Each job's one-line summary first, then one row per VM, failures first."""
+    from hcbak.engine.report import human_bytes, summary_line, vm_status_word, vms_failures_first
 
     rows = []
     for job in report.jobs:
-        for vm in job.vms:
+        if job.vms:
+            sys.stdout.write(f"{job.job}: {summary_line(job)}\n")
+    for job in report.jobs:
+        for vm in vms_failures_first(job.vms):
             t = vm.totals()
             cbt = ",".join(sorted({d.cbt_reason for d in vm.disks})) or "-"
             rows.append(

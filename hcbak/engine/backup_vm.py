@@ -181,7 +181,9 @@ def create_snapshot(s: Session, vm: VM, label: str, report: VmReport) -> tuple[S
     journal_snapshot_request(s.state_dir, s.job.cluster, vm.uuid, label)
     try:
         try:
-            snap = s.hc.create_snapshot(vm.uuid, label, accepted=accepted, quiesce=plan.attempt)
+            snap = s.hc.create_snapshot(
+                vm.uuid, label, accepted=accepted, quiesce=plan.attempt, new_label=True
+            )
         except QuiesceRefusedError as exc:
             s.warn_vm(
                 report,

@@ -9,8 +9,11 @@ the answer, and the caller falls back to a full read with the reason reported.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+
+from hcbak.hypercore.intervals import PairArray
 
 # Fallback reasons, reported per disk (run report, point DiskImage.cbt_reason).
 REASON_INCREMENTAL = "snapDiff"
@@ -38,7 +41,7 @@ class ReadPlan:
     """Which blocks of one disk to read, and why (incremental or full with a reason)."""
 
     n_blocks: int
-    ranges: list[BlockRange]
+    ranges: Sequence[BlockRange]  # sorted, merged; a PairArray for an incremental
     incremental: bool
     reason: str
     changed_bytes: int = field(default=0)
@@ -59,8 +62,11 @@ def n_blocks_for(capacity: int, block_size: int) -> int:
 
 def align_intervals(
     intervals: Iterable[tuple[int, int]], block_size: int, capacity: int
-) -> list[BlockRange]:
+) -> PairArray:
     """Widen byte intervals to the block grid, clamp to the disk, merge and sort.
+
+    Compact whatever the length of the change list: 16 bytes per range (a snapDiff
+    of 1 M intervals must not cost hundreds of MiB, issue 21).
 
     Raises CbtOutOfRange when an interval is negative, inverted or starts at or beyond
     `capacity`. An `upper` past capacity is clamped: the cluster reports in its own
@@ -69,26 +75,36 @@ def align_intervals(
     """
     if block_size <= 0:
         raise ValueError("block_size must be positive")
-    raw: list[BlockRange] = []
+    raw = PairArray()
     for lower, upper in intervals:
         if lower < 0 or upper < lower or (lower >= capacity and upper > lower):
             raise CbtOutOfRange(f"interval [{lower}, {upper}) outside disk of {capacity} bytes")
         if upper == lower:
             continue
         upper = min(upper, capacity)
-        raw.append((lower // block_size, -(-upper // block_size)))
+        raw.append(lower // block_size, -(-upper // block_size))
     return merge_ranges(raw)
 
 
-def merge_ranges(ranges: Iterable[BlockRange]) -> list[BlockRange]:
-    """Sort and merge overlapping or touching ranges."""
-    merged: list[BlockRange] = []
-    for start, end in sorted(ranges):
-        if merged and start <= merged[-1][1]:
-            if end > merged[-1][1]:
-                merged[-1] = (merged[-1][0], end)
+def merge_ranges(ranges: Iterable[BlockRange]) -> PairArray:
+    """Sort and merge overlapping or touching ranges.
+
+    snapDiff answers in disk order, so the ranges usually come sorted and are merged
+    in one pass into a compact array; only an unsorted list is sorted (as tuples)."""
+    raw = ranges if isinstance(ranges, PairArray) else PairArray(ranges)
+    ordered: Iterable[BlockRange] = raw
+    if any(b < a for a, b in itertools.pairwise(raw)):
+        ordered = sorted(raw)
+    merged = PairArray()
+    last_end = -1
+    for start, end in ordered:
+        if merged and start <= last_end:
+            if end > last_end:
+                merged.set_last_end(end)
+                last_end = end
         else:
-            merged.append((start, end))
+            merged.append(start, end)
+            last_end = end
     return merged
 
 
@@ -120,5 +136,5 @@ def with_blocks(plan: ReadPlan, blocks: Iterable[int]) -> ReadPlan:
     extra = [(b, b + 1) for b in blocks if 0 <= b < plan.n_blocks]
     if not extra:
         return plan
-    ranges = merge_ranges([*plan.ranges, *extra])
+    ranges = merge_ranges(itertools.chain(plan.ranges, extra))
     return ReadPlan(plan.n_blocks, ranges, plan.incremental, plan.reason, plan.changed_bytes)

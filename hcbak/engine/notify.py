@@ -17,12 +17,15 @@ from email.utils import formatdate, make_msgid
 from typing import TYPE_CHECKING
 
 from hcbak.engine.report import (
+    VM_FAILED,
     VM_OK,
     JobReport,
     human_bytes,
     job_to_dict,
     status_word,
+    summary_line,
     vm_status_word,
+    vms_failures_first,
 )
 from hcbak.errors import ConfigError, HcbakError
 
@@ -53,26 +56,42 @@ def render_subject(job: JobReport) -> str:
 
 
 def render_body(job: JobReport) -> str:
+    """The mail: a summary first (counts, bytes, duration), then what needs a look
+    (failed VMs, warnings), then one line per VM with the failures first, so a
+    200-VM job's mail reads from the top (issue 21)."""
     d = job_to_dict(job)
     t = d["totals"]
     lines = [
+        f"Summary:  {summary_line(job)}",
         f"Job:      {job.job}",
         f"Status:   {d['status']} (exit code {d['exit_code']})",
         f"Cluster:  {job.cluster}",
         f"Repo:     {job.repo}",
         f"Started:  {d['started']}",
         f"Duration: {d['duration']:.1f} s",
-        f"VMs:      {t['vms_ok']} ok, {t['vms_failed']} failed, {t['vms_skipped']} skipped",
         f"Read:     {human_bytes(t['bytes_read'])}, changed {human_bytes(t['bytes_changed'])}, "
         f"new {human_bytes(t['bytes_new'])}, stored {human_bytes(t['bytes_stored'])}",
     ]
     if job.reason:
         lines.append(f"Reason:   {job.reason}")
+    failed = [vm for vm in job.vms if vm.status == VM_FAILED]
+    if failed:
+        lines += ["", f"Failed ({len(failed)}):"] + [f"  - {vm.name}: {vm.reason}" for vm in failed]
+    warnings = list(job.warnings) + [f"{vm.name}: {w}" for vm in job.vms for w in vm.warnings]
+    if warnings:
+        lines += ["", f"Warnings ({len(warnings)}):"] + [f"  - {w}" for w in warnings]
+    if job.copies:  # copy_to: one line per target, one per point not copied
+        lines += ["", "Copies:"] + [f"  - {c.summary()}" for c in job.copies]
+        lines += [
+            f"    point {p.id} ({p.vm_name}): {p.reason}"
+            for c in job.copies
+            for p in c.of("failed")
+        ]
     lines += [
         "",
         f"{'VM':<24} {'STATUS':<8} {'CBT':<5} {'READ':>11} {'STORED':>11}  POINT / REASON",
     ]
-    for vm in job.vms:
+    for vm in vms_failures_first(job.vms):
         vt = vm.totals()
         cbt = "yes" if vm.disks and all(x.cbt_used for x in vm.disks) else "no"
         tail = vm.point_id if vm.status == VM_OK else vm.reason
@@ -81,16 +100,6 @@ def render_body(job: JobReport) -> str:
             f"{human_bytes(vt['bytes_read']):>11} "
             f"{human_bytes(vt['bytes_stored']):>11}  {tail or ''}"
         )
-    if job.copies:  # copy_to: one line per target, one per point not copied
-        lines += ["", "Copies:"] + [f"  - {c.summary()}" for c in job.copies]
-        lines += [
-            f"    point {p.id} ({p.vm_name}): {p.reason}"
-            for c in job.copies
-            for p in c.of("failed")
-        ]
-    warnings = list(job.warnings) + [f"{vm.name}: {w}" for vm in job.vms for w in vm.warnings]
-    if warnings:
-        lines += ["", "Warnings:"] + [f"  - {w}" for w in warnings]
     lines += ["", "-- hcbak"]
     return "\n".join(lines) + "\n"
 

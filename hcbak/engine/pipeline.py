@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from array import array
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -98,17 +99,18 @@ def back_up_disk(
 
 def _split_by_holes(
     reader: DiskReader, plan: ReadPlan, block_size: int
-) -> tuple[list[int], list[int]]:
-    """Blocks to read, and blocks of the plan lying wholly in holes (not read)."""
-    ranges = reader.data_ranges([(a * block_size, b * block_size) for a, b in plan.ranges])
-    planned = list(plan.iter_blocks())
+) -> tuple[array[int], array[int]]:
+    """Blocks to read, and blocks of the plan lying wholly in holes (not read): arrays
+    of 8 bytes a block, so a sparse 2 TiB disk (2 M blocks) costs 16 MiB, not the
+    ~70 MiB of a list of ints (issue 21)."""
+    ranges = reader.data_ranges((a * block_size, b * block_size) for a, b in plan.ranges)
+    to_read, holes = array("q"), array("q")
     if ranges is None:
-        return planned, []
+        to_read.extend(plan.iter_blocks())
+        return to_read, holes
     data = merge_ranges(blocks_with_data(ranges, block_size))
-    to_read: list[int] = []
-    holes: list[int] = []
     k = 0
-    for i in planned:  # both sorted: one merge walk
+    for i in plan.iter_blocks():  # both sorted: one merge walk
         while k < len(data) and data[k][1] <= i:
             k += 1
         if k < len(data) and data[k][0] <= i < data[k][1]:
@@ -155,12 +157,12 @@ class _State:
         self.last = last
         self.last_counted: set[str] = set()
 
-    def count_holes(self, holes: list[int]) -> None:
+    def count_holes(self, holes: Sequence[int]) -> None:
         self.zero += len(holes)
         if self.previous_map is not None:
-            changed = [i for i in holes if self.previous_map.get(i) != self.zero_block]
-            self.changed += len(changed)
-            if changed and changed[-1] == self.last:
+            previous, zero = self.previous_map, self.zero_block
+            self.changed += sum(1 for i in holes if previous.get(i) != zero)
+            if holes and holes[-1] == self.last and previous.get(self.last) != zero:
                 self.last_counted.add("changed")
 
     def _next(self) -> int | None:

@@ -146,6 +146,7 @@ class JobReport:
         disks = [d for vm in self.vms for d in vm.disks]
         out = _sum_disks(disks)
         out["vms_ok"] = sum(vm.status == VM_OK for vm in self.vms)
+        out["vms_warning"] = sum(vm_status_word(vm) == "warning" for vm in self.vms)  # of vms_ok
         out["vms_failed"] = sum(vm.status == VM_FAILED for vm in self.vms)
         out["vms_skipped"] = sum(vm.status == VM_SKIPPED for vm in self.vms)
         return out
@@ -206,6 +207,44 @@ def vm_status_word(vm: VmReport) -> str:
     return "warning" if vm.status == VM_OK and vm.warnings else vm.status
 
 
+# Human tables and mail list the VMs that need a look first (issue 21: with 200 VMs
+# the failures must not hide in the middle of the successes).
+_SEVERITY = {"failed": 0, "warning": 1, "skipped": 2, "ok": 3}
+
+
+def vms_failures_first(vms: list[VmReport]) -> list[VmReport]:
+    """Failed, then with warnings, then skipped, then ok; run order within each."""
+    return sorted(vms, key=lambda vm: _SEVERITY.get(vm_status_word(vm), 0))
+
+
+def job_duration(job: JobReport) -> float:
+    return (job.finished - job.started).total_seconds() if job.finished else 0.0
+
+
+def human_seconds(seconds: float) -> str:
+    """12.3 s, 4 min 05 s, 2 h 03 min: a run's duration at a glance."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def summary_line(job: JobReport) -> str:
+    """One line for the top of the summary and the mail: counts, bytes, duration."""
+    t = job.totals()
+    plain_ok = t["vms_ok"] - t["vms_warning"]
+    counts = f"{plain_ok} ok, {t['vms_warning']} warning, {t['vms_failed']} failed"
+    if t["vms_skipped"]:
+        counts += f", {t['vms_skipped']} skipped"
+    return (
+        f"{len(job.vms)} VMs: {counts}; read {human_bytes(t['bytes_read'])}, "
+        f"stored {human_bytes(t['bytes_stored'])}; {human_seconds(job_duration(job))}"
+    )
+
+
 def status_word(code: ExitCode) -> str:
     return {
         ExitCode.OK: "success",
@@ -262,7 +301,7 @@ class RunReport:
 def job_to_dict(job: JobReport) -> dict[str, Any]:
     code = job.exit_code()
     timings = job.timings()
-    duration = (job.finished - job.started).total_seconds() if job.finished else 0.0
+    duration = job_duration(job)
     return {
         "job": job.job,
         "cluster": job.cluster,

@@ -15,6 +15,7 @@ from urllib.parse import quote
 from hcbak.errors import APIError, QuiesceRefusedError
 from hcbak.hypercore import tasks
 from hcbak.hypercore.failover import MaybeProcessedError, backoff_delay
+from hcbak.hypercore.intervals import PairArray, parse_snap_diff
 from hcbak.hypercore.quiesce import QUIESCE_REFUSED_STATUS, QUIESCE_SNAPSHOT_PATH
 from hcbak.hypercore.records import Snapshot
 from hcbak.hypercore.replies import check_status, created_uuid, json_body
@@ -36,7 +37,10 @@ class SnapshotCalls(ClientSession):
         return [s for s in snaps if vm_uuid is None or s.vm_uuid == vm_uuid]
 
     def get_snapshot(self, uuid: str) -> Snapshot | None:
-        return next((s for s in self.list_snapshots() if s.uuid == uuid), None)
+        """One snapshot by uuid (GET by uuid answers an array, `[]` or 404 when gone):
+        not the list of every snapshot, which grows with the cluster (issue 21)."""
+        items = self._get_list(f"/VirDomainSnapshot/{quote(uuid)}", missing_ok=True)
+        return Snapshot.from_api(items[0]) if items else None
 
     def find_snapshot(self, vm_uuid: str, label: str) -> Snapshot | None:
         return next((s for s in self.list_snapshots(vm_uuid) if s.label == label), None)
@@ -48,6 +52,7 @@ class SnapshotCalls(ClientSession):
         *,
         accepted: Callable[[str], None] | None = None,
         quiesce: bool = False,
+        new_label: bool = False,
     ) -> Snapshot:
         """A USER snapshot with a run-unique label; never two with the same label.
 
@@ -58,7 +63,11 @@ class SnapshotCalls(ClientSession):
         caller asks again without it.
 
         The label is the idempotency key: it is looked up before the first POST and
-        before every re-POST. `replication: false` always: the API default true would
+        before every re-POST. `new_label`: the caller just made the label (a fresh
+        point id), so nothing can have it yet and the look before the first POST is
+        skipped: each look lists every snapshot of the cluster, and once per VM that
+        made a run's API traffic grow with VMs x snapshots (issue 21).
+        `replication: false` always: the API default true would
         ship the snapshot to the replication target. `accepted(task tag)` runs once the
         cluster took the request, before the task (and so the snapshot) is done; once
         the run is being stopped (`cancel`) that task is journaled and not waited for.
@@ -70,7 +79,7 @@ class SnapshotCalls(ClientSession):
         Only a lost answer (timeout, reset, 504) waits for the label for as long as an
         answer was allowed to take.
         """
-        existing = self.find_snapshot(vm_uuid, label)
+        existing = None if new_label else self.find_snapshot(vm_uuid, label)
         if existing:
             return existing
         body = snapshot_body(vm_uuid, label, quiesce=quiesce)
@@ -133,7 +142,11 @@ class SnapshotCalls(ClientSession):
             result.get("taskTag"), what=f"snapshot {label!r} of VM {vm_uuid}", cancellable=True
         )
         uuid = str(result.get("createdUUID") or "")
-        snap = self.get_snapshot(uuid) if uuid else self.find_snapshot(vm_uuid, label)
+        # By its uuid (one record); by its label in the list of every snapshot only
+        # where that finds nothing (a build without GET by uuid for snapshots).
+        snap = self.get_snapshot(uuid) if uuid else None
+        if snap is None:
+            snap = self.find_snapshot(vm_uuid, label)
         if snap is None:
             raise APIError(f"snapshot {label!r} of VM {vm_uuid} vanished after creation")
         return snap
@@ -164,24 +177,18 @@ class SnapshotCalls(ClientSession):
     def delete_snapshot(self, uuid: str) -> None:
         self._delete(f"/VirDomainSnapshot/{quote(uuid)}", what=f"delete snapshot {uuid}")
 
-    def snap_diff(self, disk_uuid: str, serial_from: int, serial_to: int) -> list[tuple[int, int]]:
-        """Changed byte intervals [lower, upper) between two serials (0 = live disk).
+    def snap_diff(self, disk_uuid: str, serial_from: int, serial_to: int) -> PairArray:
+        """Changed byte intervals [lower, upper) between two serials (0 = live disk),
+        held compactly (16 bytes each: a long change list must not cost a dict per
+        interval, hypercore/intervals.py).
 
         Read-only on the cluster, so it is retried like a GET.
         """
         body = {"snapshotSerialFrom": int(serial_from), "snapshotSerialTo": int(serial_to)}
         path = f"/VirDomainBlockDevice/{quote(disk_uuid)}/snapDiff"
-        data = self._call("POST", path, json=body, idempotent=True)
-        if isinstance(data, dict):
-            data = data.get("intervals", [data])
-        if not isinstance(data, list):
-            raise APIError(f"POST {path} answered {type(data).__name__}, not a list")
-        out = []
-        for item in data:
-            if not isinstance(item, dict) or "lower" not in item or "upper" not in item:
-                raise APIError(f"POST {path}: interval without lower/upper: {item!r}")
-            out.append((int(item["lower"]), int(item["upper"])))
-        return out
+        resp = self.pool.send("POST", path, json=body, idempotent=True)
+        check_status(resp, f"POST {path}", self.cluster.username)
+        return parse_snap_diff(resp.content, f"POST {path}")
 
     # --- block devices ----------------------------------------------------------------
     def clone_snapshot_disk(

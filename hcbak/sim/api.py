@@ -305,7 +305,7 @@ def get_snapshots(model: ClusterModel, req: Request, m: re.Match[str]) -> Respon
 def get_snapshot(model: ClusterModel, req: Request, m: re.Match[str]) -> Response:
     _no_filters(req, "VirDomainSnapshot")
     snap = model.s["snapshots"].get(m["id"])
-    if snap is None:
+    if snap is None or model.faults.snapshot_by_uuid_gone:
         return _missing(model, "Snapshot", m["id"])
     return Response(200, [model.snapshot_record(snap)])
 

@@ -51,6 +51,7 @@ class Faults:
         self.injected_500s = 0
         self.missing_as_404 = False
         self.quiesce_refused = False
+        self.snapshot_by_uuid_gone = False
 
     # --- nodes ----------------------------------------------------------------------
     def _set_node(self, i: int, mode: str) -> None:
@@ -148,6 +149,11 @@ class Faults:
         """GET of a missing uuid answers 404 {"error"} instead of 200 `[]`."""
         self.missing_as_404 = enabled
 
+    def no_snapshot_by_uuid(self, enabled: bool = True) -> None:
+        """GET /VirDomainSnapshot/{uuid} answers `[]` for every snapshot, as a build
+        without that call might (the list still has them)."""
+        self.snapshot_by_uuid_gone = enabled
+
     def task_fails(self, kind: str) -> bool:
         return self.failing_task_kind in ("*", kind)
 
@@ -165,6 +171,7 @@ class Faults:
         self.upload_fail_after = None
         self.missing_as_404 = False
         self.quiesce_refused = False
+        self.snapshot_by_uuid_gone = False
         for i, mode in enumerate(self.node_modes):
             if mode != "ok":
                 self.node_ok(i)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 
@@ -57,7 +58,7 @@ class DiskReader:
         parts.append(bytes(length - got))
         return b"".join(parts)
 
-    def data_ranges(self, spans: list[ByteRange] | None = None) -> list[ByteRange] | None:
+    def data_ranges(self, spans: Iterable[ByteRange] | None = None) -> list[ByteRange] | None:
         """Byte ranges that may hold data (within `spans`, default the whole device), or
         None when the device cannot tell holes.
 

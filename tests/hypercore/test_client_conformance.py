@@ -64,3 +64,23 @@ def test_update_status_with_a_plain_string_prepare_status_is_idle(sim: Any) -> N
         assert not hc.update_status().idle
     finally:
         hc.close()
+
+
+@pytest.mark.parametrize("behaviour", ["empty-list", "404"])
+def test_a_new_snapshot_is_found_by_label_where_get_by_uuid_answers_nothing(
+    sim: Any, behaviour: str
+) -> None:
+    """create_snapshot reads the new snapshot by its uuid (not the list of every
+    snapshot, issue 21); a build whose GET by uuid answers nothing still gets it,
+    from the list by its label."""
+    sim.faults.no_snapshot_by_uuid()
+    if behaviour == "404":
+        sim.faults.missing_404()
+    vm = sim.create_vm("web01", [1 << 20])
+    hc = sim_client(sim)
+    try:
+        snap = hc.create_snapshot(vm, "hcbak:nightly:p1", new_label=True)
+        assert hc.get_snapshot(snap.uuid) is None  # the fault landed
+    finally:
+        hc.logout()
+    assert snap.label == "hcbak:nightly:p1" and snap.vm_uuid == vm
