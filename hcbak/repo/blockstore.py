@@ -316,8 +316,10 @@ class BlockStore:
                 self._sealing_behind -= 1
 
     def _finish(self, writer: PackWriter) -> None:
+        with self._cv:
+            avoid = self.damaged.packs()  # a healing pack must not rebuild a damaged one
         try:
-            pack_id = writer.finish()
+            pack_id = writer.finish(avoid)
         except BaseException as exc:
             with self._cv:
                 self._fail_writer(writer)

@@ -74,3 +74,70 @@ def test_a_damaged_copy_found_by_a_repack_stays_set_aside_after_the_next_prune(
         p3 = incremental_backup(repo, p2, second, set(), t0 + timedelta(hours=2))
     with open_repo(root) as repo:
         assert restore(repo, p3.id) == b"".join(second)
+
+
+def test_a_healed_block_that_rebuilds_its_damaged_pack_is_not_set_aside_again(
+    tmp_path: Path,
+) -> None:
+    """A pack of one block, one flipped byte, verify --read-data sets the copy aside,
+    and the next backup stores the block again: in a cleartext repository the new
+    pack's bytes are the old pack's (same block, same order), so it got the damaged
+    pack's name (the folder store kept the damaged file) and its index entry was
+    skipped as the recorded (id, pack) copy: the new point did not restore."""
+    import random
+
+    from hcbak.repo.verify import verify
+
+    rnd = random.Random(9)
+    root = tmp_path / "r"
+    init_repo(root, block_size=BS)
+    t0 = datetime(2026, 12, 1, tzinfo=UTC)
+    disk = [rnd.randbytes(BS) for _ in range(16)]
+    with open_repo(root, pack_target=BS) as repo:  # one block per pack
+        p1 = full_backup(repo, disk, t0, 1)
+        x = p1.disks[0].block_map.get(5)
+        loc = repo.locate(x)
+        assert loc is not None
+    path = root / "packs" / loc.pack[:2] / loc.pack
+    assert [e[0] for e in read_trailer(LocalStore(root), loc.pack)] == [x]
+    data = bytearray(path.read_bytes())
+    data[loc.offset + 100] ^= 0x01
+    path.write_bytes(bytes(data))
+    with open_repo(root) as repo:
+        assert verify(repo, read_data_percent=100).errors
+    with open_repo(root, pack_target=BS) as repo:
+        assert repo.set_aside_ids() == {x}
+        p2 = incremental_backup(repo, p1, disk, set(), t0 + timedelta(hours=1))
+    with open_repo(root) as repo:
+        assert repo.set_aside_ids() == set()
+        assert restore(repo, p2.id) == b"".join(disk)
+
+
+def test_blocks_repair_finds_lost_are_stored_again_by_the_next_incremental(
+    tmp_path: Path,
+) -> None:
+    """A pack is gone: repair rebuilds the index without its blocks and records their
+    last copies, so the next incremental reads them again (unrecorded, it kept their
+    ids from its base and committed a point that did not restore)."""
+    import random
+
+    from hcbak.repo.repair import repair
+
+    rnd = random.Random(3)
+    root = tmp_path / "r"
+    init_repo(root, block_size=BS)
+    t0 = datetime(2026, 12, 1, tzinfo=UTC)
+    disk = [rnd.randbytes(BS) for _ in range(16)]
+    with open_repo(root, pack_target=2 * BS) as repo:
+        p1 = full_backup(repo, disk, t0, 1)
+        loc = repo.locate(p1.disks[0].block_map.get(3))
+        assert loc is not None
+    (root / "packs" / loc.pack[:2] / loc.pack).unlink()
+    with open_repo(root, lock="exclusive") as repo:
+        report = repair(repo)
+        assert [p.lost for p in report.points] == [{"disk-1": [2, 3]}]
+    with open_repo(root, pack_target=2 * BS) as repo:
+        assert len(repo.set_aside_ids()) == 2
+        p2 = incremental_backup(repo, p1, disk, set(), t0 + timedelta(hours=1))
+    with open_repo(root) as repo:
+        assert restore(repo, p2.id) == b"".join(disk)
