@@ -105,6 +105,8 @@ class PackWriter:
         # and outside the repository lock: reading the pack back at the seal cost a
         # second copy of every byte, and its hash sat on the last pack's seal.
         self._digest = hashlib.sha256()
+        # Pack names this one must not take (see finish); set by its owner before.
+        self.avoid: Collection[str] = ()
         try:
             self._write([PACK_HEADER.pack(PACK_MAGIC, PACK_VERSION, 0)])
         except BaseException:  # a full disk can refuse even the header
@@ -131,11 +133,11 @@ class PackWriter:
         FileNotFoundError once the pack was committed or dropped."""
         return self.spool.read(offset, length)
 
-    def finish(self, avoid: Collection[str] = ()) -> str:
+    def finish(self) -> str:
         """Write the trailer and commit the pack under its content address (durable
         when this returns); returns the id.
 
-        A pack whose bytes would name one in `avoid` (packs with copies recorded as
+        A pack whose bytes would name one in `self.avoid` (packs with copies recorded as
         damaged) gets a salt in its first table entry's reserved field instead: a block
         stored again to heal a damaged copy can otherwise rebuild that very pack, whose
         name the store keeps (the damaged file) and whose (id, pack) copies the index
@@ -146,7 +148,7 @@ class PackWriter:
             digest = self._digest.copy()
             for part in trailer:
                 digest.update(part)
-            if digest.hexdigest() not in avoid:
+            if digest.hexdigest() not in self.avoid:
                 break
             salt += 1
         self._write(trailer)
