@@ -3,7 +3,8 @@ runs next, take an incremental backup, and check that the new point restores.
 
 One case (`run_case(seed, root)`), all in process on a real folder repository:
 1. two points of one VM (mixed blocks: random, text, zero, repeated), small packs;
-2. one byte flipped at a random position of a random pack, index segment or manifest;
+2. one bit flipped at a random position of a random pack, index segment or manifest
+   (or a whole pack deleted);
 3. a random mix of what comes next: `verify --read-data`, a restore of every point
    (which sets aside what it finds damaged), `repo repair`, a prune that repacks;
 4. an incremental backup exactly as the engine plans one (hcbak/engine/backup_disk.py):
@@ -28,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from hcbak.errors import HcbakError, IntegrityError
-from hcbak.repo import BlockMap, DiskImage, Point, Repository, ZERO_BLOCK, init_repo, open_repo
+from hcbak.repo import ZERO_BLOCK, BlockMap, DiskImage, Point, Repository, init_repo, open_repo
 from hcbak.repo.prune import prune
 from hcbak.repo.repair import repair
 from hcbak.repo.verify import verify
@@ -125,7 +126,15 @@ def restore(repo: Repository, point_id: str) -> bytes:
 def flip(root: Path, rnd: random.Random, old_point: str) -> str:
     """One bit of a random pack (most of the bytes), index segment or the first
     point's manifest (the newest is the incremental's base, it stays whole)."""
-    kind = rnd.choice(("packs", "packs", "packs", "packs", "index", "points"))
+    kind = rnd.choice(("packs", "packs", "packs", "packs", "index", "points", "missing"))
+    if kind == "missing":  # not a flip: a whole pack gone (a lost file, a bad copy)
+        packs = sorted(
+            (p for p in (root / "packs").rglob("*") if p.is_file()),
+            key=lambda p: (p.stat().st_size, p.stat().st_mtime_ns),
+        )
+        gone = rnd.choice(packs)
+        gone.unlink()
+        return f"missing/{gone.name[:12]}"
     # Names are content hashes under a per-repository key: order by size and age so a
     # seed picks the same file each run.
     files = sorted(
@@ -148,10 +157,12 @@ def run_case(seed: int, root: Path, *, encrypted: bool = False) -> Outcome:
     rnd = random.Random(seed)
     out = Outcome(seed)
     init_repo(root, passphrase=PASS if encrypted else None, block_size=BS)
+    # One block per pack too: a healed block can then rebuild its damaged pack.
+    target = rnd.choice((BS, PACK_TARGET))
     pw = PASS if encrypted else None
     t0 = datetime(2026, 12, 1, tzinfo=UTC)
     disks = [_disk(rnd)]
-    with open_repo(root, passphrase=pw, pack_target=PACK_TARGET) as repo:
+    with open_repo(root, passphrase=pw, pack_target=target) as repo:
         p1 = full_backup(repo, disks[0], t0, 1)
         second = list(disks[0])
         for i in rnd.sample(range(N_BLOCKS), 6):
@@ -174,15 +185,13 @@ def run_case(seed: int, root: Path, *, encrypted: bool = False) -> Outcome:
             points[0] = ""
             continue
         if step in ("repair", "prune"):
-            with open_repo(root, passphrase=pw, lock="exclusive", pack_target=PACK_TARGET) as repo:
+            with open_repo(root, passphrase=pw, lock="exclusive", pack_target=target) as repo:
                 try:
                     if step == "repair":
                         repair(repo)
                     else:
                         done = prune(repo, repack_below=1.0)
-                        if out.target.split("/")[1].split("@")[0] in "".join(
-                            done.packs_repacked
-                        ):
+                        if out.target.split("/")[1].split("@")[0] in "".join(done.packs_repacked):
                             out.steps.append("prune-read-it")
                 except HcbakError:
                     pass  # prune refuses with a damaged index: that is its promise
@@ -202,7 +211,7 @@ def run_case(seed: int, root: Path, *, encrypted: bool = False) -> Outcome:
     for i in changed:
         third[i] = _block(rnd)
     disks.append(third)
-    with open_repo(root, passphrase=pw, pack_target=PACK_TARGET) as repo:
+    with open_repo(root, passphrase=pw, pack_target=target) as repo:
         p3 = incremental_backup(repo, p2, third, changed, t0 + timedelta(hours=2))
     points.append(p3.id)
     with open_repo(root, passphrase=pw) as repo:
@@ -231,7 +240,7 @@ def _should_heal(out: Outcome) -> bool:
     unchanged blocks it lost; verify says to run repair). Damage nobody has read yet
     is found by the restore that reads it (exit 6) and healed by the next backup."""
     found = {"verify", "repair", "restore", "prune-read-it"} & set(out.steps)
-    if out.target.startswith("index/"):
+    if out.target.startswith(("index/", "missing/")):
         return "repair" in out.steps
     return bool(found)
 

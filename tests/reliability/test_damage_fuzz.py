@@ -8,6 +8,7 @@ damage_driver.py; run it as a script for a longer search).
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,15 +17,18 @@ import pytest
 from hcbak.repo import init_repo, open_repo
 from hcbak.repo.pack import read_trailer
 from hcbak.repo.prune import prune
+from hcbak.repo.repair import repair
 from hcbak.repo.storage import LocalStore
+from hcbak.repo.verify import verify
 
 from .damage_driver import BS, _block, full_backup, incremental_backup, restore, run_case
 
 pytestmark = pytest.mark.reliability
 
-# Seeds of the search that failed before the fix (1226: a record dropped by a second
-# prune), then a fixed spread of others; ~0.3 s each.
-SEEDS = [1226, *range(2000, 2030)]
+# A fixed run of the driver's search (~0.3 s a case). Before the fixes 3002 (a healed
+# block rebuilt its damaged pack) and 3005, 3013, 3015, 3018, 3029 (a pack gone, then
+# repair) failed here; cases pick files by size and age, so a seed is stable.
+SEEDS = [*range(3000, 3020), 3029]
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -41,15 +45,13 @@ def test_a_damaged_copy_found_by_a_repack_stays_set_aside_after_the_next_prune(
     healthy copy exists, or the next prune drops it and the next incremental backup
     keeps the unchanged block without storing it again (a new point that does not
     restore: "block ... is not in the repository index")."""
-    import random
-
     rnd = random.Random(5)
     root = tmp_path / "r"
     init_repo(root, block_size=BS)
     t0 = datetime(2026, 12, 1, tzinfo=UTC)
     shared = rnd.randbytes(BS)
     first = [rnd.randbytes(BS), shared] + [_block(rnd) for _ in range(14)]
-    second = [rnd.randbytes(BS), shared] + first[2:]
+    second = [rnd.randbytes(BS), shared, *first[2:]]
     with open_repo(root) as repo:
         p1 = full_backup(repo, first, t0, 1)
         p2 = incremental_backup(repo, p1, second, {0}, t0 + timedelta(hours=1))
@@ -84,10 +86,6 @@ def test_a_healed_block_that_rebuilds_its_damaged_pack_is_not_set_aside_again(
     pack's bytes are the old pack's (same block, same order), so it got the damaged
     pack's name (the folder store kept the damaged file) and its index entry was
     skipped as the recorded (id, pack) copy: the new point did not restore."""
-    import random
-
-    from hcbak.repo.verify import verify
-
     rnd = random.Random(9)
     root = tmp_path / "r"
     init_repo(root, block_size=BS)
@@ -119,10 +117,6 @@ def test_blocks_repair_finds_lost_are_stored_again_by_the_next_incremental(
     """A pack is gone: repair rebuilds the index without its blocks and records their
     last copies, so the next incremental reads them again (unrecorded, it kept their
     ids from its base and committed a point that did not restore)."""
-    import random
-
-    from hcbak.repo.repair import repair
-
     rnd = random.Random(3)
     root = tmp_path / "r"
     init_repo(root, block_size=BS)
