@@ -26,9 +26,7 @@ def _store(bucket: Any, tmp_path: Path) -> S3Store:
     return S3Store(S3Target(bucket.name, "repo"), options)
 
 
-def test_a_healed_block_in_a_one_block_pack_restores_on_s3(
-    tmp_path: Path, s3_bucket: Any
-) -> None:
+def test_a_healed_block_in_a_one_block_pack_restores_on_s3(tmp_path: Path, s3_bucket: Any) -> None:
     rnd = random.Random(11)
     store = _store(s3_bucket, tmp_path)
     init_repo(store, block_size=BS)
