@@ -360,6 +360,8 @@ class BlockStore:
                 self._sealing_behind -= 1
 
     def _finish(self, writer: PackWriter) -> None:
+        with self._cv:  # a healing pack must not rebuild a damaged one (its name)
+            writer.avoid = self.damaged.packs()
         try:
             pack_id = writer.finish()
         except BaseException as exc:

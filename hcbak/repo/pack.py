@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
 from isal.isal_zlib import crc32
@@ -105,6 +105,8 @@ class PackWriter:
         # and outside the repository lock: reading the pack back at the seal cost a
         # second copy of every byte, and its hash sat on the last pack's seal.
         self._digest = hashlib.sha256()
+        # Pack names this one must not take (see finish); set by its owner before.
+        self.avoid: Collection[str] = ()
         try:
             self._write([PACK_HEADER.pack(PACK_MAGIC, PACK_VERSION, 0)])
         except BaseException:  # a full disk can refuse even the header
@@ -133,15 +135,36 @@ class PackWriter:
 
     def finish(self) -> str:
         """Write the trailer and commit the pack under its content address (durable
-        when this returns); returns the id."""
-        table = b"".join(TABLE_ENTRY.pack(i, o, n, p, 0) for i, o, n, p in self.entries)
-        table_offset = self.size
-        total = self.size + len(table) + FOOTER.size
-        footer = FOOTER.pack(table_offset, len(self.entries), crc32(table), total, PACK_END_MAGIC)
-        self._write([table, footer])
+        when this returns); returns the id.
+
+        A pack whose bytes would name one in `self.avoid` (packs with copies recorded as
+        damaged) gets a salt in its first table entry's reserved field instead: a block
+        stored again to heal a damaged copy can otherwise rebuild that very pack, whose
+        name the store keeps (the damaged file) and whose (id, pack) copies the index
+        skips, so the healed block would still count as damaged (docs/format.md)."""
+        salt = 0
+        while True:
+            trailer = self._trailer(salt)
+            digest = self._digest.copy()
+            for part in trailer:
+                digest.update(part)
+            if digest.hexdigest() not in self.avoid:
+                break
+            salt += 1
+        self._write(trailer)
         pack_id = self._digest.hexdigest()
         self.store.commit_spool(self.spool, pack_key(pack_id))
         return pack_id
+
+    def _trailer(self, salt: int) -> list[bytes]:
+        """The blob table (the first entry's reserved field holds `salt`) and footer."""
+        table = b"".join(
+            TABLE_ENTRY.pack(i, o, n, p, salt if k == 0 else 0)
+            for k, (i, o, n, p) in enumerate(self.entries)
+        )
+        total = self.size + len(table) + FOOTER.size
+        footer = FOOTER.pack(self.size, len(self.entries), crc32(table), total, PACK_END_MAGIC)
+        return [table, footer]
 
     def abort(self) -> None:
         """Drop the pack: never commit half a pack."""

@@ -12,7 +12,8 @@ indexed copy). Crash-safe order (docs/format.md, "Prune"):
 2. write the new index segment(s) covering every live blob;
 3. delete the old index segments;
 4. delete the old packs (fully dead, repacked, and unindexed leftovers of crashes);
-5. drop damaged-copy records whose pack is gone.
+5. drop damaged-copy records whose pack is gone (kept while a point needs the block
+   and no healthy copy exists: the record makes the next backup store it again).
 A crash before 3 leaves duplicate index entries that all point at existing packs; a
 crash before 4 leaves unreferenced packs that the next prune deletes. At no moment does
 a committed point reference a block whose only copy was deleted.
@@ -104,7 +105,7 @@ def prune(
     say("checking every pack's own table")
     doomed, repack = _plan(repo, report, referenced, repack_below, problems)
     gone = set(doomed + repack)
-    dropped = [c for c in repo.damaged.copies if _pack_gone(repo, c, gone)]
+    dropped = [c for c in repo.damaged.copies if _record_done(repo, c, gone, referenced)]
     report.damaged_records_dropped = len(dropped)
     nothing_to_do = not doomed and not repack and not report.unused_blocks and not dropped
     if dry_run and not nothing_to_do:
@@ -223,7 +224,7 @@ def _apply(
     gone = set(doomed + repack) - written
     step("packs-deleted")
     # Only now that their packs are gone (a repack may have found more damage).
-    keep = [c for c in repo.damaged.copies if not _pack_gone(repo, c, gone)]
+    keep = [c for c in repo.damaged.copies if not _record_done(repo, c, gone, referenced)]
     if len(keep) < len(repo.damaged.copies):
         replace_records(repo.store, keep, repo.damaged.records, repo.envelope)
         report.damaged_records_dropped = len(repo.damaged.copies) - len(keep)
@@ -338,6 +339,19 @@ def _account(
 
 def _pack_gone(repo: Repository, copy: DamagedCopy, deleted: set[str]) -> bool:
     return copy.pack in deleted or repo.pack_size(copy.pack) is None
+
+
+def _record_done(
+    repo: Repository, copy: DamagedCopy, deleted: set[str], referenced: set[bytes]
+) -> bool:
+    """A damaged copy's record can go once its pack is gone and no point still needs
+    the block without a healthy copy. While one does, the record is what makes the
+    next backup read the block again (`set_aside_ids`): dropped, an incremental
+    keeps the unchanged id and commits a point that cannot restore (a repack that
+    found the damage deletes its pack, so a second prune used to drop it)."""
+    if not _pack_gone(repo, copy, deleted):
+        return False
+    return copy.id not in referenced or repo.has_block(copy.id)
 
 
 def _finish(writer: PackWriter, report: PruneReport) -> list[SegmentEntry]:

@@ -141,19 +141,21 @@ def repair(
     report.segments_written = len(written)
     old = set(list_segments(repo.store)) - written
     report.segments_removed = len(old)
+    say("checking points")
+    lost: set[bytes] = set()
+    report.points = list(_point_health(repo, healthy, lost))
     if not dry_run:
         say("replacing the index")
         # The new copies' records first, then the old index: a crash in between
         # leaves both, and every entry of both points at a pack that exists.
-        write_record(repo.store, report.damaged_found, repo.envelope)
+        found = report.damaged_found + _unrecorded_losses(repo, lost, report.damaged_found)
+        write_record(repo.store, found, repo.envelope)
         repo.lock.check_held()  # delete only while the exclusive lease is still ours
         for seg in sorted(old):
             delete_segment(repo.store, seg)
         for name in repo.damaged.unreadable:  # every damaged copy was just found again
             delete_record(repo.store, name)
         repo.reload_index()
-    say("checking points")
-    report.points = list(_point_health(repo, healthy))
     if salvage and not dry_run:
         for health in report.points:
             if health.lost and health.unreadable is None:
@@ -219,7 +221,27 @@ def walk_frames(store: ObjectStore, pack: str) -> list[tuple[bytes, int, int, in
     return out
 
 
-def _point_health(repo: Repository, healthy: set[bytes]) -> Iterator[PointHealth]:
+def _unrecorded_losses(
+    repo: Repository, lost: set[bytes], found: list[DamagedCopy]
+) -> list[DamagedCopy]:
+    """Copies, as the index being replaced names them, of the lost blocks no record
+    names yet (a missing pack, frames after a walk stopped). Recorded, they count as
+    set aside: the next backup reads those blocks again even where they did not
+    change (`set_aside_ids`); unrecorded, an incremental would keep their ids and
+    commit a point that cannot restore."""
+    recorded = {c.id for c in found} | repo.damaged.ids()
+    copies = []
+    for block_id in sorted(lost - recorded):
+        loc = repo.locate(block_id)
+        if loc is not None:
+            copies.append(DamagedCopy(block_id, loc.pack, loc.offset, loc.length))
+    return copies
+
+
+def _point_health(
+    repo: Repository, healthy: set[bytes], lost_ids: set[bytes]
+) -> Iterator[PointHealth]:
+    """Each point against the healthy copies; the ids they lost go to `lost_ids`."""
     for pid in repo.point_ids():
         try:
             point = repo.load_point(pid)
@@ -234,6 +256,7 @@ def _point_health(repo: Repository, healthy: set[bytes]) -> Iterator[PointHealth
             ]
             if lost:
                 health.lost[disk.uuid] = lost
+                lost_ids.update(bm.get(i) for i in lost)
         yield health
 
 
