@@ -11,10 +11,10 @@ from typing import Any
 
 from reliability.damage_driver import BS, full_backup, incremental_backup, restore
 
+from hcbak.config.s3_target import S3Keys, S3Target
 from hcbak.repo import init_repo, open_repo
 from hcbak.repo.pack import pack_key
 from hcbak.repo.storage.s3 import S3Options, S3Store
-from hcbak.repo.storage.s3_target import S3Keys, S3Target
 from hcbak.repo.verify import verify
 
 
