@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from hcbak.errors import IntegrityError, NoSpaceError, RepoError
 from hcbak.repo import fsio
 from hcbak.repo.blockmap import ZERO_BLOCK
-from hcbak.repo.codec import FLAG_ENCRYPTED, Envelope, codec_id, compress, decompress
+from hcbak.repo.codec import Envelope, codec_id, compress, decompress
 from hcbak.repo.crypto import KeyMaterial, Sealer
 from hcbak.repo.damaged import DamagedCopy, DamagedSet, load_records, write_record
 from hcbak.repo.ids import BlockIdFn
@@ -36,7 +36,14 @@ from hcbak.repo.index import (
 )
 from hcbak.repo.index_cache import CachedIndex, IndexCache
 from hcbak.repo.index_runs import RunDamagedError
-from hcbak.repo.pack import PackWriter, check_blob_sealing, frame_parts, pack_key, parse_blob
+from hcbak.repo.pack import (
+    FLAG_ENCRYPTED,
+    PackWriter,
+    check_blob_sealing,
+    frame_parts,
+    pack_key,
+    parse_blob,
+)
 from hcbak.repo.packread import FrameReader, MissingPackError
 from hcbak.repo.settings import RepoSettings
 from hcbak.repo.storage.base import ObjectStore

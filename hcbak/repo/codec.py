@@ -43,9 +43,10 @@ LZ4_SAMPLE_GAIN = 0.97
 def _lz4(data: bytes | memoryview) -> bytes:
     # One 4 MiB lz4 block per frame, unlinked: ~35% faster than the 64 KiB linked
     # default at the same ratio for 1 MiB blocks; any lz4 frame reader decodes it.
-    return lz4.frame.compress(
+    out: bytes = lz4.frame.compress(
         data, store_size=False, block_size=lz4.frame.BLOCKSIZE_MAX4MB, block_linked=False
     )
+    return out
 
 
 def looks_incompressible(data: bytes) -> bool:
@@ -118,11 +119,13 @@ def _lz4_decompress(data: bytes | memoryview, plain_len: int) -> bytes:
         (size,) = struct.unpack_from("<I", view, _LZ4_HEADER)
         start = _LZ4_HEADER + 4
         end = start + (size & 0x7FFFFFFF)
-        if end + 4 == len(view) and view[end:] == b"\0\0\0\0":
+        if end + 4 == len(view) and bytes(view[end:]) == b"\0\0\0\0":
             if size & 0x80000000:  # a block lz4 could not shrink, stored as is
                 return bytes(view[start:end])
-            return lz4.block.decompress(view[start:end], uncompressed_size=plain_len)
-    return lz4.frame.decompress(data)
+            block: bytes = lz4.block.decompress(view[start:end], uncompressed_size=plain_len)
+            return block
+    frame: bytes = lz4.frame.decompress(data)
+    return frame
 
 
 def decompress(data: bytes | memoryview, codec: int, plain_len: int, what: str) -> bytes:

@@ -153,7 +153,7 @@ def local_holder_gone(identity: dict[str, Any]) -> bool:
         return False
     if "machine_id" in identity:
         return bool(me["machine_id"]) and identity["machine_id"] == me["machine_id"]
-    return identity.get("host") == me["host"]  # job locks written before machine_id
+    return bool(identity.get("host") == me["host"])  # job locks written before machine_id
 
 
 def pid_alive(pid: int) -> bool:

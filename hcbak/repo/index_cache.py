@@ -132,7 +132,8 @@ class IndexCache:
                 raise ValueError("malformed")
             if not all(isinstance(r, str) and _RUN_NAME.match(r) for r in doc["runs"]):
                 raise ValueError("a run name that is not a checksum")
-            return doc
+            checked: dict[str, Any] = doc
+            return checked
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
