@@ -25,7 +25,12 @@ from hcbak.cli.common import (
 )
 from hcbak.cli.options import JsonOpt
 from hcbak.cli.output import emit_json, info, print_fields, print_table
-from hcbak.cli.repo_access import expected_of, lease_state_dir, open_configured
+from hcbak.cli.repo_access import (
+    expected_of,
+    lease_state_dir,
+    open_configured,
+    refuse_append_only,
+)
 from hcbak.cli.repo_s3 import (
     CredCmd,
     CredEnv,
@@ -94,6 +99,14 @@ def add(
     upload_parallel: ParallelOpt = None,
     immutable_days: ImmutableOpt = None,
     immutable_mode: ImmutableModeOpt = None,
+    append_only: Annotated[
+        bool,
+        typer.Option(
+            "--append-only",
+            help="This host never deletes or rewrites the folder's data (forget, prune "
+            "and repair run on a trusted host); pair it with `hcbak repo harden`.",
+        ),
+    ] = False,
 ) -> None:
     """Create a repository in an empty folder or S3 bucket/prefix, or adopt an existing one.
 
@@ -116,6 +129,10 @@ def add(
     if s3 is None and any(v is not None for v in s3_only):
         raise UsageError("--endpoint, --region, --profile, --credentials-*, "
                          "--upload-parallel and --immutable-* need --s3")  # fmt: skip
+    if append_only and s3 is not None:
+        raise UsageError(
+            "--append-only is for folders; an S3 repository uses --immutable-days (Object Lock)"
+        )
     config = load_config_for_edit()
     if name in config.repositories and not force:
         raise UsageError(f"repository {name!r} already exists", hint="use --force to replace it")
@@ -175,6 +192,7 @@ def add(
         made = init_repo(folder, compression=compression, block_size=size, passphrase=secret)
         entry = RepoConfig(name, shown, compression, size, ref, made.repo_id, s3_entry)
         info(f"created repository {name} at {shown}")
+    entry.append_only = append_only
     config.repositories[name] = entry
     save_config(config)
 
@@ -296,6 +314,7 @@ def passwd(
     cfg = config.repo(name)
     if cfg.passphrase is None:
         raise UsageError(f"repository {name!r} is not encrypted")
+    refuse_append_only(cfg, "repo passwd")
     ref = secret_ref_from_options(
         "passphrase",
         env=passphrase_env,
@@ -379,6 +398,8 @@ def forget(
 ) -> None:
     """Forget points beyond each job's retention policy (data is freed by prune)."""
     config = load_config()
+    if not dry_run:
+        refuse_append_only(config.repo(name), "repo forget")
     with open_configured(config.repo(name)) as repo:
         plan = _forget_plan(config, repo, name)
         if not dry_run:
@@ -405,6 +426,8 @@ def prune(
     from hcbak.repo.prune import prune as _prune
 
     config = load_config()
+    if not dry_run:
+        refuse_append_only(config.repo(name), "repo prune")
     with open_configured(config.repo(name), lock="exclusive", wait=wait) as repo:
         try:
             problems = unreadable_metadata(repo)
@@ -459,6 +482,8 @@ def repair(
     from hcbak.repo.repair import repair as _repair
 
     config = load_config()
+    if not dry_run:
+        refuse_append_only(config.repo(name), "repo repair" + (" --salvage" if salvage else ""))
     with open_configured(
         config.repo(name), lock="exclusive", wait=wait, command="hcbak repo repair"
     ) as repo:
