@@ -644,7 +644,8 @@ def _last_verify(config: Config, repo_id: str) -> dict[str, Any] | None:
         return None
 
 
-# `repo copy` lives in its own module (issue 20).
-from hcbak.cli import repo_copy  # noqa: E402
+# `repo copy` and `repo harden` live in their own modules (issue 20).
+from hcbak.cli import repo_copy, repo_harden  # noqa: E402
 
 repo_copy.register(app)
+repo_harden.register(app)
