@@ -231,8 +231,8 @@ class LocalStore:
 
 
 APPEND_ONLY_HINT = (
-    "forget, prune, repair and passwd run on a trusted host with write access to the repository "
-    '(an entry without append_only; docs/operations.md, "Append-only folders")'
+    "run it on a trusted host with write access to the folder, from a config entry "
+    'without append_only; see "Append-only folders" in docs/operations.md'
 )
 
 
