@@ -17,8 +17,8 @@ backup user able to add objects and read them, never to remove or change committ
 
 Nothing is followed: symlinks and files with more than one link (a temp name in
 `locks/` still pointing at a just-committed object, or a link planted by someone else)
-are left for a later run. `lift` undoes the attributes (and hands the files back to
-root alone) so a trusted maintenance run can forget and prune; harden again afterwards.
+are left for a later run. `lift` undoes the attributes (and makes every folder root's
+alone) so a trusted maintenance run can forget and prune; harden again afterwards.
 """
 
 from __future__ import annotations
@@ -90,21 +90,37 @@ def harden(root: Path, gid: int) -> HardenReport:
 
 
 def lift(root: Path) -> HardenReport:
-    """Remove the attributes and give every folder and file to root alone (0700/0600),
-    so a maintenance run as root can delete; `harden` again afterwards."""
+    """Remove the attributes and give every folder to root alone (0700: the backup user
+    can reach nothing, not even files it still owns), so a maintenance run as root can
+    delete; `harden` again afterwards. Files keep owner and mode, symlinks and files
+    with several links are left alone."""
     _check(root)
     report = HardenReport()
     for folder, _dirs, files in os.walk(root):
         here = Path(folder)
-        _set_flags(here, FS_APPEND_FL | FS_IMMUTABLE_FL, on=False, report=report)
-        os.chmod(here, 0o700, follow_symlinks=False)
+        _folder(here, 0, 0o700, append=False, report=report)
         report.folders += 1
         for name in files:
-            path = here / name
-            if stat.S_ISREG(os.lstat(path).st_mode):
-                _set_flags(path, FS_IMMUTABLE_FL, on=False, report=report)
-                os.chmod(path, 0o600, follow_symlinks=False)
+            _unseal(here / name, report)
     return report
+
+
+def _unseal(path: Path, report: HardenReport) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        report.skipped.append(f"{path}: {exc.strerror}")
+        return
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
+            report.skipped.append(f"{path}: not a file with one link")
+            return
+        flags = _get_flags(fd)
+        if flags is not None and flags & (FS_IMMUTABLE_FL | FS_APPEND_FL):
+            _ioctl_set(fd, flags & ~(FS_IMMUTABLE_FL | FS_APPEND_FL))
+    finally:
+        os.close(fd)
 
 
 def _check(root: Path) -> None:

@@ -140,9 +140,20 @@ def _scenario(base: Path, user: pwd.struct_passwd) -> None:
         strays = [p for p in repo.rglob(".tmp-*") if p.parent.name != "locks"]
         assert strays == []
 
+        # A planted symlink must never make root's harden touch what it points at.
+        victim = base / "victim"
+        victim.write_text("root's file\n")
+        os.chmod(victim, 0o644)
+        planted = as_user(user, {}, "ln", "-s", str(victim), str(repo / "packs" / "00" / "evil"))
+        assert planted.returncode == 0, planted.stderr
+
         sealed = as_root(L.env, "repo", "harden", str(repo), "--backup-user", "nobody", "--json")
         assert sealed.returncode == 0, sealed.stderr
-        assert json.loads(sealed.stdout)["sealed"] >= 3  # the point, its pack, its index
+        report = json.loads(sealed.stdout)
+        assert report["sealed"] >= 3  # the point, its pack, its index segment
+        assert any("evil" in item for item in report["skipped"])
+        st = victim.stat()
+        assert (st.st_uid, st.st_mode & 0o7777) == (0, 0o644) and "i" not in _flags(victim)
         assert point_file.stat().st_uid == 0 and "i" in _flags(point_file)
         before = hashlib.sha256(point_file.read_bytes()).hexdigest()
         packs = [p for p in (repo / "packs").rglob("*") if p.is_file()]
@@ -186,6 +197,7 @@ def _scenario(base: Path, user: pwd.struct_passwd) -> None:
         # The trusted maintenance path: lift as root, prune, harden again.
         lifted = as_root(L.env, "repo", "harden", str(repo), "--lift")
         assert lifted.returncode == 0, lifted.stderr
+        (repo / "packs" / "00" / "evil").unlink()  # junk the attacker added: removed now
         cfg.append_only = False
         save_config(L.config)
         os.chown(L.config.path, 0, 0)
