@@ -229,6 +229,7 @@ def _entry_json(config: Config, r: RepoConfig) -> dict[str, Any]:
         "passphrase": secret_ref_json(r.passphrase),
         "compression": r.compression,
         "block_size": r.block_size,
+        "append_only": r.append_only,
         "jobs": jobs_using(config, repo=r.name),
     }
 

@@ -7,7 +7,7 @@ import pwd
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
-from hcbak.cli.output import emit_json, info, warn
+from hcbak.cli.output import info, warn
 from hcbak.errors import ExitCode, UsageError
 from hcbak.repo.fsio import translate_os_errors
 
@@ -46,7 +46,6 @@ def register(app: "typer.Typer") -> None:
                 "--lift", help="Undo it for a maintenance run as root (forget, prune, repair)."
             ),
         ] = False,
-        json_out: Annotated[bool, typer.Option("--json", help="Print the report.")] = False,
     ) -> None:
         """Make a repository folder append-only for the backup user (run as root; again
         from a timer to seal new files).
@@ -58,12 +57,9 @@ def register(app: "typer.Typer") -> None:
         root = path.expanduser().resolve()
         with translate_os_errors(f"the attributes of {root}"):
             report, done = _run(root, backup_user, group, lift)
-        if json_out:
-            emit_json(report.to_json())
-        else:
-            info(done)
-            for item in report.skipped:
-                info(f"left for a later run: {item}")
+        info(done)
+        for item in report.skipped:
+            info(f"left for a later run: {item}")
         if not report.attributes and not lift:
             warn(NO_ATTRIBUTES_NOTE.format(path=root))
             raise typer.Exit(int(ExitCode.WARNINGS))

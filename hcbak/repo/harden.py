@@ -54,14 +54,6 @@ class HardenReport:
     skipped: list[str] = field(default_factory=list)  # left for a later run, and why
     attributes: bool = True  # the filesystem keeps chattr +a/+i
 
-    def to_json(self) -> dict[str, object]:
-        return {
-            "folders": self.folders,
-            "sealed": self.sealed,
-            "already_sealed": self.already_sealed,
-            "skipped": self.skipped,
-            "attributes": self.attributes,
-        }
 
 
 def harden(root: Path, gid: int) -> HardenReport:

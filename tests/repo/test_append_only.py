@@ -6,6 +6,7 @@ tests/reliability/test_append_only.py.)"""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -73,6 +74,8 @@ def _append_only_repo(run_hcbak: RunHcbak, tmp_path: Path) -> str:
                       env=env)  # fmt: skip
     assert added.returncode == 0, added.stderr
     assert "append_only: true" in (tmp_path / "config.yaml").read_text()
+    shown = run_hcbak("repo", "list", "--json", env=env)
+    assert json.loads(shown.stdout)["repositories"][0]["append_only"] is True
     with open_repo(tmp_path / "repo", passphrase=PASS) as repo:
         return write_point(repo, disk_bytes(2, 3, BS)).id
 
