@@ -55,7 +55,6 @@ class HardenReport:
     attributes: bool = True  # the filesystem keeps chattr +a/+i
 
 
-
 def harden(root: Path, gid: int) -> HardenReport:
     """Make `root` append-only for group `gid` and seal its committed files (root only;
     idempotent: run again to seal what was added since)."""
