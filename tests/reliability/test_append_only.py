@@ -209,3 +209,12 @@ def _scenario(base: Path, user: pwd.struct_passwd) -> None:
         assert not point_file.exists()
         rehardened = as_root(L.env, "repo", "harden", str(repo), "--backup-user", "nobody")
         assert rehardened.returncode == 0, rehardened.stderr
+
+        # A hardened folder whose entry forgot `append_only: true` is refused loudly
+        # (else every object would keep a second, writable temp name beside it).
+        os.chown(L.config.path, user.pw_uid, user.pw_gid)
+        L.sim.fill(disk, seed=5)
+        forgot_flag = as_user(user, L.env, "hcbak", "job", "run", "nightly")
+        assert forgot_flag.returncode == 4, forgot_flag.stderr
+        assert "needs `append_only: true`" in forgot_flag.stderr
+        assert "Traceback" not in forgot_flag.stderr

@@ -135,7 +135,9 @@ class LocalStore:
                 fsio._fsync(fd)
             finally:
                 os.close(fd)
-            return _link_into_place(tmp, final)
+            linked = _link_into_place(tmp, final)
+            self._drop_temp(tmp)
+            return linked
         finally:
             fsio.remove_quietly(tmp)
 
@@ -154,7 +156,9 @@ class LocalStore:
         try:
             spool.close(sync=True)
             fsio.make_private_dir(final.parent)
-            return _link_into_place(spool.path, final)
+            linked = _link_into_place(spool.path, final)
+            self._drop_temp(spool.path)
+            return linked
         except OSError as exc:
             raise self._write_error(exc, str(final)) from exc
         finally:
@@ -206,6 +210,22 @@ class LocalStore:
         locks = self.root / LOCKS_DIR
         self._ensure_folder(locks)
         return fsio.tmp_path_for(locks / final.name)
+
+    def _drop_temp(self, tmp: Path) -> None:
+        """Remove a temp name once its object is in place. A folder that refuses (EPERM:
+        `chattr +a`, hardened by `repo harden`) while this store is not append-only
+        would keep a second, writable name of every object: refuse loudly instead."""
+        try:
+            os.unlink(tmp)
+        except PermissionError as exc:
+            raise AppendOnlyError(
+                f"repository folder {tmp.parent} does not let hcbak remove its temp file "
+                f"{tmp.name} ({exc.strerror}): an append-only folder needs "
+                "`append_only: true` in the repository's entry",
+                hint="`hcbak repo add NAME --path FOLDER --append-only --force` adopts it so",
+            ) from exc
+        except OSError:
+            pass  # gone already, or left for prune's cleanup (a network hiccup)
 
     def _refuse_rewrite(self, key: str, what: str) -> None:
         """The store's own guard (commands refuse earlier, naming themselves)."""
