@@ -217,15 +217,17 @@ class LocalStore:
         would keep a second, writable name of every object: refuse loudly instead."""
         try:
             os.unlink(tmp)
-        except PermissionError as exc:
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if exc.errno != errno.EPERM:  # only EPERM is "entries stay"; EACCES is not
+                return  # left for prune's cleanup (a network hiccup)
             raise AppendOnlyError(
                 f"repository folder {tmp.parent} does not let hcbak remove its temp file "
                 f"{tmp.name} ({exc.strerror}): an append-only folder needs "
                 "`append_only: true` in the repository's entry",
                 hint="`hcbak repo add NAME --path FOLDER --append-only --force` adopts it so",
             ) from exc
-        except OSError:
-            pass  # gone already, or left for prune's cleanup (a network hiccup)
 
     def _refuse_rewrite(self, key: str, what: str) -> None:
         """The store's own guard (commands refuse earlier, naming themselves)."""
