@@ -6,11 +6,11 @@ _hcbak_complete() {
     for ((i = 1; i < COMP_CWORD; i++)); do
         word="${COMP_WORDS[i]}"
         case "$path/$word" in
-            /cluster|/cluster/add|/cluster/list|/cluster/probe|/cluster/remove|/cluster/show|/cluster/test|/completion|/completion/install|/completion/show|/config|/config/check|/config/show|/demo|/init|/job|/job/create|/job/edit|/job/list|/job/remove|/job/run|/job/show|/mount|/notify|/notify/smtp|/notify/test|/points|/points/forget|/points/list|/points/show|/repo|/repo/add|/repo/copy|/repo/forget|/repo/list|/repo/passwd|/repo/prune|/repo/remove|/repo/repair|/repo/show|/repo/unlock|/repo/verify|/restore|/restore/disk|/restore/vm|/schedule|/schedule/install|/schedule/remove|/schedule/show|/sim|/sim/check-shapes|/sim/serve|/sim/shapes|/version) path="$path/$word" ;;
+            /cluster|/cluster/add|/cluster/list|/cluster/probe|/cluster/remove|/cluster/show|/cluster/test|/completion|/completion/install|/completion/show|/config|/config/check|/config/show|/demo|/init|/job|/job/create|/job/edit|/job/list|/job/remove|/job/run|/job/show|/mount|/notify|/notify/smtp|/notify/test|/points|/points/forget|/points/list|/points/show|/repo|/repo/add|/repo/copy|/repo/forget|/repo/harden|/repo/list|/repo/passwd|/repo/prune|/repo/remove|/repo/repair|/repo/show|/repo/unlock|/repo/verify|/restore|/restore/disk|/restore/vm|/schedule|/schedule/install|/schedule/remove|/schedule/show|/sim|/sim/check-shapes|/sim/serve|/sim/shapes|/version) path="$path/$word" ;;
         esac
     done
     case "$prev" in
-        --alert-after|--as|--block-size|--ca-file|--cluster|--cluster-version|--compression|--config|--credentials-command|--credentials-env|--credentials-file|--device-root|--disk|--endpoint|--every|--exclude|--fingerprint|--format|--hcbak|--host|--immutable-days|--immutable-mode|--job|--keep-daily|--keep-last|--keep-monthly|--keep-weekly|--keep-within|--keep-yearly|--network-map|--node|--nodes|--notify-email|--notify-on|--parallel|--passphrase-command|--passphrase-env|--passphrase-file|--password-command|--password-env|--password-file|--path|--port|--port-base|--post-hook|--pre-hook|--profile|--prune|--region|--repo|--report|--retries|--retry-wait|--s3|--schedule|--security|--sender|--since|--state|--tag|--task-delay|--to|--unit-config|--unit-dir|--upload-parallel|--username|--vm|--wait|--worker-vm|-c|-n|-u) COMPREPLY=(); return 0 ;;
+        --alert-after|--as|--backup-user|--block-size|--ca-file|--cluster|--cluster-version|--compression|--config|--credentials-command|--credentials-env|--credentials-file|--device-root|--disk|--endpoint|--every|--exclude|--fingerprint|--format|--group|--hcbak|--host|--immutable-days|--immutable-mode|--job|--keep-daily|--keep-last|--keep-monthly|--keep-weekly|--keep-within|--keep-yearly|--network-map|--node|--nodes|--notify-email|--notify-on|--parallel|--passphrase-command|--passphrase-env|--passphrase-file|--password-command|--password-env|--password-file|--path|--port|--port-base|--post-hook|--pre-hook|--profile|--prune|--region|--repo|--report|--retries|--retry-wait|--s3|--schedule|--security|--sender|--since|--state|--tag|--task-delay|--to|--unit-config|--unit-dir|--upload-parallel|--username|--vm|--wait|--worker-vm|-c|-n|-u) COMPREPLY=(); return 0 ;;
     esac
     case "$path" in
         "") opts="--config -c --debug --version -V --help -h"; subs="cluster completion config demo init job mount notify points repo restore schedule sim version" ;;
@@ -44,10 +44,11 @@ _hcbak_complete() {
         "/points/forget") opts="--repo --help -h"; subs="" ;;
         "/points/list") opts="--repo --vm --job --json --help -h"; subs="" ;;
         "/points/show") opts="--repo --json --help -h"; subs="" ;;
-        "/repo") opts="--help -h"; subs="add copy forget list passwd prune remove repair show unlock verify" ;;
-        "/repo/add") opts="--path --encrypt --no-encrypt --passphrase-env --passphrase-file --passphrase-command --compression --block-size --force --no-force --s3 --endpoint --region --profile --credentials-env --credentials-file --credentials-command --upload-parallel --immutable-days --immutable-mode --help -h"; subs="" ;;
+        "/repo") opts="--help -h"; subs="add copy forget harden list passwd prune remove repair show unlock verify" ;;
+        "/repo/add") opts="--path --encrypt --no-encrypt --passphrase-env --passphrase-file --passphrase-command --compression --block-size --force --no-force --s3 --endpoint --region --profile --credentials-env --credentials-file --credentials-command --upload-parallel --immutable-days --immutable-mode --append-only --help -h"; subs="" ;;
         "/repo/copy") opts="--job --vm --since --dry-run --wait --json --help -h"; subs="" ;;
         "/repo/forget") opts="--dry-run --no-dry-run --json --help -h"; subs="" ;;
+        "/repo/harden") opts="--backup-user --group --lift --help -h"; subs="" ;;
         "/repo/list") opts="--json --help -h"; subs="" ;;
         "/repo/passwd") opts="--passphrase-env --passphrase-file --passphrase-command --help -h"; subs="" ;;
         "/repo/prune") opts="--dry-run --no-dry-run --wait --json --help -h"; subs="" ;;

@@ -3,7 +3,7 @@
 function __hcbak_at
     set -l path ""
     for word in (commandline -opc)[2..-1]
-        if contains -- "$path/$word" /cluster /cluster/add /cluster/list /cluster/probe /cluster/remove /cluster/show /cluster/test /completion /completion/install /completion/show /config /config/check /config/show /demo /init /job /job/create /job/edit /job/list /job/remove /job/run /job/show /mount /notify /notify/smtp /notify/test /points /points/forget /points/list /points/show /repo /repo/add /repo/copy /repo/forget /repo/list /repo/passwd /repo/prune /repo/remove /repo/repair /repo/show /repo/unlock /repo/verify /restore /restore/disk /restore/vm /schedule /schedule/install /schedule/remove /schedule/show /sim /sim/check-shapes /sim/serve /sim/shapes /version
+        if contains -- "$path/$word" /cluster /cluster/add /cluster/list /cluster/probe /cluster/remove /cluster/show /cluster/test /completion /completion/install /completion/show /config /config/check /config/show /demo /init /job /job/create /job/edit /job/list /job/remove /job/run /job/show /mount /notify /notify/smtp /notify/test /points /points/forget /points/list /points/show /repo /repo/add /repo/copy /repo/forget /repo/harden /repo/list /repo/passwd /repo/prune /repo/remove /repo/repair /repo/show /repo/unlock /repo/verify /restore /restore/disk /restore/vm /schedule /schedule/install /schedule/remove /schedule/show /sim /sim/check-shapes /sim/serve /sim/shapes /version
             set path "$path/$word"
         end
     end
@@ -216,6 +216,7 @@ complete -c hcbak -n '__hcbak_at "/points/show"' -s h -d 'Show help and exit.'
 complete -c hcbak -f -n '__hcbak_at "/repo"' -a add -d 'Create a repository in an empty folder or S3 bucket/prefix, or adopt an existing one'
 complete -c hcbak -f -n '__hcbak_at "/repo"' -a copy -d 'Copy the restore points DST lacks from SRC to DST (e.g'
 complete -c hcbak -f -n '__hcbak_at "/repo"' -a forget -d 'Forget points beyond each job\'s retention policy (data is freed by prune)'
+complete -c hcbak -f -n '__hcbak_at "/repo"' -a harden -d 'Make a repository folder append-only for the backup user (run as root; again from a timer to seal new files)'
 complete -c hcbak -f -n '__hcbak_at "/repo"' -a list -d 'List configured repositories'
 complete -c hcbak -f -n '__hcbak_at "/repo"' -a passwd -d 'Change the passphrase: rewraps the master key only, no data is rewritten'
 complete -c hcbak -f -n '__hcbak_at "/repo"' -a prune -d 'Forget per retention policy, then delete unreferenced data (exclusive lock)'
@@ -246,6 +247,7 @@ complete -c hcbak -n '__hcbak_at "/repo/add"' -l credentials-command -r -d 'Run 
 complete -c hcbak -n '__hcbak_at "/repo/add"' -l upload-parallel -r -d 'Parts of a pack uploaded at once (S3, default 4)'
 complete -c hcbak -n '__hcbak_at "/repo/add"' -l immutable-days -r -d 'S3 Object Lock: keep every point undeletable for N days'
 complete -c hcbak -n '__hcbak_at "/repo/add"' -l immutable-mode -r -d 'compliance (default: nobody can delete) or governance'
+complete -c hcbak -n '__hcbak_at "/repo/add"' -l append-only -d 'This host never deletes or rewrites the folder\'s data (forget, prune and repair run on a trusted host); pair it with `hcbak repo harden`'
 complete -c hcbak -n '__hcbak_at "/repo/add"' -l help -d 'Show help and exit.'
 complete -c hcbak -n '__hcbak_at "/repo/add"' -s h -d 'Show help and exit.'
 complete -c hcbak -n '__hcbak_at "/repo/copy"' -l job -r -d 'Only points of this job (repeatable)'
@@ -261,6 +263,11 @@ complete -c hcbak -n '__hcbak_at "/repo/forget"' -l no-dry-run -d 'Show what wou
 complete -c hcbak -n '__hcbak_at "/repo/forget"' -l json -d 'Print JSON (stable keys, docs/cli.md)'
 complete -c hcbak -n '__hcbak_at "/repo/forget"' -l help -d 'Show help and exit.'
 complete -c hcbak -n '__hcbak_at "/repo/forget"' -s h -d 'Show help and exit.'
+complete -c hcbak -n '__hcbak_at "/repo/harden"' -l backup-user -r -d 'The user hcbak backs up as (not root)'
+complete -c hcbak -n '__hcbak_at "/repo/harden"' -l group -r -d 'Its group that may read and add (default: its own)'
+complete -c hcbak -n '__hcbak_at "/repo/harden"' -l lift -d 'Undo it for a maintenance run as root (forget, prune, repair)'
+complete -c hcbak -n '__hcbak_at "/repo/harden"' -l help -d 'Show help and exit.'
+complete -c hcbak -n '__hcbak_at "/repo/harden"' -s h -d 'Show help and exit.'
 complete -c hcbak -n '__hcbak_at "/repo/list"' -l json -d 'Print JSON (stable keys, docs/cli.md)'
 complete -c hcbak -n '__hcbak_at "/repo/list"' -l help -d 'Show help and exit.'
 complete -c hcbak -n '__hcbak_at "/repo/list"' -s h -d 'Show help and exit.'

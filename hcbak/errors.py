@@ -66,6 +66,11 @@ class ConfigError(UsageError):
         self.line = line
 
 
+class AppendOnlyError(UsageError):
+    """A command would delete or rewrite committed data in an append-only repository:
+    it runs on a trusted host with write access instead (docs/operations.md)."""
+
+
 class NotFoundError(UsageError):
     """A named object (cluster, repo, job, point, VM in a command) does not exist."""
 

@@ -11,7 +11,12 @@ import typer
 from hcbak.cli.common import load_config
 from hcbak.cli.options import JsonOpt
 from hcbak.cli.output import emit_json, info, print_fields, print_table, warn
-from hcbak.cli.repo_access import find_point, open_configured, repos_to_search
+from hcbak.cli.repo_access import (
+    find_point,
+    open_configured,
+    refuse_append_only,
+    repos_to_search,
+)
 from hcbak.errors import ExitCode, HcbakError
 
 app = typer.Typer(help="List, inspect and forget restore points.", no_args_is_help=True)
@@ -177,6 +182,7 @@ def forget(spec: PointArg, repo: RepoOpt = None) -> None:
     """Forget one restore point (its data is freed by `hcbak repo prune`)."""
     config = load_config()
     cfg, pid, warnings = find_point(config, spec, repo)
+    refuse_append_only(cfg, "points forget")
     with open_configured(cfg) as r:
         r.forget_points([pid])
     info(f"forgot point {pid} in repository {cfg.name}; run `hcbak repo prune {cfg.name}`")

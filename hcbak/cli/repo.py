@@ -24,7 +24,12 @@ from hcbak.cli.common import (
 )
 from hcbak.cli.options import JsonOpt, PassCmd, PassEnv, PassFile
 from hcbak.cli.output import emit_json, info, print_fields, print_table
-from hcbak.cli.repo_access import expected_of, lease_state_dir, open_configured
+from hcbak.cli.repo_access import (
+    expected_of,
+    lease_state_dir,
+    open_configured,
+    refuse_append_only,
+)
 from hcbak.config import (
     Config,
     RepoConfig,
@@ -79,6 +84,7 @@ def _entry_json(config: Config, r: RepoConfig) -> dict[str, Any]:
         "passphrase": secret_ref_json(r.passphrase),
         "compression": r.compression,
         "block_size": r.block_size,
+        "append_only": r.append_only,
         "jobs": jobs_using(config, repo=r.name),
     }
 
@@ -164,6 +170,7 @@ def passwd(
     cfg = config.repo(name)
     if cfg.passphrase is None:
         raise UsageError(f"repository {name!r} is not encrypted")
+    refuse_append_only(cfg, "repo passwd")
     ref = secret_ref_from_options(
         "passphrase",
         env=passphrase_env,
@@ -247,6 +254,8 @@ def forget(
 ) -> None:
     """Forget points beyond each job's retention policy (data is freed by prune)."""
     config = load_config()
+    if not dry_run:
+        refuse_append_only(config.repo(name), "repo forget")
     with open_configured(config.repo(name)) as repo:
         plan = _forget_plan(config, repo, name)
         if not dry_run:
@@ -273,6 +282,8 @@ def prune(
     from hcbak.repo.prune import prune as _prune
 
     config = load_config()
+    if not dry_run:
+        refuse_append_only(config.repo(name), "repo prune")
     with open_configured(config.repo(name), lock="exclusive", wait=wait) as repo:
         try:
             problems = unreadable_metadata(repo)
@@ -327,6 +338,8 @@ def repair(
     from hcbak.repo.repair import repair as _repair
 
     config = load_config()
+    if not dry_run:
+        refuse_append_only(config.repo(name), "repo repair" + (" --salvage" if salvage else ""))
     with open_configured(
         config.repo(name), lock="exclusive", wait=wait, command="hcbak repo repair"
     ) as repo:
@@ -488,6 +501,7 @@ def _last_verify(config: Config, repo_id: str) -> dict[str, Any] | None:
 
 
 # `repo copy` lives in its own module (issue 20).
-from hcbak.cli import repo_copy  # noqa: E402
+from hcbak.cli import repo_copy, repo_harden  # noqa: E402
 
 repo_copy.register(app)
+repo_harden.register(app)

@@ -74,6 +74,20 @@ def open_configured(
         yield repo
 
 
+def refuse_append_only(cfg: RepoConfig, command: str) -> None:
+    """Exit 2 before opening anything when `command` would delete or rewrite data in an
+    append-only repository entry: it runs on a trusted host with write access."""
+    from hcbak.errors import AppendOnlyError
+    from hcbak.repo.storage.local import APPEND_ONLY_HINT
+
+    if cfg.append_only:
+        raise AppendOnlyError(
+            f"repository {cfg.name} is append-only on this host: `hcbak {command}` deletes "
+            "or rewrites its data",
+            hint=APPEND_ONLY_HINT,
+        )
+
+
 def expected_of(cfg: RepoConfig) -> Expected:
     """What the config pins about the repository (hcbak.repo.settings.Expected)."""
     from hcbak.repo.settings import Expected

@@ -135,6 +135,14 @@ def add(
     upload_parallel: ParallelOpt = None,
     immutable_days: ImmutableOpt = None,
     immutable_mode: ImmutableModeOpt = None,
+    append_only: Annotated[
+        bool,
+        typer.Option(
+            "--append-only",
+            help="This host never deletes or rewrites the folder's data (forget, prune "
+            "and repair run on a trusted host); pair it with `hcbak repo harden`.",
+        ),
+    ] = False,
 ) -> None:
     """Create a repository in an empty folder or S3 bucket/prefix, or adopt an existing one.
 
@@ -145,16 +153,9 @@ def add(
     from hcbak.repo import init_repo, is_repo
 
     check_name(name, "repository name")
-    if compression not in ("lz4", "zstd", "none"):
-        raise UsageError("--compression must be lz4, zstd or none")
-    size = check_value(parse_block_size, block_size, "--block-size")
-    if (path is None) == (s3 is None):
-        raise UsageError("give either --path FOLDER or --s3 BUCKET[/PREFIX]")
     s3_only = (endpoint, region, profile, credentials_env, credentials_file,
                credentials_command, upload_parallel, immutable_days, immutable_mode)  # fmt: skip
-    if s3 is None and any(v is not None for v in s3_only):
-        raise UsageError("--endpoint, --region, --profile, --credentials-*, "
-                         "--upload-parallel and --immutable-* need --s3")  # fmt: skip
+    size = _checked_layout(compression, block_size, path, s3, s3_only, append_only)
     config = load_config_for_edit()
     if name in config.repositories and not force:
         raise UsageError(f"repository {name!r} already exists", hint="use --force to replace it")
@@ -186,8 +187,34 @@ def add(
         made = init_repo(where, compression=compression, block_size=size, passphrase=secret)
         entry = RepoConfig(name, shown, compression, size, ref, made.repo_id, s3_entry)
         info(f"created repository {name} at {shown}")
+    entry.append_only = append_only
     config.repositories[name] = entry
     save_config(config)
+
+
+def _checked_layout(
+    compression: str,
+    block_size: str,
+    path: str | None,
+    s3: str | None,
+    s3_only: tuple[object, ...],
+    append_only: bool,
+) -> int:
+    """The options that say what and where the repository is, checked together;
+    returns the block size."""
+    if compression not in ("lz4", "zstd", "none"):
+        raise UsageError("--compression must be lz4, zstd or none")
+    size = check_value(parse_block_size, block_size, "--block-size")
+    if (path is None) == (s3 is None):
+        raise UsageError("give either --path FOLDER or --s3 BUCKET[/PREFIX]")
+    if s3 is None and any(v is not None for v in s3_only):
+        raise UsageError("--endpoint, --region, --profile, --credentials-*, "
+                         "--upload-parallel and --immutable-* need --s3")  # fmt: skip
+    if append_only and s3 is not None:
+        raise UsageError(
+            "--append-only is for folders; an S3 repository uses --immutable-days (Object Lock)"
+        )
+    return size
 
 
 def _where(

@@ -65,6 +65,9 @@ class RepoConfig:
     passphrase: SecretRef | None = None
     repo_id: str | None = None
     s3: S3RepoConfig | None = None  # an S3 repository (then `path` is its s3:// location)
+    # A folder whose committed objects this host must never delete or rewrite (forget,
+    # prune and repair run on a trusted host; docs/operations.md, "Append-only folders").
+    append_only: bool = False
 
     @property
     def encrypted(self) -> bool:

@@ -188,6 +188,7 @@ class _Parser(NodeReader):
                     did_you_mean(job.repo, config.repositories),
                 )
             self.check_copy_to(job, fields, config)
+            self.check_append_only(job, fields, config)
             if job.notify is not None and config.smtp is None:
                 self.error(
                     fields["notify"],
@@ -207,6 +208,23 @@ class _Parser(NodeReader):
                 self.error(fields["copy_to"], where, f"{target!r} is the job's own repository")
             elif target in job.copy_to[:i]:
                 self.error(fields["copy_to"], where, f"{target!r} is named twice")
+
+    def check_append_only(self, job: JobConfig, fields: dict[str, Node], config: Config) -> None:
+        """A job into an append-only repository neither forgets nor prunes: that runs on
+        a trusted host with write access (the backup host cannot delete there)."""
+        repo = config.repositories.get(job.repo)
+        if repo is None or not repo.append_only:
+            return
+        hint = (
+            "run retention (`hcbak repo prune --keep-...`) on a trusted host with write "
+            'access to the repository (docs/operations.md, "Append-only folders")'
+        )
+        if not job.retention.is_empty():
+            what = f"repository {job.repo!r} is append-only: this host cannot forget points"
+            self.error(fields.get("retention"), f"jobs.{job.name}.retention", what, hint)
+        if job.prune == "after_run":
+            what = f"repository {job.repo!r} is append-only: this host cannot prune"
+            self.error(fields.get("prune"), f"jobs.{job.name}.prune", what, hint)
 
     def named(self, node: Node | None, where: str) -> list[tuple[str, Node, Node]]:
         """A mapping of name -> section, names validated."""
@@ -305,7 +323,15 @@ class _Parser(NodeReader):
 
     def repo(self, name: str, node: Node) -> RepoConfig:
         where = f"repositories.{name}"
-        keys = ("path", "s3", "compression", "block_size", "repo_id", *_secret_keys("passphrase"))
+        keys = (
+            "path",
+            "s3",
+            "compression",
+            "block_size",
+            "repo_id",
+            "append_only",
+            *_secret_keys("passphrase"),
+        )
         m = self.mapping(node, where, keys)
         if "s3" in m:  # an S3 repository: `path` is its location, never written
             if "path" in m:
@@ -328,6 +354,15 @@ class _Parser(NodeReader):
             text = self.string(m["repo_id"], f"{where}.repo_id")
             repo.repo_id = self.check(m["repo_id"], f"{where}.repo_id", parse_repo_id, text)
         repo.passphrase = self.secret(m, "passphrase", node, where)
+        if "append_only" in m:
+            repo.append_only = self.boolean(m["append_only"], f"{where}.append_only")
+            if repo.append_only and repo.s3 is not None:
+                self.error(
+                    m["append_only"],
+                    f"{where}.append_only",
+                    "append_only is for folders; an S3 repository uses immutable_days "
+                    "(Object Lock)",
+                )
         return repo
 
     def s3_repo(self, node: Node, where: str) -> S3RepoConfig:

@@ -126,6 +126,8 @@ def repo_to_dict(r: RepoConfig, *, reveal: bool = True) -> dict[str, Any]:
     }
     if r.repo_id is not None:
         out["repo_id"] = r.repo_id
+    if r.append_only:
+        out["append_only"] = True
     out.update(secret_to_dict("passphrase", r.passphrase, reveal=reveal))
     return out
 

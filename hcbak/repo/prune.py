@@ -32,6 +32,7 @@ from hcbak.repo.index import SegmentEntry, delete_segment, list_segments, write_
 from hcbak.repo.locks import EXCLUSIVE
 from hcbak.repo.pack import PackReader, PackWriter, pack_key, parse_blob, read_trailer
 from hcbak.repo.repository import Repository
+from hcbak.repo.storage.local import refuse_if_append_only
 
 REPACK_BELOW = 0.5  # repack a pack when less than this fraction of its bytes is live
 SEGMENT_MAX_ENTRIES = 200_000
@@ -94,6 +95,8 @@ def prune(
     """Remove unreferenced data. `_hook(step)` lets crash tests stop between steps."""
     if repo.lock is None or repo.lock.kind != EXCLUSIVE:
         raise RepoError("prune needs the repository's exclusive lock")
+    if not dry_run:
+        refuse_if_append_only(repo.store, "prune")
     say = progress or (lambda _m: None)
     step = _hook or (lambda _s: None)
     repo.flush()

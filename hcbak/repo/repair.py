@@ -38,6 +38,7 @@ from hcbak.repo.pack import (
 from hcbak.repo.points import Point
 from hcbak.repo.repository import Repository
 from hcbak.repo.storage.base import ObjectStore
+from hcbak.repo.storage.local import refuse_if_append_only
 
 SEGMENT_MAX_ENTRIES = 200_000
 # A frame header that claims more than this is garbage, not a blob (blocks are <= 4 MiB).
@@ -115,6 +116,8 @@ def repair(
 ) -> RepairReport:
     if repo.lock is None or repo.lock.kind != EXCLUSIVE:
         raise RepoError("repair needs the repository's exclusive lock")
+    if not dry_run:
+        refuse_if_append_only(repo.store, "repair (it replaces the index)")
     say = progress or (lambda _m: None)
     repo.flush()
     report = RepairReport(dry_run=dry_run)

@@ -27,6 +27,7 @@ from hcbak.repo.points import (
 )
 from hcbak.repo.settings import CONFIG_KEY
 from hcbak.repo.storage.base import ObjectMissingError
+from hcbak.repo.storage.local import refuse_if_append_only
 
 POINTS = "points/"
 # The first read of a manifest for its header: one request on an object store for all
@@ -159,6 +160,7 @@ class Repository(BlockStore):
     def forget_points(self, ids: list[str]) -> None:
         """Delete manifests; their data stays until `prune`. Every id is checked first
         (one listing), so an unknown id deletes nothing."""
+        refuse_if_append_only(self.store, "forgetting points")
         known = set(self.point_ids())
         for pid in ids:
             if pid not in known:

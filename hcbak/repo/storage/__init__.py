@@ -62,6 +62,8 @@ def store_for(repo: Any) -> str | ObjectStore:
     anything with its attributes): the folder path, or an S3Store for an `s3:` entry."""
     s3 = getattr(repo, "s3", None)
     if s3 is None:
+        if getattr(repo, "append_only", False):
+            return LocalStore(repo.path, append_only=True)
         return str(repo.path)
     return _s3_store(s3.location, s3)
 

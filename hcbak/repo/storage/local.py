@@ -7,6 +7,12 @@ place and the folder fsynced. Write-once names (`if_absent`, packs) are hard-lin
 into place: link() fails if the name exists, atomically, on NFS too, so an existing
 object is never replaced. Missing folders (lost by copies that drop empty folders) are
 made on the first write into them.
+
+Append-only (`append_only=True`, docs/operations.md "Append-only folders"): the folders
+of committed objects may forbid removing or renaming entries (chattr +a) and their files
+may belong to root once sealed, so this store never deletes or replaces an object
+outside `locks/` (AppendOnlyError, exit 2) and writes every temp file in `locks/`, the
+one folder the backup user may remove entries from, then hard-links it into place.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from hcbak.errors import RepoError, RepoLocationError
+from hcbak.errors import AppendOnlyError, RepoError, RepoLocationError
 from hcbak.repo import fsio
 from hcbak.repo.storage.base import ObjectMissingError, ReadOnlyStoreError, Spool
 
@@ -24,15 +30,17 @@ from hcbak.repo.storage.base import ObjectMissingError, ReadOnlyStoreError, Spoo
 LAYOUT = ("packs", "index", "points", "locks", "damaged")
 FANOUT = "packs/"  # keys packs/<2 hex>/<id>: one folder level more
 READ_ONLY_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+LOCKS_DIR = "locks"  # leases: the only folder whose entries an append-only store removes
 
 
 class LocalStore:
     """An ObjectStore on a folder (see the module docstring)."""
 
-    def __init__(self, root: Path | str) -> None:
+    def __init__(self, root: Path | str, *, append_only: bool = False) -> None:
         self.root = Path(root)
         self.local_root: Path | None = self.root
         self.location = str(self.root)
+        self.append_only = append_only
 
     def __repr__(self) -> str:
         return f"LocalStore({self.location!r})"
@@ -103,6 +111,8 @@ class LocalStore:
     # --- writing ------------------------------------------------------------------------
     def put(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
         final = self.root / key
+        if not if_absent:
+            self._refuse_rewrite(key, "replace")
         try:
             self._ensure_folder(final.parent)
             if not if_absent:
@@ -116,7 +126,7 @@ class LocalStore:
             raise self._write_error(exc, str(final)) from exc
 
     def _link_new(self, final: Path, data: bytes) -> bool:
-        tmp = fsio.tmp_path_for(final)
+        tmp = self._temp_for(final)
         try:
             fd = fsio.open_private(tmp, os.O_WRONLY | os.O_EXCL)
             try:
@@ -125,7 +135,9 @@ class LocalStore:
                 fsio._fsync(fd)
             finally:
                 os.close(fd)
-            return _link_into_place(tmp, final)
+            linked = _link_into_place(tmp, final)
+            self._drop_temp(tmp)
+            return linked
         finally:
             fsio.remove_quietly(tmp)
 
@@ -133,7 +145,7 @@ class LocalStore:
         folder = self.root / prefix.rstrip("/")
         try:
             self._ensure_folder(folder)
-            return Spool(fsio.tmp_path_for(folder / "spool"), flush_early=True)
+            return Spool(self._temp_for(folder / "spool"), flush_early=True)
         except OSError as exc:
             raise self._write_error(exc, f"a new file in {folder}") from exc
 
@@ -144,13 +156,16 @@ class LocalStore:
         try:
             spool.close(sync=True)
             fsio.make_private_dir(final.parent)
-            return _link_into_place(spool.path, final)
+            linked = _link_into_place(spool.path, final)
+            self._drop_temp(spool.path)
+            return linked
         except OSError as exc:
             raise self._write_error(exc, str(final)) from exc
         finally:
             fsio.remove_quietly(spool.path)
 
     def delete(self, key: str) -> None:
+        self._refuse_rewrite(key, "delete")
         try:
             fsio.remove_durably(self.root / key)
         except OSError as exc:
@@ -186,6 +201,42 @@ class LocalStore:
             fsio.fsync_dir(root)
 
     # --- helpers ------------------------------------------------------------------------
+    def _temp_for(self, final: Path) -> Path:
+        """A private temp name for the object `final`: beside it, or in `locks/` when
+        append-only (the folder of `final` may not let its entries be removed; `locks/`
+        is on the same filesystem, so the temp can be hard-linked into place)."""
+        if not self.append_only:
+            return fsio.tmp_path_for(final)
+        locks = self.root / LOCKS_DIR
+        self._ensure_folder(locks)
+        return fsio.tmp_path_for(locks / final.name)
+
+    def _drop_temp(self, tmp: Path) -> None:
+        """Remove a temp name once its object is in place. A folder that refuses (EPERM:
+        `chattr +a`, hardened by `repo harden`) while this store is not append-only
+        would keep a second, writable name of every object: refuse loudly instead."""
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if exc.errno != errno.EPERM:  # only EPERM is "entries stay"; EACCES is not
+                return  # left for prune's cleanup (a network hiccup)
+            raise AppendOnlyError(
+                f"repository folder {tmp.parent} does not let hcbak remove its temp file "
+                f"{tmp.name} ({exc.strerror}): an append-only folder needs "
+                "`append_only: true` in the repository's entry",
+                hint="`hcbak repo add NAME --path FOLDER --append-only --force` adopts it so",
+            ) from exc
+
+    def _refuse_rewrite(self, key: str, what: str) -> None:
+        """The store's own guard (commands refuse earlier, naming themselves)."""
+        if self.append_only and key.partition("/")[0] != LOCKS_DIR:
+            raise AppendOnlyError(
+                f"repository {self.location} is append-only: refusing to {what} {key}",
+                hint=APPEND_ONLY_HINT,
+            )
+
     def _ensure_folder(self, folder: Path) -> None:
         """Make a missing folder inside the repository (0700), never the root itself: a
         repository folder deleted under a run must not come back as an empty one."""
@@ -199,6 +250,23 @@ class LocalStore:
         if exc.errno in READ_ONLY_ERRNOS:
             return ReadOnlyStoreError(f"cannot write {what}: {exc.strerror or exc}")
         return fsio.typed_os_error(exc, what)
+
+
+APPEND_ONLY_HINT = (
+    "run it on a trusted host with write access to the folder, from a config entry "
+    'without append_only; see "Append-only folders" in docs/operations.md'
+)
+
+
+def refuse_if_append_only(store: object, command: str) -> None:
+    """AppendOnlyError (exit 2) before `command` deletes or rewrites anything, when the
+    store is an append-only folder (checked up front: never half a prune)."""
+    if getattr(store, "append_only", False):
+        raise AppendOnlyError(
+            f"repository {getattr(store, 'location', '?')} is append-only: {command} "
+            "deletes or rewrites its data",
+            hint=APPEND_ONLY_HINT,
+        )
 
 
 def _root_gone(root: Path) -> RepoError:
