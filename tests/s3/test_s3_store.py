@@ -115,6 +115,60 @@ def test_a_failed_part_aborts_the_upload_and_leaves_no_object(
     assert not spool.path.exists()
 
 
+def test_a_big_spool_whose_key_exists_sends_no_part_and_leaves_no_upload(
+    s3_bucket: Any, tmp_path: Path
+) -> None:
+    """The parts start reading before the existence check answers; when the key is
+    already there (a content address: the same bytes), none of them may reach the
+    gateway and no multipart upload may be left behind."""
+    store = make_store(s3_bucket, tmp_path, upload_parallel=2)
+    data = os.urandom(MiB) * 20
+    first = store.spool("packs/")
+    first.write([data])
+    assert store.commit_spool(first, "packs/ee/big") is True
+    version = s3_bucket.client.head_object(Bucket=s3_bucket.name, Key="repo/packs/ee/big")
+    sent: list[int] = []
+    real_call = store._call
+
+    def counting(what: str, key: Any, method: str, **kwargs: Any) -> Any:
+        if method in ("upload_part", "create_multipart_upload"):
+            sent.append(kwargs.get("PartNumber", 0))
+        return real_call(what, key, method, **kwargs)
+
+    store._call = counting
+    again = store.spool("packs/")
+    again.write([data])
+    assert store.commit_spool(again, "packs/ee/big") is False
+    assert sent == []
+    assert not again.path.exists()
+    head = s3_bucket.client.head_object(Bucket=s3_bucket.name, Key="repo/packs/ee/big")
+    assert head["ETag"] == version["ETag"] and head["LastModified"] == version["LastModified"]
+    assert s3_bucket.client.list_multipart_uploads(Bucket=s3_bucket.name).get("Uploads") is None
+
+
+@pytest.mark.parametrize(
+    ("size", "parallel", "lengths"),
+    [
+        (41 * MiB, 3, [8 * MiB] * 5 + [MiB]),  # 6 parts: two full rounds already
+        (64 * MiB + 200 * 1024, 4, [8 * MiB + 25 * 1024] * 8),  # not a 9th part of 0.2 MiB
+        (20 * MiB, 2, [10 * MiB] * 2),
+        (9 * MiB, 4, [8 * MiB, MiB]),  # equal halves would be below S3's 5 MiB minimum
+        (70 * MiB, 4, [8 * MiB + 768 * 1024] * 8),
+        (90 * MiB, 4, [8 * MiB] * 11 + [2 * MiB]),  # 12 parts of 7.5 MiB would be smaller
+        (5 * MiB, 4, [5 * MiB]),
+    ],
+)
+def test_part_ranges_cover_the_object_in_rounds_of_parts_of_at_least_part_size(
+    size: int, parallel: int, lengths: list[int]
+) -> None:
+    from hcbak.repo.storage.s3 import PART_SIZE, part_ranges
+
+    ranges = part_ranges(size, parallel)
+    assert [length for _, length in ranges] == lengths
+    assert [offset for offset, _ in ranges] == [sum(lengths[:i]) for i in range(len(lengths))]
+    assert all(PART_SIZE <= length <= PART_SIZE * 5 // 4 for length in lengths[:-1])
+
+
 def test_remove_temp_aborts_the_upload_of_a_killed_writer(s3_bucket: Any, tmp_path: Path) -> None:
     store = make_store(s3_bucket, tmp_path)
     client, name = s3_bucket.client, s3_bucket.name
