@@ -118,9 +118,8 @@ def test_a_failed_part_aborts_the_upload_and_leaves_no_object(
 def test_a_big_spool_whose_key_exists_sends_no_part_and_leaves_no_upload(
     s3_bucket: Any, tmp_path: Path
 ) -> None:
-    """The parts start reading before the existence check answers; when the key is
-    already there (a content address: the same bytes), none of them may reach the
-    gateway and no multipart upload may be left behind."""
+    """A pack already in the bucket (a content address: the same bytes) is not sent
+    again: no part reaches the gateway, the object is untouched, no upload is left."""
     store = make_store(s3_bucket, tmp_path, upload_parallel=2)
     data = os.urandom(MiB) * 20
     first = store.spool("packs/")
@@ -144,29 +143,6 @@ def test_a_big_spool_whose_key_exists_sends_no_part_and_leaves_no_upload(
     head = s3_bucket.client.head_object(Bucket=s3_bucket.name, Key="repo/packs/ee/big")
     assert head["ETag"] == version["ETag"] and head["LastModified"] == version["LastModified"]
     assert s3_bucket.client.list_multipart_uploads(Bucket=s3_bucket.name).get("Uploads") is None
-
-
-@pytest.mark.parametrize(
-    ("size", "parallel", "lengths"),
-    [
-        (41 * MiB, 3, [8 * MiB] * 5 + [MiB]),  # 6 parts: two full rounds already
-        (64 * MiB + 200 * 1024, 4, [8 * MiB + 25 * 1024] * 8),  # not a 9th part of 0.2 MiB
-        (20 * MiB, 2, [10 * MiB] * 2),
-        (9 * MiB, 4, [8 * MiB, MiB]),  # equal halves would be below S3's 5 MiB minimum
-        (70 * MiB, 4, [8 * MiB + 768 * 1024] * 8),
-        (90 * MiB, 4, [8 * MiB] * 11 + [2 * MiB]),  # 12 parts of 7.5 MiB would be smaller
-        (5 * MiB, 4, [5 * MiB]),
-    ],
-)
-def test_part_ranges_cover_the_object_in_rounds_of_parts_of_at_least_part_size(
-    size: int, parallel: int, lengths: list[int]
-) -> None:
-    from hcbak.repo.storage.s3 import PART_SIZE, part_ranges
-
-    ranges = part_ranges(size, parallel)
-    assert [length for _, length in ranges] == lengths
-    assert [offset for offset, _ in ranges] == [sum(lengths[:i]) for i in range(len(lengths))]
-    assert all(PART_SIZE <= length <= PART_SIZE * 5 // 4 for length in lengths[:-1])
 
 
 def test_remove_temp_aborts_the_upload_of_a_killed_writer(s3_bucket: Any, tmp_path: Path) -> None:

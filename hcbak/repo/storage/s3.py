@@ -10,9 +10,8 @@ prefix (docs/format.md, "S3 repositories"). What makes it as safe as the folder:
   the key exists). Never a multipart upload: Ceph Pacific ignores the condition on
   CompleteMultipartUpload and would overwrite.
 - Packs (20-64 MiB) are spooled to a local temp file while they fill, then uploaded in
-  parts of about PART_SIZE by a pool of `upload_parallel` threads that each read their part
-  from the file (while the upload is being started): memory stays near
-  upload_parallel x PART_SIZE whatever the pack.
+  parts of PART_SIZE by a pool of `upload_parallel` threads that each read their part
+  from the file: memory stays at about upload_parallel x PART_SIZE whatever the pack.
   Every body carries Content-MD5, so the server refuses bytes damaged on the way.
 - Every request has bounded connect/read timeouts and is retried with exponential
   backoff on 5xx, throttling and dropped connections (botocore's "standard" mode);
@@ -305,15 +304,16 @@ class S3Store:
                 spool.close(sync=False)  # the bucket, not this disk, is where it must last
             except OSError as exc:
                 raise self._error(exc, "spool", key) from exc
-            if spool.size > SINGLE_PUT_MAX:
-                return self._multipart(spool.path, spool.size, key)
             if self.size(key) is not None:
                 return False
-            try:
-                data = spool.path.read_bytes()
-            except OSError as exc:
-                raise self._error(exc, "spool", key) from exc
-            self.put(key, data)
+            if spool.size <= SINGLE_PUT_MAX:
+                try:
+                    data = spool.path.read_bytes()
+                except OSError as exc:
+                    raise self._error(exc, "spool", key) from exc
+                self.put(key, data)
+            else:
+                self._multipart(spool.path, spool.size, key)
             return True
         finally:
             fsio.remove_quietly(spool.path)
@@ -327,34 +327,20 @@ class S3Store:
                 )
             return self._pool
 
-    def _multipart(self, path: Path, size: int, key: str) -> bool:
-        """Upload in parallel parts; False (nothing written) when `key` exists.
-
-        The part workers read and checksum their first parts while this thread asks
-        whether the key exists and starts the upload: per pack, those two round trips
-        no longer leave the connections idle (measured on Ceph: benchmarks/RESULTS.md,
-        "S3")."""
+    def _multipart(self, path: Path, size: int, key: str) -> None:
         s3_key = self.target.key(key)
-        started: Future[str] = Future()  # the UploadId, once the upload exists
+        upload = self._call(
+            "upload", key, "create_multipart_upload", Key=s3_key, **self._retention_args(key)
+        )
+        upload_id = upload["UploadId"]
         futures: list[Future[dict[str, Any]]] = []
-        upload_id = None
         try:
             pool = self._parts_pool()
-            for number, (offset, length) in enumerate(
-                part_ranges(size, self.options.upload_parallel), start=1
-            ):
+            for number, offset in enumerate(range(0, size, PART_SIZE), start=1):
+                length = min(PART_SIZE, size - offset)
                 futures.append(
-                    pool.submit(self._upload_part, path, key, started, number, offset, length)
+                    pool.submit(self._upload_part, path, key, upload_id, number, offset, length)
                 )
-            if self.size(key) is not None:
-                started.set_exception(_NotNeeded())
-                _settle(futures)
-                return False
-            upload = self._call(
-                "upload", key, "create_multipart_upload", Key=s3_key, **self._retention_args(key)
-            )
-            upload_id = upload["UploadId"]
-            started.set_result(upload_id)
             parts = [future.result() for future in futures]
             self._call(
                 "upload",
@@ -364,28 +350,24 @@ class S3Store:
                 UploadId=upload_id,
                 MultipartUpload={"Parts": parts},
             )
-            return True
         except BaseException:
-            if not started.done():
-                started.set_exception(_NotNeeded())
-            _settle(futures)  # wait: no part may land after the abort
-            if upload_id is not None:
+            for future in futures:
+                future.cancel()
+            for future in futures:
                 try:
-                    self._client.abort_multipart_upload(
-                        Bucket=self.bucket, Key=s3_key, UploadId=upload_id
-                    )
-                except Exception:
-                    pass  # remove_temp (prune) or a lifecycle rule ends it later
+                    future.exception()  # wait: no part may land after the abort
+                except BaseException:
+                    pass
+            try:
+                self._client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=s3_key, UploadId=upload_id
+                )
+            except Exception:
+                pass  # remove_temp (prune) or a lifecycle rule ends it later
             raise
 
     def _upload_part(
-        self,
-        path: Path,
-        key: str,
-        started: Future[str],
-        number: int,
-        offset: int,
-        length: int,
+        self, path: Path, key: str, upload_id: str, number: int, offset: int, length: int
     ) -> dict[str, Any]:
         try:
             with open(path, "rb") as fh:
@@ -395,16 +377,15 @@ class S3Store:
             raise self._error(exc, "spool", key) from exc
         if len(data) != length:
             raise RepoError(f"spool file {path} ended early ({len(data)} of {length} bytes)")
-        md5 = _md5_b64(data)
         response = self._call(
             "upload",
             key,
             "upload_part",
             Key=self.target.key(key),
-            UploadId=started.result(),
+            UploadId=upload_id,
             PartNumber=number,
             Body=data,
-            ContentMD5=md5,
+            ContentMD5=_md5_b64(data),
         )
         return {"ETag": response["ETag"], "PartNumber": number}
 
@@ -540,36 +521,6 @@ class S3Store:
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True)
-
-
-class _NotNeeded(Exception):
-    """Tells the part workers of an upload that was not started (or was given up) to stop."""
-
-
-def _settle(futures: list[Future[Any]]) -> None:
-    """Cancel what has not started and wait for the rest, ignoring their outcome."""
-    for future in futures:
-        future.cancel()
-    for future in futures:
-        try:
-            future.exception()
-        except BaseException:
-            pass
-
-
-def part_ranges(size: int, parallel: int) -> list[tuple[int, int]]:
-    """(offset, length) of the parts of a `size`-byte object: PART_SIZE each (the last
-    smaller), except where a quarter more per part saves a round: then a multiple of
-    `parallel` parts of equal size, so the last round is not one small part alone (a
-    64.2 MiB pack with 4 at once: 8 parts of 8.03 MiB, not 8 of 8 MiB and one of 0.2).
-    Every part but the last stays >= PART_SIZE, above S3's 5 MiB minimum."""
-    count = max(1, -(-size // PART_SIZE))
-    per_round = max(1, parallel)
-    fewer = count - count % per_round
-    length = PART_SIZE
-    if count % per_round and fewer and size <= fewer * PART_SIZE * 5 // 4:
-        length = -(-size // fewer)
-    return [(offset, min(length, size - offset)) for offset in range(0, size, length)]
 
 
 def _md5_b64(data: bytes) -> str:
