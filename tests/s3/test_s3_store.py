@@ -115,6 +115,36 @@ def test_a_failed_part_aborts_the_upload_and_leaves_no_object(
     assert not spool.path.exists()
 
 
+def test_a_big_spool_whose_key_exists_sends_no_part_and_leaves_no_upload(
+    s3_bucket: Any, tmp_path: Path
+) -> None:
+    """A pack already in the bucket (a content address: the same bytes) is not sent
+    again: no part reaches the gateway, the object is untouched, no upload is left."""
+    store = make_store(s3_bucket, tmp_path, upload_parallel=2)
+    data = os.urandom(MiB) * 20
+    first = store.spool("packs/")
+    first.write([data])
+    assert store.commit_spool(first, "packs/ee/big") is True
+    version = s3_bucket.client.head_object(Bucket=s3_bucket.name, Key="repo/packs/ee/big")
+    sent: list[int] = []
+    real_call = store._call
+
+    def counting(what: str, key: Any, method: str, **kwargs: Any) -> Any:
+        if method in ("upload_part", "create_multipart_upload"):
+            sent.append(kwargs.get("PartNumber", 0))
+        return real_call(what, key, method, **kwargs)
+
+    store._call = counting
+    again = store.spool("packs/")
+    again.write([data])
+    assert store.commit_spool(again, "packs/ee/big") is False
+    assert sent == []
+    assert not again.path.exists()
+    head = s3_bucket.client.head_object(Bucket=s3_bucket.name, Key="repo/packs/ee/big")
+    assert head["ETag"] == version["ETag"] and head["LastModified"] == version["LastModified"]
+    assert s3_bucket.client.list_multipart_uploads(Bucket=s3_bucket.name).get("Uploads") is None
+
+
 def test_remove_temp_aborts_the_upload_of_a_killed_writer(s3_bucket: Any, tmp_path: Path) -> None:
     store = make_store(s3_bucket, tmp_path)
     client, name = s3_bucket.client, s3_bucket.name
