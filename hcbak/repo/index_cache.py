@@ -388,9 +388,12 @@ class CachedIndex:
         if big is not None and sum(r.n for r in rest) + len(delta) <= ITEMS_IN_MEMORY:
             # The usual case: one large run and small ones (recent backups): the small
             # ones are sorted in memory and merged into the large one as it streams.
+            # Sorted by (id, rank) only, and stably: a run's copies of one id keep the
+            # run's own order (lookup's), not the order of their pack names.
             small = delta + [e for rank, run in enumerate(rest, 1) for e in _located(rank, run)]
-            merged = _merge_small(big, sorted(small))
+            merged = _merge_small(big, sorted(small, key=_id_and_rank))
         else:
+            # One rank per stream: a run's copies of one id keep the run's order here too.
             streams = [_located(rank, run) for rank, run in enumerate(self._runs)]
             merged = heap_merge(iter(sorted(delta)), *streams)
         last = None
@@ -430,6 +433,10 @@ def _merge_small(
             head = small[j][:2] if j < n else None
         yield block_id, 0, name(p), o, ln
     yield from small[j:]
+
+
+def _id_and_rank(entry: tuple[bytes, int, str, int, int]) -> tuple[bytes, int]:
+    return entry[0], entry[1]
 
 
 def _located(rank: int, run: Run) -> Iterator[tuple[bytes, int, str, int, int]]:

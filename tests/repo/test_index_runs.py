@@ -165,3 +165,30 @@ def test_cached_index_agrees_with_a_model(runs_records, delta_records, table, da
     assert got == want
     assert index.packs() == sorted({w[1][0] for w in want})
     assert len(index) == len(want)
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_items_give_the_copy_lookup_gives_when_a_run_holds_an_id_twice(in_memory) -> None:
+    """The case hypothesis found: a newer run holds one id in two packs whose names sort
+    the other way round than the run's own order of copies. items() and packs() follow
+    the run's order (the copy lookup returns), also when the first copy is damaged."""
+    from hcbak.repo import index_cache
+
+    table = [bytes(31) + bytes([n]) for n in (3, 2, 0, 1)]
+    x = b"\x01" * 8 + bytes(8)
+    copies = [(x, 0, 0, 1), (x, 1, 0, 1), (x, 2, 5, 1)]  # in the run: ...03, ...02, ...00
+    for skip in ({(x, table[0].hex())}, set()):
+        runs = [
+            index_cache._OpenRun("r", None, open_run(write_run(r, table, 3)))
+            for r in ([(b"\x02" * 16, 3, 0, 1)], copies)
+        ]
+        index = index_cache.CachedIndex(runs, skip)
+        first = index.lookup(x)
+        assert first is not None and first.pack == table[1 if skip else 0].hex()
+        old = index_cache.ITEMS_IN_MEMORY
+        index_cache.ITEMS_IN_MEMORY = 10**9 if in_memory else 0
+        try:
+            assert dict(index.items())[x] == first
+            assert first.pack in index.packs()
+        finally:
+            index_cache.ITEMS_IN_MEMORY = old
