@@ -125,15 +125,15 @@ def test_gateway_killed_mid_upload_then_restarted(
     proxy = FaultProxy(bucket.endpoint)  # to see (and hold) the pack upload
     try:
         with s3_lab(tmp_path, bucket, endpoint=proxy.url) as L:
-            vm = L.sim.create_vm("web01", [20 * MiB], tags=["nightly"])
+            vm = L.sim.create_vm("web01", [10 * MiB], tags=["nightly"])
             disk = L.sim.disk_uuids(vm)[0]
             L.sim.fill(disk, seed=41, written=1.0, compressible=0.0)
             assert cli(L.env, "job", "run", "nightly").code == 0  # one committed point
-            first = live_sha(L, disk, 20 * MiB)
+            first = live_sha(L, disk, 10 * MiB)
             committed = bucket.keys("hcbak/points/")
             assert len(committed) == 1
             L.sim.fill(disk, seed=42, written=1.0, compressible=0.0)
-            proxy.hold = PACK_UPLOAD
+            proxy.hold = PACK_UPLOAD  # 10 MiB of random data: a multipart pack upload
             child = spawn(L.env, "job", "run", "nightly")
             assert proxy.held.wait(60), "no pack upload started"
             assert child.poll() is None  # the run is alive, a pack on the wire
@@ -157,7 +157,7 @@ def test_gateway_killed_mid_upload_then_restarted(
             assert len(points) == 2
             old = committed[0].rsplit("/", 1)[1]
             assert restored_sha(L, old, disk) == first
-            assert restored_sha(L, "web01@latest", disk) == live_sha(L, disk, 20 * MiB)
+            assert restored_sha(L, "web01@latest", disk) == live_sha(L, disk, 10 * MiB)
             pruned = cli(L.env, "repo", "prune", "s3main")  # ends the dead run's upload
             pruned.assert_clean()
             assert pruned.code == 0, pruned.err
