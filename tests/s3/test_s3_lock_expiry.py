@@ -52,6 +52,9 @@ def test_prune_reports_locked_objects_and_frees_them_after_expiry(
         forgot.assert_clean()
         assert forgot.code == 0, forgot.err
         assert "1 deleted objects stay locked by Object Lock until" in forgot.err, forgot.err
+        retention = cli(L.env, "repo", "forget", "vault", "--json")  # nothing to forget
+        assert retention.code == 0, retention.err
+        assert json.loads(retention.out)["locked_objects"] == 1  # the hidden manifest
         pruned = cli(L.env, "repo", "prune", "vault", "--json")
         pruned.assert_clean()
         assert pruned.code == 0, pruned.err  # locked objects never make it fail
