@@ -183,8 +183,13 @@ def forget(spec: PointArg, repo: RepoOpt = None) -> None:
     config = load_config()
     cfg, pid, warnings = find_point(config, spec, repo)
     refuse_append_only(cfg, "points forget")
+    from hcbak.repo.storage.locked import free_deleted
+
     with open_configured(cfg) as r:
         r.forget_points([pid])
+        locked = free_deleted(r.store)  # Object Lock: the manifest is hidden, not freed
     info(f"forgot point {pid} in repository {cfg.name}; run `hcbak repo prune {cfg.name}`")
+    if locked is not None and locked.line():
+        info(str(locked.line()))
     if warnings:
         raise typer.Exit(int(ExitCode.WARNINGS))

@@ -256,12 +256,18 @@ def forget(
     config = load_config()
     if not dry_run:
         refuse_append_only(config.repo(name), "repo forget")
+    from hcbak.repo.storage.locked import free_deleted
+
+    locked = None
     with open_configured(config.repo(name)) as repo:
         plan = _forget_plan(config, repo, name)
         if not dry_run:
             repo.forget_points([p["id"] for p in plan if not p["keep"]])
+            locked = free_deleted(repo.store)  # Object Lock: what stays, and until when
+    if locked is not None and locked.line():
+        info(str(locked.line()))
     if json_out:
-        emit_json({"dry_run": dry_run, "points": plan})
+        emit_json({"dry_run": dry_run, "points": plan, **(locked.to_json() if locked else {})})
     else:
         _print_plan(plan)
 
@@ -302,6 +308,9 @@ def prune(
             f"kept pack {pack}: in no index yet holds referenced blocks, or its table is "
             f"unreadable (`hcbak repo repair {name}` indexes what it can)"
         )
+    locked_line = report.locked.line() if report.locked is not None else None
+    if locked_line:
+        info(locked_line)
     doc = {**report.to_json(), "forgotten": [p["id"] for p in plan if not p["keep"]]}
     if json_out:
         emit_json(doc)

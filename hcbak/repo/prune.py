@@ -13,7 +13,9 @@ indexed copy). Crash-safe order (docs/format.md, "Prune"):
 3. delete the old index segments;
 4. delete the old packs (fully dead, repacked, and unindexed leftovers of crashes);
 5. drop damaged-copy records whose pack is gone (kept while a point needs the block
-   and no healthy copy exists: the record makes the next backup store it again).
+   and no healthy copy exists: the record makes the next backup store it again);
+6. on an Object Lock bucket, free the versions of deleted objects whose retention has
+   ended; those still locked are reported (storage/locked.py), never an error.
 A crash before 3 leaves duplicate index entries that all point at existing packs; a
 crash before 4 leaves unreferenced packs that the next prune deletes. At no moment does
 a committed point reference a block whose only copy was deleted.
@@ -33,6 +35,7 @@ from hcbak.repo.locks import EXCLUSIVE
 from hcbak.repo.pack import PackReader, PackWriter, pack_key, parse_blob, read_trailer
 from hcbak.repo.repository import Repository
 from hcbak.repo.storage.local import refuse_if_append_only
+from hcbak.repo.storage.locked import LockedObjects, free_deleted
 
 REPACK_BELOW = 0.5  # repack a pack when less than this fraction of its bytes is live
 SEGMENT_MAX_ENTRIES = 200_000
@@ -68,8 +71,11 @@ class PruneReport:
     # (damaged) copy of a referenced block.
     packs_kept: list[str] = field(default_factory=list)
     damaged_records_dropped: int = 0
+    # Object Lock stores only: deleted objects whose versions are still locked.
+    locked: LockedObjects | None = None
 
     def to_json(self) -> dict[str, Any]:
+        locked = self.locked.to_json() if self.locked is not None else {}
         return {
             "dry_run": self.dry_run,
             "referenced_blocks": self.referenced_blocks,
@@ -81,6 +87,7 @@ class PruneReport:
             "segments_replaced": self.segments_replaced,
             "packs_kept": len(self.packs_kept),
             "damaged_records_dropped": self.damaged_records_dropped,
+            **locked,
         }
 
 
@@ -118,6 +125,7 @@ def prune(
     if dry_run or nothing_to_do:
         if not dry_run:
             repo.remove_temp_files()
+            report.locked = free_deleted(repo.store)
         return report
     _apply(repo, report, referenced, say, step)
     return report
@@ -232,6 +240,7 @@ def _apply(
         replace_records(repo.store, keep, repo.damaged.records, repo.envelope)
         report.damaged_records_dropped = len(repo.damaged.copies) - len(keep)
     repo.remove_temp_files()
+    report.locked = free_deleted(repo.store)  # after expiry, what Object Lock held goes
     repo.reload_index()
     _ = repo.index  # waits: the index cache is rebuilt now, not by the next backup's open
     step("done")

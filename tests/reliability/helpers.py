@@ -241,11 +241,15 @@ def start_prune_driver(*args: str, env: dict[str, str] | None = None) -> subproc
 
 
 def kill_at_prune_phase(
-    proc: subprocess.Popen[str], phase: str, root: Path, before: RepoFiles
+    proc: subprocess.Popen[str],
+    phase: str,
+    root: Path | Callable[[], RepoFiles],
+    before: RepoFiles,
 ) -> None:
     """`proc` is a prune driver stopping at `phase`: wait for it to announce the phase,
     prove it is alive there and that the phase's effect is on disk (compared with
-    `before`, the files when it started), then SIGKILL it."""
+    `before`, the files when it started), then SIGKILL it. `root` is the repository
+    folder, or what lists the repository's objects now (an S3 bucket)."""
     assert proc.stdout is not None
     seen = []
     for line in proc.stdout:
@@ -256,7 +260,8 @@ def kill_at_prune_phase(
         proc.wait()
         err = proc.stderr.read() if proc.stderr else ""
         raise AssertionError(f"prune ended (exit {proc.returncode}) before {phase}: {seen} {err}")
-    assert_prune_phase_on_disk(phase, before, RepoFiles.of(root))
+    now = RepoFiles.of(root) if isinstance(root, Path) else root()
+    assert_prune_phase_on_disk(phase, before, now)
     assert proc.poll() is None, f"the prune process died before the kill at {phase}"
     proc.send_signal(signal.SIGKILL)
     proc.wait()

@@ -17,7 +17,8 @@ Prune phases: every step of prune is announced as a line "phase NAME" on stdout,
 protocol order (hcbak/repo/prune.py): `packs-written` (repacked packs renamed into
 place), `index-written` (the new index segments), `old-index-deleted`, `pack-deleted`
 (the first old pack is gone; announced by a wrapper around the real delete, as prune
-has no step there), `done`. At PHASE the process announces it and then sleeps, so the
+has no step there: `fsio.remove_durably` for a folder, the store's `delete` for an
+object store such as S3), `done`. At PHASE the process announces it and then sleeps, so the
 parent can check the phase's effect on disk and SIGKILL a process that is provably
 alive there. These steps last milliseconds: too short to hit from outside by polling.
 """
@@ -80,6 +81,19 @@ def stop_prune_at(phase: str | None) -> None:
                 announce("pack-deleted")
 
     def prune(*args: object, **kwargs: object) -> object:
+        store = args[0].store  # type: ignore[attr-defined]
+        if store.local_root is None:  # an object store: its deletes are no files
+            real_delete = store.delete
+
+            def delete(key: str) -> None:
+                nonlocal deleted_packs
+                real_delete(key)
+                if key.startswith("packs/"):
+                    deleted_packs += 1
+                    if deleted_packs == 1:
+                        announce("pack-deleted")
+
+            store.delete = delete
         return real_prune(*args, **kwargs, _hook=announce)  # type: ignore[arg-type]
 
     prune_module.prune = prune  # type: ignore[assignment]

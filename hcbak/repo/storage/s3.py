@@ -48,7 +48,9 @@ from hcbak.errors import (
 )
 from hcbak.repo import fsio
 from hcbak.repo.storage.base import ObjectMissingError, Spool
+from hcbak.repo.storage.locked import LockedObjects
 from hcbak.repo.storage.s3_errors import What, describe_s3_error, short
+from hcbak.repo.storage.s3_locked import free_deleted
 
 MiB = 1024 * 1024
 PART_SIZE = 8 * MiB  # S3's minimum is 5 MiB; a 64 MiB pack goes up in 8 parts
@@ -440,6 +442,11 @@ class S3Store:
         )
         self._protected[key] = new_until
         return True
+
+    def free_deleted(self) -> LockedObjects:
+        """Free the versions of deleted objects that Object Lock no longer holds; report
+        those it still does (s3_locked.py)."""
+        return free_deleted(self._client, self.bucket, self.target, self._error)
 
     def check_object_lock(self) -> None:
         """A bucket without Object Lock cannot keep the promise of `immutable_days`."""
