@@ -108,6 +108,7 @@ def private_gateway(ceph_rgw: dict[str, str]) -> Iterator[PrivateGateway]:
         gateway.stop()
 
 
+@pytest.mark.slow  # ~30 s: make test-slow (CI)
 def test_gateway_killed_mid_upload_then_restarted(
     tmp_path: Path, private_gateway: PrivateGateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:

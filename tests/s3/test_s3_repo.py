@@ -159,6 +159,7 @@ def test_a_pack_upload_that_fails_for_good_fails_its_vm_and_commits_no_point(
         proxy.close()
 
 
+@pytest.mark.slow  # ~16 s: make test-slow (CI)
 def test_sigkill_mid_upload_leaves_the_bucket_consistent(tmp_path: Path, s3_bucket: Any) -> None:
     proxy = FaultProxy(s3_bucket.endpoint)
     try:

@@ -66,6 +66,7 @@ def check_points(
     return checked
 
 
+@pytest.mark.slow  # ~20 s each: make test-slow (CI)
 @pytest.mark.parametrize("phase", PRUNE_PHASES)
 def test_sigkill_at_each_prune_phase_on_s3_keeps_every_retained_point(
     tmp_path: Path, s3_bucket: Any, phase: str
