@@ -33,6 +33,7 @@ from typing import Any, BinaryIO
 import xxhash
 
 from hcbak.errors import IntegrityError
+from hcbak.fsio import write_atomic
 from hcbak.repo import fsio
 from hcbak.repo.index import SEG_ENTRY, CompactIndex, Location, SegmentEntry
 from hcbak.repo.index_runs import (
@@ -150,20 +151,7 @@ class IndexCache:
         body = json.dumps(doc, sort_keys=True).encode()
         doc["check"] = xxhash.xxh3_128_hexdigest(body)
         _phase("manifest")
-        self._atomic_write(MANIFEST, json.dumps(doc, sort_keys=True).encode())
-
-    def _atomic_write(self, name: str, data: bytes) -> None:
-        tmp = self.folder / f"{TMP_PREFIX}{name}-{os.urandom(4).hex()}"
-        try:
-            with _create(tmp) as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.folder / name)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-        _fsync_dir(self.folder)
+        write_atomic(self.folder / MANIFEST, json.dumps(doc, sort_keys=True).encode())
 
     def _collect_garbage(self, keep: set[str]) -> None:
         for p in self.folder.iterdir():
@@ -204,7 +192,7 @@ class IndexCache:
                 os.fsync(fh.fileno())
             name = digest.hex() + RUN_SUFFIX
             os.replace(tmp, self.folder / name)
-            _fsync_dir(self.folder)
+            fsio.fsync_dir(self.folder)
         finally:
             if tmp.exists():
                 tmp.unlink()
@@ -325,14 +313,6 @@ class _Sorter:
 def _create(path: Path) -> BinaryIO:
     """A new file, mode 0600 whatever the umask (the state dir is private)."""
     return os.fdopen(fsio.open_private(path, os.O_WRONLY | os.O_EXCL), "wb")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class CachedIndex:
