@@ -25,7 +25,6 @@ from hcbak.cli.common import (
 from hcbak.cli.options import JsonOpt, PassCmd, PassEnv, PassFile
 from hcbak.cli.output import emit_json, info, print_fields, print_table
 from hcbak.cli.repo_access import (
-    expected_of,
     lease_state_dir,
     open_configured,
     refuse_append_only,
@@ -180,9 +179,10 @@ def passwd(
     )
     if ref is None:
         raise UsageError("give the new passphrase with --passphrase-env/-file/-command")
+    from hcbak.repo.settings import Expected
     from hcbak.repo.storage import store_for
 
-    set_passphrase(store_for(cfg), cfg.passphrase.resolve(), ref.resolve(), expected_of(cfg))
+    set_passphrase(store_for(cfg), cfg.passphrase.resolve(), ref.resolve(), Expected.of(cfg))
     cfg.passphrase = ref
     save_config(config)
     info(f"passphrase of repository {name} changed")

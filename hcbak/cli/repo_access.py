@@ -24,7 +24,6 @@ from hcbak.errors import HcbakError, NotFoundError, UsageError
 if TYPE_CHECKING:
     from hcbak.config import Config, RepoConfig
     from hcbak.repo import Point, Repository
-    from hcbak.repo.settings import Expected
 
 READ_ONLY_NOTE = (
     "reading repository {path} without a lock ({why}). A read-only copy or snapshot "
@@ -56,6 +55,7 @@ def open_configured(
     """Open a configured repository. `read_only_ok` (commands that only read): where no
     lock file can be written, read without one and warn what that gives up."""
     from hcbak.repo import open_repo
+    from hcbak.repo.settings import Expected
     from hcbak.repo.storage import store_for
 
     passphrase = cfg.passphrase.resolve() if cfg.passphrase else None
@@ -67,7 +67,7 @@ def open_configured(
         command=command,
         read_only_ok=read_only_ok,
         state_dir=lease_state_dir(),  # lease sightings (with a lock) and the index cache
-        expect=expected_of(cfg),
+        expect=Expected.of(cfg),
     ) as repo:
         if repo.unlocked_reason:
             warn(READ_ONLY_NOTE.format(path=cfg.path, why=repo.unlocked_reason))
@@ -86,13 +86,6 @@ def refuse_append_only(cfg: RepoConfig, command: str) -> None:
             "or rewrites its data",
             hint=APPEND_ONLY_HINT,
         )
-
-
-def expected_of(cfg: RepoConfig) -> Expected:
-    """What the config pins about the repository (hcbak.repo.settings.Expected)."""
-    from hcbak.repo.settings import Expected
-
-    return Expected(encrypted=cfg.encrypted, repo_id=cfg.repo_id)
 
 
 def repos_to_search(config: Config, name: str | None) -> list[RepoConfig]:

@@ -122,9 +122,10 @@ def _run(s: Session) -> None:
     # imports the cluster client, logs in and lists the VMs.
     def repo_cm() -> AbstractContextManager[Repository]:
         from hcbak.repo import open_repo
+        from hcbak.repo.settings import Expected
         from hcbak.repo.storage import store_for
 
-        path, expect = store_for(s.repo_cfg), s.expected()
+        path, expect = store_for(s.repo_cfg), Expected.of(s.repo_cfg)
         return open_repo(
             path,
             passphrase=passphrase,

@@ -453,7 +453,7 @@ def copy_between(
             command=command,
             read_only_ok=read_only,
             state_dir=state_dir,
-            expect=Expected(encrypted=cfg.encrypted, repo_id=cfg.repo_id),
+            expect=Expected.of(cfg),
         )
 
     try:

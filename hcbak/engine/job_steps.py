@@ -81,6 +81,7 @@ def prune_after_run(s: Session, passphrase: Secret | None) -> None:
     using the repository right now (prune needs the exclusive lock)."""
     from hcbak.repo import open_repo
     from hcbak.repo.prune import prune
+    from hcbak.repo.settings import Expected
     from hcbak.repo.storage import store_for
 
     try:
@@ -90,7 +91,7 @@ def prune_after_run(s: Session, passphrase: Secret | None) -> None:
             lock="exclusive",
             command="job run prune",
             state_dir=s.state_dir,
-            expect=s.expected(),
+            expect=Expected.of(s.repo_cfg),
         ) as repo:
             prune(repo)
         s.report.pruned = True

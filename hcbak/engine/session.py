@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from hcbak.hypercore.client import HyperCoreClient
     from hcbak.hypercore.records import Disk, Snapshot
     from hcbak.repo import Point, PointSummary, Repository
-    from hcbak.repo.settings import Expected
 
 log = logging.getLogger("hcbak.engine")
 
@@ -142,12 +141,6 @@ class Session:
         return HotAdd(
             self.hc, worker, disk.uuid, snap.uuid, capacity, owner=owner, removals=removals
         )
-
-    def expected(self) -> Expected:
-        """What the config pins about the repository: refused on any mismatch (exit 6)."""
-        from hcbak.repo.settings import Expected
-
-        return Expected(encrypted=self.repo_cfg.encrypted, repo_id=self.repo_cfg.repo_id)
 
     def hook_values(self) -> dict[str, object]:
         return {

@@ -29,6 +29,7 @@ from hcbak.repo.storage.base import object_name
 from hcbak.secrets import Secret
 
 if TYPE_CHECKING:
+    from hcbak.config import RepoConfig
     from hcbak.repo.crypto import KeyMaterial
 
 FORMAT_NAME = "hcbak-repository"
@@ -65,6 +66,11 @@ class Expected:
 
     encrypted: bool
     repo_id: str | None = None
+
+    @classmethod
+    def of(cls, entry: RepoConfig) -> Expected:
+        """What a config entry pins: encrypted when it has a passphrase reference."""
+        return cls(encrypted=entry.encrypted, repo_id=entry.repo_id)
 
 
 def validate_block_size(block_size: int) -> None:
