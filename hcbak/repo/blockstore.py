@@ -17,6 +17,7 @@ import errno
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from hcbak.errors import IntegrityError, NoSpaceError, RepoError
 from hcbak.repo import fsio
@@ -204,6 +205,12 @@ class BlockStore:
         if self._index_loader is not None:
             self._await_index()
         return self._index
+
+    @property
+    def scratch_folder(self) -> Path | None:
+        """Where big temporary sorts spill (prune): this host's state dir, on local
+        disk, beside the index cache; None: the system's temp folder."""
+        return self._index_cache.folder.parent if self._index_cache is not None else None
 
     @property
     def bad_segments(self) -> dict[str, str]:

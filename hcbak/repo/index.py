@@ -236,6 +236,17 @@ class CompactIndex:
             if block_id != _EMPTY:
                 yield block_id, Location(names[p], o, n)
 
+    def items_by_id(self) -> Iterator[tuple[bytes, Location]]:
+        """`items` in id order (for a merge join). The table is in memory anyway: its
+        slots are sorted here (~70 bytes per entry for the sort)."""
+        names = self._pack_names
+        size = _SLOT.size
+        every = (self._slots[i : i + size] for i in range(0, len(self._slots), size))
+        slots = sorted(s for s in every if s[:16] != _EMPTY)
+        for slot in slots:
+            block_id, p, o, n = _SLOT.unpack(slot)
+            yield block_id, Location(names[p], o, n)
+
     def packs(self) -> list[str]:
         """Names of packs that hold at least one indexed blob."""
         used = {p for block_id, p, _, _ in _SLOT.iter_unpack(self._slots) if block_id != _EMPTY}

@@ -35,6 +35,7 @@ import xxhash
 from hcbak.errors import IntegrityError
 from hcbak.fsio import write_atomic
 from hcbak.repo import fsio
+from hcbak.repo.extsort import RecordSorter
 from hcbak.repo.index import SEG_ENTRY, CompactIndex, Location, SegmentEntry
 from hcbak.repo.index_runs import (
     ENTRY,
@@ -59,7 +60,6 @@ _RUN_NAME = re.compile(r"^[0-9a-f]{32}\.run$")
 MERGE_RATIO = 4
 SORT_IN_MEMORY = 200_000  # more new entries than this are sorted in buckets on disk
 ITEMS_IN_MEMORY = 200_000  # items(): smaller runs than the largest, merged in memory
-BUCKETS = 256
 
 # (segment id) -> (pack ids, raw SEG_ENTRY records) of a checked segment; raises
 # IntegrityError when it fails its checks.
@@ -220,7 +220,7 @@ class IndexCache:
         table: list[bytes] = []
         number: dict[str, int] = {}
         good: set[str] = set()
-        sorter = _Sorter(self.folder)
+        sorter = RecordSorter(self.folder, ENTRY.size, in_memory=SORT_IN_MEMORY)
         try:
             for seg in new:
                 try:
@@ -241,7 +241,12 @@ class IndexCache:
                 )
             if sorter.count == 0:
                 return None, good
-            return self._write_run(table, sorter.count, sorter.fill), good
+
+            def fill(writer: RunWriter) -> None:
+                for chunk in sorter.chunks():
+                    writer.write(chunk)
+
+            return self._write_run(table, sorter.count, fill), good
         finally:
             sorter.close()
 
@@ -260,54 +265,6 @@ class IndexCache:
 class _OpenRun:
     def __init__(self, name: str, fh: object, run: Run) -> None:
         self.name, self.fh, self.run = name, fh, run
-
-
-class _Sorter:
-    """Sort fixed-size entries: in memory when few, else in buckets by first byte
-    (temp files in the cache folder), each bucket sorted on its own: memory stays at
-    one bucket (1/256 of the entries)."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.count = 0
-        self._memory: list[bytes] = []
-        self._dir: Path | None = None
-        self._files: list[object] = []
-
-    def add(self, entries: list[bytes]) -> None:
-        self.count += len(entries)
-        if self._dir is None:
-            self._memory += entries
-            if len(self._memory) <= SORT_IN_MEMORY:
-                return
-            self._dir = self.folder / f"{TMP_PREFIX}sort-{os.urandom(6).hex()}"
-            self._dir.mkdir(mode=0o700)
-            self._files = [_create(self._dir / f"{b:02x}") for b in range(BUCKETS)]
-            entries, self._memory = self._memory, []
-        files = self._files
-        for e in entries:
-            files[e[0]].write(e)  # type: ignore[attr-defined]
-
-    def fill(self, writer: RunWriter) -> None:
-        """Write the entries, sorted."""
-        if self._dir is None:
-            self._memory.sort()
-            writer.write(b"".join(self._memory))
-            return
-        for fh in self._files:
-            fh.close()  # type: ignore[attr-defined]
-        size = ENTRY.size
-        for b in range(BUCKETS):
-            data = (self._dir / f"{b:02x}").read_bytes()
-            entries = sorted(data[i : i + size] for i in range(0, len(data), size))
-            del data
-            writer.write(b"".join(entries))
-
-    def close(self) -> None:
-        for fh in self._files:
-            fh.close()  # type: ignore[attr-defined]
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
 
 
 def _create(path: Path) -> BinaryIO:
@@ -385,6 +342,10 @@ class CachedIndex:
                 continue
             last = block_id
             yield block_id, Location(pack, offset, length)
+
+    def items_by_id(self) -> Iterator[tuple[bytes, Location]]:
+        """`items` is in id order already."""
+        return self.items()
 
     def packs(self) -> list[str]:
         """Names of packs that hold at least one indexed blob."""

@@ -29,6 +29,7 @@ from typing import Any
 
 from hcbak.errors import IntegrityError, RepoError
 from hcbak.repo.damaged import DamagedCopy, replace_records
+from hcbak.repo.extsort import RecordSorter
 from hcbak.repo.fsio import typed_os_error
 from hcbak.repo.index import SegmentEntry, delete_segment, list_segments, write_segment
 from hcbak.repo.locks import EXCLUSIVE
@@ -36,6 +37,16 @@ from hcbak.repo.pack import PackReader, PackWriter, pack_key, parse_blob, read_t
 from hcbak.repo.repository import Repository
 from hcbak.repo.storage.local import refuse_if_append_only
 from hcbak.repo.storage.locked import LockedObjects, free_deleted
+from hcbak.repo.usage import (
+    LIVE,
+    Usage,
+    by_pack,
+    join,
+    live_sorter,
+    point_order,
+    referenced_ids,
+    referenced_sorter,
+)
 
 REPACK_BELOW = 0.5  # repack a pack when less than this fraction of its bytes is live
 SEGMENT_MAX_ENTRIES = 200_000
@@ -110,59 +121,41 @@ def prune(
     report = PruneReport(dry_run=dry_run)
     say("reading points")
     problems = unreadable_metadata(repo)
-    referenced = _referenced_blocks(repo, problems)
-    report.referenced_blocks = len(referenced)
-    say("checking every pack's own table")
-    doomed, repack = _plan(repo, report, referenced, repack_below, problems)
-    gone = set(doomed + repack)
-    dropped = [c for c in repo.damaged.copies if _record_done(repo, c, gone, referenced)]
-    report.damaged_records_dropped = len(dropped)
-    nothing_to_do = not doomed and not repack and not report.unused_blocks and not dropped
-    if dry_run and not nothing_to_do:
-        # The real run rewrites the whole index (one that comes out byte-identical
-        # keeps its name, which a dry run cannot know without writing it).
-        report.segments_replaced = len(list_segments(repo.store))
-    if dry_run or nothing_to_do:
-        if not dry_run:
-            repo.remove_temp_files()
-            report.locked = free_deleted(repo.store)
-        return report
-    _apply(repo, report, referenced, say, step)
+    folder = repo.scratch_folder
+    with referenced_sorter(folder) as referenced, live_sorter(folder) as live:
+        referenced_ids(repo, point_order(repo), referenced, problems)
+        usage = join(repo, referenced, live)
+        referenced.close()  # its bucket files are not needed any more
+        report.referenced_blocks, report.unused_blocks = usage.referenced, usage.unused
+        say("checking every pack's own table")
+        doomed, repack = _plan(repo, report, usage, repack_below, problems)
+        gone = set(doomed + repack)
+        dropped = [c for c in repo.damaged.copies if _record_done(repo, c, gone, usage)]
+        report.damaged_records_dropped = len(dropped)
+        nothing_to_do = not doomed and not repack and not report.unused_blocks and not dropped
+        if dry_run and not nothing_to_do:
+            # The real run rewrites the whole index (one that comes out byte-identical
+            # keeps its name, which a dry run cannot know without writing it).
+            report.segments_replaced = len(list_segments(repo.store))
+        if dry_run or nothing_to_do:
+            if not dry_run:
+                repo.remove_temp_files()
+                report.locked = free_deleted(repo.store)
+            return report
+        _apply(repo, report, usage, live, say, step)
     return report
-
-
-def _referenced_blocks(repo: Repository, problems: list[str]) -> set[bytes]:
-    """Every block id a readable point references; unreadable ones go to `problems`."""
-    referenced: set[bytes] = set()
-    for pid in repo.point_ids():
-        try:
-            point = repo.load_point(pid)
-        except IntegrityError as exc:
-            if pid not in repo.unreadable_points:
-                problems.append(f"point manifest {pid} is unreadable ({exc.message})")
-            continue
-        for disk in point.disks:
-            referenced.update(disk.block_map.ids())
-    return referenced
 
 
 def _plan(
     repo: Repository,
     report: PruneReport,
-    referenced: set[bytes],
+    usage: Usage,
     repack_below: float,
     problems: list[str],
 ) -> tuple[list[str], list[str]]:
     """(packs to delete, packs to repack); refuses (PruneRefusedError) with problems."""
-    live: dict[str, int] = {}
-    total: dict[str, int] = {}
-    for block_id, loc in repo.index.items():
-        total[loc.pack] = total.get(loc.pack, 0) + loc.length
-        if block_id in referenced:
-            live[loc.pack] = live.get(loc.pack, 0) + loc.length
-        else:
-            report.unused_blocks += 1
-    unused_unindexed, kept = _account(repo, referenced, set(total), problems)
+    live, total = usage.live, usage.total
+    unused_unindexed, kept = _account(repo, usage.not_indexed, set(total), problems)
     if problems:
         raise PruneRefusedError(problems)
     report.packs_kept = sorted(kept)
@@ -171,7 +164,9 @@ def _plan(
     # whatever its share of live bytes; until then the pack stays as it is: the
     # damaged copy is all that is left of that block.
     unhealed = {
-        c.pack for c in repo.damaged.copies if c.id in referenced and not repo.index.contains(c.id)
+        c.pack
+        for c in repo.damaged.copies
+        if c.id in usage.damaged_referenced and not repo.index.contains(c.id)
     }
     kept |= unhealed & set(total)
     rewrite = repo.damaged.packs() - unhealed
@@ -192,7 +187,8 @@ def _plan(
 def _apply(
     repo: Repository,
     report: PruneReport,
-    referenced: set[bytes],
+    usage: Usage,
+    live: RecordSorter,
     say: Progress,
     step: Callable[[str], None],
 ) -> None:
@@ -200,22 +196,13 @@ def _apply(
     assert repo.lock is not None  # prune() checked it holds the exclusive lock
     doomed, repack = report.packs_deleted, report.packs_repacked
     say(f"repacking {len(repack)} packs")
-    repacked = set(repack)
-    moved = _repack(repo, repack, referenced, report)
-    entries = [
-        SegmentEntry(block_id, loc.pack, loc.offset, loc.length, 0)
-        for block_id, loc in repo.index.items()
-        if block_id in referenced and loc.pack not in repacked
-    ]
-    entries = _with_plain_lengths(repo, entries) + moved
-    step("packs-written")
+    with live_sorter(repo.scratch_folder) as moved:
+        _repack(repo, set(repack), live, moved, report)
+        step("packs-written")
 
-    say("writing the new index")
-    old_segments = set(list_segments(repo.store))
-    new_segments = {
-        write_segment(repo.store, entries[i : i + SEGMENT_MAX_ENTRIES], repo.envelope)
-        for i in range(0, max(len(entries), 1), SEGMENT_MAX_ENTRIES)
-    }
+        say("writing the new index")
+        old_segments = set(list_segments(repo.store))
+        new_segments = _write_index(repo, set(repack), live, moved)
     step("index-written")
     repo.lock.check_held()  # delete only while the exclusive lease is still this run's
     # A new segment can share its (content-derived) name with an old one: keep it.
@@ -235,7 +222,7 @@ def _apply(
     gone = set(doomed + repack) - written
     step("packs-deleted")
     # Only now that their packs are gone (a repack may have found more damage).
-    keep = [c for c in repo.damaged.copies if not _record_done(repo, c, gone, referenced)]
+    keep = [c for c in repo.damaged.copies if not _record_done(repo, c, gone, usage)]
     if len(keep) < len(repo.damaged.copies):
         replace_records(repo.store, keep, repo.damaged.records, repo.envelope)
         report.damaged_records_dropped = len(repo.damaged.copies) - len(keep)
@@ -246,20 +233,57 @@ def _apply(
     step("done")
 
 
-def _repack(
-    repo: Repository, packs: list[str], referenced: set[bytes], report: PruneReport
-) -> list[SegmentEntry]:
-    """Copy live blob frames as they are (still encrypted) into new packs."""
-    moved: list[SegmentEntry] = []
-    writer: PackWriter | None = None
-    wanted: dict[str, list[tuple[bytes, int, int]]] = {p: [] for p in packs}
-    for block_id, loc in repo.index.items():
-        if loc.pack in wanted and block_id in referenced:
-            wanted[loc.pack].append((block_id, loc.offset, loc.length))
+def _write_index(
+    repo: Repository, repacked: set[str], live: RecordSorter, moved: RecordSorter
+) -> set[str]:
+    """New segments covering every live blob: those left in their packs (plain lengths
+    from each pack's own table, read once per pack) and those repacked (`moved`).
+    Written in batches as the sorted streams go by: memory holds one batch."""
+    names: set[str] = set()
+    batch: list[SegmentEntry] = []
+
+    def emit(entries: list[SegmentEntry]) -> None:
+        batch.extend(entries)
+        if len(batch) >= SEGMENT_MAX_ENTRIES:
+            names.add(write_segment(repo.store, batch[:SEGMENT_MAX_ENTRIES], repo.envelope))
+            del batch[:SEGMENT_MAX_ENTRIES]
+
+    for pack, blobs in by_pack(live):
+        if pack not in repacked:
+            plain = _plain_lengths(repo, pack)
+            emit([SegmentEntry(i, pack, o, n, plain.get(o, 0)) for o, i, n in blobs])
+    for record in moved.records():
+        raw, offset, block_id, length, plain_len = LIVE.unpack(record)
+        emit([SegmentEntry(block_id, raw.hex(), offset, length, plain_len)])
+    if batch or not names:  # an empty index is one empty segment
+        names.add(write_segment(repo.store, batch, repo.envelope))
+    return names
+
+
+def _plain_lengths(repo: Repository, pack: str) -> dict[int, int]:
+    """Index segments carry plain lengths (for stats); a pack's own table has them."""
     try:
-        for pack in packs:
+        return {o: p for _, o, _, p in read_trailer(repo.store, pack)}
+    except (IntegrityError, RepoError):
+        return {}  # a kept pack with a damaged table: plain lengths unknown (0)
+
+
+def _repack(
+    repo: Repository,
+    packs: set[str],
+    live: RecordSorter,
+    moved: RecordSorter,
+    report: PruneReport,
+) -> None:
+    """Copy live blob frames as they are (still encrypted) into new packs; their new
+    places go to `moved`."""
+    writer: PackWriter | None = None
+    try:
+        for pack, blobs in by_pack(live):
+            if pack not in packs:
+                continue
             reader = PackReader(repo.store, pack)
-            for block_id, offset, length in sorted(wanted[pack], key=lambda e: e[1]):
+            for offset, block_id, length in blobs:
                 frame = reader.read(offset, length)
                 try:
                     blob = parse_blob(frame, f"block {block_id.hex()} in pack {pack}")
@@ -274,10 +298,10 @@ def _repack(
                     writer = PackWriter(repo.store)
                 writer.append(block_id, frame, blob.plain_len)
                 if writer.size >= repo.pack_target:
-                    moved += _finish(writer, report)
+                    _finish(writer, report, moved)
                     writer = None
         if writer is not None:
-            moved += _finish(writer, report)
+            _finish(writer, report, moved)
             writer = None
     except OSError as exc:
         if writer is not None:
@@ -287,7 +311,6 @@ def _repack(
         if writer is not None:
             writer.abort()
         raise
-    return moved
 
 
 def unreadable_metadata(repo: Repository) -> list[str]:
@@ -305,7 +328,7 @@ def unreadable_metadata(repo: Repository) -> list[str]:
 
 
 def _account(
-    repo: Repository, referenced: set[bytes], indexed: set[str], problems: list[str]
+    repo: Repository, not_indexed: set[bytes], indexed: set[str], problems: list[str]
 ) -> tuple[set[str], set[str]]:
     """Check every pack against its own blob table, one pack at a time.
 
@@ -334,15 +357,9 @@ def _account(
                     f"pack {pack} is in no index and its blob table is unreadable ({why})"
                 )
             continue
-        needed = False
-        for block_id, _o, _n, _p in table:
-            if block_id not in referenced:
-                continue
-            loc = repo.index.lookup(block_id)
-            if loc is None or (loc.pack == pack and pack not in indexed):
-                needed = True
-                break
-        if needed:
+        # A referenced blob with an indexed copy is found through the index; one
+        # without (`not_indexed`, from the join) has only the copies in pack tables.
+        if not_indexed and any(block_id in not_indexed for block_id, _o, _n, _p in table):
             kept.add(pack)
         elif pack not in indexed:
             unused.add(pack)
@@ -353,9 +370,7 @@ def _pack_gone(repo: Repository, copy: DamagedCopy, deleted: set[str]) -> bool:
     return copy.pack in deleted or repo.pack_size(copy.pack) is None
 
 
-def _record_done(
-    repo: Repository, copy: DamagedCopy, deleted: set[str], referenced: set[bytes]
-) -> bool:
+def _record_done(repo: Repository, copy: DamagedCopy, deleted: set[str], usage: Usage) -> bool:
     """A damaged copy's record can go once its pack is gone and no point still needs
     the block without a healthy copy. While one does, the record is what makes the
     next backup read the block again (`set_aside_ids`): dropped, an incremental
@@ -363,26 +378,11 @@ def _record_done(
     found the damage deletes its pack, so a second prune used to drop it)."""
     if not _pack_gone(repo, copy, deleted):
         return False
-    return copy.id not in referenced or repo.has_block(copy.id)
+    return copy.id not in usage.damaged_referenced or repo.has_block(copy.id)
 
 
-def _finish(writer: PackWriter, report: PruneReport) -> list[SegmentEntry]:
+def _finish(writer: PackWriter, report: PruneReport, moved: RecordSorter) -> None:
     pack_id = writer.finish()
     report.packs_written.append(pack_id)
-    return [SegmentEntry(i, pack_id, o, n, p) for i, o, n, p in writer.entries]
-
-
-def _with_plain_lengths(repo: Repository, entries: list[SegmentEntry]) -> list[SegmentEntry]:
-    """Index segments carry plain lengths (for stats); take them from pack trailers."""
-    by_pack: dict[str, dict[int, int]] = {}
-    out = []
-    for e in sorted(entries, key=lambda e: e.pack):
-        if e.pack not in by_pack:
-            by_pack.clear()
-            try:
-                table = read_trailer(repo.store, e.pack)
-            except (IntegrityError, RepoError):
-                table = []  # a kept pack with a damaged table: plain lengths unknown (0)
-            by_pack[e.pack] = {o: p for _, o, _, p in table}
-        out.append(SegmentEntry(e.id, e.pack, e.offset, e.length, by_pack[e.pack].get(e.offset, 0)))
-    return out
+    raw = bytes.fromhex(pack_id)
+    moved.add(LIVE.pack(raw, o, i, n, p) for i, o, n, p in writer.entries)

@@ -204,29 +204,3 @@ def test_a_large_build_sorts_in_buckets_on_disk(
     check_all(root, state, points)
     assert len(manifest(root, state)["runs"]) == 1
     assert not [p for p in cache_dir(root, state).iterdir() if p.name.startswith(".tmp-")]
-
-
-def test_the_bucket_sorter_sorts_what_spills(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    import io
-    import random
-
-    from hcbak.repo import index_cache
-    from hcbak.repo.index_runs import ENTRY, Run, RunWriter
-
-    monkeypatch.setattr(index_cache, "SORT_IN_MEMORY", 100)
-    rnd = random.Random(5)
-    records = [rnd.randbytes(16) + ENTRY.pack(bytes(16), 0, i, 1)[16:] for i in range(3000)]
-    records += records[:50]  # duplicate ids (two copies of a block)
-    sorter = index_cache._Sorter(tmp_path)
-    for i in range(0, len(records), 700):
-        sorter.add(records[i : i + 700])
-    assert sorter._dir is not None  # it spilled
-    out = io.BytesIO()
-    writer = RunWriter(out, [bytes(32)], sorter.count)
-    sorter.fill(writer)
-    writer.finish()
-    sorter.close()
-    data = out.getvalue()
-    run = Run(lambda o, n: data[o : o + n], len(data))
-    assert [ENTRY.pack(*e) for e in run.entries()] == sorted(records)
-    assert list(tmp_path.iterdir()) == []  # the buckets are gone
