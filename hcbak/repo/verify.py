@@ -13,8 +13,6 @@ needs one counts it as damaged until a backup has stored a healthy copy.
 from __future__ import annotations
 
 import random
-from array import array
-from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +23,7 @@ from hcbak.repo.damaged import DamagedCopy
 from hcbak.repo.pack import PackReader, iter_pack_frames, read_trailer
 from hcbak.repo.repair import walk_frames
 from hcbak.repo.repository import Repository
+from hcbak.repo.usage import LIVE, by_pack, live_sorter
 
 Progress = Callable[[str], None]
 
@@ -95,44 +94,69 @@ def _check_packs(
     repo: Repository, report: VerifyReport, walked: dict[str, list[tuple[bytes, int, int, int]]]
 ) -> set[str]:
     """Trailers of every indexed pack, and every index entry against its trailer (or,
-    for a pack whose trailer is damaged, against its walked frames, kept in `walked`)."""
+    for a pack whose trailer is damaged, against its walked frames, kept in `walked`).
+
+    Streaming: the index entries go through an external sorter by (pack, offset)
+    (hcbak/repo/usage.py), so each pack's entries are checked against its table while
+    only that pack's offsets are in memory."""
     on_disk = set(repo.pack_ids())
-    indexed = set(repo.index.packs())
-    report.unindexed_packs = len(on_disk - indexed)
     report.packs = len(on_disk)
-    offsets: dict[str, tuple[array[int], int]] = {}
     bad: set[str] = set()
-    for pack in sorted(indexed):
-        if pack not in on_disk:
-            report.errors.append(f"pack {pack} is missing")
-            bad.add(pack)
-            continue
-        try:
-            table = read_trailer(repo.store, pack)
-        except (IntegrityError, RepoError) as exc:
-            report.errors.append(str(exc))
-            # Its frames describe themselves: index entries that start at a healthy
-            # frame still count (a damaged table alone loses no block).
-            table = walk_frames(repo.store, pack)
-            if not table:
+    indexed: set[str] = set()
+    with live_sorter(repo.scratch_folder) as entries:
+        raw_pack: dict[str, bytes] = {}
+        batch: list[bytes] = []
+        for block_id, loc in repo.index.items():
+            report.blobs += 1
+            raw = raw_pack.get(loc.pack)
+            if raw is None:
+                raw = raw_pack[loc.pack] = bytes.fromhex(loc.pack)
+            batch.append(LIVE.pack(raw, loc.offset, block_id, loc.length, 0))
+            if len(batch) >= 10_000:
+                entries.add(batch)
+                batch = []
+        entries.add(batch)
+        for pack, blobs in by_pack(entries):
+            indexed.add(pack)
+            if not _entries_match(repo, report, pack, blobs, on_disk, walked):
                 bad.add(pack)
-                continue
-            walked[pack] = table
-        arr = array("Q", sorted(o for _, o, _, _ in table))
-        data_end = min((o for _, o, _, _ in table), default=0) + sum(n for _, _, n, _ in table)
-        offsets[pack] = (arr, data_end)
-    for block_id, loc in repo.index.items():
-        report.blobs += 1
-        if loc.pack in bad:
-            continue
-        arr, data_end = offsets[loc.pack]
-        i = bisect_left(arr, loc.offset)
-        if i >= len(arr) or arr[i] != loc.offset or loc.offset + loc.length > data_end:
-            report.errors.append(
-                f"index entry {block_id.hex()} points outside the blobs of pack {loc.pack}"
-            )
-            bad.add(loc.pack)
+    report.unindexed_packs = len(on_disk - indexed)
     return bad
+
+
+def _entries_match(
+    repo: Repository,
+    report: VerifyReport,
+    pack: str,
+    blobs: list[tuple[int, bytes, int]],
+    on_disk: set[str],
+    walked: dict[str, list[tuple[bytes, int, int, int]]],
+) -> bool:
+    """One indexed pack: it exists, its table reads (else its frames are walked), and
+    every index entry in it starts at a blob and ends within its data."""
+    if pack not in on_disk:
+        report.errors.append(f"pack {pack} is missing")
+        return False
+    try:
+        table = read_trailer(repo.store, pack)
+    except (IntegrityError, RepoError) as exc:
+        report.errors.append(str(exc))
+        # Its frames describe themselves: index entries that start at a healthy
+        # frame still count (a damaged table alone loses no block).
+        table = walk_frames(repo.store, pack)
+        if not table:
+            return False
+        walked[pack] = table
+    starts = {o for _, o, _, _ in table}
+    data_end = min(starts, default=0) + sum(n for _, _, n, _ in table)
+    ok = True
+    for offset, block_id, length in blobs:
+        if offset not in starts or offset + length > data_end:
+            report.errors.append(
+                f"index entry {block_id.hex()} points outside the blobs of pack {pack}"
+            )
+            ok = False
+    return ok
 
 
 def _read_data(
