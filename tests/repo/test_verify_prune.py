@@ -177,6 +177,30 @@ def test_stats_report_dedup_and_compression(tmp_path: Path) -> None:
     assert stats["compression_ratio"] > 5
 
 
+def test_stats_read_each_index_segment_once_with_the_index_cache(tmp_path: Path) -> None:
+    """`repo show` used to read every segment twice with a state dir (once to find the
+    damaged ones, once to sum their plain sizes)."""
+    root, state = make_repo(tmp_path / "r"), tmp_path / "state"
+    with open_repo(root, passphrase=PASS, pack_target=TARGET) as repo:
+        write_point(repo, disk_bytes(1, 4), vm="a")
+        write_point(repo, disk_bytes(2, 4), vm="b")
+    with open_repo(root, passphrase=PASS, state_dir=state) as repo:
+        _ = repo.index  # the cache is built (reads every segment once)
+        reads: list[str] = []
+        real_get = repo.store.get
+
+        def counted(key: str) -> bytes:
+            reads.append(key)
+            return real_get(key)
+
+        repo.store.get = counted  # type: ignore[method-assign]
+        stats = repo_stats(repo)
+    segment_reads = [k for k in reads if k.startswith("index/")]
+    assert len(repo.segments) == 2
+    assert sorted(segment_reads) == sorted(f"index/{s}" for s in repo.segments)
+    assert stats["unique_bytes"] == 8 * BS  # random blocks: every one stored once
+
+
 # --- prune accounts for every pack before it deletes anything (issue 17, item 1) -------
 
 
