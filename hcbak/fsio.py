@@ -38,17 +38,12 @@ _chmod = os.chmod
 _fchmod = os.fchmod
 
 
-def write_atomic(
-    final: Path, data: bytes, *, mode: int = PRIVATE_FILE, write_once: bool = False
-) -> bool:
+def write_atomic(final: Path, data: bytes, *, mode: int = PRIVATE_FILE) -> None:
     """Write `data` to `final` atomically and durably, the file getting `mode`.
 
-    With `write_once` (content-addressed names) an existing file is left alone and
-    False is returned: equal names mean equal content. Returns True when written.
     The temp file is removed on any failure; the OSError is raised as it came.
+    (Write-once names are the object stores' `put(if_absent=True)`: a hard link.)
     """
-    if write_once and final.exists():
-        return False
     tmp = tmp_path_for(final)
     try:
         with os.fdopen(open_private(tmp, os.O_WRONLY | os.O_EXCL, mode=mode), "wb") as fh:
@@ -57,21 +52,11 @@ def write_atomic(
             if fh.tell() != len(data) or os.fstat(fh.fileno()).st_size != len(data):
                 raise OSError(errno.EIO, f"short write to {tmp}")
             _fsync(fh.fileno())
-        commit_tmp(tmp, final, write_once=write_once)
+        os.replace(tmp, final)
+        fsync_dir(final.parent)
     except BaseException:
         remove_quietly(tmp)
         raise
-    return True
-
-
-def commit_tmp(tmp: Path, final: Path, *, write_once: bool) -> bool:
-    """Rename a fully written, fsynced temp file into place and fsync the folder."""
-    if write_once and final.exists():
-        remove_quietly(tmp)
-        return False
-    os.replace(tmp, final)
-    fsync_dir(final.parent)
-    return True
 
 
 def tmp_path_for(final: Path) -> Path:

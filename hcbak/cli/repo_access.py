@@ -54,20 +54,15 @@ def open_configured(
 ) -> Iterator[Repository]:
     """Open a configured repository. `read_only_ok` (commands that only read): where no
     lock file can be written, read without one and warn what that gives up."""
-    from hcbak.repo import open_repo
-    from hcbak.repo.settings import Expected
-    from hcbak.repo.storage import store_for
+    from hcbak.engine.repo_open import open_configured_repo
 
-    passphrase = cfg.passphrase.resolve() if cfg.passphrase else None
-    with open_repo(
-        store_for(cfg),
-        passphrase=passphrase,
+    with open_configured_repo(
+        cfg,
         lock=lock,
         lock_wait=wait,
         command=command,
         read_only_ok=read_only_ok,
-        state_dir=lease_state_dir(),  # lease sightings (with a lock) and the index cache
-        expect=Expected.of(cfg),
+        state_dir=lease_state_dir(),
     ) as repo:
         if repo.unlocked_reason:
             warn(READ_ONLY_NOTE.format(path=cfg.path, why=repo.unlocked_reason))

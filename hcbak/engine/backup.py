@@ -32,6 +32,7 @@ from hcbak.engine.cleanup import (
 from hcbak.engine.job_steps import apply_retention, post_hook, pre_hook, prune_after_run
 from hcbak.engine.pipeline import DEFAULT_THREADS
 from hcbak.engine.progress import ProgressFn, no_progress
+from hcbak.engine.repo_open import open_configured_repo, passphrase_of
 from hcbak.engine.report import VM_FAILED, JobReport, VmReport, utcnow
 from hcbak.engine.selection import VmTarget, select_vms
 from hcbak.engine.session import Session
@@ -116,23 +117,17 @@ def _run(s: Session) -> None:
     """The whole run: pre-hook, repository and cluster session, the VMs, prune."""
     s.emit("job_start", message=f"cluster {s.job.cluster}, repo {s.job.repo}")
     pre_hook(s)
-    passphrase = s.repo_cfg.passphrase.resolve() if s.repo_cfg.passphrase else None
+    passphrase = passphrase_of(s.repo_cfg)  # once: the prune after the run reuses it
 
     # The repository opens (its imports, scrypt, lock, index) while this thread
     # imports the cluster client, logs in and lists the VMs.
     def repo_cm() -> AbstractContextManager[Repository]:
-        from hcbak.repo import open_repo
-        from hcbak.repo.settings import Expected
-        from hcbak.repo.storage import store_for
-
-        path, expect = store_for(s.repo_cfg), Expected.of(s.repo_cfg)
-        return open_repo(
-            path,
+        return open_configured_repo(
+            s.repo_cfg,
             passphrase=passphrase,
             lock="shared",
             command="job run",
-            state_dir=s.state_dir,  # where this host keeps its lease sightings
-            expect=expect,
+            state_dir=s.state_dir,
         )
 
     with entered_in_background(repo_cm) as opened_repo:

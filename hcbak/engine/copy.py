@@ -432,9 +432,7 @@ def copy_between(
     as a restore takes (or none where it cannot be written: a read-only SRC), DST with
     a shared lock as a backup takes, so a prune of either waits. A repository that
     cannot be opened ends the copy with its error's code (5 locked, 6 damaged, ...)."""
-    from hcbak.repo import open_repo
-    from hcbak.repo.settings import Expected
-    from hcbak.repo.storage import store_for
+    from hcbak.engine.repo_open import open_configured_repo
 
     say = progress or no_progress
     report = CopyReport(src_name, dst_name, dry_run=dry_run)
@@ -445,15 +443,13 @@ def copy_between(
     def opened(
         cfg: RepoConfig, *, read_only: bool, command: str
     ) -> AbstractContextManager[Repository]:
-        return open_repo(
-            store_for(cfg),
-            passphrase=cfg.passphrase.resolve() if cfg.passphrase else None,
+        return open_configured_repo(
+            cfg,
             lock="shared",
             lock_wait=lock_wait,
             command=command,
             read_only_ok=read_only,
             state_dir=state_dir,
-            expect=Expected.of(cfg),
         )
 
     try:

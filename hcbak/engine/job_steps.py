@@ -79,19 +79,16 @@ def apply_retention(s: Session) -> None:
 def prune_after_run(s: Session, passphrase: Secret | None) -> None:
     """`prune: after_run`: free the forgotten points' data, only if nobody else is
     using the repository right now (prune needs the exclusive lock)."""
-    from hcbak.repo import open_repo
+    from hcbak.engine.repo_open import open_configured_repo
     from hcbak.repo.prune import prune
-    from hcbak.repo.settings import Expected
-    from hcbak.repo.storage import store_for
 
     try:
-        with open_repo(
-            store_for(s.repo_cfg),
+        with open_configured_repo(
+            s.repo_cfg,
             passphrase=passphrase,
             lock="exclusive",
             command="job run prune",
             state_dir=s.state_dir,
-            expect=Expected.of(s.repo_cfg),
         ) as repo:
             prune(repo)
         s.report.pruned = True

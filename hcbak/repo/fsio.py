@@ -27,7 +27,6 @@ from hcbak.fsio import (
     TMP_PREFIX,
     TOLERATED_ERRNOS,
     chmod_tolerant,
-    commit_tmp,
     fchmod_tolerant,
     fsync_dir,
     make_private_dir,
@@ -45,7 +44,6 @@ __all__ = [
     "TOLERATED_ERRNOS",
     "atomic_write",
     "chmod_tolerant",
-    "commit_tmp",
     "drop_cache",
     "fchmod_tolerant",
     "fsync_dir",
@@ -120,14 +118,10 @@ def raise_os_error(exc: OSError, what: str) -> None:
     raise typed_os_error(exc, what) from exc
 
 
-def atomic_write(final: Path, data: bytes, *, write_once: bool = False) -> bool:
-    """hcbak.fsio.write_atomic (mode 0600) with the repository's error types.
-
-    With `write_once` (content-addressed names) an existing file is left alone and
-    False is returned: equal names mean equal content. Returns True when written.
-    """
+def atomic_write(final: Path, data: bytes) -> None:
+    """hcbak.fsio.write_atomic (mode 0600) with the repository's error types."""
     try:
-        return write_atomic(final, data, write_once=write_once)
+        write_atomic(final, data)
     except OSError as exc:
         raise typed_os_error(exc, str(final)) from exc
 

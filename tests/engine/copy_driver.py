@@ -19,7 +19,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from hcbak.repo import BlockMap, DiskImage, Point, Repository, init_repo, open_repo
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "repo"))  # run as a script too
+import repo_helpers
+
+from hcbak.repo import Point, Repository, init_repo, open_repo
 from hcbak.secrets import Secret
 
 BS = 256 * 1024
@@ -64,28 +67,17 @@ def changed(data: bytes, seed: int, n: int = 2) -> bytes:
 def write_point(
     repo: Repository, data: bytes, *, vm: str, job: str = "nightly", day: int = 0
 ) -> Point:
-    n = -(-len(data) // BS)
-    bm = BlockMap(n)
-    for i in range(n):
-        block = data[i * BS : (i + 1) * BS].ljust(BS, b"\0")
-        if block.count(0) == BS:
-            continue
-        bid = repo.block_id(block)
-        repo.put_block(bid, block)
-        bm.set(i, bid)
-    point = Point(
-        id=repo.new_point_id(),
+    """A point of VM `vm` on day `day` (its own disk and snapshot uuids)."""
+    return repo_helpers.write_point(
+        repo,
+        data,
+        vm=vm,
         job=job,
-        cluster="c1",
-        vm_uuid=f"uuid-{vm}",
-        vm_name=vm,
         created=T0 + timedelta(days=day),
-        vm={"name": vm},
         snapshot_uuid=f"snap-{vm}-{day}",
-        disks=[DiskImage(f"disk-{vm}", 0, "VIRTIO_DISK", len(data), BS, bm, serial=3)],
+        disk_uuid=f"disk-{vm}",
+        serial=3,
     )
-    repo.save_point(point)
-    return point
 
 
 def fill_source(root: Path, passphrase: Secret | None = PASS) -> dict[str, bytes]:

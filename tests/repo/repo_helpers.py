@@ -53,7 +53,12 @@ def write_point(
     vm: str = "vm1",
     job: str = "nightly",
     created: datetime | None = None,
+    snapshot_uuid: str = "snap-1",
+    disk_uuid: str = "disk-1",
+    serial: int = 7,
 ) -> Point:
+    """A point of one disk holding `data`, written through the repository's writers
+    (blocks of the repository's size; all-zero ones left out, as a backup does)."""
     bs = repo.config.block_size
     n = (len(data) + bs - 1) // bs
     bm = BlockMap(n)
@@ -72,8 +77,8 @@ def write_point(
         vm_name=vm,
         created=created or datetime.now(UTC),
         vm={"name": vm, "mem": 1 << 30},
-        snapshot_uuid="snap-1",
-        disks=[DiskImage("disk-1", 0, "VIRTIO_DISK", len(data), bs, bm, serial=7)],
+        snapshot_uuid=snapshot_uuid,
+        disks=[DiskImage(disk_uuid, 0, "VIRTIO_DISK", len(data), bs, bm, serial=serial)],
     )
     repo.save_point(point)
     return point

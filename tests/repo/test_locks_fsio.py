@@ -184,12 +184,10 @@ def test_a_holder_whose_lock_file_was_removed_commits_nothing(tmp_path: Path) ->
         assert len(repo.point_ids()) == 1
 
 
-def test_atomic_write_replaces_and_write_once_keeps(tmp_path: Path) -> None:
+def test_atomic_write_replaces(tmp_path: Path) -> None:
     target = tmp_path / "f"
-    assert fsio.atomic_write(target, b"one")
-    assert fsio.atomic_write(target, b"two")
-    assert target.read_bytes() == b"two"
-    assert not fsio.atomic_write(target, b"three", write_once=True)
+    fsio.atomic_write(target, b"one")
+    fsio.atomic_write(target, b"two")
     assert target.read_bytes() == b"two"
     assert [p.name for p in tmp_path.iterdir()] == ["f"]
 

@@ -116,7 +116,8 @@ class LocalStore:
         try:
             self._ensure_folder(final.parent)
             if not if_absent:
-                return fsio.atomic_write(final, data)
+                fsio.atomic_write(final, data)
+                return True
             if final.exists():  # the usual answer for a write-once name: no temp file
                 return False
             return self._link_new(final, data)
