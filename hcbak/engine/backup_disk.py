@@ -3,7 +3,8 @@
 The base is the disk's serial in the VM's latest point of this job: if that snapshot
 still exists and nothing forbids it, snapDiff(base -> new) gives the changed blocks,
 else a full read with the reason (cbt.py). Blocks whose stored copy is known damaged
-are read again even when unchanged. The snapshot disk is hot-added to the worker
+are read again even when unchanged, and so are those the index cannot find while a
+segment of it is unreadable. The snapshot disk is hot-added to the worker
 (transport/hotadd.py) and read through the pipeline (pipeline.py) into the repository.
 """
 
@@ -50,9 +51,9 @@ def back_up_disk(
     label = f"slot {disk.slot}"
     prev_map = base.block_map if base is not None and base.capacity == capacity else None
     if plan.incremental and prev_map is not None:
-        heal = prev_map.positions_of(s.repo.set_aside_ids())
-        if heal:  # unchanged, but the stored copy is damaged: read and store again
-            log.info("disk %s: %d damaged blocks read again", label, len(heal))
+        heal = s.repo.unchanged_to_read_again(prev_map)
+        if heal:  # unchanged, but no usable stored copy: read and store again
+            log.info("disk %s: %d unchanged blocks read again", label, len(heal))
             plan = cbt.with_blocks(plan, heal)
     if plan.reason in cbt.UNEXPECTED_FALLBACKS:
         s.warn_vm(report, f"disk {label}: full read, {plan.reason}")

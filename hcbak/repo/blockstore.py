@@ -21,7 +21,7 @@ from pathlib import Path
 
 from hcbak.errors import IntegrityError, NoSpaceError, RepoError
 from hcbak.repo import fsio
-from hcbak.repo.blockmap import ZERO_BLOCK
+from hcbak.repo.blockmap import ZERO_BLOCK, BlockMap
 from hcbak.repo.codec import Envelope, codec_id, compress, decompress
 from hcbak.repo.crypto import KeyMaterial, Sealer
 from hcbak.repo.damaged import DamagedCopy, DamagedSet, load_records, write_record
@@ -133,6 +133,7 @@ class BlockStore:
         self.damaged: DamagedSet = load_records(store, self.envelope)
         self._damaged_here = set()
         self._bad_segments = None
+        self._unloaded: dict[str, str] = {}  # segments the load skipped (failed checks)
         skip = self.damaged.keys()
         self._index_failure: BaseException | None = None
         target: Callable[..., None]
@@ -153,7 +154,7 @@ class BlockStore:
     def _load_cached(self, segments: list[str], skip: set[tuple[bytes, str]]) -> None:
         assert self._index_cache is not None
         try:
-            self._index, _ = self._index_cache.load(segments, self._read_segment, skip)
+            self._index, self._unloaded = self._index_cache.load(segments, self._read_segment, skip)
         except (OSError, RunDamagedError):  # no usable cache: in memory, as without one
             try:
                 files = [(seg, read_segment_file(self.store, seg)) for seg in segments]
@@ -185,7 +186,7 @@ class BlockStore:
             while decoded:
                 packs, raw = decoded.pop()
                 index.add_segment(packs, raw, skip)
-            self._index, self._bad_segments = index, bad
+            self._index, self._bad_segments, self._unloaded = index, bad, bad
         except BaseException as exc:  # MemoryError and the like: raised at first use
             self._index_failure = exc
 
@@ -211,6 +212,14 @@ class BlockStore:
         """Where big temporary sorts spill (prune): this host's state dir, on local
         disk, beside the index cache; None: the system's temp folder."""
         return self._index_cache.folder.parent if self._index_cache is not None else None
+
+    @property
+    def index_incomplete(self) -> bool:
+        """Some segment failed its checks when the index was loaded, so its entries are
+        missing: a block it alone listed looks absent (repair rebuilds it from the
+        packs). Cheap: known from the load (unlike `bad_segments` with a cache)."""
+        self._await_index()
+        return bool(self._unloaded)
 
     @property
     def bad_segments(self) -> dict[str, str]:
@@ -499,6 +508,21 @@ class BlockStore:
             if not suspects:  # the usual case: no wait for the index load in the background
                 return set()
             return {block_id for block_id in suspects if not self._known(block_id)}
+
+    def unchanged_to_read_again(self, prev_map: BlockMap) -> list[int]:
+        """Positions of the previous point's blocks an incremental must read again
+        although they did not change: those whose only stored copy is recorded damaged,
+        and, while an index segment is unreadable, those the index cannot find (that
+        segment alone listed them). Kept as they are, the new point would not restore
+        until `repo repair`; stored again, it restores now (and so do older points that
+        share them)."""
+        heal = set(prev_map.positions_of(self.set_aside_ids()))
+        if self.index_incomplete:
+            for i in range(len(prev_map)):
+                block_id = prev_map.get(i)
+                if block_id != ZERO_BLOCK and not self.has_block(block_id):
+                    heal.add(i)
+        return sorted(heal)
 
     def record_damage(self, copies: list[DamagedCopy]) -> None:
         """Set damaged copies aside: write a damaged-copy record (docs/format.md) and

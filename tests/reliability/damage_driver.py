@@ -9,7 +9,7 @@ One case (`run_case(seed, root)`), all in process on a real folder repository:
    (which sets aside what it finds damaged), `repo repair`, a prune that repacks;
 4. an incremental backup exactly as the engine plans one (hcbak/engine/backup_disk.py):
    the new map starts as the previous point's, the changed blocks and the blocks at
-   `prev_map.positions_of(repo.set_aside_ids())` are read and stored again;
+   `repo.unchanged_to_read_again(prev_map)` are read and stored again;
 5. restore every point from a fresh open: the new point must be bit-exact, an old one
    bit-exact or an IntegrityError (exit 6), never wrong bytes.
 
@@ -108,9 +108,9 @@ def full_backup(repo: Repository, disk: list[bytes], when: datetime, serial: int
 def incremental_backup(
     repo: Repository, prev: Point, disk: list[bytes], changed: set[int], when: datetime
 ) -> Point:
-    """The engine's incremental: changed blocks plus the set-aside ones are read."""
+    """The engine's incremental: changed blocks plus those it reads again are read."""
     prev_map = prev.disks[0].block_map
-    heal = set(prev_map.positions_of(repo.set_aside_ids()))
+    heal = set(repo.unchanged_to_read_again(prev_map))
     bm = prev_map.copy()
     for i in sorted(changed | heal):
         bm.set(i, _store(repo, disk[i]))
@@ -235,12 +235,16 @@ def run_case(seed: int, root: Path, *, encrypted: bool = False) -> Outcome:
 
 def _should_heal(out: Outcome) -> bool:
     """Whether the new point had to restore: the damage was found before the backup
-    (every copy read by verify --read-data, repair or a restore of every point), and
-    a damaged index was rebuilt by repair (until then the backup cannot know which
-    unchanged blocks it lost; verify says to run repair). Damage nobody has read yet
-    is found by the restore that reads it (exit 6) and healed by the next backup."""
+    (every copy read by verify --read-data, repair or a restore of every point). A
+    damaged index segment is seen by the backup's own open, which then reads again
+    every unchanged block the index cannot find. A missing pack still has its index
+    entries: the backup cannot know what it lost until repair ran (verify says to).
+    Damage nobody has read yet is found by the restore that reads it (exit 6) and
+    healed by the next backup."""
     found = {"verify", "repair", "restore", "prune-read-it"} & set(out.steps)
-    if out.target.startswith(("index/", "missing/")):
+    if out.target.startswith("index/"):
+        return True
+    if out.target.startswith("missing/"):
         return "repair" in out.steps
     return bool(found)
 

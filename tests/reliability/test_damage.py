@@ -20,6 +20,7 @@ import pytest
 from engine.helpers import MiB, lab
 
 from hcbak.config import Retention
+from hcbak.errors import IntegrityError
 from hcbak.repo.pack import read_trailer
 from hcbak.repo.storage import LocalStore
 
@@ -94,6 +95,38 @@ def test_a_damaged_index_segment_makes_prune_refuse_and_repair_makes_every_point
         assert cli(L.env, "repo", "prune", "main").code == 0
         assert ledger.check(allowed_missing=set(ledger.expected)) >= 1
         assert cli(L.env, "repo", "verify", "main", "--read-data").code == 0
+
+
+def test_an_incremental_after_a_segment_is_damaged_commits_a_point_that_restores_now(
+    tmp_path: Path,
+) -> None:
+    """Unchanged blocks that only the damaged segment listed are read and stored again:
+    the new point restores before anyone runs `repo repair` (it used to keep their ids,
+    and restore failed on them until the index was rebuilt)."""
+    from .helpers import point_sha
+
+    with lab(tmp_path) as L:
+        vm = L.sim.create_vm("web01", [3 * MiB], tags=["nightly"])
+        disk = L.sim.disk_uuids(vm)[0]
+        L.sim.fill(disk, seed=81)
+        ledger = Ledger(L, [disk])
+        live = ledger.live_hashes()
+        assert cli(L.env, "job", "run", "nightly").code == 0
+        [first] = ledger.record_new(live)
+        [segment] = (L.repo_path / "index").iterdir()
+        _flip(segment, segment.stat().st_size // 2)
+        with pytest.raises(IntegrityError, match="not in the repository index"):
+            point_sha(L.repo_path, first, disk)  # the damage landed: its blocks are lost
+
+        guest_writes(L, disk, random.Random(82), count=1)
+        live = ledger.live_hashes()
+        run = cli(L.env, "job", "run", "nightly", "--json")
+        run.assert_clean()
+        assert run.code in (0, 1), (run.code, run.err)
+        [second] = ledger.record_new(live)
+        [vm_report] = json.loads(run.out)["jobs"][0]["vms"]
+        assert vm_report["disks"][0]["cbt_used"], vm_report  # snapDiff, not a full read
+        assert point_sha(L.repo_path, second, disk) == live[disk]  # no repair needed
 
 
 def _damage_one_blob(root: Path) -> Path:
