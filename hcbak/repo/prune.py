@@ -178,8 +178,8 @@ def _plan(
         and live.get(p, 0) > 0
         and (live[p] < repack_below * total[p] or p in rewrite)
     )
-    for p in doomed + repack:
-        report.bytes_freed += repo.pack_size(p) or 0
+    sizes = repo.pack_sizes()  # one listing, not a request per pack
+    report.bytes_freed = sum(sizes.get(p, 0) for p in doomed + repack)
     report.packs_deleted, report.packs_repacked = doomed, repack
     return doomed, repack
 

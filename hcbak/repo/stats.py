@@ -16,8 +16,8 @@ def repo_stats(repo: Repository) -> dict[str, Any]:
     dedup ratio = logical bytes referenced by all points / unique bytes stored;
     compression ratio = unique bytes stored (plain) / bytes in packs.
     """
-    packs = repo.pack_ids()
-    pack_bytes = sum(repo.pack_size(p) or 0 for p in packs)
+    packs = repo.pack_sizes()
+    pack_bytes = sum(packs.values())
     plain = 0
     for seg in repo.segments:
         # Each segment read once (no `bad_segments` first: with the index cache that

@@ -144,6 +144,14 @@ def test_list_is_sorted_nested_and_by_prefix(store: ObjectStore) -> None:
     assert list(store.list("nothing-here/")) == []
 
 
+def test_list_sizes_names_what_list_does_with_each_size(store: ObjectStore) -> None:
+    for n, key in enumerate(("packs/ff/ff01", "packs/00/0002", "points/a")):
+        store.put(key, b"x" * (n + 1) * 1000)
+    assert list(store.list_sizes("packs/")) == [("packs/00/0002", 2000), ("packs/ff/ff01", 1000)]
+    assert [k for k, _ in store.list_sizes("")] == list(store.list(""))
+    assert list(store.list_sizes("damaged/")) == []
+
+
 def test_delete_is_final_and_a_missing_key_is_fine(store: ObjectStore) -> None:
     store.put("points/p", b"x")
     store.delete("points/p")

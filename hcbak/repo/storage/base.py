@@ -82,6 +82,11 @@ class ObjectStore(Protocol):
         """Keys starting with `prefix`, sorted; never temp names."""
         ...
 
+    def list_sizes(self, prefix: str) -> Iterator[tuple[str, int]]:
+        """`list` with each object's size: one listing, not a request per object (an
+        object store's listing carries sizes; `repo show` sums every pack's)."""
+        ...
+
     def delete(self, key: str) -> None:
         """Remove `key` durably; a key that does not exist is fine."""
         ...

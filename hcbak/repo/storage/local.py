@@ -92,6 +92,12 @@ class LocalStore:
         except OSError as exc:
             raise RepoError(f"could not read {self.root / key}: {exc.strerror or exc}") from exc
 
+    def list_sizes(self, prefix: str) -> Iterator[tuple[str, int]]:
+        for key in self.list(prefix):
+            size = self.size(key)
+            if size is not None:  # deleted since the listing
+                yield key, size
+
     def list(self, prefix: str) -> Iterator[str]:
         """Keys under `prefix`, sorted. A prefix ending in "/" is a folder; otherwise the
         last part is a name prefix within its folder. Only the layout's folders are

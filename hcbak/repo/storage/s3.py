@@ -208,6 +208,9 @@ class S3Store:
         return int(response["ContentLength"])
 
     def list(self, prefix: str) -> Iterator[str]:
+        return (name for name, _size in self.list_sizes(prefix))
+
+    def list_sizes(self, prefix: str) -> Iterator[tuple[str, int]]:
         full = self.target.key(prefix)  # "" -> "PREFIX/": never a sibling prefix's keys
         paginator = self._client.get_paginator("list_objects_v2")
         try:
@@ -215,7 +218,7 @@ class S3Store:
                 for item in page.get("Contents", []):
                     name = self.target.name(item["Key"])
                     if not any(part.startswith(".") for part in name.split("/")):
-                        yield name
+                        yield name, int(item["Size"])
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             raise self._error(exc, "list", prefix or None) from exc
 
