@@ -17,7 +17,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from engine.helpers import MiB, lab
+from engine.helpers import Lab, MiB, lab
 
 from hcbak.config import Retention
 from hcbak.errors import IntegrityError
@@ -97,6 +97,18 @@ def test_a_damaged_index_segment_makes_prune_refuse_and_repair_makes_every_point
         assert cli(L.env, "repo", "verify", "main", "--read-data").code == 0
 
 
+def _first_point(L: Lab) -> tuple[str, Ledger, str]:
+    """A VM of one 3 MiB disk and its first point (a full run): disk, ledger, point."""
+    vm = L.sim.create_vm("web01", [3 * MiB], tags=["nightly"])
+    disk = L.sim.disk_uuids(vm)[0]
+    L.sim.fill(disk, seed=81)
+    ledger = Ledger(L, [disk])
+    live = ledger.live_hashes()
+    assert cli(L.env, "job", "run", "nightly").code == 0
+    [point] = ledger.record_new(live)
+    return disk, ledger, point
+
+
 def test_an_incremental_after_a_segment_is_damaged_commits_a_point_that_restores_now(
     tmp_path: Path,
 ) -> None:
@@ -106,13 +118,7 @@ def test_an_incremental_after_a_segment_is_damaged_commits_a_point_that_restores
     from .helpers import point_sha
 
     with lab(tmp_path) as L:
-        vm = L.sim.create_vm("web01", [3 * MiB], tags=["nightly"])
-        disk = L.sim.disk_uuids(vm)[0]
-        L.sim.fill(disk, seed=81)
-        ledger = Ledger(L, [disk])
-        live = ledger.live_hashes()
-        assert cli(L.env, "job", "run", "nightly").code == 0
-        [first] = ledger.record_new(live)
+        disk, ledger, first = _first_point(L)
         [segment] = (L.repo_path / "index").iterdir()
         _flip(segment, segment.stat().st_size // 2)
         with pytest.raises(IntegrityError, match="not in the repository index"):
@@ -153,13 +159,8 @@ def test_a_damaged_blob_is_set_aside_and_the_next_backup_heals_old_and_new_point
     name it, and the run must read it again instead of reusing its id."""
     with lab(tmp_path) as L:
         L.save()
-        vm = L.sim.create_vm("web01", [3 * MiB], tags=["nightly"])
-        disk = L.sim.disk_uuids(vm)[0]
-        L.sim.fill(disk, seed=81)
-        ledger = Ledger(L, [disk])
-        live = ledger.live_hashes()
-        assert cli(L.env, "job", "run", "nightly").code == 0
-        [old] = ledger.record_new(live)
+        _disk, ledger, old = _first_point(L)
+        live = ledger.live_hashes()  # the guest does not write: the next point holds these
         damaged_pack = _damage_one_blob(L.repo_path)
 
         if found_by == "verify":
