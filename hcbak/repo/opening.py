@@ -40,6 +40,7 @@ from hcbak.repo.settings import (
     write_config,
 )
 from hcbak.repo.storage import Location, open_store
+from hcbak.repo.summary_cache import SummaryCache
 from hcbak.secrets import Secret
 
 INDEX_CACHE = "index-cache"  # under the state dir: hcbak/repo/index_cache.py
@@ -140,6 +141,8 @@ def open_repo(
         )
         repo.lock = held
         repo.unlocked_reason = unlocked_reason
+        if state_dir is not None:
+            repo.summary_cache = SummaryCache(state_dir, settings.repo_id)
         try:
             yield repo
             repo.flush()

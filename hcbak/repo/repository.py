@@ -28,6 +28,7 @@ from hcbak.repo.points import (
 from hcbak.repo.settings import CONFIG_KEY
 from hcbak.repo.storage.base import ObjectMissingError
 from hcbak.repo.storage.local import refuse_if_append_only
+from hcbak.repo.summary_cache import SummaryCache
 
 POINTS = "points/"
 # The first read of a manifest for its header: one request on an object store for all
@@ -40,6 +41,7 @@ class Repository(BlockStore):
 
     lock: RepoLock | None = None  # the lease open_repo holds for it (None: no lock)
     unlocked_reason = ""  # why a read-only repository was opened without a lock
+    summary_cache: SummaryCache | None = None  # this host's point summaries (state dir)
 
     @cached_property
     def unreadable_points(self) -> dict[str, str]:
@@ -106,19 +108,27 @@ class Repository(BlockStore):
         """Points sorted by creation time; `vm` matches name or uuid. A damaged
         manifest is left out and named in `unreadable_points`."""
         out = []
+        cache = self.summary_cache
+        cached = cache.load() if cache is not None else {}
+        known: dict[str, PointSummary] = {}
         for pid in self.point_ids():
-            try:
-                s = self.read_summary(pid)
-            except ObjectMissingError:
-                continue  # forgotten meanwhile
-            except IntegrityError as exc:
-                self.unreadable_points[pid] = exc.one_line()
-                continue
+            s = cached.get(pid)
+            if s is None:
+                try:
+                    s = self.read_summary(pid)
+                except ObjectMissingError:
+                    continue  # forgotten meanwhile
+                except IntegrityError as exc:
+                    self.unreadable_points[pid] = exc.one_line()
+                    continue
+            known[pid] = s
             if vm is not None and vm not in (s.vm_name, s.vm_uuid):
                 continue
             if job is not None and s.job != job:
                 continue
             out.append(s)
+        if cache is not None and known.keys() != cached.keys():
+            cache.save(known)  # new points added, forgotten ones dropped
         return sorted(out, key=lambda s: (s.created, s.id))
 
     def load_point(self, point_id: str) -> Point:
