@@ -201,7 +201,7 @@ def test_points_of_an_unknown_version_are_named_not_read_and_others_still_restor
 ) -> None:
     """Through the CLI on a copy of the golden (version 1) repository: its points still
     list, show and verify; a version 3 manifest is left out of the listing, `points
-    show` and `repo verify` exit 6 naming it and what to do."""
+    show` and `repo verify` exit 6 naming it and what to do, `repo prune` refuses."""
     copy, env = adopt_golden(run_hcbak, tmp_path)
     with open_repo(copy, passphrase=Secret(GOLDEN_PASS)) as repo:
         future = _forge_v3(repo)
@@ -214,6 +214,13 @@ def test_points_of_an_unknown_version_are_named_not_read_and_others_still_restor
     assert show.returncode == 6 and "upgrade hcbak" in show.stderr, show.stderr
     verify = run_hcbak("repo", "verify", "g", env=env)
     assert verify.returncode == 6 and future in verify.stdout + verify.stderr
+    # prune cannot know what the unreadable point needs: it refuses, deleting nothing
+    forget = run_hcbak("points", "forget", "db@latest", env=env)
+    assert forget.returncode == 1 and "forgot point" in forget.stderr  # 1: the warning
+    packs = sorted(p.name for p in (copy / "packs").rglob("*") if p.is_file())
+    prune = run_hcbak("repo", "prune", "g", env=env)
+    assert prune.returncode == 6 and future in prune.stderr, prune.stderr
+    assert sorted(p.name for p in (copy / "packs").rglob("*") if p.is_file()) == packs
 
 
 def test_a_new_point_is_version_2_and_restores(tmp_path: Path) -> None:
