@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import threading
 import time
-from array import array
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from hcbak.engine.cbt import ReadPlan, merge_ranges
+from hcbak.engine.cbt import BlockRange, ReadPlan, merge_ranges
 from hcbak.engine.report import DiskReport, Timings
 from hcbak.errors import Interrupted
+from hcbak.hypercore.intervals import PairArray
 from hcbak.transport.reader import DiskReader, blocks_with_data
 
 if TYPE_CHECKING:
@@ -63,27 +63,27 @@ def back_up_disk(
         new_map = previous_map.copy()
     else:
         new_map = BlockMap(n)
-    data_blocks, hole_blocks = _split_by_holes(reader, plan, block_size)
-    for i in hole_blocks:  # changed (or never written) and a hole now: all zeros
-        new_map.set(i, ZERO_BLOCK)
+    to_read, holes = _split_by_holes(reader, plan, block_size)
+    for start, end in holes:  # changed (or never written) and a hole now: all zeros
+        new_map.clear(start, end)
     state = _State(
         repo=repo,
         reader=reader,
         block_size=block_size,
         new_map=new_map,
         previous_map=previous_map if previous_map is not None and len(previous_map) == n else None,
-        blocks=iter(data_blocks),
+        blocks=_blocks_of(to_read),
         progress=progress,
         cancel=cancel or threading.Event(),
         zero_block=ZERO_BLOCK,
         last=n - 1,
     )
-    state.count_holes(hole_blocks)
-    if progress and hole_blocks:
-        progress(len(hole_blocks) * block_size)
+    state.count_holes(holes)
+    if progress and holes:
+        progress(_count(holes) * block_size)
     workers = [
         threading.Thread(target=state.work, name=f"hcbak-read-{k}", daemon=True)
-        for k in range(max(1, min(threads, len(data_blocks))))
+        for k in range(max(1, min(threads, _count(to_read))))
     ]
     for w in workers:
         w.start()
@@ -99,25 +99,52 @@ def back_up_disk(
 
 def _split_by_holes(
     reader: DiskReader, plan: ReadPlan, block_size: int
-) -> tuple[array[int], array[int]]:
-    """Blocks to read, and blocks of the plan lying wholly in holes (not read): arrays
-    of 8 bytes a block, so a sparse 2 TiB disk (2 M blocks) costs 16 MiB, not the
-    ~70 MiB of a list of ints (issue 21)."""
+) -> tuple[Sequence[BlockRange], Sequence[BlockRange]]:
+    """Block ranges to read, and block ranges of the plan lying wholly in holes (not
+    read): ranges, so a sparse 2 TiB disk costs a few dozen pairs, not 8 bytes per
+    block of the disk (issue 21)."""
     ranges = reader.data_ranges((a * block_size, b * block_size) for a, b in plan.ranges)
-    to_read, holes = array("q"), array("q")
     if ranges is None:
-        to_read.extend(plan.iter_blocks())
-        return to_read, holes
-    data = merge_ranges(blocks_with_data(ranges, block_size))
+        return plan.ranges, PairArray()
+    return split_by_data(plan.ranges, merge_ranges(blocks_with_data(ranges, block_size)))
+
+
+def split_by_data(
+    plan: Iterable[BlockRange], data: Sequence[BlockRange]
+) -> tuple[PairArray, PairArray]:
+    """The parts of the plan's block ranges that touch data, and the parts in holes.
+
+    Both inputs sorted and merged; one merge walk, the outputs sorted too."""
+    inside, outside = PairArray(), PairArray()
     k = 0
-    for i in plan.iter_blocks():  # both sorted: one merge walk
-        while k < len(data) and data[k][1] <= i:
+    for start, end in plan:
+        while k < len(data) and data[k][1] <= start:
             k += 1
-        if k < len(data) and data[k][0] <= i < data[k][1]:
-            to_read.append(i)
-        else:
-            holes.append(i)
-    return to_read, holes
+        pos = start
+        while pos < end:
+            if k < len(data) and data[k][0] < end:
+                d_start, d_end = data[k]  # d_end > pos: ranges before pos were passed
+                if d_start > pos:
+                    outside.append(pos, d_start)
+                    pos = d_start
+                stop = min(d_end, end)
+                inside.append(pos, stop)
+                pos = stop
+                if d_end <= end:
+                    k += 1
+            else:
+                outside.append(pos, end)
+                pos = end
+    return inside, outside
+
+
+def _blocks_of(ranges: Iterable[BlockRange]) -> Iterator[int]:
+    for start, end in ranges:
+        yield from range(start, end)
+
+
+def _count(ranges: Iterable[BlockRange]) -> int:
+    return sum(end - start for start, end in ranges)
 
 
 class _State:
@@ -157,12 +184,12 @@ class _State:
         self.last = last
         self.last_counted: set[str] = set()
 
-    def count_holes(self, holes: Sequence[int]) -> None:
-        self.zero += len(holes)
+    def count_holes(self, holes: Sequence[BlockRange]) -> None:
+        self.zero += _count(holes)
         if self.previous_map is not None:
             previous, zero = self.previous_map, self.zero_block
-            self.changed += sum(1 for i in holes if previous.get(i) != zero)
-            if holes and holes[-1] == self.last and previous.get(self.last) != zero:
+            self.changed += sum(previous.count_stored(a, b) for a, b in holes)
+            if holes and holes[-1][1] - 1 == self.last and previous.get(self.last) != zero:
                 self.last_counted.add("changed")
 
     def _next(self) -> int | None:

@@ -126,11 +126,9 @@ def zero_block(size: int) -> bytes:
 
 
 def stored_blocks(disk: DiskImage) -> array[int]:
-    """Indexes of the blocks that hold data (not ZERO_BLOCK), ascending."""
-    from hcbak.repo import ZERO_BLOCK
-
-    bmap = disk.block_map
-    return array("q", (i for i in range(len(bmap)) if bmap.get(i) != ZERO_BLOCK))
+    """Indexes of the blocks that hold data (not ZERO_BLOCK), ascending (a walk over
+    the map's held chunks, not over every block of the disk)."""
+    return array("q", (i for i, _id in disk.block_map.stored()))
 
 
 def disk_label(disk: DiskImage) -> str:

@@ -254,12 +254,10 @@ def _point_health(
         health = PointHealth(pid, point.vm_name, point.created.isoformat(timespec="seconds"))
         for disk in point.disks:
             bm = disk.block_map
-            lost = [
-                i for i in range(len(bm)) if (b := bm.get(i)) != ZERO_BLOCK and b not in healthy
-            ]
+            lost = [(i, b) for i, b in bm.stored() if b not in healthy]
             if lost:
-                health.lost[disk.uuid] = lost
-                lost_ids.update(bm.get(i) for i in lost)
+                health.lost[disk.uuid] = [i for i, _b in lost]
+                lost_ids.update(b for _i, b in lost)
         yield health
 
 

@@ -11,10 +11,11 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from hcbak.engine.cbt import full_plan, incremental_plan
-from hcbak.engine.pipeline import back_up_disk
+from hcbak.engine.cbt import full_plan, incremental_plan, merge_ranges
+from hcbak.engine.pipeline import back_up_disk, split_by_data
 from hcbak.engine.report import DiskReport
 from hcbak.errors import Interrupted, TransportError
+from hcbak.hypercore.intervals import PairArray
 from hcbak.repo import ZERO_BLOCK, init_repo, open_repo
 from hcbak.transport.device import by_id_path, locate_device
 from hcbak.transport.reader import DiskReader, blocks_with_data
@@ -155,3 +156,60 @@ def test_hole_probing_within_the_plan_finds_what_a_whole_device_walk_finds(
 
     in_spans = {i for a, b in byte_spans for i in range(a // BS, b // BS)}
     assert blocks(within) == blocks(whole) & in_spans
+
+
+block_ranges = st.lists(st.tuples(st.integers(0, 80), st.integers(1, 12)), max_size=8).map(
+    lambda pairs: merge_ranges((a, a + n) for a, n in pairs)
+)
+
+
+@given(plan=block_ranges, data=block_ranges)
+def test_splitting_the_plan_by_data_ranges_matches_a_per_block_split(
+    plan: PairArray, data: PairArray
+) -> None:
+    inside, outside = split_by_data(plan, data)
+    planned = [i for a, b in plan for i in range(a, b)]
+    with_data = {i for a, b in data for i in range(a, b)}
+    assert [i for a, b in inside for i in range(a, b)] == [i for i in planned if i in with_data]
+    assert [i for a, b in outside for i in range(a, b)] == [
+        i for i in planned if i not in with_data
+    ]
+    assert all(a < b for a, b in [*inside, *outside])
+
+
+def test_a_sparse_2_tib_full_read_plans_ranges_not_blocks() -> None:
+    """64 data blocks spread over 2 M: a few dozen ranges each way, not 16 MiB of
+    block numbers (issue 21)."""
+    n = 2 << 20
+    data = merge_ranges((k * (n // 64), k * (n // 64) + 1) for k in range(64))
+    inside, outside = split_by_data(full_plan(n * BS, BS, "x").ranges, data)
+    assert (len(inside), len(outside)) == (64, 64)
+    assert sum(b - a for a, b in outside) == n - 64
+
+
+def test_an_incremental_zeroes_blocks_that_became_holes_and_counts_them_changed(
+    tmp_path: Path,
+) -> None:
+    disk = tmp_path / "disk"
+    with open(disk, "wb") as fh:
+        fh.truncate(64 * BS)
+        os.pwrite(fh.fileno(), b"x" * BS, 10 * BS)
+        os.pwrite(fh.fileno(), os.urandom(4 * BS), 60 * BS)
+    if DiskReader(disk).data_ranges() in (None, [(0, 64 * BS)]):
+        pytest.skip("this filesystem does not report holes (SEEK_DATA)")
+    init_repo(tmp_path / "repo", block_size=256 << 10)
+    with open_repo(tmp_path / "repo", lock=None) as repo, DiskReader(disk) as reader:
+        first = back_up_disk(reader, repo, full_plan(64 * BS, BS, "no base"),
+                             None, DiskReport("d", 0, "V", 64 * BS), block_size=BS)  # fmt: skip
+        assert first.block_map.count_stored(0, 64) == 5
+        with open(disk, "r+b") as fh:  # blocks 60..63 become a hole again
+            fh.truncate(58 * BS)
+            fh.truncate(64 * BS)
+        plan = incremental_plan([(56 * BS, 64 * BS)], 64 * BS, BS)
+        report = DiskReport("d", 0, "V", 64 * BS)
+        second = back_up_disk(reader, repo, plan, first.block_map, report, block_size=BS)
+        assert (report.blocks_read, report.blocks_changed, report.blocks_zero) == (0, 4, 8)
+        assert report.bytes_changed == 4 * BS
+        assert second.block_map.count_stored(0, 64) == 1
+        assert first.block_map.count_stored(0, 64) == 5  # the base map is untouched
+        assert _content(repo, second.block_map, 64 * BS) == disk.read_bytes()
