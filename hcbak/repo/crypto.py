@@ -26,7 +26,7 @@ from hcbak.secrets import Secret
 NONCE_LEN = 12
 TAG_LEN = 16
 # The block-id secret: v1 an xxh3 seed (u64), v2 a keyed-BLAKE3 key.
-ID_SECRET_LEN = {1: 8, 2: 32}
+ID_SECRET_LEN = {1: 8, 2: 32, 3: 32}
 _SETTINGS_MAC_KEY_INFO = b"hcbak-settings-mac-key-v2"
 
 

@@ -145,7 +145,8 @@ def _ad(point_id: str, section: bytes) -> bytes:
 
 
 def encode_manifest(point: Point, envelope: Envelope, version: int = MANIFEST_VERSION) -> bytes:
-    """The manifest's bytes; `version` 1 only to write what older hcbak reads (tests)."""
+    """The manifest's bytes; `version` 1 in v1 and v2 repositories, whose readers
+    include hcbak releases that know only that one (Repository.manifest_version)."""
     if version not in MANIFEST_VERSIONS:
         raise ValueError(f"no manifest version {version}")
     fields = _header(point)

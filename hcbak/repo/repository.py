@@ -16,6 +16,7 @@ from hcbak.repo.codec import ENVELOPE
 from hcbak.repo.locks import RepoLock
 from hcbak.repo.pack import pack_key
 from hcbak.repo.points import (
+    MANIFEST_VERSION,
     POINT_MAGIC,
     Point,
     PointSummary,
@@ -25,7 +26,7 @@ from hcbak.repo.points import (
     new_point_id,
     summary_from_header,
 )
-from hcbak.repo.settings import CONFIG_KEY
+from hcbak.repo.settings import CONFIG_KEY, SPARSE_MANIFESTS_FROM
 from hcbak.repo.storage.base import ObjectMissingError
 from hcbak.repo.storage.local import refuse_if_append_only
 from hcbak.repo.summary_cache import SummaryCache
@@ -54,6 +55,11 @@ class Repository(BlockStore):
         """Where the repository is, for messages: a folder or a URL."""
         return self.store.location
 
+    @property
+    def manifest_version(self) -> int:
+        """What this repository's format lets its new manifests be (settings.py)."""
+        return MANIFEST_VERSION if self.config.version >= SPARSE_MANIFESTS_FROM else 1
+
     def new_point_id(self) -> str:
         return new_point_id()
 
@@ -63,7 +69,7 @@ class Repository(BlockStore):
         self.check_not_lost(
             {bid for disk in point.disks for bid in disk.block_map.ids()}, f"point {point.id}"
         )
-        data = encode_manifest(point, self.envelope)
+        data = encode_manifest(point, self.envelope, self.manifest_version)
         self._protect_point(point)
         if self.lock is not None:
             self.lock.check_held()  # a holder that lost its lease commits nothing

@@ -33,8 +33,12 @@ if TYPE_CHECKING:
     from hcbak.repo.crypto import KeyMaterial
 
 FORMAT_NAME = "hcbak-repository"
-FORMAT_VERSION = 2  # what `init` writes; every version up to it is read (and written)
-KNOWN_VERSIONS = (1, 2)
+FORMAT_VERSION = 3  # what `init` writes; every version up to it is read (and written)
+KNOWN_VERSIONS = (1, 2, 3)
+# Version 3 is version 2's config; only its point manifests may use maps version 2
+# (sparse: hcbak/repo/points.py), which hcbak before issue 21 cannot read. A v1 or v2
+# repository keeps manifest version 1, so every hcbak that opens it reads its points.
+SPARSE_MANIFESTS_FROM = 3
 ID_HASH_V1 = "xxh3-128-seeded"
 MIN_BLOCK = 256 * 1024
 MAX_BLOCK = 4 * 1024 * 1024

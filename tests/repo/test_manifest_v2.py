@@ -230,3 +230,22 @@ def test_a_new_point_is_version_2_and_restores(tmp_path: Path) -> None:
         data = repo.store.get(f"points/{point.id}")
         assert points_mod.decode_header(data, point.id, repo.envelope)[0]["version"] == 2
         assert repo.load_point(point.id).disks[0].block_map == point.disks[0].block_map
+
+
+@pytest.mark.parametrize("golden", ["golden-v1", "golden-v2"])
+def test_v1_and_v2_repositories_keep_writing_manifest_version_1(
+    tmp_path: Path, golden: str
+) -> None:
+    """Older hcbak reads those repositories and knows only manifest version 1: a point
+    written there now must not look damaged to it. Only format 3 (what `init` writes
+    now) gets the sparse maps."""
+    import shutil
+
+    root = tmp_path / golden
+    shutil.copytree(Path(__file__).parents[1] / "data" / golden, root)
+    with open_repo(root, passphrase=Secret(f"{golden} passphrase")) as repo:
+        assert repo.config.version == int(golden[-1])
+        point = write_point(repo, disk_bytes(5, 3))
+        data = repo.store.get(f"points/{point.id}")
+        assert points_mod.decode_header(data, point.id, repo.envelope)[0]["version"] == 1
+        assert repo.load_point(point.id).disks[0].block_map == point.disks[0].block_map
