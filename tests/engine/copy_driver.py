@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "repo"))  # run as 
 import repo_helpers
 
 from hcbak.repo import Point, Repository, init_repo, open_repo
+from hcbak.repo.settings import FORMAT_VERSION
 from hcbak.secrets import Secret
 
 BS = 256 * 1024
@@ -32,7 +33,7 @@ SMALL_PACKS = 512 * 1024  # several packs per point: kills land between durable 
 T0 = datetime(2026, 11, 1, 3, 0, tzinfo=UTC)
 
 
-def make_repo(root: Path, passphrase: Secret | None = PASS, version: int = 2) -> Path:
+def make_repo(root: Path, passphrase: Secret | None = PASS, version: int = FORMAT_VERSION) -> Path:
     init_repo(root, passphrase=passphrase, block_size=BS, version=version)
     return root
 

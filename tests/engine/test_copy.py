@@ -117,7 +117,7 @@ def test_same_id_keys_send_only_missing_blocks_without_reading_the_others(tmp_pa
     _assert_restores(dst_root, PASS, expected)
 
 
-def test_v1_golden_copies_into_a_v2_repository_bit_exact(
+def test_v1_golden_copies_into_a_new_repository_bit_exact(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv(WEAKEN_ENV)  # the golden repository has real KDF parameters
