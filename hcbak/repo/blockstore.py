@@ -21,7 +21,7 @@ from pathlib import Path
 
 from hcbak.errors import IntegrityError, NoSpaceError, RepoError
 from hcbak.repo import fsio
-from hcbak.repo.blockmap import ZERO_BLOCK, BlockMap
+from hcbak.repo.blockmap import ZERO_BLOCK
 from hcbak.repo.codec import Envelope, codec_id, compress, decompress
 from hcbak.repo.crypto import KeyMaterial, Sealer
 from hcbak.repo.damaged import DamagedCopy, DamagedSet, load_records, write_record
@@ -508,21 +508,6 @@ class BlockStore:
             if not suspects:  # the usual case: no wait for the index load in the background
                 return set()
             return {block_id for block_id in suspects if not self._known(block_id)}
-
-    def unchanged_to_read_again(self, prev_map: BlockMap) -> list[int]:
-        """Positions of the previous point's blocks an incremental must read again
-        although they did not change: those whose only stored copy is recorded damaged,
-        and, while an index segment is unreadable, those the index cannot find (that
-        segment alone listed them). Kept as they are, the new point would not restore
-        until `repo repair`; stored again, it restores now (and so do older points that
-        share them)."""
-        heal = set(prev_map.positions_of(self.set_aside_ids()))
-        if self.index_incomplete:
-            for i in range(len(prev_map)):
-                block_id = prev_map.get(i)
-                if block_id != ZERO_BLOCK and not self.has_block(block_id):
-                    heal.add(i)
-        return sorted(heal)
 
     def record_damage(self, copies: list[DamagedCopy]) -> None:
         """Set damaged copies aside: write a damaged-copy record (docs/format.md) and

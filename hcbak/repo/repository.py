@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from functools import cached_property
 
 from hcbak.errors import IntegrityError, NotFoundError, RepoError, UsageError
+from hcbak.repo.blockmap import ZERO_BLOCK, BlockMap
 from hcbak.repo.blockstore import BlockStore
 from hcbak.repo.codec import ENVELOPE
 from hcbak.repo.locks import RepoLock
@@ -93,6 +94,21 @@ class Repository(BlockStore):
                     packs.add(where.pack)
         keys = [CONFIG_KEY, *(pack_key(p) for p in sorted(packs))]
         protect(keys, self.store.retention_until())  # type: ignore[attr-defined]
+
+    def unchanged_to_read_again(self, prev_map: BlockMap) -> list[int]:
+        """Positions of the previous point's blocks an incremental must read again
+        although they did not change: those whose only stored copy is recorded damaged,
+        and, while an index segment is unreadable, those the index cannot find (that
+        segment alone listed them). Kept as they are, the new point would not restore
+        until `repo repair`; stored again, it restores now (and so do older points that
+        share them)."""
+        heal = set(prev_map.positions_of(self.set_aside_ids()))
+        if self.index_incomplete:
+            for i in range(len(prev_map)):
+                block_id = prev_map.get(i)
+                if block_id != ZERO_BLOCK and not self.has_block(block_id):
+                    heal.add(i)
+        return sorted(heal)
 
     def point_ids(self) -> list[str]:
         return [key.removeprefix(POINTS) for key in self.store.list(POINTS)]
