@@ -109,6 +109,7 @@ def main() -> int:
         if not args.no_s3:
             gw = start_gateway(Path(args.rgw_script), gw_dir, "memstore")
             env.update(gw)
+            os.environ.update(gw)  # this process writes the points through the library
             s3_client(gw).create_bucket(Bucket="listing")
             where = ["--s3", "listing", "--endpoint", gw["S3_ENDPOINT_URL"]]
             measure(work, env, "s3", where, args.points)
