@@ -10,7 +10,8 @@ are hashes), so a bucket holds ~1/256 of the records.
 With `unique`, repeated records are dropped: in memory by a set (so repeated ids from
 many restore points of one disk cost nothing while they fit), on disk per bucket.
 Bucket files live in a private temp folder under `folder` (local disk: the state dir),
-removed by `close`.
+removed by `close`; one left by a killed process (its name holds the pid) is removed by
+the next sorter that spills there.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import BinaryIO
 from hcbak.repo import fsio
 
 BUCKETS = 256
+SORT_PREFIX = fsio.TMP_PREFIX + "sort-"  # + pid + "-" + random: a sorter's bucket folder
 IN_MEMORY = 200_000  # records kept (and sorted) in memory before the first spill
 _READ = 1 << 20
 
@@ -65,7 +67,9 @@ class RecordSorter:
         if self._dir is None:
             if self.folder is not None:
                 fsio.make_private_dir(self.folder, parents=True)
-            self._dir = Path(tempfile.mkdtemp(prefix=fsio.TMP_PREFIX + "sort-", dir=self.folder))
+            remove_stale(Path(self.folder or tempfile.gettempdir()))
+            prefix = f"{SORT_PREFIX}{os.getpid()}-"
+            self._dir = Path(tempfile.mkdtemp(prefix=prefix, dir=self.folder))
             self._files = [_create(self._dir / f"{b:02x}") for b in range(BUCKETS)]
         files = self._files
         for r in self._memory:
@@ -109,6 +113,29 @@ class RecordSorter:
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
+
+
+def remove_stale(folder: Path) -> None:
+    """Delete the bucket folders of sorters whose process is gone (killed: `close` never
+    ran). A folder names its process; a live one's is never touched."""
+    try:
+        names = [p for p in folder.iterdir() if p.name.startswith(SORT_PREFIX)]
+    except OSError:
+        return
+    for path in names:
+        pid = path.name.removeprefix(SORT_PREFIX).partition("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def _create(path: Path) -> BinaryIO:

@@ -52,3 +52,46 @@ def test_chunks_concatenate_to_the_sorted_records(tmp_path: Path) -> None:
         sorter.add(rs)
         assert sorter.count == 4000
         assert b"".join(sorter.chunks()) == b"".join(sorted(rs))
+
+
+def test_the_buckets_of_a_killed_sorter_are_removed_by_the_next_one(tmp_path: Path) -> None:
+    """kill -9 during a prune leaves its bucket folder (close never runs): up to ~1 GiB
+    at 10 M blocks. The next sorter that spills there removes it, and never a live
+    process's folder."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from pathlib import Path\n"
+            "from hcbak.repo.extsort import RecordSorter\n"
+            "s = RecordSorter(Path(sys.argv[1]), 16, in_memory=1)\n"
+            "s.add([bytes([i]) * 16 for i in range(10)])\n"
+            "print('spilled', flush=True)\n"
+            "time.sleep(60)\n",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "spilled\n"
+        [left] = [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-sort-")]
+        assert f"-{child.pid}-" in left.name and child.poll() is None  # alive, mid-sort
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+    assert left.is_dir()  # nobody cleaned up after the kill
+    with RecordSorter(tmp_path, 16, in_memory=1) as live:
+        live.add([b"a" * 16, b"b" * 16])  # spills: this process's own folder
+        [mine] = [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-sort-")]
+        assert not left.exists() and f"-{os.getpid()}-" in mine.name
+        with RecordSorter(tmp_path, 16, in_memory=1) as other:
+            other.add([b"c" * 16, b"d" * 16])
+            assert mine.exists()  # a live process's buckets are never touched
