@@ -28,6 +28,10 @@ if TYPE_CHECKING:
     from hcbak.engine.session import Session
 
 log = logging.getLogger("hcbak.engine")
+# A clone call's task ends within seconds on a cluster: the clone of a run killed
+# during its call is looked for again until the call is this old.
+PENDING_SETTLE = 30.0
+PENDING_POLL = 0.25
 
 
 def clean_orphan_snapshots(s: Session) -> None:
@@ -92,7 +96,7 @@ def clean_orphan_clones(s: Session) -> None:
     for entry in journaled_clones(s.state_dir, s.job.cluster):
         uuids = [str(entry.get("clone_uuid"))]
         if entry.get("pending"):
-            uuids = _pending_clone_candidates(s, entry)
+            uuids = _pending_clone(s, entry)
         for uuid in uuids:
             try:
                 s.hc.delete_block_device(uuid)
@@ -103,6 +107,21 @@ def clean_orphan_clones(s: Session) -> None:
                 s.warn(f"could not remove orphaned clone {uuid}: {exc.one_line()}")
                 continue
         forget_clone(s.state_dir, str(entry.get("clone_uuid")))
+
+
+def _pending_clone(s: Session, entry: dict[str, Any]) -> list[str]:
+    """What a run killed during its clone call made. The clone is on the worker only
+    once the cluster's task for it ends, and that run never learnt the task: while the
+    call is recent (PENDING_SETTLE), look again until something appears. A run that
+    comes hours later (cron) looks once; one that died before its call reached the
+    cluster costs the next run at most the rest of PENDING_SETTLE."""
+    deadline = float(entry.get("created") or 0) + PENDING_SETTLE
+    while True:
+        uuids = _pending_clone_candidates(s, entry)
+        if uuids or time.time() >= deadline:
+            return uuids
+        log.info("waiting for the clone a crashed run asked for to appear")
+        time.sleep(PENDING_POLL)
 
 
 def _pending_clone_candidates(s: Session, entry: dict[str, Any]) -> list[str]:

@@ -30,6 +30,15 @@ class FailRule:
         return path.startswith(prefix) or path.startswith("/rest/v1" + prefix)
 
 
+@dataclass(frozen=True)
+class SlowAnswer:
+    """`slow_answer`: matching calls are answered `seconds` late."""
+
+    method: str
+    path_suffix: str
+    seconds: float
+
+
 class Faults:
     """Runtime fault switches of one simulator (thread safe)."""
 
@@ -52,6 +61,7 @@ class Faults:
         self.missing_as_404 = False
         self.quiesce_refused = False
         self.snapshot_by_uuid_gone = False
+        self._slow_answers: list[SlowAnswer] = []
 
     # --- nodes ----------------------------------------------------------------------
     def _set_node(self, i: int, mode: str) -> None:
@@ -104,6 +114,19 @@ class Faults:
             fail = self.rate > 0 and self._rng.random() < self.rate
             self.injected_500s += fail
             return fail
+
+    def slow_answer(self, seconds: float, method: str = "*", path_suffix: str = "") -> None:
+        """Calls matching method and path suffix are carried out at once, but answered
+        only `seconds` later: a client that dies meanwhile never learns what it made."""
+        with self._lock:
+            self._slow_answers.append(SlowAnswer(method.upper(), path_suffix, seconds))
+
+    def answer_delay(self, method: str, path: str) -> float:
+        with self._lock:
+            for slow in self._slow_answers:
+                if slow.method in ("*", method.upper()) and path.endswith(slow.path_suffix):
+                    return slow.seconds
+        return 0.0
 
     def expire_sessions(self) -> None:
         """Every existing session is dropped; the next call using one gets 401."""
@@ -162,6 +185,7 @@ class Faults:
         with self._lock:
             self.rate = 0.0
             self._rules = []
+            self._slow_answers = []
         self.task_delay_override = None
         self.failing_task_kind = None
         self.failing_snapshot_vms = set()

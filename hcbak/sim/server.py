@@ -15,6 +15,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -289,6 +290,9 @@ class SimHandler(BaseHTTPRequestHandler):
         model.advance()
         req = api.Request(self.command, sub, query, body, user=user, session=session, api=version)
         resp = api.dispatch(model, req)
+        delay = sim.faults.answer_delay(self.command, url.path)
+        if delay:
+            time.sleep(delay)  # done already: only the answer is late
         self._json(resp.status, resp.body, resp.headers)
 
     # --- auth -------------------------------------------------------------------------

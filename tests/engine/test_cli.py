@@ -236,6 +236,31 @@ def test_a_run_killed_in_a_task_leaves_nothing_when_the_next_run_comes_first(
         assert not list(journal.glob("*.json"))
 
 
+def test_a_run_killed_before_its_clone_call_was_answered_leaves_no_clone(
+    tmp_path: Path, run_hcbak: RunHcbak, hcbak_env: dict[str, str]
+) -> None:
+    """Found by the SIGKILL test under load: killed while the clone call was in flight,
+    a run knows only that it asked (its "pending" journal entry), not the clone's uuid
+    or task. The clone appears on the worker when the cluster's task ends; a next run
+    that looked before then forgot the entry, and the clone stayed for good. It must
+    wait (bounded) for what a recent pending call made, then remove it."""
+    with lab(tmp_path) as L:
+        vm = L.sim.create_vm("web01", [2 * MiB], tags=["nightly"])
+        L.sim.fill(L.sim.disk_uuids(vm)[0], seed=4)
+        journal = tmp_path / "state" / "clones"
+        L.sim.faults.slow_answer(5.0, "POST", "/clone")  # carried out, answered late
+        _kill_job_run(L, {**hcbak_env, **L.env}, journal, task_delay=1.0, after=0.3)
+        [entry] = [json.loads(p.read_text()) for p in journal.glob("*.json")]
+        assert entry.get("pending"), "the kill did not land while the clone call was open"
+        assert not L.worker_clones(), "the clone exists already"
+        L.sim.faults.clear()
+        again = run_hcbak("job", "run", "nightly", "--json", env=L.env)  # no wait_idle
+        assert again.returncode == 0, again.stderr
+        L.sim.wait_idle()
+        assert not L.worker_clones()
+        assert not list(journal.glob("*.json"))
+
+
 def test_a_dead_runs_clone_is_removed_even_when_the_repository_cannot_open(
     tmp_path: Path, run_hcbak: RunHcbak, hcbak_env: dict[str, str]
 ) -> None:
