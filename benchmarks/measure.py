@@ -1,4 +1,4 @@
-"""Run a command and measure its wall time and peak RSS (via wait4 on that child alone)."""
+"""Run a command; measure its wall time, CPU time and peak RSS (wait4 on that child alone)."""
 
 from __future__ import annotations
 
@@ -59,6 +59,7 @@ class Measured:
     returncode: int
     stdout: str
     stderr: str
+    cpu_seconds: float = 0.0  # user + system of the child: what it cost, whatever the load
 
 
 def ensure_bytecode() -> None:
@@ -90,7 +91,8 @@ def run_measured(
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     seconds = time.perf_counter() - start
-    return Measured(seconds, usage.ru_maxrss / 1024.0, proc.returncode, out, err)
+    cpu = usage.ru_utime + usage.ru_stime
+    return Measured(seconds, usage.ru_maxrss / 1024.0, proc.returncode, out, err, cpu)
 
 
 def dir_size(path: str) -> int:
