@@ -18,7 +18,7 @@ CPU s and peak RSS from wait4, `measure.run_measured`):
   of the snapshots, then prune
 
     .venv/bin/python benchmarks/scale_restic.py --sizes 100k,1M
-    .venv/bin/python benchmarks/scale_restic.py --sizes 100k,1M,2M --budget 1500
+    .venv/bin/python benchmarks/scale_restic.py --sizes 100k,1M,3M --budget 2400
 
 The password is in RESTIC_PASSWORD (never on argv); restic's cache is a folder inside
 the bench dir (RESTIC_CACHE_DIR, kept warm from the build on, as on a backup host;
