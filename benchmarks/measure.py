@@ -74,6 +74,10 @@ def run_measured(
 ) -> Measured:
     """Run argv to completion; ru_maxrss from wait4 covers this child (and its waited kids).
 
+    It never reads below this (parent) process's own peak RSS: the kernel keeps the
+    high-water mark of the memory the child had before exec (the parent's, through
+    vfork). A benchmark whose own process grows large sees that as every child's floor.
+
     Dirty pages of earlier steps (the image just written, the simulated guest's writes)
     are flushed first: otherwise the first fsync of the measured command pays for them,
     and on a real cluster the guest's writes are not on the backup host at all."""
