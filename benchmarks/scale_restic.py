@@ -89,6 +89,8 @@ def build(work: Path, n: int, snapshots: int, env: dict[str, str]) -> Step:
     per, made, cpu, rss = -(-n // snapshots), 0, 0.0, 0.0
     for _ in range(snapshots):
         count = min(per, n - made)
+        if count <= 0:
+            break
         if count != per:
             shutil.rmtree(data, ignore_errors=True)
         write_files(data, made, count, salt)
@@ -111,6 +113,8 @@ def count_blobs(env: dict[str, str]) -> dict[str, int]:
         assert p.stdout is not None
         for line in p.stdout:
             kinds[line.split()[0].decode()] += 1
+    if p.returncode != 0:
+        raise SystemExit(f"restic list blobs failed ({p.returncode})")
     return kinds
 
 
