@@ -1,4 +1,4 @@
-"""Run a command and measure its wall time and peak RSS (via wait4 on that child alone)."""
+"""Run a command; measure its wall time, CPU time and peak RSS (wait4 on that child alone)."""
 
 from __future__ import annotations
 
@@ -59,6 +59,7 @@ class Measured:
     returncode: int
     stdout: str
     stderr: str
+    cpu_seconds: float = 0.0  # user + system of the child: what it cost, whatever the load
 
 
 def ensure_bytecode() -> None:
@@ -72,6 +73,10 @@ def run_measured(
     argv: list[str], *, env: dict[str, str] | None = None, cwd: str | None = None
 ) -> Measured:
     """Run argv to completion; ru_maxrss from wait4 covers this child (and its waited kids).
+
+    It never reads below this (parent) process's own peak RSS: the kernel keeps the
+    high-water mark of the memory the child had before exec (the parent's, through
+    vfork). A benchmark whose own process grows large sees that as every child's floor.
 
     Dirty pages of earlier steps (the image just written, the simulated guest's writes)
     are flushed first: otherwise the first fsync of the measured command pays for them,
@@ -90,7 +95,8 @@ def run_measured(
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     seconds = time.perf_counter() - start
-    return Measured(seconds, usage.ru_maxrss / 1024.0, proc.returncode, out, err)
+    cpu = usage.ru_utime + usage.ru_stime
+    return Measured(seconds, usage.ru_maxrss / 1024.0, proc.returncode, out, err, cpu)
 
 
 def dir_size(path: str) -> int:
