@@ -141,7 +141,7 @@ def child_build_fast(root: Path, n_blocks: int) -> dict[str, float]:
     and segment encoders, save_point), without put_block's threads and locks: about
     3x faster, for the 10 M size. The packs, segments and manifests are the same kind."""
     from hcbak.repo import BlockMap, init_repo, open_repo
-    from hcbak.repo.codec import compress
+    from hcbak.repo.codec import CODEC_LZ4, compress
     from hcbak.repo.index import SegmentEntry, write_segment
     from hcbak.repo.pack import PackWriter, frame_parts
 
@@ -171,7 +171,7 @@ def child_build_fast(root: Path, n_blocks: int) -> dict[str, float]:
             for i in range(count):
                 data = salt + (made + i).to_bytes(8, "little") * 7
                 block_id = repo.block_id(data)
-                codec, comp = compress(data, "lz4")
+                codec, comp = compress(data, CODEC_LZ4)
                 if writer is None:
                     writer = PackWriter(repo.store)
                 writer.append(block_id, frame_parts(block_id, 0, codec, len(data), [comp]), 64)
