@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from hcbak.repo import fsio
+from hcbak.repo.holders import pid_alive
 
 BUCKETS = 256
 SORT_PREFIX = fsio.TMP_PREFIX + "sort-"  # + pid + "-" + random: a sorter's bucket folder
@@ -124,18 +125,8 @@ def remove_stale(folder: Path) -> None:
         return
     for path in names:
         pid = path.name.removeprefix(SORT_PREFIX).partition("-")[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
 
 
 def _create(path: Path) -> BinaryIO:

@@ -68,14 +68,23 @@ def test_full_backup_of_a_sparse_file_stores_exactly_its_content(
         assert plan.n_blocks - zero_blocks <= report.blocks_read <= plan.n_blocks
 
 
-def test_holes_are_not_read_and_incremental_keeps_unchanged_blocks(tmp_path: Path) -> None:
+def _sparse_disk(tmp_path: Path, *, random_tail: bool = False) -> Path:
+    """A 64-block sparse file with data at block 10 (and random data at 60..63), and
+    an empty repository beside it; skips where the filesystem cannot tell holes."""
     disk = tmp_path / "disk"
     with open(disk, "wb") as fh:
         fh.truncate(64 * BS)
         os.pwrite(fh.fileno(), b"x" * BS, 10 * BS)
+        if random_tail:
+            os.pwrite(fh.fileno(), os.urandom(4 * BS), 60 * BS)
     if DiskReader(disk).data_ranges() in (None, [(0, 64 * BS)]):
         pytest.skip("this filesystem does not report holes (SEEK_DATA)")
     init_repo(tmp_path / "repo", block_size=256 << 10)
+    return disk
+
+
+def test_holes_are_not_read_and_incremental_keeps_unchanged_blocks(tmp_path: Path) -> None:
+    disk = _sparse_disk(tmp_path)
     with open_repo(tmp_path / "repo", lock=None) as repo, DiskReader(disk) as reader:
         first = back_up_disk(reader, repo, full_plan(64 * BS, BS, "no base"),
                              None, DiskReport("d", 0, "V", 64 * BS), block_size=BS)  # fmt: skip
@@ -190,14 +199,7 @@ def test_a_sparse_2_tib_full_read_plans_ranges_not_blocks() -> None:
 def test_an_incremental_zeroes_blocks_that_became_holes_and_counts_them_changed(
     tmp_path: Path,
 ) -> None:
-    disk = tmp_path / "disk"
-    with open(disk, "wb") as fh:
-        fh.truncate(64 * BS)
-        os.pwrite(fh.fileno(), b"x" * BS, 10 * BS)
-        os.pwrite(fh.fileno(), os.urandom(4 * BS), 60 * BS)
-    if DiskReader(disk).data_ranges() in (None, [(0, 64 * BS)]):
-        pytest.skip("this filesystem does not report holes (SEEK_DATA)")
-    init_repo(tmp_path / "repo", block_size=256 << 10)
+    disk = _sparse_disk(tmp_path, random_tail=True)
     with open_repo(tmp_path / "repo", lock=None) as repo, DiskReader(disk) as reader:
         first = back_up_disk(reader, repo, full_plan(64 * BS, BS, "no base"),
                              None, DiskReport("d", 0, "V", 64 * BS), block_size=BS)  # fmt: skip
