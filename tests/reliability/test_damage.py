@@ -47,17 +47,23 @@ def _flip(path: Path, offset: int) -> None:
     path.write_bytes(bytes(data))
 
 
+def _first_point(L: Lab, seed: int = 81) -> tuple[str, Ledger, str]:
+    """A VM of one 3 MiB disk and its first point (a full run): disk, ledger, point."""
+    vm = L.sim.create_vm("web01", [3 * MiB], tags=["nightly"])
+    disk = L.sim.disk_uuids(vm)[0]
+    L.sim.fill(disk, seed=seed)
+    ledger = Ledger(L, [disk])
+    live = ledger.live_hashes()
+    assert cli(L.env, "job", "run", "nightly").code == 0
+    [point] = ledger.record_new(live)
+    return disk, ledger, point
+
+
 def test_a_damaged_index_segment_makes_prune_refuse_and_repair_makes_every_point_restore(
     tmp_path: Path,
 ) -> None:
     with lab(tmp_path, retention=Retention(keep_last=1), prune="after_run") as L:
-        vm = L.sim.create_vm("web01", [3 * MiB], tags=["nightly"])
-        disk = L.sim.disk_uuids(vm)[0]
-        L.sim.fill(disk, seed=71)
-        ledger = Ledger(L, [disk])
-        live = ledger.live_hashes()
-        assert cli(L.env, "job", "run", "nightly").code == 0
-        ledger.record_new(live)
+        disk, ledger, _first = _first_point(L, seed=71)
         [segment] = (L.repo_path / "index").iterdir()  # the only index segment
         _flip(segment, segment.stat().st_size // 2)
         packs = _files(L.repo_path, "packs")
@@ -95,18 +101,6 @@ def test_a_damaged_index_segment_makes_prune_refuse_and_repair_makes_every_point
         assert cli(L.env, "repo", "prune", "main").code == 0
         assert ledger.check(allowed_missing=set(ledger.expected)) >= 1
         assert cli(L.env, "repo", "verify", "main", "--read-data").code == 0
-
-
-def _first_point(L: Lab) -> tuple[str, Ledger, str]:
-    """A VM of one 3 MiB disk and its first point (a full run): disk, ledger, point."""
-    vm = L.sim.create_vm("web01", [3 * MiB], tags=["nightly"])
-    disk = L.sim.disk_uuids(vm)[0]
-    L.sim.fill(disk, seed=81)
-    ledger = Ledger(L, [disk])
-    live = ledger.live_hashes()
-    assert cli(L.env, "job", "run", "nightly").code == 0
-    [point] = ledger.record_new(live)
-    return disk, ledger, point
 
 
 def test_an_incremental_after_a_segment_is_damaged_commits_a_point_that_restores_now(
