@@ -44,6 +44,7 @@ class Usage:
     # them, so such a pack must stay (prune's `_account`).
     not_indexed: set[bytes] = field(default_factory=set)
     damaged_referenced: set[bytes] = field(default_factory=set)  # recorded ids still needed
+    in_watched: set[bytes] = field(default_factory=set)  # referenced ids in `watch` packs
 
 
 def referenced_sorter(folder: Path | None) -> RecordSorter:
@@ -82,9 +83,15 @@ def point_order(repo: Repository) -> list[str]:
     return ordered + [pid for pid in repo.point_ids() if pid not in listed]
 
 
-def join(repo: Repository, referenced: RecordSorter, live: RecordSorter) -> Usage:
+def join(
+    repo: Repository,
+    referenced: RecordSorter,
+    live: RecordSorter | None,
+    watch: frozenset[str] | set[str] = frozenset(),
+) -> Usage:
     """Merge the sorted referenced ids with the index in id order; each live blob's
-    location goes to `live` (LIVE records)."""
+    location goes to `live` (LIVE records; prune), and referenced ids located in a
+    `watch` pack to `usage.in_watched` (verify: the packs it found damaged)."""
     usage = Usage()
     damaged = {c.id for c in repo.damaged.copies}
     raw_pack: dict[str, bytes] = {}
@@ -102,6 +109,11 @@ def join(repo: Repository, referenced: RecordSorter, live: RecordSorter) -> Usag
             usage.unused += 1
             continue
         live_bytes[pack] = live_bytes.get(pack, 0) + loc.length
+        if watch and pack in watch:
+            usage.in_watched.add(block_id)
+        ref = _next_ref(usage, refs, damaged, ref)
+        if live is None:
+            continue
         raw = raw_pack.get(pack)
         if raw is None:
             raw = raw_pack[pack] = bytes.fromhex(pack)
@@ -109,11 +121,11 @@ def join(repo: Repository, referenced: RecordSorter, live: RecordSorter) -> Usag
         if len(batch) >= _BATCH:
             live.add(batch)
             batch = []
-        ref = _next_ref(usage, refs, damaged, ref)
     while ref is not None:
         usage.not_indexed.add(ref)
         ref = _next_ref(usage, refs, damaged, ref)
-    live.add(batch)
+    if live is not None:
+        live.add(batch)
     return usage
 
 

@@ -18,12 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hcbak.errors import IntegrityError, RepoError
-from hcbak.repo.blockmap import ZERO_BLOCK
 from hcbak.repo.damaged import DamagedCopy
 from hcbak.repo.pack import PackReader, iter_pack_frames, read_trailer
 from hcbak.repo.repair import walk_frames
 from hcbak.repo.repository import Repository
-from hcbak.repo.usage import LIVE, by_pack, live_sorter
+from hcbak.repo.usage import LIVE, by_pack, join, live_sorter, referenced_sorter
 
 Progress = Callable[[str], None]
 
@@ -220,32 +219,55 @@ def _walked_frames(
 def _check_points(
     repo: Repository, report: VerifyReport, bad_packs: set[str], bad_ids: set[bytes]
 ) -> None:
-    affected = []
+    """Every point's blocks against the index: one merge join of all their ids, sorted
+    on disk, with the index in id order (hcbak/repo/usage.py), instead of a lookup per
+    block (minutes at 10 M blocks). It yields the few ids that are not indexed or whose
+    indexed copy is in a damaged pack (none in a healthy repository); only then are the
+    points read again to count them per point."""
     set_aside = repo.damaged.ids()
-    for pid in repo.point_ids():
-        report.points += 1
-        try:
-            point = repo.load_point(pid)
-        except (IntegrityError, RepoError) as exc:
-            report.errors.append(f"point {pid}: manifest unreadable: {exc}")
-            affected.append(pid)
-            continue
-        missing = damaged = 0
-        for disk in point.disks:
-            for block_id in disk.block_map.ids():
-                if block_id == ZERO_BLOCK:
-                    continue
-                loc = repo.locate(block_id)
-                if loc is None and block_id in set_aside:
-                    damaged += 1
-                elif loc is None:
-                    missing += 1
-                elif loc.pack in bad_packs or block_id in bad_ids:
-                    damaged += 1
-        if missing or damaged:
-            affected.append(pid)
-            report.errors.append(
-                f"point {pid} ({point.vm_name} {point.created:%Y-%m-%d %H:%M}): "
-                f"{missing} blocks not indexed, {damaged} blocks damaged"
-            )
+    order = repo.point_ids()
+    why: dict[str, str] = {}
+    readable: list[str] = []
+    with referenced_sorter(repo.scratch_folder) as referenced:
+        for pid in order:
+            report.points += 1
+            try:
+                point = repo.load_point(pid)
+            except (IntegrityError, RepoError) as exc:
+                why[pid] = f"point {pid}: manifest unreadable: {exc}"
+                continue
+            readable.append(pid)
+            for disk in point.disks:
+                referenced.add(disk.block_map.ids())
+        usage = join(repo, referenced, None, bad_packs)
+    missing_ids = usage.not_indexed - set_aside
+    damaged_ids = (usage.not_indexed & set_aside) | usage.in_watched | bad_ids
+    if missing_ids or damaged_ids:
+        for pid in readable:
+            why.update(_count_lost(repo, pid, missing_ids, damaged_ids))
+    affected = [pid for pid in order if pid in why]
+    report.errors += [why[pid] for pid in affected]
     report.affected_points = affected
+
+
+def _count_lost(
+    repo: Repository, pid: str, missing_ids: set[bytes], damaged_ids: set[bytes]
+) -> dict[str, str]:
+    """{pid: message} when the point references a missing or damaged block."""
+    try:
+        point = repo.load_point(pid)
+    except (IntegrityError, RepoError) as exc:  # damaged since the first read
+        return {pid: f"point {pid}: manifest unreadable: {exc}"}
+    missing = damaged = 0
+    for disk in point.disks:
+        for block_id in disk.block_map.ids():
+            if block_id in missing_ids:
+                missing += 1
+            elif block_id in damaged_ids:
+                damaged += 1
+    if not missing and not damaged:
+        return {}
+    return {
+        pid: f"point {pid} ({point.vm_name} {point.created:%Y-%m-%d %H:%M}): "
+        f"{missing} blocks not indexed, {damaged} blocks damaged"
+    }

@@ -100,3 +100,35 @@ def test_prune_spilling_to_disk_does_what_prune_in_memory_does(
         assert sorted(repo.point_ids()) == sorted(kept)
         for pid, data in kept.items():
             assert read_disk(repo, pid) == data
+
+
+def test_verify_spilling_to_disk_names_the_same_damage_as_verify_in_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Verify joins every point's ids with the index through the sorters too: a lost
+    pack must cost the same points the same block counts either way."""
+    _build(tmp_path / "r")
+    packs = sorted(p for p in (tmp_path / "r" / "packs").rglob("*") if p.is_file())
+    packs[len(packs) // 2].unlink()  # a pack of the second generation's blocks
+
+    def run(state: Path | None) -> tuple[list[str], list[str]]:
+        with open_repo(tmp_path / "r", passphrase=PASS, state_dir=state) as repo:
+            report = verify(repo)
+        return report.errors, report.affected_points
+
+    in_memory = run(None)
+    spills: list[int] = []
+    real_spill = extsort.RecordSorter._spill
+
+    def counted(self: extsort.RecordSorter) -> None:
+        spills.append(self.size)
+        real_spill(self)
+
+    monkeypatch.setattr(extsort.RecordSorter, "_spill", counted)
+    monkeypatch.setattr(usage, "REFERENCED_IN_MEMORY", 2)
+    monkeypatch.setattr(usage, "LIVE_IN_MEMORY", 2)
+    spilled = run(tmp_path / "state")
+    assert {16, usage.LIVE.size} <= set(spills)
+    assert spilled == in_memory
+    errors, affected = in_memory
+    assert affected and any("blocks not indexed" in e for e in errors), errors
