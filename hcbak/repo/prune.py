@@ -155,7 +155,8 @@ def _plan(
 ) -> tuple[list[str], list[str]]:
     """(packs to delete, packs to repack); refuses (PruneRefusedError) with problems."""
     live, total = usage.live, usage.total
-    unused_unindexed, kept = _account(repo, usage.not_indexed, set(total), problems)
+    sizes = repo.pack_sizes()  # one listing of the packs, with their sizes
+    unused_unindexed, kept = _account(repo, usage.not_indexed, set(total), set(sizes), problems)
     if problems:
         raise PruneRefusedError(problems)
     report.packs_kept = sorted(kept)
@@ -178,7 +179,6 @@ def _plan(
         and live.get(p, 0) > 0
         and (live[p] < repack_below * total[p] or p in rewrite)
     )
-    sizes = repo.pack_sizes()  # one listing, not a request per pack
     report.bytes_freed = sum(sizes.get(p, 0) for p in doomed + repack)
     report.packs_deleted, report.packs_repacked = doomed, repack
     return doomed, repack
@@ -328,7 +328,11 @@ def unreadable_metadata(repo: Repository) -> list[str]:
 
 
 def _account(
-    repo: Repository, not_indexed: set[bytes], indexed: set[str], problems: list[str]
+    repo: Repository,
+    not_indexed: set[bytes],
+    indexed: set[str],
+    on_disk: set[str],
+    problems: list[str],
 ) -> tuple[set[str], set[str]]:
     """Check every pack against its own blob table, one pack at a time.
 
@@ -341,7 +345,6 @@ def _account(
     lost entries (a segment deleted by someone) never makes prune delete or repack
     away the only copy of a block a point needs.
     """
-    on_disk = set(repo.pack_ids())
     problems += [f"pack {p} is missing (the index names it)" for p in sorted(indexed - on_disk)]
     unused: set[str] = set()
     kept: set[str] = set()

@@ -22,6 +22,7 @@ from pathlib import Path
 from hcbak.errors import IntegrityError
 from hcbak.repo.blockmap import ID_LEN
 from hcbak.repo.extsort import RecordSorter
+from hcbak.repo.index import Location
 from hcbak.repo.repository import Repository
 
 # A live blob: raw pack id, offset (big-endian, so bytes sort by pack then offset),
@@ -83,6 +84,27 @@ def point_order(repo: Repository) -> list[str]:
     return ordered + [pid for pid in repo.point_ids() if pid not in listed]
 
 
+class LiveWriter:
+    """Blob places into a LIVE sorter, in batches (one `add` per 10 000 records)."""
+
+    def __init__(self, sorter: RecordSorter) -> None:
+        self.sorter = sorter
+        self._raw: dict[str, bytes] = {}  # pack name -> raw id, converted once
+        self._batch: list[bytes] = []
+
+    def add(self, block_id: bytes, loc: Location) -> None:
+        raw = self._raw.get(loc.pack)
+        if raw is None:
+            raw = self._raw[loc.pack] = bytes.fromhex(loc.pack)
+        self._batch.append(LIVE.pack(raw, loc.offset, block_id, loc.length, 0))
+        if len(self._batch) >= _BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        self.sorter.add(self._batch)
+        self._batch = []
+
+
 def join(
     repo: Repository,
     referenced: RecordSorter,
@@ -94,8 +116,7 @@ def join(
     `watch` pack to `usage.in_watched` (verify: the packs it found damaged)."""
     usage = Usage()
     damaged = {c.id for c in repo.damaged.copies}
-    raw_pack: dict[str, bytes] = {}
-    batch: list[bytes] = []
+    writer = LiveWriter(live) if live is not None else None
     refs = referenced.records()
     ref = next(refs, None)
     total, live_bytes = usage.total, usage.live
@@ -112,20 +133,13 @@ def join(
         if watch and pack in watch:
             usage.in_watched.add(block_id)
         ref = _next_ref(usage, refs, damaged, ref)
-        if live is None:
-            continue
-        raw = raw_pack.get(pack)
-        if raw is None:
-            raw = raw_pack[pack] = bytes.fromhex(pack)
-        batch.append(LIVE.pack(raw, loc.offset, block_id, loc.length, 0))
-        if len(batch) >= _BATCH:
-            live.add(batch)
-            batch = []
+        if writer is not None:
+            writer.add(block_id, loc)
     while ref is not None:
         usage.not_indexed.add(ref)
         ref = _next_ref(usage, refs, damaged, ref)
-    if live is not None:
-        live.add(batch)
+    if writer is not None:
+        writer.flush()
     return usage
 
 

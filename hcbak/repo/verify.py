@@ -22,7 +22,7 @@ from hcbak.repo.damaged import DamagedCopy
 from hcbak.repo.pack import PackReader, iter_pack_frames, read_trailer
 from hcbak.repo.repair import walk_frames
 from hcbak.repo.repository import Repository
-from hcbak.repo.usage import LIVE, by_pack, join, live_sorter, referenced_sorter
+from hcbak.repo.usage import LiveWriter, by_pack, join, live_sorter, referenced_sorter
 
 Progress = Callable[[str], None]
 
@@ -103,18 +103,11 @@ def _check_packs(
     bad: set[str] = set()
     indexed: set[str] = set()
     with live_sorter(repo.scratch_folder) as entries:
-        raw_pack: dict[str, bytes] = {}
-        batch: list[bytes] = []
+        writer = LiveWriter(entries)
         for block_id, loc in repo.index.items():
             report.blobs += 1
-            raw = raw_pack.get(loc.pack)
-            if raw is None:
-                raw = raw_pack[loc.pack] = bytes.fromhex(loc.pack)
-            batch.append(LIVE.pack(raw, loc.offset, block_id, loc.length, 0))
-            if len(batch) >= 10_000:
-                entries.add(batch)
-                batch = []
-        entries.add(batch)
+            writer.add(block_id, loc)
+        writer.flush()
         for pack, blobs in by_pack(entries):
             indexed.add(pack)
             if not _entries_match(repo, report, pack, blobs, on_disk, walked):

@@ -70,13 +70,9 @@ def _contents(root: Path) -> tuple[list[str], list[tuple[object, ...]]]:
     return names, entries
 
 
-def test_prune_spilling_to_disk_does_what_prune_in_memory_does(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    forget, kept = _build(tmp_path / "a")
-    shutil.copytree(tmp_path / "a", tmp_path / "b")
-    in_memory = _prune(tmp_path / "b", forget, state=None)  # no state dir: the table index
-
+def _force_spills(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Make every sorter spill to bucket files after 2 records; returns the record
+    sizes of the sorters that did (16: block ids, LIVE.size: blob places)."""
     spills: list[int] = []
     real_spill = extsort.RecordSorter._spill
 
@@ -87,6 +83,17 @@ def test_prune_spilling_to_disk_does_what_prune_in_memory_does(
     monkeypatch.setattr(extsort.RecordSorter, "_spill", counted)
     monkeypatch.setattr(usage, "REFERENCED_IN_MEMORY", 2)
     monkeypatch.setattr(usage, "LIVE_IN_MEMORY", 2)
+    return spills
+
+
+def test_prune_spilling_to_disk_does_what_prune_in_memory_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    forget, kept = _build(tmp_path / "a")
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    in_memory = _prune(tmp_path / "b", forget, state=None)  # no state dir: the table index
+
+    spills = _force_spills(monkeypatch)
     state = tmp_path / "state"
     spilled = _prune(tmp_path / "a", forget, state=state)  # the index cache, sorted runs
     assert {16, usage.LIVE.size} <= set(spills)  # both sorters went through bucket files
@@ -117,16 +124,7 @@ def test_verify_spilling_to_disk_names_the_same_damage_as_verify_in_memory(
         return report.errors, report.affected_points
 
     in_memory = run(None)
-    spills: list[int] = []
-    real_spill = extsort.RecordSorter._spill
-
-    def counted(self: extsort.RecordSorter) -> None:
-        spills.append(self.size)
-        real_spill(self)
-
-    monkeypatch.setattr(extsort.RecordSorter, "_spill", counted)
-    monkeypatch.setattr(usage, "REFERENCED_IN_MEMORY", 2)
-    monkeypatch.setattr(usage, "LIVE_IN_MEMORY", 2)
+    spills = _force_spills(monkeypatch)
     spilled = run(tmp_path / "state")
     assert {16, usage.LIVE.size} <= set(spills)
     assert spilled == in_memory
